@@ -1,0 +1,194 @@
+"""The ``osteo`` command. Exit codes: 0 ok, 1 a check failed, 2 usage or input error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from osteo_pipeline.config import (
+    ConfigError,
+    Settings,
+    cli_overrides,
+    load_settings,
+    merge_overrides,
+    settings_to_yaml,
+)
+
+app = typer.Typer(
+    help="Validate, train, register and serve a knee X-ray osteoporosis classifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (default: built-in defaults, or $OSTEO_CONFIG).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set validation.min_width=512 (repeatable)."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InputError(Exception):
+    """Bad input named for the user; the command exits 2."""
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from osteo_pipeline.core.splits import SplitError
+    from osteo_pipeline.io.manifest import DataDirError
+
+    return (ConfigError, DataDirError, SplitError, InputError)
+
+
+def handles_input_errors(command: F) -> F:
+    """Turn known input errors into a one-line message and exit code 2, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except _input_errors() as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_INPUT) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(config: Path | None, overrides: list[str] | None, **extra: Any) -> Settings:
+    """Settings from ``config``, the environment, ``--set`` pairs, then the command's own flags
+    (given as ``section__key=value``; ``None`` means the flag was not used)."""
+    merged = merge_overrides(
+        cli_overrides(overrides or []),
+        {dotted.replace("__", "."): value for dotted, value in extra.items() if value is not None},
+    )
+    return load_settings(config, overrides=merged)
+
+
+@app.command("config")
+@handles_input_errors
+def show_config(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Print the effective configuration (defaults < file < OSTEO_* env < --set) as YAML."""
+    out.print(settings_to_yaml(_settings(config, set_)), end="", highlight=False)
+
+
+@app.command()
+@handles_input_errors
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write OUT_DIR/<class>/*.{jpg,png} into.")],
+    per_class: Annotated[int | None, typer.Option(help="Images per class.", min=1)] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    size: Annotated[int | None, typer.Option(help="Shortest image side in px (sizes vary above it).", min=32)] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same images).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Write synthetic knee-like radiographs whose bone texture differs by class."""
+    from osteo_pipeline.steps.synth import write_synthetic_dataset
+
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    settings = _settings(
+        config, set_, synth__per_class=per_class, synth__size=size, seed=seed, data__classes=class_list
+    )
+    counts = write_synthetic_dataset(
+        out_dir, settings.data.classes, settings.synth.per_class, settings.synth.size, settings.seed
+    )
+    console.print(f"wrote {sum(counts.values())} images to {out_dir}: {counts} (seed {settings.seed})")
+
+
+def _print_validation(summary: dict[str, Any]) -> None:
+    verdict = "[bold green]PASSED[/]" if summary["passed"] else "[bold red]FAILED[/]"
+    console.print(f"Validation {verdict}: {summary['data_dir']} ({summary['files']} files, {summary['seconds']} s)")
+    table = Table("class", "images", "share")
+    for label, n in summary["counts"].items():
+        share = f"{n / summary['readable']:.1%}" if summary["readable"] else "-"
+        table.add_row(label, str(n), share)
+    console.print(table)
+    for failure in summary["failed_expectations"] + summary["warnings"]:
+        style = "red" if failure["severity"] == "critical" else "yellow"
+        ids = ", ".join(str(u["id"]) for u in failure["unexpected"][:8])
+        more = " …" if len(failure["unexpected"]) > 8 else ""
+        console.print(
+            f"[{style}]{failure['severity']}[/] {failure['check']}: {failure['observed']} "
+            f"(bound {failure['bound']}){': ' + ids + more if ids else ''}",
+            highlight=False,
+        )
+    for item in summary["unreadable"]:
+        console.print(f"[red]unreadable[/] {item['path']}: {item['reason']}", highlight=False)
+    for conflict in summary["label_conflicts"]:
+        console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])}", highlight=False)
+    console.print(
+        f"{len(summary['duplicate_groups'])} exact-duplicate groups, "
+        f"{len(summary['near_duplicates'])} near-duplicate groups, {len(summary['ignored'])} ignored entries"
+    )
+
+
+@app.command()
+@handles_input_errors
+def validate(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders: DATA_DIR/<class>/<image>.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print the JSON summary on stdout.")] = False,
+    report_dir: Annotated[Path | None, typer.Option(help="Where to write validation.html/.json and manifest.csv.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Check a batch of labeled X-rays with Great Expectations; exit 1 if it fails."""
+    from osteo_pipeline.io.reports import write_validation_report
+    from osteo_pipeline.steps.validate import MAX_LISTED, validate_folder
+
+    settings = _settings(config, set_)
+    result = validate_folder(data_dir, settings)
+    target = report_dir or settings.output_dir / "validation"
+    paths = write_validation_report(result.summary, result.scan.manifest, target, MAX_LISTED)
+    if json_:
+        out.print_json(data=result.summary) if sys.stdout.isatty() else print(json.dumps(result.summary, indent=2))
+    else:
+        _print_validation(result.summary)
+    console.print(f"report: {paths['html']}")
+    if not result.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+@handles_input_errors
+def split(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Split manifest JSON (default OUTPUT_DIR/split.json).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Validate, then write a deterministic stratified split that keeps duplicates together."""
+    from osteo_pipeline.steps.split import split_dataset
+    from osteo_pipeline.steps.validate import validate_folder
+
+    settings = _settings(config, set_)
+    result = validate_folder(data_dir, settings)
+    if not result.passed:
+        _print_validation(result.summary)
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    manifest = split_dataset(result, settings)
+    path = manifest.save(out_file or settings.output_dir / "split.json")
+    table = Table("split", *settings.data.classes)
+    for name, counts in manifest.counts().items():
+        table.add_row(name, *(str(counts.get(c, 0)) for c in settings.data.classes))
+    console.print(table)
+    console.print(f"excluded {len(manifest.excluded)} label-conflicting files; dataset hash {manifest.dataset_hash[:16]}")
+    console.print(f"split manifest: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,218 @@
+"""One typed settings model for every step.
+
+Precedence, lowest to highest: the model's defaults (mirrored in ``configs/default.yaml``), a YAML
+file, ``OSTEO_*`` environment variables (``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by
+``__``), then CLI overrides (``--set validation.min_width=512``). Values from the environment and
+the CLI are parsed as YAML scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "OSTEO_"
+#: Short environment names documented for users, mapped onto their nested keys.
+ENV_ALIASES = {
+    "OSTEO_BACKBONE_WEIGHTS": "model.weights",
+    "OSTEO_SEED": "seed",
+}
+
+
+class ConfigError(ValueError):
+    """A config file, variable or override is invalid; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSettings(_Section):
+    classes: list[str] = Field(
+        default=["normal", "osteoporosis"], min_length=2, description="Class folder names, in label order."
+    )
+    extensions: list[str] = Field(
+        default=[".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"],
+        description="File suffixes (case-insensitive) treated as images inside class folders.",
+    )
+    ignore_unlisted_classes: bool = Field(
+        default=False,
+        description=(
+            "Class folders not in data.classes are left out of training and class checks instead "
+            "of failing validation; their files still count when looking for label conflicts."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _unique_classes(self) -> DataSettings:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.classes has repeated names: {self.classes}")
+        return self
+
+
+class ValidationSettings(_Section):
+    min_width: int = Field(default=224, ge=1)
+    min_height: int = Field(default=224, ge=1)
+    allowed_modes: list[str] = Field(
+        default=["L", "RGB", "I;16", "I"],
+        description="Pillow modes accepted (grayscale 8/16-bit or RGB). RGBA, CMYK, P are rejected.",
+    )
+    max_pixels: int = Field(
+        default=40_000_000, ge=1, description="Decompression-bomb guard: larger images are rejected unread."
+    )
+    min_class_share: float = Field(default=0.10, ge=0, le=1)
+    max_class_share: float = Field(default=0.80, ge=0, le=1)
+    min_images_per_class: int = Field(default=5, ge=0)
+    near_duplicate_distance: int = Field(
+        default=4, ge=0, le=64, description="Max Hamming distance of 64-bit perceptual hashes."
+    )
+    fail_on_label_conflicts: bool = Field(
+        default=True,
+        description="Fail the batch on identical images with different labels, or only exclude them from the split.",
+    )
+    fail_on_duplicates: bool = Field(
+        default=False, description="Exact duplicates with one label are reported; fail the batch too?"
+    )
+    suites_dir: Path | None = Field(
+        default=None, description="Folder of GX suite JSON files; default: the project's expectations/."
+    )
+
+    @model_validator(mode="after")
+    def _share_bounds(self) -> ValidationSettings:
+        if self.min_class_share > self.max_class_share:
+            raise ValueError("validation.min_class_share must not exceed validation.max_class_share")
+        return self
+
+
+class SplitSettings(_Section):
+    train: float = Field(default=0.70, gt=0, lt=1)
+    val: float = Field(default=0.15, gt=0, lt=1)
+    test: float = Field(default=0.15, gt=0, lt=1)
+    group_near_duplicates: bool = Field(
+        default=True, description="Keep perceptual near-duplicates in one split, like exact copies."
+    )
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitSettings:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:.4f}")
+        return self
+
+
+class SynthSettings(_Section):
+    per_class: int = Field(default=24, ge=1)
+    size: int = Field(default=256, ge=32, description="Shortest side in px; images vary up to +15%/+40%.")
+
+
+class Settings(_Section):
+    seed: int = 42
+    data: DataSettings = DataSettings()
+    validation: ValidationSettings = ValidationSettings()
+    split: SplitSettings = SplitSettings()
+    synth: SynthSettings = SynthSettings()
+    output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _nest(dotted_key: str, value: Any) -> dict[str, Any]:
+    parts = [p for p in dotted_key.split(".") if p]
+    if not parts:
+        raise ConfigError(f"empty config key in override {dotted_key!r}")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Nested overrides from ``OSTEO_*`` variables (``OSTEO_SPLIT__TEST=0.2``)."""
+    environ = os.environ if environ is None else environ
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "OSTEO_CONFIG":
+            continue
+        dotted = ENV_ALIASES.get(name) or name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        value = raw if dotted == "model.weights" else _parse_scalar(raw)
+        result = _deep_merge(result, _nest(dotted, value))
+    return result
+
+
+def cli_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Nested overrides from ``key.sub=value`` strings."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"override {pair!r} is not of the form key.sub=value")
+        result = _deep_merge(result, _nest(key.strip(), _parse_scalar(raw)))
+    return result
+
+
+def merge_overrides(base: dict[str, Any], dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``{"section.key": value}`` pairs merged in (values keep their Python types)."""
+    for key, value in dotted.items():
+        base = _deep_merge(base, _nest(key, value))
+    return base
+
+
+def _known_top_level(overrides: dict[str, Any]) -> dict[str, Any]:
+    # Unknown OSTEO_* variables (e.g. OSTEO_HOME of another tool) must not break loading.
+    return {k: v for k, v in overrides.items() if k in Settings.model_fields}
+
+
+def load_settings(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, ``path`` (or ``$OSTEO_CONFIG``), environment and overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("OSTEO_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at the top level")
+        data = loaded
+    data = _deep_merge(data, _known_top_level(env_overrides(environ)))
+    data = _deep_merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" (from {path})" if path else ""
+        raise ConfigError(f"invalid configuration{source}: {problems}") from exc
+
+
+def settings_to_yaml(settings: Settings) -> str:
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

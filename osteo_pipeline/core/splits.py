@@ -1,0 +1,64 @@
+"""Deterministic, stratified, group-aware train/val/test splits and the dataset's identity hash."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The data cannot be split as configured (e.g. too few groups for the fractions)."""
+
+
+def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a held-out share of about ``fraction``, whole groups only, per-class balanced.
+
+    StratifiedGroupKFold with k = round(1/fraction) folds; the first fold is the hold-out, so the
+    realised share is 1/k (0.15 -> 1/7 = 0.143)."""
+    n_splits = max(2, round(1 / fraction))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise SplitError(
+            f"only {n_groups} distinct image groups: too few for a {fraction:.0%} hold-out "
+            f"({n_splits} folds needed); add images or change split fractions"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny sets
+        _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def assign_splits(
+    frame: pd.DataFrame, fractions: dict[str, float], seed: int
+) -> pd.Series:
+    """Split name per row of ``frame`` (columns ``label`` and ``group``); groups never straddle.
+
+    Rows are ordered by content before splitting, so the result does not depend on file order."""
+    order = frame.sort_values(["label", "sha256", "path"]).index
+    ordered = frame.loc[order]
+    labels = ordered["label"].to_numpy()
+    groups = ordered["group"].to_numpy()
+    split = np.full(len(ordered), "train", dtype=object)
+
+    test = _holdout(labels, groups, fractions["test"], seed)
+    split[test] = "test"
+    rest = ~test
+    val_share = fractions["val"] / (fractions["train"] + fractions["val"])
+    val = _holdout(labels[rest], groups[rest], val_share, seed + 1)
+    split[np.flatnonzero(rest)[val]] = "val"
+    return pd.Series(split, index=order, name="split").reindex(frame.index)
+
+
+def dataset_hash(frame: pd.DataFrame) -> str:
+    """Identity of the exact data used: content hashes, labels and splits (not paths or order)."""
+    lines = sorted(f"{r.sha256},{r.label},{r.split}" for r in frame.itertuples())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -1,0 +1,93 @@
+"""Split a validated folder into train/val/test and record it as the dataset's version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from osteo_pipeline.config import Settings
+from osteo_pipeline.core import quality
+from osteo_pipeline.core.splits import SPLITS, assign_splits, dataset_hash
+from osteo_pipeline.io.reports import write_json
+from osteo_pipeline.steps.validate import ValidationResult
+
+
+class NotValidatedError(RuntimeError):
+    """Splitting was asked of data that failed validation."""
+
+
+@dataclass(frozen=True)
+class SplitManifest:
+    """The exact data a model sees: every file, its label and split, and the hash naming it all."""
+
+    data_dir: Path
+    files: pd.DataFrame  # path, label, split, sha256, group
+    dataset_hash: str
+    excluded: list[dict[str, str]]
+    seed: int
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        table = self.files.groupby(["split", "label"]).size()
+        return {s: {lab: int(n) for lab, n in table.get(s, pd.Series()).items()} for s in SPLITS}
+
+    def subset(self, split: str) -> pd.DataFrame:
+        return self.files[self.files["split"] == split].reset_index(drop=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset_hash": self.dataset_hash,
+            "data_dir": str(self.data_dir),
+            "seed": self.seed,
+            "counts": self.counts(),
+            "excluded": self.excluded,
+            "files": self.files.to_dict(orient="records"),
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> SplitManifest:
+        return cls(
+            data_dir=Path(payload["data_dir"]),
+            files=pd.DataFrame.from_records(payload["files"]),
+            dataset_hash=payload["dataset_hash"],
+            excluded=payload["excluded"],
+            seed=payload["seed"],
+        )
+
+    def save(self, path: Path) -> Path:
+        return write_json(path, self.to_dict())
+
+
+def split_dataset(validation: ValidationResult, settings: Settings) -> SplitManifest:
+    """Stratified, group-aware split of the readable in-scope images of a passed validation.
+
+    Label-conflicting copies are left out (and listed); duplicate and (optionally) near-duplicate
+    groups go to one split whole."""
+    if not validation.passed:
+        raise NotValidatedError(
+            f"{validation.scan.root} failed validation; fix the data (see the report) before splitting"
+        )
+    manifest = validation.scan.manifest
+    conflicted = {c["sha256"] for c in quality.label_conflicts(manifest)}
+    usable = quality.readable(manifest)
+    usable = usable[usable["label"].isin(settings.data.classes)]
+    excluded_rows = usable[usable["sha256"].isin(conflicted)]
+    usable = usable[~usable["sha256"].isin(conflicted)].reset_index(drop=True)
+    distance = settings.validation.near_duplicate_distance if settings.split.group_near_duplicates else None
+    frame = usable[["path", "label", "sha256"]].assign(group=quality.split_groups(usable, distance))
+    fractions = {"train": settings.split.train, "val": settings.split.val, "test": settings.split.test}
+    frame["split"] = assign_splits(frame, fractions, settings.seed)
+    frame = frame[["path", "label", "split", "sha256", "group"]].sort_values("path").reset_index(drop=True)
+    excluded = [
+        {"path": r.path, "reason": f"label conflict: identical bytes also filed under another class ({r.sha256[:12]})"}
+        for r in excluded_rows.itertuples()
+    ]
+    return SplitManifest(
+        data_dir=validation.scan.root,
+        files=frame,
+        dataset_hash=dataset_hash(frame),
+        excluded=excluded,
+        seed=settings.seed,
+    )

@@ -1,0 +1,159 @@
+"""Validate a folder of labeled X-rays: scan it, run the Great Expectations suites over the
+manifest and its summary tables, and report what failed by file name."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from osteo_pipeline.config import Settings
+from osteo_pipeline.core import quality
+from osteo_pipeline.core.expectations import SUITE_NAMES, load_suite, suite_parameters
+from osteo_pipeline.io.manifest import Scan, display_path, scan_folder
+
+MAX_LISTED = 25  # unexpected rows listed per failed expectation in the summary
+
+
+@dataclass
+class ValidationResult:
+    passed: bool
+    summary: dict[str, Any]
+    scan: Scan
+
+
+def _gx_context():  # noqa: ANN202 - GX's context type is internal
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
+
+
+def _bound(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None}
+
+
+def _failure(result: Any, table: str, id_column: str, critical: bool) -> dict[str, Any]:
+    config = result.expectation_config
+    details = result.result or {}
+    unexpected = [
+        {
+            "id": display_path(str(row.get(id_column))),
+            "value": row.get(config.kwargs.get("column")),
+        }
+        for row in (details.get("unexpected_index_list") or [])[:MAX_LISTED]
+    ]
+    observed = details.get("observed_value")
+    if observed is None and "unexpected_count" in details:
+        observed = f"{details['unexpected_count']} of {details.get('element_count', '?')} rows outside the bound"
+    return {
+        "expectation": config.type,
+        "check": config.meta.get("check", config.type),
+        "table": table,
+        "column": config.kwargs.get("column"),
+        "bound": _bound(config.kwargs),
+        "observed": observed,
+        "unexpected": unexpected,
+        "severity": "critical" if critical else "warning",
+        "why": config.meta.get("why", ""),
+    }
+
+
+def run_suites(tables: dict[str, pd.DataFrame], settings: Settings) -> list[dict[str, Any]]:
+    """Run every suite on its table; return the failed expectations (critical and warnings)."""
+    context = _gx_context()
+    source = context.data_sources.add_pandas("osteo")
+    params = suite_parameters(settings)
+    failures = []
+    for name in SUITE_NAMES:
+        suite, meta = load_suite(name, settings.validation.suites_dir)
+        id_column = meta["id_column"]
+        batch = (
+            source.add_dataframe_asset(name)
+            .add_batch_definition_whole_dataframe("all")
+            .get_batch(batch_parameters={"dataframe": tables[name]})
+        )
+        outcome = batch.validate(
+            suite,
+            expectation_parameters=params,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
+        )
+        for result in outcome.results:
+            if result.success:
+                continue
+            config = result.expectation_config
+            escalation = config.meta.get("critical_when")
+            critical = str(getattr(config.severity, "value", config.severity)) == "critical" or (
+                escalation is not None and bool(_setting(settings, escalation))
+            )
+            failures.append(_failure(result, name, id_column, critical))
+    return failures
+
+
+def _setting(settings: Settings, dotted: str) -> Any:
+    value: Any = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResult:
+    """Scan ``data_dir`` and validate it; never raises for bad files, only for a bad folder."""
+    started = time.perf_counter()
+    v = settings.validation
+    scan = scan_folder(data_dir, settings.data.extensions, v.max_pixels)
+    manifest = scan.manifest
+    ignored = list(scan.ignored)
+    class_dirs = scan.class_dirs
+    in_scope = manifest
+    if settings.data.ignore_unlisted_classes:
+        unlisted = sorted(set(class_dirs) - set(settings.data.classes))
+        ignored += [
+            {"path": f"{name}/", "reason": "class folder not in data.classes (data.ignore_unlisted_classes)"}
+            for name in unlisted
+        ]
+        class_dirs = [c for c in class_dirs if c in settings.data.classes]
+        in_scope = manifest[manifest["label"].isin(settings.data.classes)]
+    tables = {
+        "files": in_scope,
+        "classes": quality.class_table(in_scope, settings.data.classes, class_dirs),
+        # Conflicts are looked for across every folder: an image also filed as another class has
+        # an unreliable label even when that class is not being trained.
+        "contents": quality.content_table(manifest),
+    }
+    failures = run_suites(tables, settings)
+    passed = not any(f["severity"] == "critical" for f in failures)
+    summary = {
+        "passed": passed,
+        "data_dir": str(scan.root),
+        "classes": list(settings.data.classes),
+        "files": int(len(in_scope)),
+        "readable": int(in_scope["error"].isna().sum()),
+        "counts": {row.label: int(row.count) for row in tables["classes"].itertuples()},
+        "unreadable": [
+            {"path": display_path(r.path), "reason": r.error}
+            for r in in_scope[in_scope["error"].notna()].itertuples()
+        ],
+        "duplicate_groups": [[display_path(p) for p in g] for g in quality.duplicate_groups(manifest)],
+        "label_conflicts": [
+            {**c, "paths": [display_path(p) for p in c["paths"]]} for c in quality.label_conflicts(manifest)
+        ],
+        "near_duplicates": [
+            [display_path(p) for p in g]
+            for g in quality.near_duplicate_groups(in_scope, v.near_duplicate_distance)
+        ],
+        "failed_expectations": [f for f in failures if f["severity"] == "critical"],
+        "warnings": [f for f in failures if f["severity"] == "warning"],
+        "ignored": ignored,
+        "formats": {str(k): int(n) for k, n in in_scope["format"].value_counts().items()},
+        "modes": {str(k): int(n) for k, n in in_scope["mode"].value_counts().items()},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return ValidationResult(passed=passed, summary=summary, scan=scan)

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny synthetic X-ray folders and settings sized for them. No network, no
+shared data: every image a test needs is generated here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from osteo_pipeline.config import Settings, load_settings  # noqa: E402
+from osteo_pipeline.steps.synth import write_synthetic_dataset  # noqa: E402
+
+TINY = 64  # px: large enough for every check, small enough for fast tests
+
+
+@pytest.fixture(autouse=True)
+def _no_user_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's OSTEO_* or MLflow variables must not change test outcomes."""
+    for name in list(os.environ):
+        if name.startswith("OSTEO_") or name == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        overrides={
+            "validation": {"min_width": 32, "min_height": 32, "min_images_per_class": 2},
+            "output_dir": str(tmp_path / "outputs"),
+        },
+        environ={},
+    )
+
+
+@pytest.fixture
+def synth_dir(tmp_path: Path):
+    """Factory: a synthetic DATA_DIR with ``per_class`` images per class."""
+
+    def make(per_class: int = 6, classes: tuple[str, ...] = ("normal", "osteoporosis"), seed: int = 0) -> Path:
+        root = tmp_path / f"data-{seed}-{per_class}"
+        write_synthetic_dataset(root, list(classes), per_class, TINY, seed)
+        return root
+
+    return make

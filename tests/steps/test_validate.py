@@ -1,0 +1,118 @@
+"""Every expectation with a passing and a failing case, on generated folders."""
+
+import shutil
+
+import pytest
+
+from osteo_pipeline.steps.validate import validate_folder
+from tests.corpus import BAD_FILES, _gradient, rgba_png
+
+
+def _checks(result, severity="critical"):
+    key = "failed_expectations" if severity == "critical" else "warnings"
+    return {f["check"] for f in result.summary[key]}
+
+
+def test_clean_synthetic_folder_passes(synth_dir, tiny_settings):
+    result = validate_folder(synth_dir(), tiny_settings)
+    assert result.passed, result.summary["failed_expectations"]
+    assert result.summary["counts"] == {"normal": 6, "osteoporosis": 6}
+    assert result.summary["unreadable"] == [] and result.summary["label_conflicts"] == []
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_each_bad_file_fails_readable_and_is_named(synth_dir, tiny_settings, kind):
+    root = synth_dir()
+    name, write = BAD_FILES[kind]
+    reason = write(root / "normal" / name)
+    result = validate_folder(root, tiny_settings)
+    assert not result.passed and "readable" in _checks(result)
+    assert [u["path"] for u in result.summary["unreadable"]] == [f"normal/{name}"]
+    assert reason in result.summary["unreadable"][0]["reason"]
+
+
+def test_min_width_and_height(synth_dir, tiny_settings):
+    root = synth_dir()
+    _gradient(16).save(root / "normal" / "small.png")
+    result = validate_folder(root, tiny_settings)
+    assert {"min_width", "min_height"} <= _checks(result)
+    failure = next(f for f in result.summary["failed_expectations"] if f["check"] == "min_width")
+    assert failure["unexpected"] == [{"id": "normal/small.png", "value": 16}] or failure["unexpected"][0]["id"] == "normal/small.png"
+    assert failure["bound"] == {"min_value": 32}
+
+
+def test_image_mode(synth_dir, tiny_settings):
+    root = synth_dir()
+    rgba_png(root / "osteoporosis" / "alpha.png")
+    result = validate_folder(root, tiny_settings)
+    assert _checks(result) == {"image_mode"}
+    allowed = tiny_settings.model_copy(deep=True)
+    allowed.validation.allowed_modes = [*allowed.validation.allowed_modes, "RGBA"]
+    assert validate_folder(root, allowed).passed
+
+
+def test_unknown_class_folder_fails_label_checks(synth_dir, tiny_settings):
+    root = synth_dir()
+    shutil.copytree(root / "normal", root / "osteopenia")
+    result = validate_folder(root, tiny_settings)
+    assert {"known_label", "label_set"} <= _checks(result)
+    ignoring = tiny_settings.model_copy(deep=True)
+    ignoring.data.ignore_unlisted_classes = True
+    ignoring.validation.fail_on_label_conflicts = False  # the copies conflict by construction
+    result = validate_folder(root, ignoring)
+    assert result.passed and "osteopenia/" in {i["path"] for i in result.summary["ignored"]}
+
+
+def test_empty_or_missing_class_fails_class_count(synth_dir, tiny_settings):
+    root = synth_dir()
+    for f in (root / "osteoporosis").iterdir():
+        f.unlink()
+    assert "class_count" in _checks(validate_folder(root, tiny_settings))
+    (root / "osteoporosis").rmdir()
+    assert "class_count" in _checks(validate_folder(root, tiny_settings))
+
+
+def test_class_balance(synth_dir, tiny_settings):
+    root = synth_dir(per_class=10)
+    for f in sorted((root / "osteoporosis").iterdir())[:7]:
+        f.unlink()
+    result = validate_folder(root, tiny_settings)  # 3 of 13 = 23% passes default 10%..80%? no: 77% normal ok
+    assert result.passed
+    strict = tiny_settings.model_copy(deep=True)
+    strict.validation.min_class_share = 0.3
+    result = validate_folder(root, strict)
+    failure = next(f for f in result.summary["failed_expectations"] if f["check"] == "class_balance")
+    assert failure["unexpected"][0]["id"] == "osteoporosis"
+
+
+def test_label_conflicts_fail_or_are_excluded(synth_dir, tiny_settings):
+    root = synth_dir()
+    shutil.copy(root / "normal" / "normal_000.jpg", root / "osteoporosis" / "copy.jpg")
+    result = validate_folder(root, tiny_settings)
+    assert "label_conflicts" in _checks(result)
+    assert result.summary["label_conflicts"][0]["paths"] == ["normal/normal_000.jpg", "osteoporosis/copy.jpg"]
+    lenient = tiny_settings.model_copy(deep=True)
+    lenient.validation.fail_on_label_conflicts = False
+    result = validate_folder(root, lenient)
+    assert result.passed and "label_conflicts" in _checks(result, "warning")
+
+
+def test_duplicates_warn_by_default_and_can_fail(synth_dir, tiny_settings):
+    root = synth_dir()
+    shutil.copy(root / "normal" / "normal_000.jpg", root / "normal" / "again.jpg")
+    result = validate_folder(root, tiny_settings)
+    assert result.passed and "duplicates" in _checks(result, "warning")
+    assert result.summary["duplicate_groups"] == [["normal/again.jpg", "normal/normal_000.jpg"]]
+    strict = tiny_settings.model_copy(deep=True)
+    strict.validation.fail_on_duplicates = True
+    assert "duplicates" in _checks(validate_folder(root, strict))
+
+
+def test_near_duplicates_are_reported(synth_dir, tiny_settings):
+    from PIL import Image
+
+    root = synth_dir()
+    with Image.open(root / "normal" / "normal_001.png") as image:
+        image.save(root / "normal" / "resaved.jpg", quality=80)
+    groups = validate_folder(root, tiny_settings).summary["near_duplicates"]
+    assert ["normal/normal_001.png", "normal/resaved.jpg"] in groups
