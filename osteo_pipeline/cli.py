@@ -52,7 +52,12 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from osteo_pipeline.core.splits import SplitError
     from osteo_pipeline.io.manifest import DataDirError
 
-    return (ConfigError, DataDirError, SplitError, InputError)
+    errors: tuple[type[BaseException], ...] = (ConfigError, DataDirError, SplitError, InputError)
+    if "osteo_pipeline.core.model" in sys.modules:  # only once a command has loaded Keras
+        from osteo_pipeline.core.model import WeightsUnavailableError
+
+        errors += (WeightsUnavailableError,)
+    return errors
 
 
 def handles_input_errors(command: F) -> F:
@@ -188,6 +193,87 @@ def split(
     console.print(table)
     console.print(f"excluded {len(manifest.excluded)} label-conflicting files; dataset hash {manifest.dataset_hash[:16]}")
     console.print(f"split manifest: {path}")
+
+
+def _validated_split(data_dir: Path, settings: Settings):  # noqa: ANN202
+    """Validate then split; a failed validation prints its report and exits 1."""
+    from osteo_pipeline.steps.split import split_dataset
+    from osteo_pipeline.steps.validate import validate_folder
+
+    result = validate_folder(data_dir, settings)
+    if not result.passed:
+        _print_validation(result.summary)
+        console.print("[red]nothing was trained: the data failed validation[/]")
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    return split_dataset(result, settings)
+
+
+def _metrics_table(report: dict[str, dict[str, float]], title: str) -> Table:
+    table = Table("metric", "value", "95% CI", title=title)
+    for name, values in report.items():
+        table.add_row(name, f"{values['value']:.3f}", f"[{values['low']:.3f}, {values['high']:.3f}]")
+    return table
+
+
+@app.command()
+@handles_input_errors
+def tune(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    trials: Annotated[int | None, typer.Option(help="Finished trials wanted in the study (resumes).", min=1)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after S seconds.")] = None,
+    study: Annotated[str | None, typer.Option(help="Optuna study name (same name resumes).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Search learning rate, unfreeze depth, head size and dropout with Optuna (MLflow-tracked)."""
+    from osteo_pipeline.steps.tune import tune as run_tune
+
+    settings = _settings(config, set_, tune__trials=trials, tune__timeout_s=timeout, tune__study_name=study)
+    split = _validated_split(data_dir, settings)
+    result = run_tune(split, settings)
+    console.print(
+        f"study {result.study_name}: {result.counts} in {result.seconds:.0f} s; best trial {result.best_trial} "
+        f"val_loss {result.best_value:.4f} params {result.best_params}"
+    )
+    console.print(f"MLflow parent run {result.parent_run_id}; next: osteo train {data_dir} --params best")
+
+
+@app.command()
+@handles_input_errors
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    params: Annotated[str, typer.Option(help="'best' (from the study), 'config', or a JSON/YAML file of parameters.")] = "best",
+    study: Annotated[str | None, typer.Option(help="Optuna study to take 'best' from.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Refit chosen parameters on train+val, evaluate once on test, log the servable model."""
+    import yaml
+
+    from osteo_pipeline.steps.refit import refit_and_evaluate
+    from osteo_pipeline.steps.train import TrainParams
+    from osteo_pipeline.steps.tune import best_params
+
+    settings = _settings(config, set_, tune__study_name=study)
+    if params == "best":
+        try:
+            chosen = best_params(settings)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+    elif params == "config":
+        chosen = TrainParams.from_settings(settings).as_dict()
+    else:
+        file = Path(params)
+        if not file.is_file():
+            raise InputError(f"--params: no such file {file} (or use 'best' / 'config')")
+        loaded = yaml.safe_load(file.read_text())
+        if not isinstance(loaded, dict):
+            raise InputError(f"--params file {file} must hold a mapping of parameter names to values")
+        chosen = TrainParams.from_settings(settings).as_dict() | loaded
+    split = _validated_split(data_dir, settings)
+    result = refit_and_evaluate(split, chosen, settings, source=params)
+    console.print(_metrics_table(result.metrics, f"test metrics (n={sum(split.counts()['test'].values())})"))
+    console.print(f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; {result.seconds:.0f} s")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,9 @@ class DataSettings(_Section):
     classes: list[str] = Field(
         default=["normal", "osteoporosis"], min_length=2, description="Class folder names, in label order."
     )
+    positive_class: str | None = Field(
+        default=None, description="Class whose sensitivity/specificity are reported (default: the last class)."
+    )
     extensions: list[str] = Field(
         default=[".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"],
         description="File suffixes (case-insensitive) treated as images inside class folders.",
@@ -52,7 +55,13 @@ class DataSettings(_Section):
     def _unique_classes(self) -> DataSettings:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"data.classes has repeated names: {self.classes}")
+        if self.positive_class is not None and self.positive_class not in self.classes:
+            raise ValueError(f"data.positive_class {self.positive_class!r} is not one of {self.classes}")
         return self
+
+    @property
+    def positive(self) -> str:
+        return self.positive_class or self.classes[-1]
 
 
 class ValidationSettings(_Section):
@@ -110,12 +119,86 @@ class SynthSettings(_Section):
     size: int = Field(default=256, ge=32, description="Shortest side in px; images vary up to +15%/+40%.")
 
 
+class ModelSettings(_Section):
+    weights: str = Field(
+        default="imagenet",
+        description=(
+            "Backbone weights: 'imagenet' (Keras download), 'none' (random init) or a local no-top "
+            ".h5 path (also OSTEO_BACKBONE_WEIGHTS)."
+        ),
+    )
+    allow_random_init_fallback: bool = Field(
+        default=False,
+        description="Demo only: if ImageNet weights cannot be loaded, train from random init (tagged loudly).",
+    )
+    input_size: int = Field(default=224, ge=32, description="Square input side in px (bone texture needs resolution).")
+    head_units: int = Field(default=256, ge=1)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    unfreeze_depth: int = Field(default=2, ge=0, le=16, description="Top residual blocks trained in phase 2 (0 = head only).")
+
+    @property
+    def weights_source(self) -> str | None:
+        return None if self.weights.lower() == "none" else self.weights
+
+
+class AugmentSettings(_Section):
+    """Training-split augmentation as in the paper; factors are fractions (rotation of a full turn)."""
+
+    enabled: bool = True
+    horizontal_flip: bool = True
+    rotation: float = Field(default=10 / 360, ge=0, le=0.5, description="±10 degrees")
+    shift: float = Field(default=0.10, ge=0, lt=1)
+    zoom: float = Field(default=0.10, ge=0, lt=1)
+    brightness: float = Field(default=0.10, ge=0, le=1)
+    contrast: float = Field(default=0.10, ge=0, le=1)
+
+
+class TrainSettings(_Section):
+    batch_size: int = Field(default=16, ge=1)
+    head_epochs: int = Field(default=4, ge=0, description="Phase 1: head only, backbone frozen.")
+    finetune_epochs: int = Field(default=8, ge=0, description="Phase 2: top unfreeze_depth blocks + head.")
+    head_learning_rate: float = Field(default=1e-3, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0, description="Phase 2 learning rate (searched by tune).")
+    early_stopping_patience: int = Field(default=3, ge=1)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    mixed_precision: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
+    xla: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
+    cache_dir: Path | None = Field(
+        default=None, description="On-disk decoded-image cache (default ~/.cache/osteo/pixels; 'none' in YAML: memory only)."
+    )
+    augment: AugmentSettings = AugmentSettings()
+
+
+class TuneSettings(_Section):
+    trials: int = Field(default=8, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    study_name: str = "osteo-knee"
+    storage: str = Field(default="sqlite:///optuna.db", description="Optuna storage URL; re-running resumes.")
+    learning_rate: tuple[float, float] = (1e-5, 1e-3)
+    unfreeze_depth: tuple[int, int] = (0, 6)
+    head_units: list[int] = [64, 128, 256, 512]
+    dropout: tuple[float, float] = (0.1, 0.5)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_warmup_epochs: int = Field(default=2, ge=0, description="Epochs every trial runs before it can be pruned.")
+    pruner_startup_trials: int = Field(default=2, ge=0)
+
+
+class TrackingSettings(_Section):
+    uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins.")
+    artifact_root: str = Field(default="mlruns", description="Artifact location for new experiments (local path or s3://).")
+    experiment: str = "osteo-knee"
+
+
 class Settings(_Section):
     seed: int = 42
     data: DataSettings = DataSettings()
     validation: ValidationSettings = ValidationSettings()
     split: SplitSettings = SplitSettings()
     synth: SynthSettings = SynthSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    tune: TuneSettings = TuneSettings()
+    tracking: TrackingSettings = TrackingSettings()
     output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
 
 

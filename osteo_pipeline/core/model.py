@@ -1,0 +1,83 @@
+"""ResNet-50 transfer-learning model: build, freeze/unfreeze by residual block, strip for serving."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+#: ResNet-50's residual blocks, bottom to top: conv2 x3, conv3 x4, conv4 x6, conv5 x3.
+RESIDUAL_BLOCKS = [f"conv{stage}_block{b}" for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
+MAX_UNFREEZE_DEPTH = len(RESIDUAL_BLOCKS)
+BACKBONE_NAME = "resnet50"
+_BLOCK = re.compile(r"^(conv\d_block\d+)_")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be loaded and no fallback was allowed."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    classes: tuple[str, ...]
+    input_size: int
+    head_units: int
+    dropout: float
+
+
+def backbone(weights: str | None, input_size: int) -> keras.Model:
+    """ResNet-50 without its top: ``imagenet`` (Keras download), a local ``.h5`` path, or ``None``."""
+    shape = (input_size, input_size, 3)
+    if weights is None or weights == "imagenet":
+        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)")
+    return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=shape, name=BACKBONE_NAME)
+
+
+def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
+    """Backbone (BatchNorm always in inference mode) + GAP + Dense(relu) + dropout + softmax."""
+    base = backbone(weights, spec.input_size)
+    inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="image")
+    features = base(inputs, training=False)  # BN uses its ImageNet statistics, even when unfrozen
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(features)
+    x = keras.layers.Dense(spec.head_units, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="osteo_resnet50")
+    set_unfrozen_blocks(model, 0)
+    return model
+
+
+def get_backbone(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_NAME)
+
+
+def set_unfrozen_blocks(model: keras.Model, depth: int) -> list[str]:
+    """Make the top ``depth`` residual blocks trainable (0 = head only, 16 = every block; the
+    stem ``conv1`` then too). BatchNormalization layers stay frozen. Returns trainable layer names."""
+    if not 0 <= depth <= MAX_UNFREEZE_DEPTH:
+        raise ValueError(f"unfreeze_depth must be in 0..{MAX_UNFREEZE_DEPTH}, got {depth}")
+    base = get_backbone(model)
+    unfrozen = set(RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - depth :]) if depth else set()
+    base.trainable = depth > 0
+    trainable = []
+    for layer in base.layers:
+        match = _BLOCK.match(layer.name)
+        block = match.group(1) if match else ("stem" if layer.name.startswith(("conv1", "pool1")) else None)
+        wanted = block in unfrozen or (block == "stem" and depth == MAX_UNFREEZE_DEPTH)
+        layer.trainable = wanted and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            trainable.append(layer.name)
+    return trainable
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same architecture and weights, uncompiled: saved without optimizer state (~95 MB, not ~280)."""
+    # Rebuilt from config: ``clone_model`` keeps the nested backbone's training state (~285 MB).
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,56 @@
+"""Decode-once pixel cache: each image is decoded and resized once per (content, input size).
+
+Native radiographs are up to 2,660 px: decoding them per epoch or per trial would dominate the
+run. Arrays live in memory for the run and, when a cache folder is set, on disk as
+``<dir>/<size>/<sha256>.npy`` (gray, uint8), so later runs and trials skip decoding too. Keys are
+content hashes, so an edited file is a new key, never a stale hit."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from osteo_pipeline.core.preprocess import load_pixels
+
+
+class PixelCache:
+    def __init__(self, size: int, max_pixels: int, cache_dir: Path | None = None) -> None:
+        self.size = size
+        self.max_pixels = max_pixels
+        self.folder = cache_dir / str(size) if cache_dir else None
+        self._memory: dict[str, np.ndarray] = {}
+        self.decoded = 0  # images actually decoded (cache misses), for benchmarks and tests
+
+    def _one(self, path: Path, sha256: str) -> np.ndarray:
+        if sha256 in self._memory:
+            return self._memory[sha256]
+        stored = self.folder / f"{sha256}.npy" if self.folder else None
+        if stored is not None and stored.is_file():
+            try:
+                gray = np.load(stored)
+                if gray.shape == (self.size, self.size):
+                    self._memory[sha256] = gray
+                    return gray
+            except (OSError, ValueError):
+                pass  # a torn or foreign file: decode again and overwrite it
+        gray = load_pixels(path, self.size, self.max_pixels)[:, :, 0]
+        self.decoded += 1
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as handle:
+                np.save(handle, gray)
+            tmp.replace(stored)
+        self._memory[sha256] = gray
+        return gray
+
+    def load(self, paths: list[Path], sha256s: list[str]) -> np.ndarray:
+        """N x size x size x 3 uint8 pixels, in the order given."""
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+            grays = list(pool.map(self._one, paths, sha256s))
+        if not grays:
+            return np.zeros((0, self.size, self.size, 3), dtype=np.uint8)
+        return np.repeat(np.stack(grays)[..., None], 3, axis=3)

@@ -1,0 +1,132 @@
+"""The MLflow pyfunc: base64 PNG/JPEG images in, a label and a probability per class out.
+
+It reuses ``core.preprocess`` (the function training used), so the served model and the trainer
+cannot disagree about preprocessing. Bad rows raise an MLflow INVALID_PARAMETER_VALUE error that
+names each row and reason, which the scoring server turns into HTTP 400, not 500."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+
+from osteo_pipeline.core.preprocess import ImageDecodeError, load_pixels, model_input
+
+IMAGE_COLUMN = "image"
+PACKAGE_DIR = Path(__file__).resolve().parent
+MAX_ERRORS_LISTED = 20
+
+
+def probability_column(label: str) -> str:
+    return f"p_{label}"
+
+
+def signature(classes: list[str]) -> ModelSignature:
+    outputs = [ColSpec("string", "label"), *(ColSpec("double", probability_column(c)) for c in classes), ColSpec("string", "model_version")]
+    return ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]), outputs=Schema(outputs))
+
+
+def encode_image(pixels: np.ndarray, image_format: str = "PNG") -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int) -> np.ndarray:
+    """N x size x size x 3 uint8 pixels for the ``image`` column, or one error naming every bad row."""
+    if IMAGE_COLUMN not in frame.columns:
+        raise _bad_request(f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); got columns {list(frame.columns)}")
+    if len(frame) == 0:
+        raise _bad_request("empty batch: send at least one row")
+    pixels, errors = [], []
+    for row, value in enumerate(frame[IMAGE_COLUMN].tolist()):
+        try:
+            if not isinstance(value, str | bytes) or len(value) == 0:
+                raise ImageDecodeError("empty or missing image string" if not value else f"expected a base64 string, got {type(value).__name__}")
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ImageDecodeError(f"not valid base64 ({exc})") from exc
+            pixels.append(load_pixels(raw, size, max_pixels))
+        except ImageDecodeError as exc:
+            errors.append(f"row {row}: {exc}")
+    if errors:
+        listed = "; ".join(errors[:MAX_ERRORS_LISTED]) + (" …" if len(errors) > MAX_ERRORS_LISTED else "")
+        raise _bad_request(f"{len(errors)} of {len(frame)} rows are not usable images: {listed}")
+    return np.stack(pixels)
+
+
+class OsteoClassifier(mlflow.pyfunc.PythonModel):
+    """Keras ResNet-50 classifier behind an image-in, label-out interface."""
+
+    def load_context(self, context: Any) -> None:
+        import keras
+
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.classes: list[str] = meta["classes"]
+        self.size: int = meta["input_size"]
+        self.max_pixels: int = meta["max_pixels"]
+        self.version: str = meta.get("version", "")
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model(model_input(pixels), training=False), dtype=np.float64)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        proba = self.predict_pixels(decode_rows(frame, self.size, self.max_pixels))
+        result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})
+        result.insert(0, "label", [self.classes[i] for i in proba.argmax(axis=1)])
+        result["model_version"] = self.version
+        return result
+
+
+def requirements() -> list[str]:
+    wanted = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow")
+    pins = []
+    for name in wanted:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_pyfunc(keras_model: Any, classes: list[str], input_size: int, max_pixels: int, version: str, example_pixels: np.ndarray) -> Any:
+    """Log the model (no optimizer state) as the ``model`` pyfunc of the active run."""
+    from osteo_pipeline.core.model import inference_copy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_path = Path(tmp) / "model.keras"
+        inference_copy(keras_model).save(keras_path)
+        meta_path = Path(tmp) / "meta.json"
+        meta_path.write_text(json.dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version}))
+        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_pixels)]})
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=OsteoClassifier(),
+            artifacts={"keras_model": str(keras_path), "meta": str(meta_path)},
+            signature=signature(classes),
+            input_example=example,
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=requirements(),
+        )

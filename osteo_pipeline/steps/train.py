@@ -1,0 +1,179 @@
+"""Two-phase ResNet-50 fine-tuning on a split manifest: the shared core of tuning and refitting."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import keras
+from osteo_pipeline.config import Settings
+from osteo_pipeline.core.data import augmenter, class_weights, make_dataset
+from osteo_pipeline.core.model import ModelSpec, WeightsUnavailableError, build_model, set_unfrozen_blocks
+from osteo_pipeline.io.pixels import PixelCache
+from osteo_pipeline.steps.split import SplitManifest
+
+log = logging.getLogger(__name__)
+RANDOM_INIT_FALLBACK = "random-init (ImageNet weights unavailable; demo fallback)"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The hyperparameters a trial searches and a refit uses."""
+
+    learning_rate: float
+    unfreeze_depth: int
+    head_units: int
+    dropout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrainParams:
+        return cls(settings.train.learning_rate, settings.model.unfreeze_depth, settings.model.head_units, settings.model.dropout)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainParams:
+        names = {f for f in cls.__dataclass_fields__}
+        missing = names - set(values)
+        if missing:
+            raise ValueError(f"parameters missing: {sorted(missing)}")
+        return cls(float(values["learning_rate"]), int(values["unfreeze_depth"]), int(values["head_units"]), float(values["dropout"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Arrays:
+    pixels: np.ndarray  # N x S x S x 3 uint8
+    labels: np.ndarray  # N class indices
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]  # per epoch, both phases in sequence
+    head_epochs: int  # epochs actually run (early stopping may cut them short)
+    finetune_epochs: int
+
+
+def configure_runtime(settings: Settings) -> dict[str, bool]:
+    """Seed everything; mixed precision and XLA when a GPU is present (or forced by config)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(settings.seed)
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    mixed = settings.train.mixed_precision == "on" or (settings.train.mixed_precision == "auto" and gpu)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    xla = settings.train.xla == "on" or (settings.train.xla == "auto" and gpu)
+    return {"gpu": gpu, "mixed_precision": mixed, "xla": xla}
+
+
+def pixel_cache(settings: Settings) -> PixelCache:
+    folder = settings.train.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "osteo" / "pixels"
+    return PixelCache(settings.model.input_size, settings.validation.max_pixels, None if str(folder).lower() == "none" else Path(folder))
+
+
+def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:
+    """Decoded pixels and label indices per split, decoding each image once."""
+    index = {c: i for i, c in enumerate(settings.data.classes)}
+    arrays = {}
+    for name in ("train", "val", "test"):
+        subset = split.subset(name)
+        paths = [split.data_dir / p for p in subset["path"]]
+        arrays[name] = Arrays(cache.load(paths, list(subset["sha256"])), subset["label"].map(index).to_numpy(dtype=np.int64), list(subset["path"]))
+    return arrays
+
+
+def combine(*parts: Arrays) -> Arrays:
+    return Arrays(np.concatenate([p.pixels for p in parts]), np.concatenate([p.labels for p in parts]), [x for p in parts for x in p.paths])
+
+
+def build(settings: Settings, params: TrainParams) -> tuple[keras.Model, str]:
+    """The model with its backbone weights; returns what weights were actually used."""
+    spec = ModelSpec(tuple(settings.data.classes), settings.model.input_size, params.head_units, params.dropout)
+    source = settings.model.weights_source
+    try:
+        return build_model(spec, source), source or "none"
+    except WeightsUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras' download raises generic exceptions
+        if source != "imagenet":
+            raise WeightsUnavailableError(f"cannot load backbone weights from {source}: {exc}") from exc
+        if not settings.model.allow_random_init_fallback:
+            raise WeightsUnavailableError(
+                "cannot download the ResNet-50 ImageNet weights "
+                f"({type(exc).__name__}: {str(exc)[:200]}). Set model.weights (or OSTEO_BACKBONE_WEIGHTS) "
+                "to a local no-top .h5 file (../shared/tools/resnet50-weights/fetch.sh builds one), or "
+                "'none'; the demo config may allow model.allow_random_init_fallback."
+            ) from exc
+        log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", exc)
+        return build_model(spec, None), RANDOM_INIT_FALLBACK
+
+
+def _compile(model: keras.Model, learning_rate: float, jit: bool) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit,
+    )
+
+
+def fit_two_phase(
+    model: keras.Model,
+    train: Arrays,
+    val: Arrays | None,
+    params: TrainParams,
+    settings: Settings,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    epochs: tuple[int, int] | None = None,
+    jit: bool = False,
+) -> FitResult:
+    """Phase 1 trains the head (backbone frozen); phase 2 unfreezes the top ``unfreeze_depth``
+    residual blocks at ``learning_rate``. With ``val``, each phase stops early on val loss and
+    keeps its best weights; without, ``epochs`` (head, finetune) are run as given.
+
+    Epoch numbers run on across phases, so per-epoch logs and pruning see one sequence."""
+    t = settings.train
+    n_classes = len(settings.data.classes)
+    train_ds = make_dataset(train.pixels, train.labels, n_classes, t.batch_size, augmenter(t.augment, settings.seed), shuffle_seed=settings.seed)
+    val_ds = make_dataset(val.pixels, val.labels, n_classes, t.batch_size) if val is not None and len(val.labels) else None
+    weights = class_weights(train.labels, n_classes, t.class_weight)
+    head_epochs, finetune_epochs = epochs or (t.head_epochs, t.finetune_epochs)
+    history: dict[str, list[float]] = {}
+    done = [0, 0]
+
+    for phase, (n_epochs, depth, lr) in enumerate(((head_epochs, 0, t.head_learning_rate), (finetune_epochs, params.unfreeze_depth, params.learning_rate))):
+        if n_epochs == 0:
+            continue
+        set_unfrozen_blocks(model, depth)
+        _compile(model, lr, jit)
+        phase_callbacks = list(callbacks or [])
+        if val_ds is not None:
+            phase_callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True))
+        start = sum(done)
+        result = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=start + n_epochs,
+            initial_epoch=start,
+            class_weight=weights,
+            callbacks=phase_callbacks,
+            verbose=0,
+        )
+        done[phase] = len(result.history.get("loss", []))
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+    return FitResult(history, head_epochs=done[0], finetune_epochs=done[1])
+
+
+def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    if len(pixels) == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    dataset = make_dataset(pixels, None, model.output_shape[-1], batch_size)
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)

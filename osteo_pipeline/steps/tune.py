@@ -1,0 +1,172 @@
+"""Optuna search over learning rate, unfreeze depth, head size and dropout.
+
+One MLflow parent run per study and one nested run per trial. The study lives in SQLite, so a
+re-run with the same name resumes: finished and pruned trials are kept, trials a killed process
+left RUNNING are marked FAIL (and their MLflow runs FAILED), and only the missing trials run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from optuna_integration import KerasPruningCallback
+
+import keras
+from osteo_pipeline.config import Settings, TuneSettings
+from osteo_pipeline.core.metrics import classification_metrics
+from osteo_pipeline.io import tracking
+from osteo_pipeline.steps.split import SplitManifest
+from osteo_pipeline.steps.train import (
+    Arrays,
+    TrainParams,
+    build,
+    configure_runtime,
+    fit_two_phase,
+    load_arrays,
+    pixel_cache,
+    predict_proba,
+)
+
+log = logging.getLogger(__name__)
+STUDY_TAG = "osteo.study"
+TRIAL_TAG = "osteo.trial"
+OBJECTIVE = "val_loss"
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    parent_run_id: str
+    best_params: dict[str, Any]
+    best_value: float
+    best_trial: int
+    counts: dict[str, int]
+    seconds: float
+
+
+def suggest(trial: optuna.Trial, space: TuneSettings) -> TrainParams:
+    return TrainParams(
+        learning_rate=trial.suggest_float("learning_rate", *space.learning_rate, log=True),
+        unfreeze_depth=trial.suggest_int("unfreeze_depth", *space.unfreeze_depth),
+        head_units=trial.suggest_categorical("head_units", space.head_units),
+        dropout=trial.suggest_float("dropout", *space.dropout),
+    )
+
+
+def make_pruner(space: TuneSettings, max_epochs: int) -> optuna.pruners.BasePruner:
+    if space.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=space.pruner_startup_trials, n_warmup_steps=space.pruner_warmup_epochs)
+    if space.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, space.pruner_warmup_epochs), max_resource=max(2, max_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def open_study(settings: Settings) -> optuna.Study:
+    t = settings.train
+    study = optuna.create_study(
+        study_name=settings.tune.study_name,
+        storage=settings.tune.storage,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        pruner=make_pruner(settings.tune, t.head_epochs + t.finetune_epochs),
+        load_if_exists=True,
+    )
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # A trial still RUNNING when its study is opened again was left by a killed process.
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        log.warning("trial %d was left RUNNING by a stopped process: marked FAIL", trial.number)
+    return study
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool]):  # noqa: ANN201
+    positive = settings.data.classes.index(settings.data.positive)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, settings.tune)
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(settings.seed + trial.number)
+        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={STUDY_TAG: settings.tune.study_name, TRIAL_TAG: str(trial.number)}) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number})
+            model, weights_used = build(settings, params)
+            mlflow.set_tag("backbone_weights", weights_used)
+            callbacks = [tracking.EpochLogger(), KerasPruningCallback(trial, OBJECTIVE)]
+            try:
+                fit = fit_two_phase(model, arrays["train"], arrays["val"], params, settings, callbacks, jit=runtime["xla"])
+            except optuna.TrialPruned:
+                mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
+                mlflow.end_run(status="KILLED")
+                raise
+            proba = predict_proba(model, arrays["val"].pixels, settings.train.batch_size)
+            val = classification_metrics(arrays["val"].labels, proba, positive)
+            value = float(min(fit.history[OBJECTIVE]))
+            mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
+            mlflow.log_params({"head_epochs_run": fit.head_epochs, "finetune_epochs_run": fit.finetune_epochs})
+            mlflow.set_tag("optuna.state", "COMPLETE")
+            trial.set_user_attr("head_epochs", fit.head_epochs)
+            trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
+            trial.set_user_attr("val_balanced_accuracy", val["balanced_accuracy"])
+            return value
+
+    return objective
+
+
+def tune(split: SplitManifest, settings: Settings, trials: int | None = None, timeout_s: float | None = None) -> TuneResult:
+    """Run (or resume) the study until ``trials`` trials have finished or ``timeout_s`` passes."""
+    started = time.perf_counter()
+    runtime = configure_runtime(settings)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    experiment_id = tracking.configure(settings)
+    study = open_study(settings)
+    name = settings.tune.study_name
+    tracking.fail_orphaned_runs(experiment_id, f"tags.`{STUDY_TAG}` = '{name}'")
+    target = trials or settings.tune.trials
+    arrays = load_arrays(split, settings, pixel_cache(settings))
+
+    parent_id = tracking.find_run(experiment_id, f"tags.`{STUDY_TAG}` = '{name}' and tags.`osteo.kind` = 'study'")
+    with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"study-{name}") as parent:
+        if parent_id is None:
+            mlflow.set_tags({STUDY_TAG: name, "osteo.kind": "study", "optuna.storage": settings.tune.storage})
+            tracking.log_settings(settings)
+            tracking.log_dataset(split)
+            tracking.log_environment()
+            mlflow.log_params({f"runtime.{k}": v for k, v in runtime.items()})
+        remaining = target - _finished(study)
+        if remaining > 0:
+            study.optimize(
+                objective_factory(settings, arrays, runtime),
+                n_trials=remaining,
+                timeout=timeout_s or settings.tune.timeout_s,
+                catch=(),
+                gc_after_trial=True,
+            )
+        counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not completed:
+            raise RuntimeError(f"study {name!r} has no completed trial yet ({counts})")
+        best = study.best_trial
+        best_params = best.params | {"head_epochs": best.user_attrs.get("head_epochs"), "finetune_epochs": best.user_attrs.get("finetune_epochs")}
+        mlflow.log_metrics({"best_val_loss": best.value, "trials_complete": counts["complete"], "trials_pruned": counts["pruned"]})
+        mlflow.set_tags({"best_trial": str(best.number), "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
+        mlflow.log_dict(best_params, "best_params.json")
+        return TuneResult(name, parent.info.run_id, best_params, float(best.value), best.number, counts, time.perf_counter() - started)
+
+
+def best_params(settings: Settings) -> dict[str, Any]:
+    """The best completed trial's parameters and epochs run, from the study storage."""
+    try:
+        study = optuna.load_study(study_name=settings.tune.study_name, storage=settings.tune.storage)
+        best = study.best_trial
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"no completed trial in study {settings.tune.study_name!r} at {settings.tune.storage}; run `osteo tune` first") from exc
+    return best.params | {"head_epochs": best.user_attrs.get("head_epochs"), "finetune_epochs": best.user_attrs.get("finetune_epochs")}
