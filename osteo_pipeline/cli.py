@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -21,6 +22,9 @@ from osteo_pipeline.config import (
     merge_overrides,
     settings_to_yaml,
 )
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 app = typer.Typer(
     help="Validate, train, register and serve a knee X-ray osteoporosis classifier.",
@@ -195,7 +199,7 @@ def split(
     console.print(f"split manifest: {path}")
 
 
-def _validated_split(data_dir: Path, settings: Settings):  # noqa: ANN202
+def _validated_split(data_dir: Path, settings: Settings):
     """Validate then split; a failed validation prints its report and exits 1."""
     from osteo_pipeline.steps.split import split_dataset
     from osteo_pipeline.steps.validate import validate_folder

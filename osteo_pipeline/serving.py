@@ -60,8 +60,10 @@ def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int) -> np.ndarray:
     pixels, errors = [], []
     for row, value in enumerate(frame[IMAGE_COLUMN].tolist()):
         try:
-            if not isinstance(value, str | bytes) or len(value) == 0:
-                raise ImageDecodeError("empty or missing image string" if not value else f"expected a base64 string, got {type(value).__name__}")
+            if value is None or (isinstance(value, float) and np.isnan(value)) or len(value) == 0:
+                raise ImageDecodeError("empty or missing image string")
+            if not isinstance(value, str | bytes):
+                raise ImageDecodeError(f"expected a base64 string, got {type(value).__name__}")
             try:
                 raw = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:
@@ -91,7 +93,7 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(model_input(pixels), training=False), dtype=np.float64)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         proba = self.predict_pixels(decode_rows(frame, self.size, self.max_pixels))
         result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})

@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from osteo_pipeline.config import Settings, load_settings  # noqa: E402
-from osteo_pipeline.steps.synth import write_synthetic_dataset  # noqa: E402
+from osteo_pipeline.config import Settings, load_settings
+from osteo_pipeline.steps.synth import write_synthetic_dataset
 
 TINY = 64  # px: large enough for every check, small enough for fast tests
 
@@ -45,3 +45,23 @@ def synth_dir(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture
+def train_settings(tiny_settings: Settings, tmp_path: Path) -> Settings:
+    """Tiny, fast training settings with a private MLflow store and Optuna study."""
+    return tiny_settings.model_copy(
+        update={
+            "model": tiny_settings.model.model_copy(update={"weights": "none", "input_size": 32, "head_units": 8}),
+            "train": tiny_settings.train.model_copy(
+                update={"batch_size": 8, "head_epochs": 1, "finetune_epochs": 1, "cache_dir": tmp_path / "pixels"}
+            ),
+            "tune": tiny_settings.tune.model_copy(
+                update={"trials": 2, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "unfreeze_depth": (0, 1), "head_units": [4, 8]}
+            ),
+            "tracking": tiny_settings.tracking.model_copy(
+                update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "mlruns")}
+            ),
+        },
+        deep=True,
+    )

@@ -3,11 +3,11 @@ preprocessing. Inputs are decoded uint8 arrays (see ``io.pixels``), never files.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-import keras
 from osteo_pipeline.config import AugmentSettings
 from osteo_pipeline.core.preprocess import model_input
 
@@ -52,7 +52,7 @@ def make_dataset(
         ds = ds.shuffle(len(pixels), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
 
-    def prepare(x: tf.Tensor, *y: tf.Tensor):  # noqa: ANN202
+    def prepare(x: tf.Tensor, *y: tf.Tensor):
         x = tf.cast(x, tf.float32)
         if augment is not None:
             x = tf.clip_by_value(augment(x, training=True), 0.0, 255.0)

@@ -25,7 +25,7 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     """Open ``source`` and check its pixel count from the header before any decoding."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad input
+    except Exception as exc:
         raise ImageDecodeError(f"not an image ({type(exc).__name__}: {exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -56,7 +56,7 @@ def to_gray_array(image: Image.Image, size: int) -> np.ndarray:
         return np.asarray(resized, dtype=np.uint8)
     except ImageDecodeError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
 
 
@@ -66,7 +66,7 @@ def load_pixels(source: str | Path | bytes, size: int, max_pixels: int) -> np.nd
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def model_input(pixels):  # noqa: ANN001, ANN201 - NumPy arrays and TF tensors alike
+def model_input(pixels):
     """ResNet-50's own caffe-style preprocessing of uint8-range RGB pixels (RGB->BGR, ImageNet
     mean subtracted), as float32: the backbone's ``preprocess_input``, not a 1/255 rescale."""
     from keras.applications.resnet50 import preprocess_input

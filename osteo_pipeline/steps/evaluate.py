@@ -37,5 +37,5 @@ def evaluate_predictions(arrays: Arrays, proba: np.ndarray, settings: Settings, 
         {"path": p, "true": classes[t], "predicted": classes[int(row.argmax())], **{f"p_{c}": float(row[i]) for i, c in enumerate(classes)}}
         for p, t, row in zip(arrays.paths, arrays.labels, proba)
     ]
-    mlflow.log_dict({"metrics": report, "positive_class": settings.data.positive, "n": int(len(arrays.labels)), "predictions": predictions}, f"{prefix}evaluation.json")
+    mlflow.log_dict({"metrics": report, "positive_class": settings.data.positive, "n": len(arrays.labels), "predictions": predictions}, f"{prefix}evaluation.json")
     return report

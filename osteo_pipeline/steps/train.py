@@ -8,12 +8,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
-import keras
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.data import augmenter, class_weights, make_dataset
-from osteo_pipeline.core.model import ModelSpec, WeightsUnavailableError, build_model, set_unfrozen_blocks
+from osteo_pipeline.core.model import (
+    ModelSpec,
+    WeightsUnavailableError,
+    build_model,
+    set_unfrozen_blocks,
+)
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.steps.split import SplitManifest
 
@@ -64,6 +69,7 @@ def configure_runtime(settings: Settings) -> dict[str, bool]:
     """Seed everything; mixed precision and XLA when a GPU is present (or forced by config)."""
     import tensorflow as tf
 
+    tf.get_logger().setLevel(logging.ERROR)  # retracing notices between trials are expected
     keras.utils.set_random_seed(settings.seed)
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
     gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -101,7 +107,7 @@ def build(settings: Settings, params: TrainParams) -> tuple[keras.Model, str]:
         return build_model(spec, source), source or "none"
     except WeightsUnavailableError:
         raise
-    except Exception as exc:  # noqa: BLE001 - Keras' download raises generic exceptions
+    except Exception as exc:
         if source != "imagenet":
             raise WeightsUnavailableError(f"cannot load backbone weights from {source}: {exc}") from exc
         if not settings.model.allow_random_init_fallback:

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import mlflow
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 from optuna_integration import KerasPruningCallback
 
-import keras
 from osteo_pipeline.config import Settings, TuneSettings
 from osteo_pipeline.core.metrics import classification_metrics
 from osteo_pipeline.io import tracking
@@ -88,7 +88,7 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool]):  # noqa: ANN201
+def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool]):
     positive = settings.data.classes.index(settings.data.positive)
 
     def objective(trial: optuna.Trial) -> float:

@@ -26,7 +26,7 @@ class ValidationResult:
     scan: Scan
 
 
-def _gx_context():  # noqa: ANN202 - GX's context type is internal
+def _gx_context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -134,7 +134,7 @@ def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResul
         "passed": passed,
         "data_dir": str(scan.root),
         "classes": list(settings.data.classes),
-        "files": int(len(in_scope)),
+        "files": len(in_scope),
         "readable": int(in_scope["error"].isna().sum()),
         "counts": {row.label: int(row.count) for row in tables["classes"].itertuples()},
         "unreadable": [

@@ -1,0 +1,60 @@
+import keras
+import numpy as np
+import pytest
+
+from osteo_pipeline.core.model import WeightsUnavailableError
+from osteo_pipeline.steps import train as train_step
+from osteo_pipeline.steps.train import (
+    RANDOM_INIT_FALLBACK,
+    Arrays,
+    TrainParams,
+    build,
+    fit_two_phase,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Keras' ImageNet download fails as it does without network."""
+    real = keras.applications.ResNet50
+
+    def fake(*args, weights=None, **kwargs):
+        if weights == "imagenet":
+            raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
+        return real(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(keras.applications, "ResNet50", fake)
+
+
+def test_imagenet_unavailable_fails_clearly(train_settings, offline):
+    settings = train_settings.model_copy(update={"model": train_settings.model.model_copy(update={"weights": "imagenet"})})
+    with pytest.raises(WeightsUnavailableError, match="OSTEO_BACKBONE_WEIGHTS"):
+        build(settings, TrainParams.from_settings(settings))
+
+
+def test_random_init_fallback_only_when_allowed(train_settings, offline):
+    model_settings = train_settings.model.model_copy(update={"weights": "imagenet", "allow_random_init_fallback": True})
+    settings = train_settings.model_copy(update={"model": model_settings})
+    model, used = build(settings, TrainParams.from_settings(settings))
+    assert used == RANDOM_INIT_FALLBACK and model.output_shape == (None, 2)
+
+
+def test_augmentation_is_applied_to_training_data_only(train_settings, monkeypatch):
+    calls = []
+    real = train_step.make_dataset
+
+    def spy(pixels, labels, n_classes, batch_size, augment=None, shuffle_seed=None):
+        calls.append({"n": len(pixels), "augment": augment is not None, "shuffle": shuffle_seed is not None})
+        return real(pixels, labels, n_classes, batch_size, augment, shuffle_seed)
+
+    monkeypatch.setattr(train_step, "make_dataset", spy)
+    rng = np.random.default_rng(0)
+    train = Arrays(rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), np.array([0, 1] * 3))
+    val = Arrays(rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), np.array([0, 1, 0]))
+    model, _ = build(train_settings, TrainParams.from_settings(train_settings))
+    fit = fit_two_phase(model, train, val, TrainParams.from_settings(train_settings), train_settings)
+    assert calls == [{"n": 6, "augment": True, "shuffle": True}, {"n": 3, "augment": False, "shuffle": False}]
+    assert fit.head_epochs == 1 and fit.finetune_epochs == 1
+    assert len(fit.history["val_loss"]) == 2
