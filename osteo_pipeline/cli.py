@@ -61,6 +61,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         from osteo_pipeline.core.model import WeightsUnavailableError
 
         errors += (WeightsUnavailableError,)
+    if "osteo_pipeline.io.registry" in sys.modules:
+        from osteo_pipeline.io.registry import RegistryError
+
+        errors += (RegistryError,)
     return errors
 
 
@@ -248,10 +252,11 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
     params: Annotated[str, typer.Option(help="'best' (from the study), 'config', or a JSON/YAML file of parameters.")] = "best",
     study: Annotated[str | None, typer.Option(help="Optuna study to take 'best' from.")] = None,
+    register: Annotated[bool, typer.Option(help="Register the model as a new version with alias 'staging'.")] = True,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Refit chosen parameters on train+val, evaluate once on test, log the servable model."""
+    """Refit chosen parameters on train+val, evaluate once on test, log and register the model."""
     import yaml
 
     from osteo_pipeline.steps.refit import refit_and_evaluate
@@ -278,6 +283,125 @@ def train(
     result = refit_and_evaluate(split, chosen, settings, source=params)
     console.print(_metrics_table(result.metrics, f"test metrics (n={sum(split.counts()['test'].values())})"))
     console.print(f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; {result.seconds:.0f} s")
+    if register:
+        from osteo_pipeline.steps.registry import register_run
+
+        version = register_run(result.run_id, settings)
+        console.print(f"registered {settings.registry.model_name} version {version} as 'staging'; next: osteo promote")
+
+
+@app.command("register")
+@handles_input_errors
+def register_cmd(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of an `osteo train` run.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Register a trained run's model as a new version with alias 'staging' (and a model card)."""
+    from osteo_pipeline.steps.registry import register_run
+
+    settings = _settings(config, set_)
+    version = register_run(run_id, settings)
+    console.print(f"registered {settings.registry.model_name} version {version} as 'staging'")
+
+
+@app.command()
+@handles_input_errors
+def promote(
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the 'staging' alias).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the candidate's test images are, if moved.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Gate a candidate against production on the same held-out images; promote only if it passes."""
+    from osteo_pipeline.steps.registry import promote as run_promote
+
+    settings = _settings(config, set_)
+    decision = run_promote(settings, version, data_dir)
+    style = "green" if decision.passed else "red"
+    console.print(f"[{style}]{decision.summary}[/]", highlight=False)
+    if decision.passed:
+        console.print(f"production -> version {decision.extra['candidate']} (previous: {decision.extra['production'] or 'none'})")
+    else:
+        console.print(f"production unchanged ({decision.extra['production'] or 'none'})")
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+@handles_input_errors
+def rollback(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Point 'production' back at the 'previous' version."""
+    from osteo_pipeline.steps.registry import rollback as run_rollback
+
+    settings = _settings(config, set_)
+    old, new = run_rollback(settings)
+    console.print(f"production: version {old} -> version {new}")
+
+
+@app.command()
+@handles_input_errors
+def models(
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """List registered versions with their aliases and key test metrics."""
+    from osteo_pipeline.steps.registry import list_versions
+
+    rows = list_versions(_settings(config, set_))
+    if json_:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no registered versions yet")
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v or "") for v in row.values()))
+    out.print(table)
+
+
+@app.command()
+@handles_input_errors
+def predict(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Classify image files with a logged or registered model (the same pyfunc the server runs)."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from osteo_pipeline.io import tracking
+
+    tracking.configure(_settings(config, set_))
+    payload = []
+    for image in images:
+        try:
+            payload.append(base64.b64encode(image.read_bytes()).decode("ascii"))
+        except OSError as exc:
+            raise InputError(f"cannot read {image}: {exc.strerror or exc}") from exc
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+        result = model.predict(pd.DataFrame({"image": payload}))
+    except MlflowException as exc:
+        message = str(exc.message)
+        for row, image in enumerate(images):
+            message = message.replace(f"row {row}:", f"{image}:")
+        raise InputError(message) from exc
+    result.insert(0, "file", [str(i) for i in images])
+    if json_:
+        print(result.to_json(orient="records", indent=2))
+    else:
+        table = Table(*result.columns)
+        for row in result.itertuples(index=False):
+            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        out.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -189,6 +189,29 @@ class TrackingSettings(_Section):
     experiment: str = "osteo-knee"
 
 
+class RegistrySettings(_Section):
+    model_name: str = "osteo-knee"
+    floors: dict[str, float] = Field(
+        default={"balanced_accuracy": 0.6, "recall": 0.5},
+        description="Absolute minimums on the evaluation set (metric name -> value) a candidate must reach.",
+    )
+    compare_metric: str = Field(default="balanced_accuracy", description="Metric of the paired candidate-vs-production comparison.")
+    margin: float = Field(default=0.0, ge=0, description="Candidate may trail production by at most this much.")
+    require_ci_above_margin: bool = Field(
+        default=False, description="Also require the 95% CI of (candidate - production) to lie above -margin."
+    )
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> RegistrySettings:
+        from osteo_pipeline.core.metrics import METRIC_NAMES
+
+        for name in [*self.floors, self.compare_metric]:
+            if name not in METRIC_NAMES:
+                raise ValueError(f"unknown metric {name!r}; choose from {list(METRIC_NAMES)}")
+        return self
+
+
 class Settings(_Section):
     seed: int = 42
     data: DataSettings = DataSettings()
@@ -199,6 +222,7 @@ class Settings(_Section):
     train: TrainSettings = TrainSettings()
     tune: TuneSettings = TuneSettings()
     tracking: TrackingSettings = TrackingSettings()
+    registry: RegistrySettings = RegistrySettings()
     output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
 
 

@@ -39,6 +39,9 @@ def test_multiclass_macro_metrics():
     m = classification_metrics(y, proba, positive=2)
     pred = proba.argmax(axis=1)
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"))
     assert 0 <= m["specificity"] <= 1
 

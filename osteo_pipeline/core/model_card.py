@@ -1,0 +1,69 @@
+"""A model card (markdown) per registered version: data, metrics with CIs, intended use, limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_model_card(
+    name: str,
+    version: str,
+    run_id: str,
+    classes: list[str],
+    positive: str,
+    dataset_hash: str,
+    counts: dict[str, dict[str, int]],
+    excluded: int,
+    metrics: dict[str, dict[str, float]],
+    params: dict[str, Any],
+    weights: str,
+    input_size: int,
+) -> str:
+    rows = "\n".join(
+        f"| {split} | " + " | ".join(str(counts.get(split, {}).get(c, 0)) for c in classes) + f" | {sum(counts.get(split, {}).values())} |"
+        for split in ("train", "val", "test")
+    )
+    metric_rows = "\n".join(
+        f"| {metric} | {v['value']:.3f} | {v['low']:.3f} – {v['high']:.3f} |" for metric, v in metrics.items()
+    )
+    n_test = sum(counts.get("test", {}).values())
+    param_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
+    return f"""# Model card: {name} version {version}
+
+Knee radiograph classifier ({', '.join(classes)}), ResNet-50 transfer learning. Training run `{run_id}`.
+
+## Intended use
+Research and engineering of an MLOps pipeline; decision support experiments on labeled knee
+X-rays. **Not a diagnosis and not a medical device.** Osteoporosis is diagnosed by bone mineral
+density (DXA T-score), not by a plain radiograph; outputs must not guide individual care.
+
+## Data
+Dataset hash `{dataset_hash}` (sha256 of content hashes, labels and splits). Exact and perceptual
+near-duplicates are kept within one split; {excluded} label-conflicting copies were excluded.
+
+| split | {' | '.join(classes)} | total |
+|---|{'---|' * len(classes)}---|
+{rows}
+
+## Model
+Backbone weights: `{weights}`; input {input_size} x {input_size} px, grayscale replicated to 3 channels,
+ResNet-50 caffe preprocessing; augmentation on training data only.
+
+| parameter | value |
+|---|---|
+{param_rows}
+
+## Test metrics (n = {n_test}; positive class `{positive}`; 95% bootstrap CIs)
+| metric | value | 95% CI |
+|---|---|---|
+{metric_rows}
+
+## Limits
+- Small data: with n = {n_test} test images the CIs above are wide; differences inside them are noise.
+- Labels come from the source collection (for the public knee set: quantitative-ultrasound
+  T-scores), not from DXA; some images in public copies carry conflicting labels.
+- Public knee X-ray sets are resized, mirrored and relabeled copies of each other: never evaluate
+  on one after training on another.
+- Scanner, resolution and file-format differences can be learned as shortcuts; check the
+  metadata-only baseline before trusting a number.
+"""

@@ -1,0 +1,87 @@
+"""MLflow Model Registry access: versions, aliases and tags. Stages are aliases (MLflow 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+STAGING, PRODUCTION, PREVIOUS = "staging", "production", "previous"
+REPLACED_TAG = "osteo.replaced_version"  # set on a version when it becomes production
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (missing model, version or alias)."""
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+@dataclass
+class Registry:
+    name: str
+    client: MlflowClient
+
+    def ensure_model(self) -> None:
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
+            self.client.create_registered_model(self.name, description="Knee X-ray osteoporosis classifier (ResNet-50 transfer learning)")
+
+    def create_version(self, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
+        self.ensure_model()
+        return self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags)
+
+    def version(self, version: str | int) -> ModelVersion:
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException as exc:
+            if _missing(exc):
+                raise RegistryError(f"model {self.name!r} has no version {version}") from exc
+            raise
+
+    def by_alias(self, alias: str) -> ModelVersion | None:
+        # Looked up through the alias table: stores disagree on the error code of a missing alias.
+        version = self.aliases().get(alias)
+        return None if version is None else self.version(version)
+
+    def set_alias(self, alias: str, version: str | int) -> None:
+        self.client.set_registered_model_alias(self.name, alias, str(version))
+
+    def drop_alias(self, alias: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(self.name, alias)
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
+
+    def tag(self, version: str | int, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, value)
+
+    def versions(self) -> list[ModelVersion]:
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException as exc:
+            if _missing(exc):
+                return []
+            raise
+        return sorted(found, key=lambda v: int(v.version))
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> version."""
+        try:
+            return {alias: str(v) for alias, v in self.client.get_registered_model(self.name).aliases.items()}
+        except MlflowException as exc:
+            if _missing(exc):
+                return {}
+            raise
+
+    def uri(self, version: str | int) -> str:
+        return f"models:/{self.name}/{version}"

@@ -1,0 +1,178 @@
+"""Register a trained run, gate and promote it, roll back, and list versions.
+
+Alias moves are ordered so that ``production`` is never changed by a failed gate and never left
+dangling by a crash: tags first, then ``previous``, then ``production`` (each one atomic write)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from osteo_pipeline.config import Settings
+from osteo_pipeline.core.gate import GateDecision, decide
+from osteo_pipeline.core.model_card import render_model_card
+from osteo_pipeline.io import tracking
+from osteo_pipeline.io.registry import (
+    PREVIOUS,
+    PRODUCTION,
+    REPLACED_TAG,
+    STAGING,
+    Registry,
+    RegistryError,
+)
+from osteo_pipeline.serving import IMAGE_COLUMN, probability_column
+
+KEY_METRICS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "roc_auc")
+
+
+def open_registry(settings: Settings) -> Registry:
+    tracking.configure(settings)
+    return Registry(settings.registry.model_name, MlflowClient())
+
+
+def register_run(run_id: str, settings: Settings) -> str:
+    """Register the run's ``model`` as a new version tagged with its metrics and data, alias
+    ``staging``; log its model card. Returns the version."""
+    registry = open_registry(settings)
+    client = registry.client
+    run = client.get_run(run_id)
+    evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/test_evaluation.json")
+    split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
+    model_uri = _logged_model_uri(run_id, run.info.experiment_id)
+    metrics = evaluation["metrics"]
+    tags = {f"metric.test_{k}": f"{metrics[k]['value']:.4f}" for k in KEY_METRICS if k in metrics}
+    tags |= {"dataset_hash": split["dataset_hash"], "run_id": run_id, "backbone_weights": run.data.tags.get("backbone_weights", "")}
+    version = str(registry.create_version(model_uri, run_id, tags).version)
+    params = {k.removeprefix("chosen."): v for k, v in run.data.params.items() if k.startswith("chosen.")}
+    classes = json.loads(run.data.params.get("data.classes", "[]")) or list(settings.data.classes)
+    card = render_model_card(
+        registry.name, version, run_id, classes, evaluation["positive_class"], split["dataset_hash"], split["counts"],
+        len(split["excluded"]), metrics, params, run.data.tags.get("backbone_weights", "?"), int(run.data.params.get("model.input_size", 0)),
+    )
+    client.log_text(run_id, card, f"model_card_v{version}.md")
+    registry.tag(version, {"model_card": f"runs:/{run_id}/model_card_v{version}.md"})
+    registry.set_alias(STAGING, version)
+    return version
+
+
+def _logged_model_uri(run_id: str, experiment_id: str) -> str:
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    if not models:
+        raise RegistryError(f"run {run_id} has no logged model")
+    return models[0].model_uri
+
+
+@dataclass
+class EvaluationSet:
+    y_true: np.ndarray
+    images: list[str]  # base64 file bytes, as a client would send them
+    classes: list[str]
+    positive: int
+    dataset_hash: str
+
+
+def evaluation_set(run_id: str, data_dir: Path | None) -> EvaluationSet:
+    """The candidate's held-out test images (from its logged split manifest), read from disk."""
+    split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
+    evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/test_evaluation.json")
+    root = Path(data_dir or split["data_dir"])
+    test = [f for f in split["files"] if f["split"] == "test"]
+    missing = [f["path"] for f in test if not (root / f["path"]).is_file()]
+    if missing:
+        raise RegistryError(f"evaluation images missing under {root} (pass --data-dir): {missing[:5]}")
+    config = mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json")
+    classes = config["data"]["classes"]
+    return EvaluationSet(
+        y_true=np.array([classes.index(f["label"]) for f in test]),
+        images=[base64.b64encode((root / f["path"]).read_bytes()).decode("ascii") for f in test],
+        classes=classes,
+        positive=classes.index(evaluation["positive_class"]),
+        dataset_hash=split["dataset_hash"],
+    )
+
+
+def predict_set(model_uri: str, data: EvaluationSet, batch: int = 16) -> np.ndarray:
+    model = mlflow.pyfunc.load_model(model_uri)
+    frames = [model.predict(pd.DataFrame({IMAGE_COLUMN: data.images[i : i + batch]})) for i in range(0, len(data.images), batch)]
+    result = pd.concat(frames, ignore_index=True)
+    columns = [probability_column(c) for c in data.classes]
+    if not set(columns) <= set(result.columns):
+        raise RegistryError(f"{model_uri} predicts {list(result.columns)}, not the classes {data.classes}")
+    return result[columns].to_numpy(dtype=np.float64)
+
+
+def promote(settings: Settings, version: str | None = None, data_dir: Path | None = None) -> GateDecision:
+    """Gate ``version`` (default: ``staging``) against production on the candidate's test set;
+    move ``production`` only when it passes."""
+    registry = open_registry(settings)
+    candidate = registry.version(version) if version else registry.by_alias(STAGING)
+    if candidate is None:
+        raise RegistryError(f"no candidate: model {registry.name!r} has no '{STAGING}' alias; pass --version")
+    production = registry.by_alias(PRODUCTION)
+    if production is not None and production.version == candidate.version:
+        raise RegistryError(f"version {candidate.version} is already {PRODUCTION}")
+    data = evaluation_set(candidate.run_id, data_dir)
+    candidate_proba = predict_set(registry.uri(candidate.version), data)
+    production_proba = predict_set(registry.uri(production.version), data) if production else None
+    r = settings.registry
+    decision = decide(data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin, r.require_ci_above_margin, r.bootstrap_resamples, settings.seed)
+    decision.extra = {"candidate": str(candidate.version), "production": str(production.version) if production else None, "evaluation_dataset": data.dataset_hash}
+    registry.tag(candidate.version, {"gate.decision": "passed" if decision.passed else "rejected", "gate.reason": decision.summary[:5000], "gate.evaluated_against": production.version if production else "none", "gate.evaluation_dataset": data.dataset_hash})
+    if decision.passed:
+        if production is not None:
+            registry.tag(candidate.version, {REPLACED_TAG: production.version})
+            registry.set_alias(PREVIOUS, production.version)
+        registry.set_alias(PRODUCTION, candidate.version)
+        if (staged := registry.by_alias(STAGING)) is not None and staged.version == candidate.version:
+            registry.drop_alias(STAGING)
+    return decision
+
+
+def rollback(settings: Settings) -> tuple[str, str]:
+    """Move ``production`` back to ``previous``; returns (from, to) versions."""
+    registry = open_registry(settings)
+    production = registry.by_alias(PRODUCTION)
+    if production is None:
+        raise RegistryError(f"model {registry.name!r} has no '{PRODUCTION}' version to roll back")
+    previous = registry.by_alias(PREVIOUS)
+    if previous is None or previous.version == production.version:
+        # A crash after the last rollback's first write leaves previous == production.
+        target = production.tags.get(REPLACED_TAG)
+        if not target:
+            raise RegistryError(f"nothing to roll back to: version {production.version} replaced no earlier version")
+        previous = registry.version(target)
+    registry.set_alias(PRODUCTION, previous.version)
+    registry.tag(production.version, {"osteo.rolled_back": "true"})
+    earlier = previous.tags.get(REPLACED_TAG)
+    if earlier:
+        registry.set_alias(PREVIOUS, earlier)
+    else:
+        registry.drop_alias(PREVIOUS)
+    return str(production.version), str(previous.version)
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    registry = open_registry(settings)
+    by_version: dict[str, list[str]] = {}
+    for alias, version in registry.aliases().items():
+        by_version.setdefault(str(version), []).append(alias)
+    return [
+        {
+            "version": str(v.version),
+            "aliases": sorted(by_version.get(str(v.version), [])),
+            "run_id": v.run_id,
+            **{m: v.tags.get(f"metric.test_{m}") for m in ("balanced_accuracy", "recall", "specificity", "roc_auc")},
+            "dataset_hash": (v.tags.get("dataset_hash") or "")[:12],
+            "gate": v.tags.get("gate.decision", ""),
+            "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M"),
+        }
+        for v in registry.versions()
+    ]

@@ -1,0 +1,42 @@
+"""Cheap registered candidates for registry and serving tests: the real pyfunc (``OsteoClassifier``
+and its preprocessing) around a tiny Keras model whose skill is set by hand, logged with the same
+artifacts an ``osteo train`` run has (config, split manifest, test evaluation)."""
+
+from __future__ import annotations
+
+import keras
+import mlflow
+import numpy as np
+
+from osteo_pipeline.config import Settings
+from osteo_pipeline.io import tracking
+from osteo_pipeline.serving import log_pyfunc
+from osteo_pipeline.steps.evaluate import evaluate_predictions
+from osteo_pipeline.steps.split import SplitManifest
+from osteo_pipeline.steps.train import load_arrays, pixel_cache, predict_proba
+
+
+def brightness_model(size: int, skill: float) -> keras.Model:
+    """p(osteoporosis) rises as the image darkens when ``skill`` > 0 (the synthetic cue), falls
+    when < 0 (a worse model), and is constant at 0 (chance)."""
+    inputs = keras.Input((size, size, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax", name="probabilities")(pooled)
+    model = keras.Model(inputs, outputs)
+    weight = np.zeros((3, 2), np.float32)
+    weight[:, 1] = -skill / 3.0  # caffe-preprocessed channel means: darker is more negative
+    model.get_layer("probabilities").set_weights([weight, np.array([0.0, -skill * 34.0], np.float32)])
+    return model
+
+
+def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str:
+    """A finished training run with a servable model; returns its run id."""
+    tracking.configure(settings)
+    arrays = load_arrays(split, settings, pixel_cache(settings))
+    model = brightness_model(settings.model.input_size, skill)
+    with mlflow.start_run(tags={"osteo.kind": "train", "backbone_weights": "test-double"}) as run:
+        tracking.log_settings(settings)
+        tracking.log_dataset(split)
+        evaluate_predictions(arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings)
+        log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, arrays["test"].pixels[0])
+    return run.info.run_id

@@ -1,0 +1,107 @@
+"""Registry behaviour with a real MLflow store: aliases, the gate, rollback, crash safety."""
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from osteo_pipeline.io.registry import PREVIOUS, PRODUCTION, STAGING, Registry, RegistryError
+from osteo_pipeline.steps.registry import list_versions, promote, register_run, rollback
+from osteo_pipeline.steps.split import split_dataset
+from osteo_pipeline.steps.validate import validate_folder
+from tests.registry_helpers import log_candidate
+
+pytestmark = pytest.mark.slow
+GOOD, WORSE, CHANCE = 1.0, -1.0, 0.0
+
+
+@pytest.fixture
+def env(synth_dir, train_settings):
+    split = split_dataset(validate_folder(synth_dir(per_class=12), train_settings), train_settings)
+
+    def candidate(skill: float) -> str:
+        return register_run(log_candidate(split, train_settings, skill), train_settings)
+
+    return train_settings, candidate
+
+
+def _aliases(settings):
+    return Registry(settings.registry.model_name, MlflowClient()).aliases()
+
+
+def test_first_candidate_staged_then_promoted_with_card_and_tags(env):
+    settings, candidate = env
+    version = candidate(GOOD)
+    assert _aliases(settings) == {STAGING: version}
+    decision = promote(settings)
+    assert decision.passed and "no production model" in decision.summary
+    assert _aliases(settings) == {PRODUCTION: version}
+    mv = MlflowClient().get_model_version(settings.registry.model_name, version)
+    assert mv.tags["gate.decision"] == "passed" and mv.tags["metric.test_balanced_accuracy"] == "1.0000"
+    assert len(mv.tags["dataset_hash"]) == 64
+    card = mlflow.artifacts.load_text(mv.tags["model_card"])
+    assert "Not a diagnosis" in card and "95% CI" in card and mv.tags["dataset_hash"] in card
+
+
+def test_worse_candidate_is_refused_and_production_unchanged(env):
+    settings, candidate = env
+    good = candidate(GOOD)
+    promote(settings)
+    worse = candidate(WORSE)
+    decision = promote(settings, version=worse)
+    assert not decision.passed
+    assert _aliases(settings)[PRODUCTION] == good
+    assert MlflowClient().get_model_version(settings.registry.model_name, worse).tags["gate.decision"] == "rejected"
+
+
+def test_equal_candidate_passes_and_rollback_restores(env):
+    settings, candidate = env
+    first = candidate(GOOD)
+    promote(settings)
+    second = candidate(GOOD)
+    assert promote(settings).passed  # as good as production on the same cases
+    assert _aliases(settings) == {PRODUCTION: second, PREVIOUS: first}
+    assert rollback(settings) == (second, first)
+    assert _aliases(settings) == {PRODUCTION: first}
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(settings)
+    rows = {r["version"]: r for r in list_versions(settings)}
+    assert rows[first]["aliases"] == [PRODUCTION] and rows[second]["gate"] == "passed"
+
+
+def test_chance_candidate_fails_the_floors_without_production(env):
+    settings, candidate = env
+    candidate(CHANCE)
+    decision = promote(settings)
+    assert not decision.passed and "below floor" in decision.summary
+    assert PRODUCTION not in _aliases(settings)
+
+
+def test_crash_between_steps_leaves_production_valid_and_a_rerun_completes(env, monkeypatch):
+    settings, candidate = env
+    first = candidate(GOOD)
+    promote(settings)
+    second = candidate(GOOD)
+    real = Registry.set_alias
+
+    def crash_on_production(self, alias, version):
+        if alias == PRODUCTION:
+            raise KeyboardInterrupt("process killed")
+        return real(self, alias, version)
+
+    monkeypatch.setattr(Registry, "set_alias", crash_on_production)
+    with pytest.raises(KeyboardInterrupt):
+        promote(settings)
+    assert _aliases(settings)[PRODUCTION] == first  # never dangling, never half-moved
+    monkeypatch.setattr(Registry, "set_alias", real)
+    assert promote(settings).passed
+    assert _aliases(settings) == {PRODUCTION: second, PREVIOUS: first}
+
+
+def test_missing_model_and_candidate_are_clear_errors(train_settings):
+    with pytest.raises(RegistryError, match="no candidate"):
+        promote(train_settings)
+    with pytest.raises(RegistryError, match="no 'production'"):
+        rollback(train_settings)
+    with pytest.raises(RegistryError, match="no version 7"):
+        promote(train_settings, version="7")
+    assert list_versions(train_settings) == []
