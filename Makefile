@@ -20,12 +20,19 @@ test: install
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
 
+# Fetched ImageNet weights (../shared/tools/resnet50-weights/fetch.sh) are used when present.
+WEIGHTS ?= $(wildcard $(HOME)/.cache/osteo/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)
+
 demo: install
-	$(BIN)/osteo synth $(DEMO_DIR) --seed 42
-	$(BIN)/osteo validate $(DEMO_DIR)
+	test -d $(DEMO_DIR) || $(BIN)/osteo synth $(DEMO_DIR) --seed 42
+	$(if $(WEIGHTS),OSTEO_BACKBONE_WEIGHTS=$(WEIGHTS)) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/osteo run $(DEMO_DIR) --config configs/demo.yaml
+	@echo
+	@echo "Compare runs:   $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -p 5000"
+	@echo "Serve:          PATH=$(CURDIR)/$(BIN):\$$PATH MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/mlflow models serve -m models:/osteo-knee@production --env-manager local -h 127.0.0.1 -p 5055"
+	@echo "Registry:       $(BIN)/osteo models"
 
 lint: install
 	$(BIN)/ruff check osteo_pipeline flows tests bench
 
 clean:
-	rm -rf outputs $(DEMO_DIR) .pytest_cache
+	rm -rf outputs $(DEMO_DIR) .pytest_cache .prefect mlflow.db optuna.db mlruns/[!.]*

@@ -404,5 +404,63 @@ def predict(
         out.print(table)
 
 
+def _prefect_environment() -> None:
+    """Prefect state inside the project (not ~/.prefect) and no telemetry, unless set already."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@app.command()
+@handles_input_errors
+def run(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Run the whole retrain flow (Prefect) locally: validate, split, tune, refit, register, promote."""
+    _settings(config, set_)  # fail fast, before Prefect starts, on a bad config
+    _prefect_environment()
+    from flows.retrain import ValidationFailed, retrain_flow
+
+    try:
+        result = retrain_flow(str(data_dir.resolve()), str(config.resolve()) if config else None, list(set_ or []))
+    except ValidationFailed as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(EXIT_CHECK_FAILED) from exc
+    verdict = "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
+    console.print(f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False)
+    console.print(f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}")
+
+
+@app.command()
+@handles_input_errors
+def schedule(
+    data_dir: Annotated[Path | None, typer.Option(help="Folder scheduled runs train on (default schedule.data_dir).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the retrain flow as a cron-scheduled deployment (needs a real `prefect server start`)."""
+    settings = _settings(config, set_)
+    _prefect_environment()
+    if not os.environ.get("PREFECT_API_URL"):
+        raise InputError(
+            "set PREFECT_API_URL to a running `prefect server start` (e.g. http://127.0.0.1:4200/api): "
+            "Prefect's temporary server never runs schedules"
+        )
+    from prefect.schedules import Cron
+
+    from flows.retrain import retrain_flow
+
+    target = str((data_dir or Path(settings.schedule.data_dir)).resolve())
+    console.print(f"serving deployment retrain/{settings.schedule.deployment}: cron '{settings.schedule.cron}' ({settings.schedule.timezone}) on {target}")
+    retrain_flow.serve(
+        name=settings.schedule.deployment,
+        schedule=Cron(settings.schedule.cron, timezone=settings.schedule.timezone),
+        parameters={"data_dir": target, "config": str(config.resolve()) if config else None, "overrides": list(set_ or [])},
+        pause_on_shutdown=False,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -212,6 +212,13 @@ class RegistrySettings(_Section):
         return self
 
 
+class ScheduleSettings(_Section):
+    deployment: str = "scheduled-retrain"
+    cron: str = Field(default="0 3 * * 1", description="When the retrain deployment runs (default Mondays 03:00).")
+    timezone: str = "UTC"
+    data_dir: str = Field(default="data/incoming", description="The folder (DATA_DIR/<class>/*) a scheduled run trains on.")
+
+
 class Settings(_Section):
     seed: int = 42
     data: DataSettings = DataSettings()
@@ -223,6 +230,7 @@ class Settings(_Section):
     tune: TuneSettings = TuneSettings()
     tracking: TrackingSettings = TrackingSettings()
     registry: RegistrySettings = RegistrySettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
 
 

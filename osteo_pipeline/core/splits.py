@@ -31,7 +31,10 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny sets
-        _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+        try:
+            _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+        except ValueError as exc:
+            raise SplitError(f"cannot hold out {fraction:.0%} of {len(labels)} images per class: {exc}") from exc
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask

@@ -48,3 +48,9 @@ def test_too_few_groups_is_a_clear_error():
     frame = _frame(n_per_class=4, dup_every=4)
     with pytest.raises(SplitError, match="too few"):
         assign_splits(frame, FRACTIONS, seed=0)
+
+
+def test_too_few_images_per_class_is_a_split_error():
+    frame = _frame(n_per_class=3, dup_every=1)
+    with pytest.raises(SplitError):
+        assign_splits(frame, FRACTIONS, seed=0)

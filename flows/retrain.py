@@ -1,0 +1,124 @@
+"""Prefect flows: thin tasks over ``osteo_pipeline.steps``. Retries only where failures are
+transient (the tracking server, the registry, S3); none for deterministic steps (validation,
+splitting, training), where a retry would only repeat the same failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+
+from osteo_pipeline.config import Settings, cli_overrides, load_settings
+from osteo_pipeline.io.reports import write_validation_report
+from osteo_pipeline.steps.split import SplitManifest, split_dataset
+from osteo_pipeline.steps.validate import MAX_LISTED, ValidationResult, validate_folder
+
+TRANSIENT = {"retries": 3, "retry_delay_seconds": [5, 20, 60]}
+
+
+class ValidationFailed(RuntimeError):
+    """The incoming batch failed validation: nothing downstream runs on it."""
+
+
+def _settings(config: str | None, overrides: list[str] | None) -> Settings:
+    return load_settings(config, overrides=cli_overrides(overrides or []))
+
+
+def _validation_markdown(summary: dict[str, Any], report: Path) -> str:
+    lines = [f"## Validation {'passed' if summary['passed'] else 'FAILED'}: `{summary['data_dir']}`", ""]
+    lines += ["| class | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in summary["counts"].items()), ""]
+    for f in summary["failed_expectations"] + summary["warnings"]:
+        ids = ", ".join(f"`{u['id']}`" for u in f["unexpected"][:10])
+        lines.append(f"- **{f['severity']}** `{f['check']}`: {f['observed']} (bound {f['bound']}) {ids}")
+    for item in summary["unreadable"][:MAX_LISTED]:
+        lines.append(f"- unreadable `{item['path']}`: {item['reason']}")
+    for conflict in summary["label_conflicts"]:
+        lines.append(f"- label conflict: {' = '.join(conflict['paths'])}")
+    lines += ["", f"{len(summary['duplicate_groups'])} duplicate groups, {len(summary['near_duplicates'])} near-duplicate groups.", f"Full report: `{report}`"]
+    return "\n".join(lines)
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
+    result = validate_folder(data_dir, settings)
+    paths = write_validation_report(result.summary, result.scan.manifest, settings.output_dir / "validation", MAX_LISTED)
+    create_markdown_artifact(_validation_markdown(result.summary, paths["html"]), key="validation-summary", description="Great Expectations validation")
+    create_link_artifact(paths["html"].resolve().as_uri(), link_text="validation report (HTML)", key="validation-report")
+    if not result.passed:
+        checks = sorted({f["check"] for f in result.summary["failed_expectations"]})
+        raise ValidationFailed(f"{data_dir} failed validation ({', '.join(checks)}); report: {paths['html']}")
+    return result
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_task(result: ValidationResult, settings: Settings) -> SplitManifest:
+    manifest = split_dataset(result, settings)
+    manifest.save(settings.output_dir / "split.json")
+    return manifest
+
+
+@task(name="tune", cache_policy=NO_CACHE)
+def tune_task(split: SplitManifest, settings: Settings) -> dict[str, Any]:
+    from osteo_pipeline.steps.tune import tune
+
+    result = tune(split, settings)
+    create_table_artifact(
+        [{"trial": result.best_trial, "val_loss": round(result.best_value, 4), **result.best_params, **result.counts}],
+        key="best-trial",
+        description=f"Optuna study {result.study_name}",
+    )
+    return result.best_params
+
+
+@task(name="refit-and-evaluate", cache_policy=NO_CACHE)
+def refit_task(split: SplitManifest, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    from osteo_pipeline.io.tracking import tracking_uri
+    from osteo_pipeline.steps.refit import refit_and_evaluate
+
+    result = refit_and_evaluate(split, params, settings, source="tuned")
+    rows = "\n".join(f"| {k} | {v['value']:.3f} | {v['low']:.3f} – {v['high']:.3f} |" for k, v in result.metrics.items())
+    create_markdown_artifact(f"## Test metrics\n\n| metric | value | 95% CI |\n|---|---|---|\n{rows}\n\nBackbone weights: `{result.weights_used}`", key="test-metrics")
+    uri = tracking_uri(settings)
+    if uri.startswith("http"):
+        create_link_artifact(f"{uri.rstrip('/')}/#/experiments/0/runs/{result.run_id}", link_text="MLflow run", key="mlflow-run")
+    return {"run_id": result.run_id, "model_uri": result.model_uri, "weights": result.weights_used}
+
+
+@task(name="register", cache_policy=NO_CACHE, **TRANSIENT)
+def register_task(run_id: str, settings: Settings) -> str:
+    from osteo_pipeline.steps.registry import register_run
+
+    return register_run(run_id, settings)
+
+
+@task(name="gate-and-promote", cache_policy=NO_CACHE, **TRANSIENT)
+def promote_task(version: str, settings: Settings) -> dict[str, Any]:
+    from osteo_pipeline.steps.registry import promote
+
+    decision = promote(settings, version=version)
+    create_markdown_artifact(f"## Promotion of version {version}\n\n{decision.summary}", key="promotion-decision")
+    return decision.as_dict()
+
+
+@flow(name="validate")
+def validate_flow(data_dir: str, config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Check an incoming batch on its own; fails (with the report attached) if it is bad."""
+    return validate_task(data_dir, _settings(config, overrides)).summary
+
+
+@flow(name="retrain")
+def retrain_flow(data_dir: str, config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """validate -> split -> tune -> refit best -> evaluate -> register -> gate and promote."""
+    logger = get_run_logger()
+    settings = _settings(config, overrides)
+    validation = validate_task(data_dir, settings)
+    split = split_task(validation, settings)
+    best = tune_task(split, settings)
+    trained = refit_task(split, best, settings)
+    version = register_task(trained["run_id"], settings)
+    decision = promote_task(version, settings)
+    logger.info("version %s: %s", version, "promoted to production" if decision["passed"] else "not promoted")
+    return {"dataset_hash": split.dataset_hash, "version": version, "promoted": decision["passed"], "reasons": decision["reasons"], **trained}
