@@ -41,6 +41,21 @@ def _validation_markdown(summary: dict[str, Any], report: Path) -> str:
     return "\n".join(lines)
 
 
+@task(name="pull-from-s3", cache_policy=NO_CACHE, **TRANSIENT)
+def pull_task(uri: str, settings: Settings) -> str:
+    """Stage an ``s3://`` batch locally (checksums verified) in a fresh folder per run; staged
+    folders are kept, since the registry gate re-reads the test images from there."""
+    import tempfile
+
+    from osteo_pipeline.io.storage import pull_batch
+
+    root = settings.output_dir.resolve() / "incoming"
+    root.mkdir(parents=True, exist_ok=True)
+    staged = pull_batch(uri, Path(tempfile.mkdtemp(prefix="batch-", dir=root)))
+    get_run_logger().info("pulled %d files (%d bytes) from %s to %s", staged.files, staged.bytes, uri, staged.local_dir)
+    return str(staged.local_dir)
+
+
 @task(name="validate", cache_policy=NO_CACHE)
 def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
     result = validate_folder(data_dir, settings)
@@ -111,9 +126,11 @@ def validate_flow(data_dir: str, config: str | None = None, overrides: list[str]
 
 @flow(name="retrain")
 def retrain_flow(data_dir: str, config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """validate -> split -> tune -> refit best -> evaluate -> register -> gate and promote."""
+    """[pull from S3 ->] validate -> split -> tune -> refit best -> evaluate -> register -> gate and promote."""
     logger = get_run_logger()
     settings = _settings(config, overrides)
+    if data_dir.startswith("s3://"):
+        data_dir = pull_task(data_dir, settings)
     validation = validate_task(data_dir, settings)
     split = split_task(validation, settings)
     best = tune_task(split, settings)

@@ -411,10 +411,15 @@ def _prefect_environment() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+def _data_location(value: str) -> str:
+    """An ``s3://bucket/prefix`` URI as given, a local folder made absolute."""
+    return value if value.startswith("s3://") else str(Path(value).resolve())
+
+
 @app.command()
 @handles_input_errors
 def run(
-    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    data_dir: Annotated[str, typer.Argument(help="Folder of class folders, or s3://bucket/prefix of <class>/<file> objects.")],
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -424,7 +429,7 @@ def run(
     from flows.retrain import ValidationFailed, retrain_flow
 
     try:
-        result = retrain_flow(str(data_dir.resolve()), str(config.resolve()) if config else None, list(set_ or []))
+        result = retrain_flow(_data_location(data_dir), str(config.resolve()) if config else None, list(set_ or []))
     except ValidationFailed as exc:
         console.print(f"[red]{exc}[/]", highlight=False)
         raise typer.Exit(EXIT_CHECK_FAILED) from exc
@@ -436,7 +441,7 @@ def run(
 @app.command()
 @handles_input_errors
 def schedule(
-    data_dir: Annotated[Path | None, typer.Option(help="Folder scheduled runs train on (default schedule.data_dir).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Folder or s3:// prefix scheduled runs train on (default schedule.data_dir).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -452,7 +457,7 @@ def schedule(
 
     from flows.retrain import retrain_flow
 
-    target = str((data_dir or Path(settings.schedule.data_dir)).resolve())
+    target = _data_location(data_dir or settings.schedule.data_dir)
     console.print(f"serving deployment retrain/{settings.schedule.deployment}: cron '{settings.schedule.cron}' ({settings.schedule.timezone}) on {target}")
     retrain_flow.serve(
         name=settings.schedule.deployment,

@@ -237,7 +237,8 @@ class Settings(_Section):
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+        # An empty mapping replaces (``--set registry.floors={}`` clears the floors).
+        if isinstance(value, Mapping) and value and isinstance(merged.get(key), dict):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

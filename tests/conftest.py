@@ -65,3 +65,22 @@ def train_settings(tiny_settings: Settings, tmp_path: Path) -> Settings:
         },
         deep=True,
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the tests that run flows (started once: it takes seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def config_file(train_settings: Settings, tmp_path: Path) -> Path:
+    """The tiny training settings as a YAML file, the way flows and deployments receive them."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(train_settings.model_dump(mode="json")))
+    return path

@@ -64,3 +64,9 @@ def test_missing_or_malformed_file_is_a_clear_error(tmp_path):
 def test_override_syntax_error():
     with pytest.raises(ConfigError, match="key.sub=value"):
         cli_overrides(["no-equals-sign"])
+
+
+def test_empty_mapping_override_clears_a_dict_setting():
+    assert load_settings(overrides=cli_overrides(["registry.floors={}"]), environ={}).registry.floors == {}
+    replaced = load_settings(overrides=cli_overrides(["registry.floors={recall: 0.7}"]), environ={})
+    assert replaced.registry.floors == {"recall": 0.7}  # a dict setting given anew replaces the default

@@ -1,0 +1,2 @@
+-- The Prefect server keeps its state in its own database next to MLflow's.
+CREATE DATABASE prefect;

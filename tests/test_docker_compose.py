@@ -1,0 +1,63 @@
+"""docker/ cannot run here (no Docker engine): check the compose file's services, ports, health
+checks, volumes and environment wiring, and that no credential is baked in anywhere."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+LONG_RUNNING = ["postgres", "minio", "mlflow", "prefect-server", "model-server"]
+
+
+def _env(service: str) -> dict[str, str]:
+    env = SERVICES[service].get("environment", {})
+    return env if isinstance(env, dict) else dict(item.split("=", 1) for item in env)
+
+
+def test_every_part_of_the_stack_is_there():
+    assert {"postgres", "minio", "create-bucket", "mlflow", "prefect-server", "prefect-worker", "model-server"} <= set(SERVICES)
+
+
+def test_published_ports_bind_loopback_only():
+    published = {s: svc.get("ports", []) for s, svc in SERVICES.items()}
+    assert published["mlflow"] == ["127.0.0.1:5000:5000"]
+    assert published["prefect-server"] == ["127.0.0.1:4200:4200"]
+    assert published["model-server"] == ["127.0.0.1:5055:5055"]
+    assert all(port.startswith("127.0.0.1:") for ports in published.values() for port in ports)
+
+
+def test_health_checks_and_named_volumes():
+    for name in LONG_RUNNING:
+        assert "healthcheck" in SERVICES[name], name
+    declared = set(COMPOSE["volumes"])
+    used = {v.split(":")[0] for svc in SERVICES.values() for v in svc.get("volumes", []) if not v.startswith(".")}
+    assert used <= declared and {"postgres-data", "minio-data"} <= used
+
+
+def test_wiring():
+    mlflow_cmd = " ".join(SERVICES["mlflow"]["command"])
+    assert "--backend-store-uri postgresql://" in mlflow_cmd and "@postgres:5432/mlflow" in mlflow_cmd
+    assert "--artifacts-destination s3://" in mlflow_cmd
+    assert _env("mlflow")["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    for client in ("prefect-worker", "model-server"):
+        env = _env(client)
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert "models:/osteo-knee@production" in " ".join(SERVICES["model-server"]["command"])
+    assert "prefect worker start --pool osteo-process" in " ".join(SERVICES["prefect-worker"]["command"])
+    assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_no_credentials_baked_in():
+    secret_names = re.compile(r"(PASSWORD|SECRET|ACCESS_KEY)", re.IGNORECASE)
+    for name in SERVICES:
+        for key, value in _env(name).items():
+            if secret_names.search(key):
+                assert str(value).startswith("${") and ":?" in str(value), (name, key, value)
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert not [line for line in dockerfile.splitlines() if line.startswith(("ENV", "ARG")) and secret_names.search(line)]
+    assert "ARG BASE=python:3.11-slim" in dockerfile  # GPU variant: --build-arg BASE=tensorflow/tensorflow:*-gpu
+    assert (DOCKER / ".env.example").exists()
