@@ -9,7 +9,7 @@ import os
 import boto3
 import mlflow
 import pandas as pd
-import psycopg2
+import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,7 +41,7 @@ def test_retrain_flow_against_postgres_and_s3(synth_dir, config_file, train_sett
             result = retrain_flow(f"s3://{BUCKET}/incoming", str(config_file), ["registry.floors={}", f"tracking.uri={server}"])
             assert result["promoted"]
 
-            with psycopg2.connect(database) as connection, connection.cursor() as cursor:
+            with psycopg.connect(database) as connection, connection.cursor() as cursor:
                 cursor.execute("select count(*) from runs")
                 assert cursor.fetchone()[0] >= 4  # study, 2 trials, the refit
                 cursor.execute("select name from registered_models")

@@ -35,8 +35,11 @@ class Registry:
             self.client.create_registered_model(self.name, description="Knee X-ray osteoporosis classifier (ResNet-50 transfer learning)")
 
     def create_version(self, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
+        """A new version of the logged model ``models:/m-...`` (linked by model id, which a
+        remote tracking server requires)."""
         self.ensure_model()
-        return self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags)
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        return self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
     def version(self, version: str | int) -> ModelVersion:
         try:
