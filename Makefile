@@ -31,6 +31,9 @@ demo: install
 	@echo "Serve:          PATH=$(CURDIR)/$(BIN):\$$PATH MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/mlflow models serve -m models:/osteo-knee@production --env-manager local -h 127.0.0.1 -p 5055"
 	@echo "Registry:       $(BIN)/osteo models"
 
+bench: install
+	$(BIN)/python bench/serving_latency.py
+
 lint: install
 	$(BIN)/ruff check osteo_pipeline flows tests bench
 
