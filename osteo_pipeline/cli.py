@@ -355,9 +355,13 @@ def models(
     if not rows:
         console.print("no registered versions yet")
         return
-    table = Table(*rows[0].keys())
+    short = {"version": "ver", "balanced_accuracy": "bal_acc", "recall": "sens", "specificity": "spec", "roc_auc": "auc", "dataset_hash": "dataset"}
+    table = Table(*(short.get(k, k) for k in rows[0]))
     for row in rows:
-        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v or "") for v in row.values()))
+        cells = {**row, "run_id": row["run_id"][:8], "aliases": ", ".join(row["aliases"])}
+        for metric in ("balanced_accuracy", "recall", "specificity", "roc_auc"):
+            cells[metric] = f"{float(row[metric]):.3f}" if row[metric] not in (None, "", "nan") else "-"
+        table.add_row(*(str(v or "") for v in cells.values()))
     out.print(table)
 
 
