@@ -185,15 +185,8 @@ def split(
     set_: SetOption = None,
 ) -> None:
     """Validate, then write a deterministic stratified split that keeps duplicates together."""
-    from osteo_pipeline.steps.split import split_dataset
-    from osteo_pipeline.steps.validate import validate_folder
-
     settings = _settings(config, set_)
-    result = validate_folder(data_dir, settings)
-    if not result.passed:
-        _print_validation(result.summary)
-        raise typer.Exit(EXIT_CHECK_FAILED)
-    manifest = split_dataset(result, settings)
+    manifest = _validated_split(data_dir, settings)
     path = manifest.save(out_file or settings.output_dir / "split.json")
     table = Table("split", *settings.data.classes)
     for name, counts in manifest.counts().items():
@@ -211,7 +204,7 @@ def _validated_split(data_dir: Path, settings: Settings):
     result = validate_folder(data_dir, settings)
     if not result.passed:
         _print_validation(result.summary)
-        console.print("[red]nothing was trained: the data failed validation[/]")
+        console.print("[red]stopped: the data failed validation, nothing downstream ran[/]")
         raise typer.Exit(EXIT_CHECK_FAILED)
     return split_dataset(result, settings)
 
