@@ -179,8 +179,17 @@ class TuneSettings(_Section):
     head_units: list[int] = [64, 128, 256, 512]
     dropout: tuple[float, float] = (0.1, 0.5)
     pruner: Literal["median", "hyperband", "none"] = "median"
-    pruner_warmup_epochs: int = Field(default=2, ge=0, description="Epochs every trial runs before it can be pruned.")
-    pruner_startup_trials: int = Field(default=2, ge=0)
+    pruner_warmup_epochs: int = Field(
+        default=1, ge=0, description="Epoch index from which a trial can be pruned (1: hopeless trials stop after two epochs)."
+    )
+    pruner_startup_trials: int = Field(default=2, ge=0, description="Trials that always run to the end, to compare against.")
+    activation_cache: bool = Field(
+        default=True,
+        description="Trials train on cached frozen-backbone outputs of fixed augmented views (fast); false: full images every epoch.",
+    )
+    cache_views: int = Field(default=8, ge=1, description="Augmented views of each training image in the activation cache.")
+    cache_memory_mb: float = Field(default=4096, gt=0, description="Activation cache held in memory up to this; the rest spills to disk.")
+    cache_spill_dir: Path | None = Field(default=None, description="Where spilled activations go (a private temp folder inside; default: system temp).")
 
 
 class TrackingSettings(_Section):

@@ -37,6 +37,15 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[labels]
 
 
+def augmented(gray: tf.Tensor | np.ndarray, augment: keras.Sequential | None) -> tf.Tensor:
+    """A uint8 one-channel batch, augmented (when ``augment``) and replicated to three float
+    channels in the 0..255 range: the model's input before ``model_input``."""
+    x = tf.cast(gray, tf.float32)
+    if augment is not None:
+        x = tf.clip_by_value(augment(x, training=True), 0.0, 255.0)
+    return tf.repeat(x, 3, axis=-1)
+
+
 def make_dataset(
     pixels: np.ndarray,
     labels: np.ndarray | None,
@@ -45,18 +54,20 @@ def make_dataset(
     augment: keras.Sequential | None = None,
     shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of preprocessed images (and one-hot labels). Pass ``augment`` for training only."""
-    tensors = pixels if labels is None else (pixels, one_hot(labels, n_classes))
+    """Batches of preprocessed images (and one-hot labels). Pass ``augment`` for training only.
+
+    Radiographs are gray replicated to three channels (``core.preprocess.load_pixels``), so the
+    pipeline keeps one channel and replicates it after augmentation: a third of the memory and of
+    the augmentation work, the same result."""
+    gray = pixels[..., :1]
+    tensors = gray if labels is None else (gray, one_hot(labels, n_classes))
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(pixels), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
 
     def prepare(x: tf.Tensor, *y: tf.Tensor):
-        x = tf.cast(x, tf.float32)
-        if augment is not None:
-            x = tf.clip_by_value(augment(x, training=True), 0.0, 255.0)
-        return (model_input(x), *y)
+        return (model_input(augmented(x, augment)), *y)
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -70,3 +81,47 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     result = {int(c): 1.0 for c in range(n_classes)}
     result.update({int(c): float(w) for c, w in zip(present, weights)})
     return result
+
+
+class ViewBatches(keras.utils.PyDataset):
+    """Training batches from cached activations of K fixed augmented views (K x N x ...): epoch
+    ``e`` sees view ``e mod K`` of every image, in a shuffle seeded by ``seed`` and ``e``. Class
+    weights travel as per-sample weights, which is what ``fit(class_weight=...)`` does too."""
+
+    def __init__(
+        self,
+        activations: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        batch_size: int,
+        weights: dict[int, float] | None,
+        seed: int,
+        first_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.activations = activations
+        self.targets = one_hot(labels, n_classes)
+        self.sample_weights = np.array([weights[int(c)] for c in labels] if weights else np.ones(len(labels)), dtype=np.float32)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.first_epoch = first_epoch
+        self.epochs_begun = 0
+        self.epoch = first_epoch
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.targets))
+
+    def __len__(self) -> int:
+        return -(-len(self.targets) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
+        view = self.activations[self.epoch % len(self.activations)]
+        return np.asarray(view[rows]), self.targets[rows], self.sample_weights[rows]
+
+    def on_epoch_begin(self) -> None:
+        # Counted from epoch starts: Keras also calls ``on_epoch_end`` once before the first epoch.
+        self.epoch = self.first_epoch + self.epochs_begun
+        self.epochs_begun += 1
+        self._order = self._shuffle()

@@ -12,6 +12,7 @@ import keras
 RESIDUAL_BLOCKS = [f"conv{stage}_block{b}" for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
 MAX_UNFREEZE_DEPTH = len(RESIDUAL_BLOCKS)
 BACKBONE_NAME = "resnet50"
+HEAD_LAYERS = ("gap", "head_dense", "head_dropout", "probabilities")
 _BLOCK = re.compile(r"^(conv\d_block\d+)_")
 
 
@@ -43,10 +44,10 @@ def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
     base = backbone(weights, spec.input_size)
     inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="image")
     features = base(inputs, training=False)  # BN uses its ImageNet statistics, even when unfrozen
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(features)
-    x = keras.layers.Dense(spec.head_units, activation="relu", name="head_dense")(x)
-    x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name="probabilities")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
+    x = keras.layers.Dense(spec.head_units, activation="relu", name=HEAD_LAYERS[1])(x)
+    x = keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[2])(x)
+    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name=HEAD_LAYERS[3])(x)
     model = keras.Model(inputs, outputs, name="osteo_resnet50")
     set_unfrozen_blocks(model, 0)
     return model
@@ -73,6 +74,35 @@ def set_unfrozen_blocks(model: keras.Model, depth: int) -> list[str]:
         if layer.trainable and layer.weights:
             trainable.append(layer.name)
     return trainable
+
+
+def boundary_layer(depth: int) -> str:
+    """The backbone layer whose output feeds the top ``depth`` residual blocks (0: the backbone's
+    own output, the input of the head). Depth 16 also trains the stem, so it has no frozen prefix."""
+    if not 0 <= depth < MAX_UNFREEZE_DEPTH:
+        raise ValueError(f"no frozen prefix for unfreeze_depth {depth} (0..{MAX_UNFREEZE_DEPTH - 1} have one)")
+    return f"{RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - 1 - depth]}_out"
+
+
+def backbone_segment(model: keras.Model, from_depth: int | None, to_depth: int) -> keras.Model:
+    """The backbone layers from one block boundary (or the image, for ``None``) up to another,
+    sharing weights with ``model``: computes the frozen prefix a trial never updates."""
+    base = get_backbone(model)
+    start = base.input if from_depth is None else base.get_layer(boundary_layer(from_depth)).output
+    return keras.Model(start, base.get_layer(boundary_layer(to_depth)).output, name=f"segment_{from_depth}_{to_depth}")
+
+
+def top_model(model: keras.Model, depth: int) -> keras.Model:
+    """The top ``depth`` blocks plus the head, as a model on the boundary activation: the part of
+    ``model`` a trial with that unfreeze depth trains. Layers (and weights) are shared with ``model``."""
+    base = get_backbone(model)
+    boundary = base.get_layer(boundary_layer(depth)).output
+    inputs = keras.Input(shape=tuple(boundary.shape[1:]), name="activation")
+    features = keras.Model(boundary, base.output)(inputs, training=False) if depth else inputs
+    x = features
+    for name in HEAD_LAYERS:
+        x = model.get_layer(name)(x)
+    return keras.Model(inputs, x, name=f"top_{depth}")
 
 
 def inference_copy(model: keras.Model) -> keras.Model:

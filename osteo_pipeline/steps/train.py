@@ -12,13 +12,15 @@ import keras
 import numpy as np
 
 from osteo_pipeline.config import Settings
-from osteo_pipeline.core.data import augmenter, class_weights, make_dataset
+from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset, one_hot
 from osteo_pipeline.core.model import (
     ModelSpec,
     WeightsUnavailableError,
     build_model,
     set_unfrozen_blocks,
+    top_model,
 )
+from osteo_pipeline.io.activations import ActivationCache
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.steps.split import SplitManifest
 
@@ -139,36 +141,54 @@ def fit_two_phase(
     callbacks: list[keras.callbacks.Callback] | None = None,
     epochs: tuple[int, int] | None = None,
     jit: bool = False,
+    cache: ActivationCache | None = None,
 ) -> FitResult:
     """Phase 1 trains the head (backbone frozen); phase 2 unfreezes the top ``unfreeze_depth``
     residual blocks at ``learning_rate``. With ``val``, each phase stops early on val loss and
     keeps its best weights; without, ``epochs`` (head, finetune) are run as given.
 
+    With ``cache`` (the search), each phase trains only its trainable top of ``model`` on cached
+    frozen-prefix outputs of fixed augmented views instead of running the whole backbone on
+    freshly augmented images; the weights it updates are ``model``'s own.
+
     Epoch numbers run on across phases, so per-epoch logs and pruning see one sequence."""
     t = settings.train
     n_classes = len(settings.data.classes)
-    train_ds = make_dataset(train.pixels, train.labels, n_classes, t.batch_size, augmenter(t.augment, settings.seed), shuffle_seed=settings.seed)
-    val_ds = make_dataset(val.pixels, val.labels, n_classes, t.batch_size) if val is not None and len(val.labels) else None
+    has_val = val is not None and len(val.labels) > 0
     weights = class_weights(train.labels, n_classes, t.class_weight)
     head_epochs, finetune_epochs = epochs or (t.head_epochs, t.finetune_epochs)
+    phases = [(n, depth, lr) for n, depth, lr in ((head_epochs, 0, t.head_learning_rate), (finetune_epochs, params.unfreeze_depth, params.learning_rate))]
+    if cache is not None:
+        cache.attach(model, [depth for n, depth, _ in phases if n])
+    else:
+        train_ds = make_dataset(train.pixels, train.labels, n_classes, t.batch_size, augmenter(t.augment, settings.seed), shuffle_seed=settings.seed)
+        val_ds = make_dataset(val.pixels, val.labels, n_classes, t.batch_size) if has_val else None
     history: dict[str, list[float]] = {}
     done = [0, 0]
 
-    for phase, (n_epochs, depth, lr) in enumerate(((head_epochs, 0, t.head_learning_rate), (finetune_epochs, params.unfreeze_depth, params.learning_rate))):
+    for phase, (n_epochs, depth, lr) in enumerate(phases):
         if n_epochs == 0:
             continue
         set_unfrozen_blocks(model, depth)
-        _compile(model, lr, jit)
-        phase_callbacks = list(callbacks or [])
-        if val_ds is not None:
-            phase_callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True))
         start = sum(done)
-        result = model.fit(
-            train_ds,
-            validation_data=val_ds,
+        if cache is None:
+            trained, data, validation, class_weight = model, train_ds, val_ds, weights
+        else:
+            trained = top_model(model, depth)
+            data = ViewBatches(cache.train(depth), train.labels, n_classes, t.batch_size, weights, settings.seed, first_epoch=start)
+            validation = (cache.val(depth), one_hot(val.labels, n_classes)) if has_val else None
+            class_weight = None  # carried by ViewBatches as sample weights
+        _compile(trained, lr, jit)
+        phase_callbacks = list(callbacks or [])
+        if has_val:
+            phase_callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True))
+        result = trained.fit(
+            data,
+            validation_data=validation,
+            batch_size=t.batch_size if cache is not None else None,
             epochs=start + n_epochs,
             initial_epoch=start,
-            class_weight=weights,
+            class_weight=class_weight,
             callbacks=phase_callbacks,
             verbose=0,
         )
@@ -176,6 +196,13 @@ def fit_two_phase(
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
     return FitResult(history, head_epochs=done[0], finetune_epochs=done[1])
+
+
+def predict_val(model: keras.Model, val: Arrays, depth: int, batch_size: int, cache: ActivationCache | None) -> np.ndarray:
+    """Validation probabilities: from the cached boundary activations when there is a cache."""
+    if cache is None:
+        return predict_proba(model, val.pixels, batch_size)
+    return np.asarray(top_model(model, depth).predict(cache.val(depth), batch_size=batch_size, verbose=0), dtype=np.float32)
 
 
 def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np.ndarray:

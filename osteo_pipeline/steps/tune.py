@@ -19,8 +19,11 @@ from optuna.trial import TrialState
 from optuna_integration import KerasPruningCallback
 
 from osteo_pipeline.config import Settings, TuneSettings
+from osteo_pipeline.core.data import augmenter
 from osteo_pipeline.core.metrics import classification_metrics
+from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH
 from osteo_pipeline.io import tracking
+from osteo_pipeline.io.activations import ActivationCache
 from osteo_pipeline.steps.split import SplitManifest
 from osteo_pipeline.steps.train import (
     Arrays,
@@ -30,7 +33,7 @@ from osteo_pipeline.steps.train import (
     fit_two_phase,
     load_arrays,
     pixel_cache,
-    predict_proba,
+    predict_val,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,24 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool]):
+def activation_cache(settings: Settings, arrays: dict[str, Arrays]) -> ActivationCache | None:
+    """The search's frozen-prefix cache, or ``None`` when disabled in config."""
+    t = settings.tune
+    if not t.activation_cache:
+        return None
+    return ActivationCache(
+        arrays["train"].pixels,
+        arrays["val"].pixels,
+        views=t.cache_views,
+        augment=augmenter(settings.train.augment, settings.seed),
+        batch_size=settings.train.batch_size,
+        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1),
+        budget_bytes=int(t.cache_memory_mb * 2**20),
+        spill_dir=t.cache_spill_dir,
+    )
+
+
+def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool], cache: ActivationCache | None):
     positive = settings.data.classes.index(settings.data.positive)
 
     def objective(trial: optuna.Trial) -> float:
@@ -101,13 +121,15 @@ def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: di
             model, weights_used = build(settings, params)
             mlflow.set_tag("backbone_weights", weights_used)
             callbacks = [tracking.EpochLogger(), KerasPruningCallback(trial, OBJECTIVE)]
+            trial_cache = cache if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
+            mlflow.set_tag("activation_cache", str(trial_cache is not None).lower())
             try:
-                fit = fit_two_phase(model, arrays["train"], arrays["val"], params, settings, callbacks, jit=runtime["xla"])
+                fit = fit_two_phase(model, arrays["train"], arrays["val"], params, settings, callbacks, jit=runtime["xla"], cache=trial_cache)
             except optuna.TrialPruned:
                 mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
                 mlflow.end_run(status="KILLED")
                 raise
-            proba = predict_proba(model, arrays["val"].pixels, settings.train.batch_size)
+            proba = predict_val(model, arrays["val"], params.unfreeze_depth, settings.train.batch_size, trial_cache)
             val = classification_metrics(arrays["val"].labels, proba, positive)
             value = float(min(fit.history[OBJECTIVE]))
             mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
@@ -143,13 +165,19 @@ def tune(split: SplitManifest, settings: Settings, trials: int | None = None, ti
             mlflow.log_params({f"runtime.{k}": v for k, v in runtime.items()})
         remaining = target - _finished(study)
         if remaining > 0:
-            study.optimize(
-                objective_factory(settings, arrays, runtime),
-                n_trials=remaining,
-                timeout=timeout_s or settings.tune.timeout_s,
-                catch=(),
-                gc_after_trial=True,
-            )
+            cache = activation_cache(settings, arrays)
+            try:
+                study.optimize(
+                    objective_factory(settings, arrays, runtime, cache),
+                    n_trials=remaining,
+                    timeout=timeout_s or settings.tune.timeout_s,
+                    catch=(),
+                    gc_after_trial=True,
+                )
+            finally:
+                if cache is not None:
+                    mlflow.log_metrics(cache.report())
+                    cache.close()
         counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not completed:

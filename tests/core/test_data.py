@@ -1,11 +1,12 @@
+import keras
 import numpy as np
 import pytest
 
 from osteo_pipeline.config import AugmentSettings
-from osteo_pipeline.core.data import augmenter, class_weights, make_dataset
+from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset
 from osteo_pipeline.core.preprocess import model_input
 
-PIXELS = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+PIXELS = np.repeat(np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype(np.uint8), 3, axis=3)  # gray, as decoded
 LABELS = np.array([0, 1, 0, 1, 0, 0])
 
 
@@ -38,3 +39,18 @@ def test_balanced_class_weights():
     assert weights[1] == pytest.approx(6 / (2 * 2)) and weights[0] == pytest.approx(6 / (2 * 4))
     assert class_weights(LABELS, 2, "none") is None
     assert class_weights(np.array([0, 0]), 3, "balanced")[2] == 1.0
+
+
+def test_view_batches_walk_the_views_epoch_by_epoch_across_fits():
+    activations = np.stack([np.full((5, 3), k, np.float32) for k in range(3)])  # view k is all k
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, data.epoch)))
+    data = ViewBatches(activations, np.array([0, 1, 0, 1, 1]), 2, 2, {0: 1.5, 1: 0.75}, seed=0)
+    model.fit(data, epochs=4, verbose=0, callbacks=[record])
+    data = ViewBatches(activations, np.array([0, 1, 0, 1, 1]), 2, 2, None, seed=0, first_epoch=4)
+    model.fit(data, initial_epoch=4, epochs=5, verbose=0, callbacks=[record])
+    assert seen == [(e, e) for e in range(5)]
+    x, y, w = data[0]
+    assert x.shape == (2, 3) and np.all(x == 4 % 3) and y.shape == (2, 2) and np.all(w == 1)

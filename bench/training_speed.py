@@ -1,0 +1,305 @@
+"""Training-speed benchmarks: decode-once cache, activation cache + pruning, training throughput,
+and the peak memory of each. Every variant runs in its own subprocess (its peak RSS is its own);
+ratios compare variants measured in the same run.
+
+    .venv/bin/python bench/training_speed.py [--data ../shared/data/knee-xray] [--size 224]
+        [--only decode,search,throughput] [--trials 8] [--out bench/results/training_speed.json]
+
+1. decode: epoch time reading the images from disk each epoch vs from the decode-once cache, on
+   native-size images (``--data``, else synthetic 2,600 px ones): the input pipeline alone
+   (decode, resize, augment, batch), and a whole head-phase training epoch on top of it. A Keras
+   ``image_dataset_from_directory`` pipeline (full-size decode each epoch) is the naive reference.
+2. search: an N-trial Optuna study, same seed and space, with the activation cache and median
+   pruning vs the naive loop (full images every epoch, no pruning), both from a warm pixel cache.
+3. throughput: images/s of the project's training step (``make_dataset`` + ``fit``) vs a plain
+   ``model.fit`` on preprocessed arrays, same model, data and batch; also with augmentation on.
+4. peak RSS of every variant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "knee-xray"
+WEIGHTS = Path.home() / ".cache" / "osteo" / "weights" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def _settings(args: argparse.Namespace, work: Path, **overrides):
+    from osteo_pipeline.config import load_settings
+
+    base = {
+        "data": {"classes": args.classes, "ignore_unlisted_classes": True},
+        "validation": {"fail_on_label_conflicts": False, "min_class_share": 0.05, "min_width": 64, "min_height": 64},
+        "model": {"input_size": args.size, "weights": str(WEIGHTS) if WEIGHTS.is_file() else "none"},
+        "train": {"batch_size": 16, "head_epochs": 2, "finetune_epochs": 3, "cache_dir": str(args.pixel_cache)},
+        "tune": {"storage": f"sqlite:///{work / 'optuna.db'}", "trials": args.trials, "study_name": "bench"},
+        "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlruns")},
+        "output_dir": str(work / "outputs"),
+    }
+    return load_settings(overrides=_merge(base, overrides), environ={})
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(a[key], value) if isinstance(value, dict) and isinstance(a.get(key), dict) else value
+    return out
+
+
+def _files(data: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    suffixes = {".jpg", ".jpeg", ".png"}
+    return [(p, i) for i, c in enumerate(classes) for p in sorted((data / c).iterdir()) if p.suffix.lower() in suffixes]
+
+
+def _split(args: argparse.Namespace, settings):
+    from osteo_pipeline.steps.split import split_dataset
+    from osteo_pipeline.steps.validate import validate_folder
+
+    return split_dataset(validate_folder(args.data, settings), settings)
+
+
+class EpochTimer:
+    """Wall time of each epoch of a ``fit``."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None) -> None:  # noqa: ANN001
+                self._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None) -> None:  # noqa: ANN001
+                self.seconds.append(time.perf_counter() - self._start)
+
+        return _Timer()
+
+
+# -- variants (each runs in a child process) ------------------------------------------------------
+
+
+def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
+    import keras
+    import numpy as np
+
+    import tensorflow as tf
+
+    from osteo_pipeline.core.data import augmented, augmenter, make_dataset, one_hot
+    from osteo_pipeline.core.model import ModelSpec, build_model
+    from osteo_pipeline.core.preprocess import load_pixels, model_input
+    from osteo_pipeline.io.pixels import PixelCache
+
+    settings = _settings(args, work)
+    files = _files(args.data, args.classes)
+    paths = [p for p, _ in files]
+    labels = np.array([c for _, c in files])
+    keys = [f"{p.stat().st_size}-{p.stat().st_mtime_ns}-{p.name}" for p in paths]
+    n_classes, batch = len(args.classes), settings.train.batch_size
+    augment = augmenter(settings.train.augment, settings.seed)
+    cached = PixelCache(args.size, settings.validation.max_pixels, None)
+    with_model = name.endswith("+model")
+    model = None
+    if with_model:
+        model = build_model(ModelSpec(tuple(args.classes), args.size, 128, 0.3), settings.model.weights_source)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+
+    if name.startswith("keras-from-directory"):
+        ds = keras.utils.image_dataset_from_directory(
+            args.data, class_names=args.classes, image_size=(args.size, args.size), batch_size=batch, label_mode="categorical", seed=0, verbose=False
+        ).map(lambda x, y: (model_input(tf.clip_by_value(augment(x, training=True), 0.0, 255.0)), y), num_parallel_calls=tf.data.AUTOTUNE)
+    elif name.startswith("decode-per-epoch"):
+        # The same pipeline as make_dataset, but every epoch decodes the files again (in parallel).
+        def decode(path: tf.Tensor) -> tf.Tensor:
+            gray = tf.numpy_function(lambda p: load_pixels(Path(p.decode()), args.size, settings.validation.max_pixels), [path], tf.uint8)
+            return tf.ensure_shape(gray, (args.size, args.size, 3))
+
+        images = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(one_hot(labels, n_classes))).shuffle(len(paths), seed=0).batch(batch)
+        ds = ds.map(lambda x, y: (model_input(augmented(x[..., :1], augment)), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    else:
+        ds = None  # built on the first epoch, from the cache
+
+    seconds = []
+    for _ in range(args.epochs + 1):  # the first epoch fills the cache and traces: reported apart
+        start = time.perf_counter()
+        if ds is None:
+            ds = make_dataset(cached.load(paths, keys), labels, n_classes, batch, augment, shuffle_seed=0)
+        if model is None:
+            for _ in ds:
+                pass
+        else:
+            model.fit(ds, epochs=1, verbose=0)
+        seconds.append(time.perf_counter() - start)
+    return {"images": len(paths), "first_epoch_s": round(seconds[0], 3), "epoch_s": round(float(np.mean(seconds[1:])), 3), "decoded": cached.decoded}
+
+
+def search_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
+    from osteo_pipeline.steps.tune import tune
+
+    naive = name == "naive"
+    settings = _settings(args, work, tune={"activation_cache": not naive, "pruner": "none" if naive else "median"})
+    split = _split(args, settings)
+    result = tune(split, settings)
+    import optuna
+
+    study = optuna.load_study(study_name="bench", storage=settings.tune.storage)
+    best = study.best_trial
+    return {
+        "seconds": round(result.seconds, 1),
+        "counts": result.counts,
+        "best_val_loss": round(result.best_value, 4),
+        "best_val_balanced_accuracy": round(best.user_attrs.get("val_balanced_accuracy", float("nan")), 4),
+        "best_params": best.params,
+        "train_images": len(split.subset("train")),
+        "val_images": len(split.subset("val")),
+        "epochs_per_trial": [t.user_attrs.get("head_epochs", 0) + t.user_attrs.get("finetune_epochs", 0) if t.state.name == "COMPLETE" else len(t.intermediate_values) for t in study.trials],
+    }
+
+
+def throughput_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
+    import keras
+    import numpy as np
+
+    from osteo_pipeline.core.data import augmenter, class_weights, make_dataset, one_hot
+    from osteo_pipeline.core.model import ModelSpec, build_model, set_unfrozen_blocks
+    from osteo_pipeline.core.preprocess import model_input
+    from osteo_pipeline.io.pixels import PixelCache
+
+    settings = _settings(args, work)
+    files = _files(args.data, args.classes)[: args.throughput_images]
+    paths = [p for p, _ in files]
+    labels = np.array([c for _, c in files])
+    pixels = PixelCache(args.size, settings.validation.max_pixels, args.pixel_cache / "throughput").load(paths, [f"{p.stat().st_size}-{p.name}" for p in paths])
+    n_classes, batch = len(args.classes), settings.train.batch_size
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelSpec(tuple(args.classes), args.size, 128, 0.3), settings.model.weights_source)
+    set_unfrozen_blocks(model, 2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", metrics=["accuracy"])
+    weights = class_weights(labels, n_classes, "balanced")
+    timer = EpochTimer()
+    if name == "plain-fit":
+        x = np.asarray(model_input(pixels.astype(np.float32)))
+        model.fit(x, one_hot(labels, n_classes), batch_size=batch, epochs=args.epochs + 1, class_weight=weights, callbacks=[timer], verbose=0)
+    else:
+        augment = augmenter(settings.train.augment, 0) if name == "project-augmented" else None
+        ds = make_dataset(pixels, labels, n_classes, batch, augment, shuffle_seed=0)
+        model.fit(ds, epochs=args.epochs + 1, class_weight=weights, callbacks=[timer], verbose=0)
+    epoch_s = float(np.mean(timer.seconds[1:]))  # the first epoch traces the step
+    return {"images": len(paths), "epoch_s": round(epoch_s, 3), "images_per_s": round(len(paths) / epoch_s, 2)}
+
+
+VARIANTS = {
+    "decode": (decode_variant, ["decode-per-epoch", "cache", "keras-from-directory", "decode-per-epoch+model", "cache+model"]),
+    "search": (search_variant, ["naive", "cached+pruned"]),
+    "throughput": (throughput_variant, ["plain-fit", "project", "project-augmented"]),
+}
+
+
+def child(args: argparse.Namespace) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="osteo-bench-"))
+    function, _ = VARIANTS[args.group]
+    started = time.perf_counter()
+    result = function(args, work, args.variant)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(args: argparse.Namespace, group: str, variant: str) -> dict:
+    command = [sys.executable, __file__, "--child", group, variant, "--data", str(args.data), "--size", str(args.size), "--trials", str(args.trials),
+               "--epochs", str(args.epochs), "--pixel-cache", str(args.pixel_cache), "--classes", ",".join(args.classes)]
+    print(f"[{group}] {variant} ...", file=sys.stderr, flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{group}/{variant} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT ") :])
+    print(f"[{group}] {variant}: {result}", file=sys.stderr, flush=True)
+    return result
+
+
+def synthetic_native(folder: Path, classes: list[str]) -> Path:
+    """Native-size stand-ins when the real set is absent: 2,600 px synthetic radiographs."""
+    from osteo_pipeline.steps.synth import write_synthetic_dataset
+
+    if not folder.exists():
+        write_synthetic_dataset(folder, classes, 24, 2600, seed=0)
+    return folder
+
+
+def summarise(results: dict) -> dict:
+    ratios = {}
+    if "decode" in results:
+        d = results["decode"]
+        ratios["decode_pipeline_epoch_speedup"] = round(d["decode-per-epoch"]["epoch_s"] / d["cache"]["epoch_s"], 2)
+        ratios["decode_pipeline_epoch_speedup_vs_keras_from_directory"] = round(d["keras-from-directory"]["epoch_s"] / d["cache"]["epoch_s"], 2)
+        ratios["decode_training_epoch_speedup"] = round(d["decode-per-epoch+model"]["epoch_s"] / d["cache+model"]["epoch_s"], 2)
+    if "search" in results:
+        s = results["search"]
+        ratios["search_cost_ratio"] = round(s["cached+pruned"]["seconds"] / s["naive"]["seconds"], 3)
+        ratios["search_best_val_loss"] = {k: v["best_val_loss"] for k, v in s.items()}
+    if "throughput" in results:
+        t = results["throughput"]
+        ratios["throughput_project_vs_plain_fit"] = round(t["project"]["images_per_s"] / t["plain-fit"]["images_per_s"], 3)
+        ratios["throughput_project_augmented_vs_plain_fit"] = round(t["project-augmented"]["images_per_s"] / t["plain-fit"]["images_per_s"], 3)
+    goals = {
+        "decode_pipeline_epoch_speedup": (">= 5", lambda r: r >= 5),
+        "search_cost_ratio": ("<= 0.3", lambda r: r <= 0.3),
+        "throughput_project_vs_plain_fit": (">= 0.95", lambda r: r >= 0.95),
+    }
+    ratios["goals"] = {k: {"goal": g, "met": check(ratios[k])} for k, (g, check) in goals.items() if k in ratios}
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--classes", default="normal,osteoporosis")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per decode/throughput variant (after one warm-up)")
+    parser.add_argument("--throughput-images", type=int, default=64)
+    parser.add_argument("--only", default="decode,search,throughput")
+    parser.add_argument("--pixel-cache", type=Path, default=Path(tempfile.gettempdir()) / "osteo-bench-pixels")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training_speed.json")
+    parser.add_argument("--child", nargs=2, metavar=("GROUP", "VARIANT"))
+    args = parser.parse_args()
+    args.classes = args.classes.split(",")
+    if args.child:
+        args.group, args.variant = args.child
+        return child(args)
+    data_note = str(args.data)
+    if not args.data.is_dir():
+        args.data = synthetic_native(Path(tempfile.gettempdir()) / "osteo-bench-native", args.classes)
+        data_note = f"synthetic 2,600 px ({args.data})"
+    results: dict = {
+        "data": data_note, "classes": args.classes, "input_size": args.size, "weights": "imagenet (local file)" if WEIGHTS.is_file() else "random init",
+        "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+    }
+    for group in args.only.split(","):
+        _, variants = VARIANTS[group]
+        results[group] = {variant: run_child(args, group, variant) for variant in variants}
+    results["summary"] = summarise(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

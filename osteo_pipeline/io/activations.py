@@ -1,0 +1,140 @@
+"""Frozen-prefix activation cache for the search.
+
+A trial with unfreeze depth ``d`` never changes the backbone below its top ``d`` blocks, and every
+trial starts from the same backbone weights, so the output of that frozen prefix is the same in
+every trial. It is computed once, on ``K`` fixed augmented views of each training image and on the
+unaugmented validation images, and trials then train only the top blocks and the head on it (see
+``core.model.top_model``). Head-only trials train on the backbone's output and cost almost nothing.
+
+Boundaries are filled lazily: the lowest one the search space can ask for is computed from the
+images (one pass of most of ResNet-50), every higher one from the nearest cached lower one (a few
+blocks). Arrays are held in memory up to ``budget_bytes`` and then spill to ``.npy`` memory maps in
+a private temporary folder, removed by ``close``."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from osteo_pipeline.core.data import augmented
+from osteo_pipeline.core.model import backbone_segment, get_backbone
+from osteo_pipeline.core.preprocess import model_input
+
+
+def view_batches(pixels: np.ndarray, views: int, augment: keras.Sequential | None, batch_size: int) -> Iterator[tuple[int, int, tf.Tensor]]:
+    """(view, first index, float image batch) for ``views`` augmented passes over ``pixels``, in a
+    fixed order, so the same augmenter (same seed) reproduces the same views."""
+    for view in range(views):
+        for start in range(0, len(pixels), batch_size):
+            yield view, start, augmented(pixels[start : start + batch_size, ..., :1], augment)
+
+
+class ActivationCache:
+    def __init__(
+        self,
+        train_pixels: np.ndarray,
+        val_pixels: np.ndarray,
+        *,
+        views: int,
+        augment: keras.Sequential | None,
+        batch_size: int,
+        floor_depth: int,
+        budget_bytes: int,
+        spill_dir: Path | None = None,
+    ) -> None:
+        self.views = views if augment is not None else 1  # without augmentation every view is the same
+        self._pixels = {"train": train_pixels, "val": val_pixels}
+        self._augment = augment
+        self._batch_size = batch_size
+        self.floor_depth = floor_depth
+        self.budget_bytes = budget_bytes
+        self._spill_parent = spill_dir
+        self._spill: Path | None = None
+        self._store: dict[int, dict[str, np.ndarray]] = {}
+        self._backbone_weights: list[np.ndarray] | None = None
+        self.bytes_in_memory = 0
+        self.bytes_on_disk = 0
+        self.seconds = 0.0
+
+    # -- the trial-facing side -------------------------------------------------------------------
+    def attach(self, model: keras.Model, depths: list[int]) -> None:
+        """Give ``model`` the backbone weights the cache was computed with (the first model
+        attached defines them) and make sure the boundaries for ``depths`` are cached."""
+        base = get_backbone(model)
+        if self._backbone_weights is None:
+            self._backbone_weights = base.get_weights()
+        else:
+            base.set_weights(self._backbone_weights)
+        for depth in sorted(set(depths), reverse=True):
+            self._ensure(model, depth)
+
+    def train(self, depth: int) -> np.ndarray:
+        """K x N x activation: view ``k`` of training image ``n`` at the boundary below ``depth``."""
+        return self._store[depth]["train"]
+
+    def val(self, depth: int) -> np.ndarray:
+        return self._store[depth]["val"][0]
+
+    def report(self) -> dict[str, float]:
+        return {
+            "activation_cache_views": self.views,
+            "activation_cache_boundaries": len(self._store),
+            "activation_cache_memory_mb": self.bytes_in_memory / 2**20,
+            "activation_cache_spilled_mb": self.bytes_on_disk / 2**20,
+            "activation_cache_seconds": self.seconds,
+        }
+
+    def close(self) -> None:
+        self._store.clear()
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
+            self._spill = None
+
+    # -- filling it ------------------------------------------------------------------------------
+    def _ensure(self, model: keras.Model, depth: int) -> None:
+        if depth in self._store:
+            return
+        started = time.perf_counter()
+        lower = [d for d in self._store if d > depth]
+        if not lower and depth < self.floor_depth:
+            self._ensure(model, self.floor_depth)
+            lower = [self.floor_depth]
+        source = min(lower) if lower else None
+        segment = backbone_segment(model, source, depth)
+        forward = tf.function(lambda x: segment(x, training=False), reduce_retracing=True)
+        shape = tuple(segment.output.shape[1:])
+        dtype = keras.backend.standardize_dtype(segment.output.dtype)
+        entry = {}
+        for split, views in (("train", self.views), ("val", 1)):
+            count = len(self._pixels[split])
+            out = entry[split] = self._allocate(f"d{depth}-{split}", (views, count, *shape), dtype)
+            if source is None:
+                augment = self._augment if split == "train" else None
+                for view, start, x in view_batches(self._pixels[split], views, augment, self._batch_size):
+                    out[view, start : start + len(x)] = np.asarray(forward(model_input(x)))
+            else:
+                previous = self._store[source][split]
+                for view in range(views):
+                    for start in range(0, count, self._batch_size):
+                        out[view, start : start + self._batch_size] = np.asarray(forward(previous[view, start : start + self._batch_size]))
+        self._store[depth] = entry
+        self.seconds += time.perf_counter() - started
+
+    def _allocate(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self.bytes_in_memory + nbytes <= self.budget_bytes:
+            self.bytes_in_memory += nbytes
+            return np.empty(shape, dtype)
+        if self._spill is None:
+            if self._spill_parent is not None:
+                self._spill_parent.mkdir(parents=True, exist_ok=True)
+            self._spill = Path(tempfile.mkdtemp(prefix="osteo-activations-", dir=self._spill_parent))
+        self.bytes_on_disk += nbytes
+        return np.lib.format.open_memmap(self._spill / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)

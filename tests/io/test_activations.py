@@ -1,0 +1,104 @@
+"""The search's activation cache: training on cached frozen-prefix outputs must be the same
+computation as training the whole model on the same augmented views."""
+
+import keras
+import numpy as np
+import pytest
+
+from osteo_pipeline.core.data import augmenter, class_weights
+from osteo_pipeline.core.model import ModelSpec, build_model, get_backbone, inference_copy, set_unfrozen_blocks
+from osteo_pipeline.core.preprocess import model_input
+from osteo_pipeline.io.activations import ActivationCache, view_batches
+from osteo_pipeline.steps.train import Arrays, TrainParams, fit_two_phase, predict_val
+
+pytestmark = pytest.mark.slow
+SIZE, BATCH, VIEWS = 32, 16, 2
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    gray = np.repeat(rng.integers(0, 256, (9, SIZE, SIZE, 1), dtype=np.uint8), 3, axis=3)  # as decoded: gray in 3 channels
+    train = Arrays(gray[:6], np.array([0, 1, 0, 1, 1, 1]))
+    val = Arrays(gray[6:], np.array([0, 1, 1]))
+    return train, val
+
+
+@pytest.fixture
+def settings(train_settings):
+    return train_settings.model_copy(
+        update={"model": train_settings.model.model_copy(update={"dropout": 0.0}), "train": train_settings.train.model_copy(update={"batch_size": BATCH})}, deep=True
+    )
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return build_model(ModelSpec(("normal", "osteoporosis"), SIZE, 8, 0.0), None)
+
+
+def _cache(settings, data, budget=2**30, spill_dir=None, floor=2):
+    train, val = data
+    return ActivationCache(
+        train.pixels, val.pixels, views=VIEWS, augment=augmenter(settings.train.augment, settings.seed),
+        batch_size=BATCH, floor_depth=floor, budget_bytes=budget, spill_dir=spill_dir,
+    )
+
+
+def test_cached_training_matches_the_full_model_on_the_same_views(settings, data):
+    train, val = data
+    params = TrainParams(learning_rate=1e-3, unfreeze_depth=2, head_units=8, dropout=0.0)
+    cached = _model()
+    reference = inference_copy(cached)
+    cache = _cache(settings, data)
+    fit_two_phase(cached, train, val, params, settings, epochs=(1, 1), cache=cache)
+
+    # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
+    views = [model_input(x) for _, _, x in view_batches(train.pixels, VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
+    weights = class_weights(train.labels, 2, "balanced")
+    sample_weight = np.array([weights[c] for c in train.labels], np.float32)
+    for epoch, (depth, lr) in enumerate(((0, settings.train.head_learning_rate), (2, params.learning_rate))):
+        set_unfrozen_blocks(reference, depth)
+        reference.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy")
+        reference.fit(views[epoch], np.eye(2)[train.labels], sample_weight=sample_weight, batch_size=BATCH, shuffle=False, verbose=0)
+
+    changed = [not np.allclose(a, b) for a, b in zip(cached.get_weights(), _model().get_weights())]
+    assert any(changed), "training changed nothing"
+    for got, want in zip(cached.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        predict_val(cached, val, 2, BATCH, cache), reference.predict(model_input(val.pixels.astype(np.float32)), verbose=0), rtol=1e-4, atol=1e-5
+    )
+    assert cache.report()["activation_cache_boundaries"] == 2  # the floor (depth 2) and depth 0, chained from it
+
+
+def test_boundaries_chained_from_the_floor_equal_a_direct_pass(settings, data):
+    train, val = data
+    model = _model()
+    cache = _cache(settings, data, floor=3)
+    cache.attach(model, [0, 1])
+    direct = get_backbone(model)(model_input(val.pixels.astype(np.float32)), training=False)
+    np.testing.assert_allclose(cache.val(0), np.asarray(direct), rtol=1e-4, atol=1e-5)
+    assert cache.train(1).shape[:2] == (VIEWS, len(train.labels))
+
+
+def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings, data, tmp_path):
+    model = _model()
+    in_memory = _cache(settings, data)
+    in_memory.attach(model, [0])
+    spilled = _cache(settings, data, budget=1, spill_dir=tmp_path / "spill")
+    spilled.attach(model, [0])
+    report = spilled.report()
+    assert report["activation_cache_memory_mb"] == 0 and report["activation_cache_spilled_mb"] > 0
+    assert isinstance(spilled.train(0), np.memmap) and any((tmp_path / "spill").iterdir())
+    np.testing.assert_array_equal(np.asarray(spilled.train(0)), in_memory.train(0))
+    spilled.close()
+    assert not any((tmp_path / "spill").iterdir())
+
+
+def test_later_trials_get_the_backbone_the_cache_was_computed_with(settings, data):
+    cache = _cache(settings, data)
+    first, second = _model(seed=0), _model(seed=1)
+    cache.attach(first, [0])
+    cache.attach(second, [0])
+    for a, b in zip(get_backbone(first).get_weights(), get_backbone(second).get_weights()):
+        np.testing.assert_array_equal(a, b)
