@@ -33,6 +33,8 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/serving_latency.py
+	$(BIN)/python bench/serving_load.py
+	$(BIN)/python bench/training_speed.py
 
 lint: install
 	$(BIN)/ruff check osteo_pipeline flows tests bench

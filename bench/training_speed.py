@@ -94,7 +94,6 @@ class EpochTimer:
 def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
     import keras
     import numpy as np
-
     import tensorflow as tf
 
     from osteo_pipeline.core.data import augmented, augmenter, make_dataset, one_hot

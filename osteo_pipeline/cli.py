@@ -65,6 +65,14 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         from osteo_pipeline.io.registry import RegistryError
 
         errors += (RegistryError,)
+    if "osteo_pipeline.io.tracking" in sys.modules:  # a dead tracking server: one line, not a traceback
+        from osteo_pipeline.io.tracking import TrackingUnavailableError
+
+        errors += (TrackingUnavailableError,)
+    if "osteo_pipeline.io.storage" in sys.modules:
+        from osteo_pipeline.io.storage import StorageError
+
+        errors += (StorageError,)
     return errors
 
 

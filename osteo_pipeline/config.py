@@ -40,7 +40,7 @@ class DataSettings(_Section):
         default=None, description="Class whose sensitivity/specificity are reported (default: the last class)."
     )
     extensions: list[str] = Field(
-        default=[".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"],
+        default=[".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"],
         description="File suffixes (case-insensitive) treated as images inside class folders.",
     )
     ignore_unlisted_classes: bool = Field(
@@ -68,8 +68,11 @@ class ValidationSettings(_Section):
     min_width: int = Field(default=224, ge=1)
     min_height: int = Field(default=224, ge=1)
     allowed_modes: list[str] = Field(
-        default=["L", "RGB", "I;16", "I"],
-        description="Pillow modes accepted (grayscale 8/16-bit or RGB). RGBA, CMYK, P are rejected.",
+        default=["L", "RGB", "P", "I;16", "I;16B", "I", "F"],
+        description=(
+            "Pillow modes accepted: gray 8/16/32-bit, float, RGB and palette (all converted to gray); "
+            "DICOM reports L or I;16. RGBA/LA (transparency) and CMYK are rejected."
+        ),
     )
     max_pixels: int = Field(
         default=40_000_000, ge=1, description="Decompression-bomb guard: larger images are rejected unread."
@@ -196,6 +199,9 @@ class TrackingSettings(_Section):
     uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins.")
     artifact_root: str = Field(default="mlruns", description="Artifact location for new experiments (local path or s3://).")
     experiment: str = "osteo-knee"
+    http_retries: int = Field(default=3, ge=0, description="Retries of a failed request to a tracking server, then a clear failure.")
+    http_backoff_s: float = Field(default=0.5, ge=0, description="Backoff factor between those retries (0.5 s, 1 s, 2 s, ...).")
+    http_timeout_s: float = Field(default=60, gt=0, description="Timeout of one request to a tracking server.")
 
 
 class RegistrySettings(_Section):

@@ -60,10 +60,12 @@ def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int) -> np.ndarray:
     pixels, errors = [], []
     for row, value in enumerate(frame[IMAGE_COLUMN].tolist()):
         try:
-            if value is None or (isinstance(value, float) and np.isnan(value)) or len(value) == 0:
+            if value is None or (isinstance(value, float) and np.isnan(value)):
                 raise ImageDecodeError("empty or missing image string")
             if not isinstance(value, str | bytes):
                 raise ImageDecodeError(f"expected a base64 string, got {type(value).__name__}")
+            if len(value) == 0:
+                raise ImageDecodeError("empty or missing image string")
             try:
                 raw = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:

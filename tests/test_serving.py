@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from osteo_pipeline.serving import decode_rows, encode_image
-from tests.corpus import jpeg_bytes, png_header_only
+from tests.corpus import dicom_bytes, jpeg_bytes, png_header_only
 
 GOOD = encode_image(np.zeros((40, 40, 3), np.uint8))
 
@@ -33,6 +33,9 @@ def test_good_rows_decode_to_model_pixels():
         ("", "empty"),
         (None, "empty"),
         (_b64(png_header_only(8000, 6250)), "limit"),
+        (12345, "expected a base64 string, got int"),
+        ([1, 2], "expected a base64 string, got list"),
+        ({"a": 1}, "expected a base64 string, got dict"),
     ],
 )
 def test_bad_rows_are_named(value, reason):
@@ -48,6 +51,13 @@ def test_wrong_column_and_empty_batch():
         decode_rows(pd.DataFrame({"img": [GOOD]}), 32, 10**6)
     with pytest.raises(MlflowException, match="empty batch"):
         decode_rows(pd.DataFrame({"image": []}), 32, 10**6)
+
+
+def test_dicom_is_served_like_any_image():
+    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))
+    pixels = decode_rows(pd.DataFrame({"image": [_b64(dicom_bytes(ramp)), _b64(dicom_bytes(ramp, photometric="MONOCHROME1"))]}), 16, 10**6)
+    assert pixels[0, :, 0, 0].mean() < 20 and pixels[0, :, -1, 0].mean() > 235
+    np.testing.assert_array_equal(pixels[1], 255 - pixels[0])
 
 
 def test_rgba_and_palette_images_are_served_not_rejected():

@@ -1,6 +1,6 @@
 """The one preprocessing path shared by training, evaluation and serving.
 
-Any image (path, bytes or PIL image; 8/16-bit gray, RGB, palette, EXIF-rotated) becomes a
+Any image (path, bytes or PIL image; 8/16-bit gray, RGB, palette, EXIF-rotated, DICOM) becomes a
 ``size`` x ``size`` x 3 uint8 array: grayscale replicated to three channels, so a colour cast or a
 file's mode cannot become a shortcut the model learns. ``model_input`` then applies ResNet-50's
 own caffe-style preprocessing (BGR, ImageNet mean subtracted), not a 1/255 rescale.
@@ -21,8 +21,79 @@ class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message says why."""
 
 
+DICOM_MAGIC_OFFSET = 128
+
+
+def is_dicom(source: str | Path | bytes) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (whatever the file is called)."""
+    if isinstance(source, bytes):
+        head = source[: DICOM_MAGIC_OFFSET + 4]
+    else:
+        try:
+            with open(source, "rb") as handle:
+                head = handle.read(DICOM_MAGIC_OFFSET + 4)
+        except OSError:
+            return False
+    return head[DICOM_MAGIC_OFFSET:] == b"DICM"
+
+
+def read_dicom(source: str | Path | bytes, pixels: bool = True):  # noqa: ANN201 - pydicom.Dataset
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, stop_before_pixels=not pixels)
+    except Exception as exc:
+        raise ImageDecodeError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
+    """Display-ready 8-bit gray of a DICOM radiograph: the modality LUT (rescale slope and
+    intercept), then the first VOI window when the file has one (else the 0.5-99.5 percentile
+    range), then MONOCHROME1 inverted so that bone is bright as in MONOCHROME2."""
+    from pydicom.pixels import apply_modality_lut
+
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageDecodeError(f"DICOM PhotometricInterpretation {photometric} is not a grayscale radiograph")
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        raise ImageDecodeError(f"multi-frame DICOM ({dataset.NumberOfFrames} frames): send one radiograph per file")
+    try:
+        stored = dataset.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ImageDecodeError(f"cannot decode DICOM pixel data (transfer syntax {syntax}): {exc}") from exc
+    values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is not None and width is not None:
+        center = float(center[0] if hasattr(center, "__len__") and not isinstance(center, str) else center)
+        width = float(width[0] if hasattr(width, "__len__") and not isinstance(width, str) else width)
+        low, high = center - width / 2, center + width / 2
+    else:
+        low, high = np.percentile(values, [0.5, 99.5])
+    gray = np.clip((values - low) / max(high - low, 1e-6), 0, 1)
+    if photometric == "MONOCHROME1":
+        gray = 1 - gray
+    return np.round(gray * 255).astype(np.uint8)
+
+
+def dicom_pixel_spacing(dataset) -> str | None:  # noqa: ANN001
+    """Row x column spacing in mm (PixelSpacing, else ImagerPixelSpacing), or None."""
+    for name in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(name)
+        if value is not None and len(value) == 2:
+            return f"{float(value[0]):g}x{float(value[1]):g}"
+    return None
+
+
 def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
-    """Open ``source`` and check its pixel count from the header before any decoding."""
+    """Open ``source`` and check its pixel count from the header before any decoding. DICOM is
+    converted to an 8-bit gray image here (after the same check on Rows x Columns)."""
+    if is_dicom(source):
+        header = read_dicom(source, pixels=False)
+        rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+        if rows * columns > max_pixels:
+            raise ImageDecodeError(f"image is {columns}x{rows} = {rows * columns:,} px, over the {max_pixels:,} px limit")
+        return Image.fromarray(dicom_to_gray(read_dicom(source)), mode="L")
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:

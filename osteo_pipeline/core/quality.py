@@ -108,9 +108,10 @@ def class_table(manifest: pd.DataFrame, classes: list[str], class_dirs: list[str
 def content_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct content (sha256): how many files carry it and how many labels."""
     hashed = manifest[manifest["sha256"].notna()]
-    table = (
-        hashed.groupby("sha256")
-        .agg(n_files=("path", "size"), n_labels=("label", "nunique"), first_path=("path", "min"))
-        .reset_index()
-    )
+    groups = hashed.groupby("sha256")
+    table = groups.agg(n_files=("path", "size"), n_labels=("label", "nunique")).reset_index()
+    # Built by hand and kept as objects: paths may hold surrogate escapes (undecodable file
+    # names), which pandas' Arrow-backed strings reject.
+    first = {sha256: min(paths) for sha256, paths in groups["path"]}
+    table["first_path"] = pd.Series([first[s] for s in table["sha256"]], dtype=object, index=table.index)
     return table

@@ -7,12 +7,21 @@ X-ray never stops a scan of thousands.
 from __future__ import annotations
 
 import hashlib
+import stat
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import imagehash
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from osteo_pipeline.core.preprocess import (
+    ImageDecodeError,
+    dicom_pixel_spacing,
+    is_dicom,
+    open_image,
+    read_dicom,
+)
 
 # We enforce our own pixel limit before decoding; Pillow's own guard would raise first otherwise.
 Image.MAX_IMAGE_PIXELS = None
@@ -33,6 +42,7 @@ class ImageFacts:
     bytes: int | None = None
     sha256: str | None = None
     phash: str | None = None
+    pixel_spacing_mm: str | None = None  # DICOM only: row x column spacing
     error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -55,12 +65,36 @@ def _decode_small(image: Image.Image) -> Image.Image:
     return image
 
 
+def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> ImageFacts:
+    try:
+        header = read_dicom(path, pixels=False)
+        bits = int(header.get("BitsAllocated", 8))
+        facts = {
+            "format": "DICOM",
+            "width": int(header.get("Columns", 0)),
+            "height": int(header.get("Rows", 0)),
+            "mode": "L" if bits <= 8 else "I;16",
+            "channels": int(header.get("SamplesPerPixel", 1)),
+            "pixel_spacing_mm": dicom_pixel_spacing(header),
+        }
+        gray = open_image(path, max_pixels)  # the same checks and conversion as training uses
+        return ImageFacts(**base, **facts, phash=str(imagehash.phash(gray)))
+    except ImageDecodeError as exc:
+        reason = str(exc)
+        if "px limit" in reason:
+            reason = f"decompression-bomb guard: {reason}; not decoded"
+        return ImageFacts(**base, **(facts if "facts" in locals() else {"format": "DICOM"}), error=reason)
+
+
 def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
     """Header facts, sha256 and perceptual hash of ``path``, or the reason it is unusable."""
     try:
-        size = path.stat().st_size
+        status = path.stat()
     except OSError as exc:
         return ImageFacts(error=f"cannot stat file: {exc.strerror or exc}")
+    if not stat.S_ISREG(status.st_mode):
+        return ImageFacts(error="not a regular file (a FIFO, socket or device): not opened")
+    size = status.st_size
     if size == 0:
         return ImageFacts(bytes=0, error="empty file (0 bytes)")
     try:
@@ -68,6 +102,8 @@ def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
     except OSError as exc:
         return ImageFacts(bytes=size, error=f"cannot read file: {exc.strerror or exc}")
     base = {"bytes": size, "sha256": digest}
+    if is_dicom(path):
+        return _inspect_dicom(path, base, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,6 +127,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
                     )
                 if getattr(image, "n_frames", 1) > 1:
                     header["format"] = f"{image.format} ({image.n_frames} frames)"
+                    return ImageFacts(**base, **header, error=f"multi-frame image ({image.n_frames} frames): one radiograph per file")
                 decoded = _decode_small(image)
                 phash = str(imagehash.phash(decoded.convert("L")))
     except UnidentifiedImageError:

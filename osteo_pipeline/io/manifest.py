@@ -27,6 +27,7 @@ MANIFEST_COLUMNS = [
     "bytes",
     "sha256",
     "phash",
+    "pixel_spacing_mm",
     "error",
 ]
 

@@ -26,12 +26,19 @@ class PullResult:
     skipped: list[str] = field(default_factory=list)
 
 
+S3_ATTEMPTS = 4  # botocore "standard" retries: exponential backoff with jitter, capped
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+
+
 def s3_client():  # noqa: ANN201
     import boto3
     from botocore.config import Config
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    config = Config(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.client("s3", endpoint_url=_endpoint(), config=config)
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -56,9 +63,22 @@ def _verify(path: Path, head: dict, key: str) -> None:
 
 def pull_batch(uri: str, staging: Path, client=None) -> PullResult:  # noqa: ANN001
     """Mirror ``uri``'s ``<class>/<file>`` objects into ``staging`` (downloaded to a temporary name,
-    verified, then renamed: a failed pull never leaves a half file looking whole)."""
+    verified, then renamed: a failed pull never leaves a half file looking whole). An unreachable
+    endpoint fails after the bounded retries with a :class:`StorageError` naming it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _pull(uri, staging, client or s3_client())
+    except ClientError as exc:
+        raise StorageError(f"S3 refused {uri}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(
+            f"S3 endpoint {_endpoint() or 'AWS default'} unreachable for {uri} after {S3_ATTEMPTS} attempts with backoff: {exc}"
+        ) from exc
+
+
+def _pull(uri: str, staging: Path, client) -> PullResult:  # noqa: ANN001
     bucket, prefix = split_uri(uri)
-    client = client or s3_client()
     result = PullResult(local_dir=staging)
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):

@@ -34,11 +34,36 @@ def _artifact_location(settings: Settings, uri: str) -> str | None:
     return Path(root).expanduser().resolve().as_uri()
 
 
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server did not answer within the configured retries."""
+
+
+def _bound_http_retries(settings: Settings) -> None:
+    """MLflow's own defaults retry a dead server for minutes; bound them. Config decides: this
+    sets MLFLOW_HTTP_REQUEST_* for the process."""
+    t = settings.tracking
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(t.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(t.http_backoff_s)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(t.http_timeout_s))
+
+
 def configure(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    """Point MLflow at the configured store and experiment; returns the experiment id. Called
+    before any work, so a dead tracking server fails the run before anything is trained."""
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
+    _bound_http_retries(settings)
+    try:
+        experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
+    except Exception as exc:
+        if not uri.startswith(("http://", "https://")):
+            raise
+        retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} unreachable after {retries} retries with backoff "
+            f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was logged or registered; start the "
+            "server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere."
+        ) from exc
     if experiment is None:
         experiment_id = mlflow.create_experiment(
             settings.tracking.experiment, artifact_location=_artifact_location(settings, uri)

@@ -66,6 +66,13 @@ def _failure(result: Any, table: str, id_column: str, critical: bool) -> dict[st
     }
 
 
+def _printable_ids(table: pd.DataFrame, id_column: str) -> pd.DataFrame:
+    """GX reports rows by ``id_column``; file names with undecodable bytes are shown printable."""
+    if table[id_column].dtype != object:
+        return table
+    return table.assign(**{id_column: pd.Series([display_path(v) if isinstance(v, str) else v for v in table[id_column]], dtype=object, index=table.index)})
+
+
 def run_suites(tables: dict[str, pd.DataFrame], settings: Settings) -> list[dict[str, Any]]:
     """Run every suite on its table; return the failed expectations (critical and warnings)."""
     context = _gx_context()
@@ -78,7 +85,7 @@ def run_suites(tables: dict[str, pd.DataFrame], settings: Settings) -> list[dict
         batch = (
             source.add_dataframe_asset(name)
             .add_batch_definition_whole_dataframe("all")
-            .get_batch(batch_parameters={"dataframe": tables[name]})
+            .get_batch(batch_parameters={"dataframe": _printable_ids(tables[name], id_column)})
         )
         outcome = batch.validate(
             suite,

@@ -6,7 +6,7 @@ from keras.applications.resnet50 import preprocess_input
 from PIL import Image
 
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_pixels, model_input
-from tests.corpus import png_header_only
+from tests.corpus import dicom_bytes, png_header_only
 
 
 def _png(image: Image.Image, **kw) -> bytes:
@@ -59,3 +59,40 @@ def test_exif_rotation_is_applied():
 def test_bad_inputs_raise_a_named_reason(payload, reason):
     with pytest.raises(ImageDecodeError, match=reason):
         load_pixels(payload, 32, 40_000_000)
+
+
+RAMP = np.tile(np.linspace(0, 1000, 101).astype(np.uint16), (20, 1))  # stored values 0..1000 by column
+
+
+def _gray(raw: bytes) -> np.ndarray:
+    return load_pixels(raw, 101, 10**6)[..., 0].astype(int)
+
+
+def test_dicom_monochrome1_is_inverted():
+    plain, inverted = _gray(dicom_bytes(RAMP)), _gray(dicom_bytes(RAMP, photometric="MONOCHROME1"))
+    assert plain[:, 0].mean() < 5 and plain[:, -1].mean() > 250
+    assert np.abs(inverted - (255 - plain)).max() <= 1
+
+
+def test_dicom_rescale_then_window():
+    # values = 2 * stored - 1000 (-1000..1000); window 0 +- 500: -500 and below black, 500 and above white
+    gray = _gray(dicom_bytes(RAMP, slope=2.0, intercept=-1000.0, window=(0.0, 1000.0)))
+    assert gray[:, :25].max() <= 1 and gray[:, 76:].min() >= 254
+    assert abs(gray[:, 50].mean() - 127.5) < 4  # value 0 sits mid-window
+
+
+def test_dicom_bomb_guard_reads_only_the_header():
+    with pytest.raises(ImageDecodeError, match="over the 100 px limit"):
+        load_pixels(dicom_bytes(RAMP), 32, 100)
+
+
+def test_dicom_colour_and_multi_frame_are_refused_with_reasons():
+    import pydicom
+
+    for field, value, reason in (("PhotometricInterpretation", "RGB", "not a grayscale"), ("NumberOfFrames", 2, "multi-frame")):
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(RAMP)))
+        setattr(ds, field, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        with pytest.raises(ImageDecodeError, match=reason):
+            load_pixels(buffer.getvalue(), 32, 10**6)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from osteo_pipeline.core.data import augmenter, class_weights
-from osteo_pipeline.core.model import ModelSpec, build_model, get_backbone, inference_copy, set_unfrozen_blocks
+from osteo_pipeline.core.model import (
+    ModelSpec,
+    build_model,
+    get_backbone,
+    inference_copy,
+    set_unfrozen_blocks,
+)
 from osteo_pipeline.core.preprocess import model_input
 from osteo_pipeline.io.activations import ActivationCache, view_batches
 from osteo_pipeline.steps.train import Arrays, TrainParams, fit_two_phase, predict_val

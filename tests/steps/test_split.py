@@ -37,3 +37,25 @@ def test_refuses_failed_validation(synth_dir, tiny_settings):
     (root / "normal" / "empty.png").write_bytes(b"")
     with pytest.raises(NotValidatedError, match="failed validation"):
         split_dataset(validate_folder(root, tiny_settings), tiny_settings)
+
+
+def test_a_dicom_batch_validates_splits_and_loads_for_training(tmp_path, train_settings):
+    """DICOM radiographs are first-class: the same path as PNG/JPEG from validation to pixels."""
+    import numpy as np
+
+    from osteo_pipeline.core.synth import generate
+    from osteo_pipeline.steps.train import load_arrays, pixel_cache
+    from tests.corpus import dicom_bytes
+
+    for item in generate(["normal", "osteoporosis"], 8, 64, seed=3):
+        folder = tmp_path / "dicom" / item.label
+        folder.mkdir(parents=True, exist_ok=True)
+        stored = np.asarray(item.image.convert("L"), dtype=np.uint16) * 16  # 12-bit detector values
+        (folder / f"{len(list(folder.iterdir())):03d}.dcm").write_bytes(dicom_bytes(stored, photometric="MONOCHROME1" if len(list(folder.iterdir())) % 2 else "MONOCHROME2"))
+    result = validate_folder(tmp_path / "dicom", train_settings)
+    assert result.passed, result.summary["failed_expectations"]
+    assert result.summary["formats"] == {"DICOM": 16}
+    split = split_dataset(result, train_settings)
+    arrays = load_arrays(split, train_settings, pixel_cache(train_settings))
+    assert sum(len(a.labels) for a in arrays.values()) == 16
+    assert arrays["train"].pixels.shape[1:] == (32, 32, 3) and arrays["train"].pixels.std() > 10

@@ -1,11 +1,14 @@
 """Every expectation with a passing and a failing case, on generated folders."""
 
+import re
 import shutil
 
 import pytest
 
+from osteo_pipeline.core.preprocess import load_pixels
+from osteo_pipeline.io.manifest import display_path
 from osteo_pipeline.steps.validate import validate_folder
-from tests.corpus import BAD_FILES, _gradient, rgba_png
+from tests.corpus import KINDS, _gradient
 
 
 def _checks(result, severity="critical"):
@@ -20,15 +23,37 @@ def test_clean_synthetic_folder_passes(synth_dir, tiny_settings):
     assert result.summary["unreadable"] == [] and result.summary["label_conflicts"] == []
 
 
-@pytest.mark.parametrize("kind", sorted(BAD_FILES))
-def test_each_bad_file_fails_readable_and_is_named(synth_dir, tiny_settings, kind):
+def _reasons(result, path):
+    """Every reason validation gives for ``path``: unreadable, or a failed per-file check."""
+    shown = display_path(path)
+    reasons = [u["reason"] for u in result.summary["unreadable"] if u["path"] == shown]
+    for failure in result.summary["failed_expectations"]:
+        reasons += [f"{failure['check']}: {u['value']}" for u in failure.get("unexpected", []) if u["id"] == shown]
+    return reasons
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.name.encode("utf-8", "surrogateescape").decode("ascii", "replace") for k in KINDS])
+def test_corpus_each_kind_is_rejected_with_its_reason_or_accepted_and_decoded(synth_dir, tiny_settings, kind):
     root = synth_dir()
-    name, write = BAD_FILES[kind]
-    reason = write(root / "normal" / name)
+    path = root / "normal" / kind.name
+    kind.write(path)
     result = validate_folder(root, tiny_settings)
-    assert not result.passed and "readable" in _checks(result)
-    assert [u["path"] for u in result.summary["unreadable"]] == [f"normal/{name}"]
-    assert reason in result.summary["unreadable"][0]["reason"]
+    reasons = _reasons(result, f"normal/{kind.name}")
+    if kind.reason is not None:
+        assert not result.passed and any(re.search(kind.reason, r) for r in reasons), reasons
+        assert (kind.check or "readable") in _checks(result)
+        assert f"normal/{kind.name}" in set(result.scan.manifest["path"])  # listed by name, not dropped
+        return
+    assert result.passed and reasons == [], result.summary["failed_expectations"]
+    gray = load_pixels(path, 32, tiny_settings.validation.max_pixels)[:, :, 0].astype(float)
+    if kind.name == "rotated.jpg":  # EXIF orientation 6: the white left part is shown on top
+        assert gray[:16].mean() > 200 and gray[-4:].mean() < 60
+    else:  # every other one is a left-to-right ramp, whatever its bit depth, mode or container
+        assert gray[:, :4].mean() < 60 and gray[:, -4:].mean() > 190
+
+
+def test_corpus_has_at_least_twenty_kinds():
+    assert len(KINDS) >= 20 and len({k.name for k in KINDS}) == len(KINDS)
 
 
 def test_min_width_and_height(synth_dir, tiny_settings):
@@ -43,7 +68,7 @@ def test_min_width_and_height(synth_dir, tiny_settings):
 
 def test_image_mode(synth_dir, tiny_settings):
     root = synth_dir()
-    rgba_png(root / "osteoporosis" / "alpha.png")
+    _gradient(64, "RGBA").save(root / "osteoporosis" / "alpha.png")
     result = validate_folder(root, tiny_settings)
     assert _checks(result) == {"image_mode"}
     allowed = tiny_settings.model_copy(deep=True)
