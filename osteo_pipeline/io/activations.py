@@ -59,6 +59,7 @@ class ActivationCache:
         self._spill: Path | None = None
         self._store: dict[int, dict[str, np.ndarray]] = {}
         self._backbone_weights: list[np.ndarray] | None = None
+        self.weights_used: str | None = None  # where those weights came from, for each trial's tags
         self.bytes_in_memory = 0
         self.bytes_on_disk = 0
         self.seconds = 0.0

@@ -101,9 +101,13 @@ def combine(*parts: Arrays) -> Arrays:
     return Arrays(np.concatenate([p.pixels for p in parts]), np.concatenate([p.labels for p in parts]), [x for p in parts for x in p.paths])
 
 
+def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
+    return ModelSpec(tuple(settings.data.classes), settings.model.input_size, params.head_units, params.dropout)
+
+
 def build(settings: Settings, params: TrainParams) -> tuple[keras.Model, str]:
     """The model with its backbone weights; returns what weights were actually used."""
-    spec = ModelSpec(tuple(settings.data.classes), settings.model.input_size, params.head_units, params.dropout)
+    spec = model_spec(settings, params)
     source = settings.model.weights_source
     try:
         return build_model(spec, source), source or "none"

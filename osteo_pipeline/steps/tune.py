@@ -21,7 +21,7 @@ from optuna_integration import KerasPruningCallback
 from osteo_pipeline.config import Settings, TuneSettings
 from osteo_pipeline.core.data import augmenter
 from osteo_pipeline.core.metrics import classification_metrics
-from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH
+from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, build_model
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.activations import ActivationCache
 from osteo_pipeline.steps.split import SplitManifest
@@ -32,6 +32,7 @@ from osteo_pipeline.steps.train import (
     configure_runtime,
     fit_two_phase,
     load_arrays,
+    model_spec,
     pixel_cache,
     predict_val,
 )
@@ -99,7 +100,7 @@ def activation_cache(settings: Settings, arrays: dict[str, Arrays]) -> Activatio
     return ActivationCache(
         arrays["train"].pixels,
         arrays["val"].pixels,
-        views=t.cache_views,
+        views=min(t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs),  # epoch e uses view e mod K
         augment=augmenter(settings.train.augment, settings.seed),
         batch_size=settings.train.batch_size,
         floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1),
@@ -118,10 +119,16 @@ def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: di
         with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={STUDY_TAG: settings.tune.study_name, TRIAL_TAG: str(trial.number)}) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number})
-            model, weights_used = build(settings, params)
+            trial_cache = cache if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
+            if trial_cache is not None and trial_cache.weights_used is not None:
+                # The cache holds the backbone weights every trial starts from: skip reading them again.
+                model, weights_used = build_model(model_spec(settings, params), None), trial_cache.weights_used
+            else:
+                model, weights_used = build(settings, params)
+                if trial_cache is not None:
+                    trial_cache.weights_used = weights_used
             mlflow.set_tag("backbone_weights", weights_used)
             callbacks = [tracking.EpochLogger(), KerasPruningCallback(trial, OBJECTIVE)]
-            trial_cache = cache if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
             mlflow.set_tag("activation_cache", str(trial_cache is not None).lower())
             try:
                 fit = fit_two_phase(model, arrays["train"], arrays["val"], params, settings, callbacks, jit=runtime["xla"], cache=trial_cache)
