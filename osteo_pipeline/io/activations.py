@@ -28,7 +28,7 @@ from osteo_pipeline.core.model import backbone_segment, get_backbone
 from osteo_pipeline.core.preprocess import model_input
 
 
-def view_batches(pixels: np.ndarray, views: int, augment: keras.Sequential | None, batch_size: int) -> Iterator[tuple[int, int, tf.Tensor]]:
+def view_batches(pixels: np.ndarray, views: int, augment: keras.layers.Layer | None, batch_size: int) -> Iterator[tuple[int, int, tf.Tensor]]:
     """(view, first index, float image batch) for ``views`` augmented passes over ``pixels``, in a
     fixed order, so the same augmenter (same seed) reproduces the same views."""
     for view in range(views):
@@ -43,7 +43,7 @@ class ActivationCache:
         val_pixels: np.ndarray,
         *,
         views: int,
-        augment: keras.Sequential | None,
+        augment: keras.layers.Layer | None,
         batch_size: int,
         floor_depth: int,
         budget_bytes: int,

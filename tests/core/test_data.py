@@ -26,12 +26,44 @@ def test_augmentation_changes_images_and_stays_in_pixel_range():
     assert restored.min() >= -1e-3 and restored.max() <= 255 + 1e-3
 
 
-def test_augmenter_follows_settings():
-    names = [layer.__class__.__name__ for layer in augmenter(AugmentSettings(), 0).layers]
-    assert names == ["RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomBrightness", "RandomContrast"]
+def _augment(settings: AugmentSettings, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    return np.asarray(augmenter(settings, seed)(images.astype(np.float32), training=True))
+
+
+NOTHING = AugmentSettings(horizontal_flip=False, rotation=0, shift=0, zoom=0, brightness=0, contrast=0)
+GRAY = PIXELS[..., :1].astype(np.float32)
+
+
+def test_augmenter_off_is_none_and_all_zero_factors_are_the_identity():
     assert augmenter(AugmentSettings(enabled=False), 0) is None
-    rotation = augmenter(AugmentSettings(), 0).layers[1]
-    assert rotation.factor == pytest.approx((-10 / 360, 10 / 360)) or rotation.lower == pytest.approx(-10 / 360)
+    np.testing.assert_allclose(_augment(NOTHING, GRAY), GRAY, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(augmenter(AugmentSettings(), 0)(GRAY, training=False)), GRAY)
+
+
+def test_flip_alone_mirrors_about_half_the_images():
+    out = _augment(NOTHING.model_copy(update={"horizontal_flip": True}), np.repeat(GRAY, 8, axis=0))
+    flipped = [np.allclose(o, g[:, ::-1], atol=1e-3) for o, g in zip(out, np.repeat(GRAY, 8, axis=0))]
+    same = [np.allclose(o, g, atol=1e-3) for o, g in zip(out, np.repeat(GRAY, 8, axis=0))]
+    assert all(f or k for f, k in zip(flipped, same)) and 0 < sum(flipped) < len(out)
+
+
+def test_geometry_stays_within_the_paper_ranges():
+    square = np.zeros((1, 64, 64, 1), np.float32)
+    square[:, 24:40, 24:40] = 255  # a centred bright square: its centroid moves by the shift only
+    for seed in range(5):
+        out = _augment(NOTHING.model_copy(update={"shift": 0.10}), square, seed)[0, :, :, 0]
+        rows, cols = np.nonzero(out > 127)
+        assert abs(rows.mean() - 31.5) <= 6.5 + 0.5 and abs(cols.mean() - 31.5) <= 6.5 + 0.5
+        rotated = _augment(NOTHING.model_copy(update={"rotation": 10 / 360}), square, seed)[0, :, :, 0]
+        assert abs((rotated > 127).sum() - 256) < 40  # rotation keeps the area
+        zoomed = _augment(NOTHING.model_copy(update={"zoom": 0.10}), square, seed)[0, :, :, 0]
+        assert 256 / 1.1**2 - 30 < (zoomed > 127).sum() < 256 / 0.9**2 + 30
+
+
+def test_brightness_and_contrast_stay_within_ten_percent():
+    flat = np.full((16, 8, 8, 1), 100.0, np.float32)
+    out = _augment(NOTHING.model_copy(update={"brightness": 0.10, "contrast": 0.10}), flat)
+    assert np.all(np.abs(out - 100) <= 25.5 + 1e-3) and out.std() > 1
 
 
 def test_balanced_class_weights():
