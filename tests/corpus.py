@@ -54,6 +54,7 @@ def dicom_bytes(
     intercept: float = 0.0,
     window: tuple[float, float] | None = None,
     spacing: tuple[float, float] | None = (0.15, 0.15),
+    claimed_shape: tuple[int, int] | None = None,
 ) -> bytes:
     """An uncompressed DICOM radiograph (Part 10, explicit VR little endian) of ``stored`` values."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -75,6 +76,8 @@ def dicom_bytes(
     if spacing:
         ds.PixelSpacing = list(spacing)
     ds.PixelData = stored.astype(f"<u{bits // 8}").tobytes()
+    if claimed_shape:  # a header that lies about the size: a bomb without the bomb
+        ds.Rows, ds.Columns = claimed_shape
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -149,6 +152,7 @@ KINDS: list[Kind] = [
     Kind("cmyk.jpg", _save(_gradient(64, "CMYK"), format="JPEG"), r"CMYK", check="image_mode"),
     Kind("gray-alpha.png", _save(_gradient(64, "LA")), r"LA", check="image_mode"),
     Kind("pipe.png", lambda p: os.mkfifo(p), r"not a regular file"),
+    Kind("huge.dcm", lambda p: p.write_bytes(dicom_bytes(np.zeros((8, 8), np.uint16), claimed_shape=(9000, 6000))), r"decompression-bomb guard: image is 6000x9000"),
     Kind("bad.dcm", lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage"), r"DICOM"),
     # valid but unusual: accepted and decoded correctly
     Kind("sixteen-bit.png", _sixteen_bit, None),

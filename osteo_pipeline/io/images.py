@@ -66,14 +66,13 @@ def _decode_small(image: Image.Image) -> Image.Image:
 
 
 def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> ImageFacts:
+    facts: dict[str, object] = {"format": "DICOM"}
     try:
         header = read_dicom(path, pixels=False)
-        bits = int(header.get("BitsAllocated", 8))
-        facts = {
-            "format": "DICOM",
+        facts |= {
             "width": int(header.get("Columns", 0)),
             "height": int(header.get("Rows", 0)),
-            "mode": "L" if bits <= 8 else "I;16",
+            "mode": "L" if int(header.get("BitsAllocated", 8)) <= 8 else "I;16",
             "channels": int(header.get("SamplesPerPixel", 1)),
             "pixel_spacing_mm": dicom_pixel_spacing(header),
         }
@@ -83,7 +82,7 @@ def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> Imag
         reason = str(exc)
         if "px limit" in reason:
             reason = f"decompression-bomb guard: {reason}; not decoded"
-        return ImageFacts(**base, **(facts if "facts" in locals() else {"format": "DICOM"}), error=reason)
+        return ImageFacts(**base, **facts, error=reason)
 
 
 def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
