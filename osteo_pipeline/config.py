@@ -200,7 +200,9 @@ class TrackingSettings(_Section):
     artifact_root: str = Field(default="mlruns", description="Artifact location for new experiments (local path or s3://).")
     experiment: str = "osteo-knee"
     http_retries: int = Field(default=3, ge=0, description="Retries of a failed request to a tracking server, then a clear failure.")
-    http_backoff_s: float = Field(default=0.5, ge=0, description="Backoff factor between those retries (0.5 s, 1 s, 2 s, ...).")
+    http_backoff_s: int = Field(
+        default=1, ge=0, description="Backoff factor between those retries, whole seconds (1: waits 1, 2, 4 s); MLflow takes integers."
+    )
     http_timeout_s: float = Field(default=60, gt=0, description="Timeout of one request to a tracking server.")
 
 

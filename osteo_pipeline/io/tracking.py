@@ -12,6 +12,8 @@ from typing import Any
 
 import keras
 import mlflow
+import requests
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from osteo_pipeline.config import Settings
@@ -47,6 +49,14 @@ def _bound_http_retries(settings: Settings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(t.http_timeout_s))
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that failed or timed out (after the retries), not an answer from the server."""
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return True
+    text = str(exc)
+    return any(hint in text for hint in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out"))
+
+
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id. Called
     before any work, so a dead tracking server fails the run before anything is trained."""
@@ -55,8 +65,8 @@ def configure(settings: Settings) -> str:
     _bound_http_retries(settings)
     try:
         experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
-    except Exception as exc:
-        if not uri.startswith(("http://", "https://")):
+    except (MlflowException, requests.RequestException) as exc:
+        if not uri.startswith(("http://", "https://")) or not _unreachable(exc):
             raise
         retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         raise TrackingUnavailableError(
