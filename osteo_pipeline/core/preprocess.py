@@ -37,11 +37,12 @@ def is_dicom(source: str | Path | bytes) -> bool:
     return head[DICOM_MAGIC_OFFSET:] == b"DICM"
 
 
-def read_dicom(source: str | Path | bytes, pixels: bool = True):  # noqa: ANN201 - pydicom.Dataset
+def read_dicom(source: str | Path | bytes):  # noqa: ANN201 - pydicom.Dataset
+    """The dataset with its (still encoded) pixel data; decoding waits for ``dicom_to_gray``."""
     import pydicom
 
     try:
-        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, stop_before_pixels=not pixels)
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:
         raise ImageDecodeError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
 
@@ -65,8 +66,7 @@ def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
     values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
     center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
     if center is not None and width is not None:
-        center = float(center[0] if hasattr(center, "__len__") and not isinstance(center, str) else center)
-        width = float(width[0] if hasattr(width, "__len__") and not isinstance(width, str) else width)
+        center, width = _first(center), _first(width)  # several windows may be listed: the first is the default
         low, high = center - width / 2, center + width / 2
     else:
         low, high = np.percentile(values, [0.5, 99.5])
@@ -74,6 +74,21 @@ def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
     if photometric == "MONOCHROME1":
         gray = 1 - gray
     return np.round(gray * 255).astype(np.uint8)
+
+
+def _first(value) -> float:  # noqa: ANN001 - a DICOM DS or multi-valued DS
+    from pydicom.multival import MultiValue
+
+    return float(value[0] if isinstance(value, MultiValue) else value)
+
+
+def dicom_image(dataset, max_pixels: int) -> Image.Image:  # noqa: ANN001 - pydicom.Dataset
+    """The radiograph as an 8-bit gray image, after checking Rows x Columns against the limit
+    (pixel data is only decoded after that check)."""
+    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    if rows * columns > max_pixels:
+        raise ImageDecodeError(f"image is {columns}x{rows} = {rows * columns:,} px, over the {max_pixels:,} px limit")
+    return Image.fromarray(dicom_to_gray(dataset), mode="L")
 
 
 def dicom_pixel_spacing(dataset) -> str | None:  # noqa: ANN001
@@ -89,11 +104,7 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     """Open ``source`` and check its pixel count from the header before any decoding. DICOM is
     converted to an 8-bit gray image here (after the same check on Rows x Columns)."""
     if is_dicom(source):
-        header = read_dicom(source, pixels=False)
-        rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
-        if rows * columns > max_pixels:
-            raise ImageDecodeError(f"image is {columns}x{rows} = {rows * columns:,} px, over the {max_pixels:,} px limit")
-        return Image.fromarray(dicom_to_gray(read_dicom(source)), mode="L")
+        return dicom_image(read_dicom(source), max_pixels)  # read once: pixels decode only after the size check
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:

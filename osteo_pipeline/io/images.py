@@ -17,9 +17,9 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from osteo_pipeline.core.preprocess import (
     ImageDecodeError,
+    dicom_image,
     dicom_pixel_spacing,
     is_dicom,
-    open_image,
     read_dicom,
 )
 
@@ -68,21 +68,20 @@ def _decode_small(image: Image.Image) -> Image.Image:
 def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> ImageFacts:
     facts: dict[str, object] = {"format": "DICOM"}
     try:
-        header = read_dicom(path, pixels=False)
+        dataset = read_dicom(path)  # one read: header facts and pixels from the same dataset
         facts |= {
-            "width": int(header.get("Columns", 0)),
-            "height": int(header.get("Rows", 0)),
-            "mode": "L" if int(header.get("BitsAllocated", 8)) <= 8 else "I;16",
-            "channels": int(header.get("SamplesPerPixel", 1)),
-            "pixel_spacing_mm": dicom_pixel_spacing(header),
+            "width": int(dataset.get("Columns", 0)),
+            "height": int(dataset.get("Rows", 0)),
+            "mode": "L" if int(dataset.get("BitsAllocated", 8)) <= 8 else "I;16",
+            "channels": int(dataset.get("SamplesPerPixel", 1)),
+            "pixel_spacing_mm": dicom_pixel_spacing(dataset),
         }
-        gray = open_image(path, max_pixels)  # the same checks and conversion as training uses
+        if facts["width"] * facts["height"] > max_pixels:
+            raise ImageDecodeError(f"decompression-bomb guard: image is {facts['width']}x{facts['height']} px, over validation.max_pixels={max_pixels:,}; not decoded")
+        gray = dicom_image(dataset, max_pixels)  # the same conversion training and serving use
         return ImageFacts(**base, **facts, phash=str(imagehash.phash(gray)))
     except ImageDecodeError as exc:
-        reason = str(exc)
-        if "px limit" in reason:
-            reason = f"decompression-bomb guard: {reason}; not decoded"
-        return ImageFacts(**base, **facts, error=reason)
+        return ImageFacts(**base, **facts, error=str(exc))
 
 
 def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
