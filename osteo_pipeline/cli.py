@@ -10,6 +10,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -220,7 +221,8 @@ def _validated_split(data_dir: Path, settings: Settings):
 def _metrics_table(report: dict[str, dict[str, float]], title: str) -> Table:
     table = Table("metric", "value", "95% CI", title=title)
     for name, values in report.items():
-        table.add_row(name, f"{values['value']:.3f}", f"[{values['low']:.3f}, {values['high']:.3f}]")
+        interval = f"[{values['low']:.3f}, {values['high']:.3f}]" if np.isfinite(values["low"]) else "-"
+        table.add_row(name, f"{values['value']:.3f}", interval)
     return table
 
 
@@ -257,7 +259,7 @@ def train(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Refit chosen parameters on train+val, evaluate once on test, log and register the model."""
+    """Refit chosen parameters on train, calibrate on val, evaluate once on test, log and register."""
     import yaml
 
     from osteo_pipeline.steps.refit import refit_and_evaluate
@@ -407,6 +409,94 @@ def predict(
         for row in result.itertuples(index=False):
             table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
         out.print(table)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _cv(value: str | None) -> tuple[int | None, int | None]:
+    """``5x3`` -> 5 folds, 3 repeats (``5`` alone: one repeat)."""
+    if not value:
+        return None, None
+    folds, _, repeats = value.lower().partition("x")
+    try:
+        return int(folds), int(repeats or 1)
+    except ValueError as exc:
+        raise InputError(f"--cv {value!r}: expected FOLDSxREPEATS, e.g. 5x3") from exc
+
+
+@app.command()
+@handles_input_errors
+def compare(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    systems: Annotated[str | None, typer.Option(help="Comma-separated systems (default: all; see compare.systems).")] = None,
+    cv: Annotated[str | None, typer.Option(help="FOLDSxREPEATS of the repeated stratified group k-fold, e.g. 5x3.")] = None,
+    sizes: Annotated[str | None, typer.Option(help="Comma-separated input sizes in px, e.g. 224,448.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where comparison.md/.json/.png go (default OUTPUT_DIR/compare).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Run the paper's systems on identical folds: mean and 95% CI per metric, table and plot."""
+    from osteo_pipeline.steps.compare import HEADERS, REPORTED, table_rows
+    from osteo_pipeline.steps.compare import compare as run_compare
+
+    folds, repeats = _cv(cv)
+    size_list = [int(v) for v in _csv(sizes)] if sizes else None
+    settings = _settings(config, set_, compare__systems=_csv(systems), compare__folds=folds, compare__repeats=repeats, compare__sizes=size_list)
+    result = run_compare(data_dir, settings, command="osteo " + " ".join(sys.argv[1:]), out_dir=out_dir)
+    table = Table("system", *(HEADERS[m] for m in REPORTED), "s/fold", title=f"osteo compare ({settings.compare.folds}x{settings.compare.repeats} folds)")
+    for cells in table_rows(result.rows):
+        table.add_row(*cells)
+    out.print(table)
+    console.print(f"{result.files['markdown']} ({result.seconds / 60:.1f} min); MLflow parent run {result.parent_run_id}")
+
+
+@app.command()
+@handles_input_errors
+def evaluate(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder of labeled class folders to evaluate on.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Evaluate a model on labeled images it never trained on: CIs, calibration, Grad-CAM (MLflow)."""
+    from mlflow.exceptions import MlflowException
+
+    from osteo_pipeline.steps.evaluate import evaluate_model
+
+    settings = _settings(config, set_)
+    try:
+        result = evaluate_model(model_uri, data_dir, settings)
+    except (ValueError, MlflowException) as exc:
+        raise InputError(str(getattr(exc, "message", exc))) from exc
+    out.print(_metrics_table(result.metrics, f"{model_uri} on {data_dir} (n={result.n_images})"))
+    if result.skipped_seen:
+        console.print(f"left out {len(result.skipped_seen)} images the model trained or was calibrated on")
+    console.print(f"MLflow run {result.run_id} ({result.seconds:.0f} s): figures/reliability_diagram.png, figures/test_gradcam.png")
+
+
+@app.command()
+@handles_input_errors
+def explain(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")],
+    image: Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, DICOM, ...).")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Overlay PNG (default IMAGE.gradcam.png in the current folder).")] = None,
+    target: Annotated[str | None, typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Write a Grad-CAM overlay PNG: where the model found evidence for the class."""
+    from mlflow.exceptions import MlflowException
+
+    from osteo_pipeline.steps.explain import explain_image
+
+    tracking_settings = _settings(config, set_)
+    try:
+        result = explain_image(model_uri, image, out_file or Path(f"{image.stem}.gradcam.png"), target, tracking_settings)
+    except (ValueError, MlflowException) as exc:
+        raise InputError(str(getattr(exc, "message", exc))) from exc
+    console.print(f"{result.path}: Grad-CAM for '{result.explained}' (predicted {result.predicted}, p={result.probability:.2f})", highlight=False)
 
 
 def _prefect_environment() -> None:

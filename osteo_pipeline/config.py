@@ -21,7 +21,19 @@ ENV_PREFIX = "OSTEO_"
 ENV_ALIASES = {
     "OSTEO_BACKBONE_WEIGHTS": "model.weights",
     "OSTEO_SEED": "seed",
+    "OSTEO_VGG16_WEIGHTS": "compare.vgg16_weights",
 }
+#: Every system ``osteo compare`` knows (``steps.compare`` defines them).
+COMPARE_SYSTEMS = (
+    "resnet50-tl",
+    "resnet50-scratch",
+    "vgg16-ft",
+    "vgg16-frozen",
+    "resnet18",
+    "cnn3",
+    "resnet50-probe",
+    "metadata-probe",
+)
 
 
 class ConfigError(ValueError):
@@ -236,6 +248,32 @@ class ScheduleSettings(_Section):
     data_dir: str = Field(default="data/incoming", description="The folder (DATA_DIR/<class>/*) a scheduled run trains on.")
 
 
+class CompareSettings(_Section):
+    """``osteo compare``: every system on the same repeated stratified group folds."""
+
+    systems: list[str] = Field(default=list(COMPARE_SYSTEMS), min_length=1, description=f"Systems to run, from {list(COMPARE_SYSTEMS)}.")
+    folds: int = Field(default=5, ge=2, description="k of the stratified group k-fold.")
+    repeats: int = Field(default=3, ge=1, description="Repeats of the k-fold, each with a new shuffle.")
+    sizes: list[int] = Field(default=[224], min_length=1, description="Input sizes (px) each system runs at (the metadata probe needs none).")
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Share of each fold's training part kept for early stopping, calibration and the threshold.")
+    scratch_epochs: int = Field(default=10, ge=1, description="Epochs of the networks trained from scratch (early stopping on val).")
+    scratch_learning_rate: float = Field(default=1e-3, gt=0)
+    vgg16_weights: str = Field(
+        default="imagenet", description="VGG-16 weights: 'imagenet' (Keras download) or a local no-top .h5 (also OSTEO_VGG16_WEIGHTS); never random."
+    )
+    vgg16_finetune_blocks: int = Field(default=1, ge=1, le=5, description="Top VGG-16 convolution blocks trained by vgg16-ft.")
+    probe_c: list[float] = Field(default=[0.001, 0.01, 0.1, 1.0], min_length=1, description="Logistic-regression C values; the probe keeps the best on val.")
+
+    @model_validator(mode="after")
+    def _known_systems(self) -> CompareSettings:
+        unknown = sorted(set(self.systems) - set(COMPARE_SYSTEMS))
+        if unknown:
+            raise ValueError(f"unknown compare systems {unknown}; choose from {list(COMPARE_SYSTEMS)}")
+        if any(size < 32 for size in self.sizes):
+            raise ValueError(f"compare.sizes must be at least 32 px, got {self.sizes}")
+        return self
+
+
 class Settings(_Section):
     seed: int = 42
     data: DataSettings = DataSettings()
@@ -248,6 +286,7 @@ class Settings(_Section):
     tracking: TrackingSettings = TrackingSettings()
     registry: RegistrySettings = RegistrySettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    compare: CompareSettings = CompareSettings()
     output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
 
 
@@ -287,7 +326,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name == "OSTEO_CONFIG":
             continue
         dotted = ENV_ALIASES.get(name) or name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        value = raw if dotted == "model.weights" else _parse_scalar(raw)
+        value = raw if dotted in ("model.weights", "compare.vgg16_weights") else _parse_scalar(raw)
         result = _deep_merge(result, _nest(dotted, value))
     return result
 

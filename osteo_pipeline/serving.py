@@ -23,6 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
+from osteo_pipeline.core.calibration import Calibration
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_pixels, model_input
 
 IMAGE_COLUMN = "image"
@@ -102,18 +103,21 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
         self.size: int = meta["input_size"]
         self.max_pixels: int = meta["max_pixels"]
         self.version: str = meta.get("version", "")
+        self.calibration = Calibration.from_dict(meta.get("calibration"))
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
         self._forward = compiled_forward(self.model)
         self._forward(model_input(np.zeros((1, self.size, self.size, 3), np.uint8)))  # trace before the first request
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The network's own (uncalibrated) probabilities."""
         return np.asarray(self._forward(model_input(pixels)), dtype=np.float64)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Temperature-scaled probabilities and the label by the validation-chosen threshold."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        proba = self.predict_pixels(decode_rows(frame, self.size, self.max_pixels))
+        proba = self.calibration.probabilities(self.predict_pixels(decode_rows(frame, self.size, self.max_pixels)))
         result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})
-        result.insert(0, "label", [self.classes[i] for i in proba.argmax(axis=1)])
+        result.insert(0, "label", [self.classes[i] for i in self.calibration.labels(proba)])
         result["model_version"] = self.version
         return result
 
@@ -129,15 +133,24 @@ def requirements() -> list[str]:
     return pins
 
 
-def log_pyfunc(keras_model: Any, classes: list[str], input_size: int, max_pixels: int, version: str, example_pixels: np.ndarray) -> Any:
-    """Log the model (no optimizer state) as the ``model`` pyfunc of the active run."""
+def log_pyfunc(
+    keras_model: Any,
+    classes: list[str],
+    input_size: int,
+    max_pixels: int,
+    version: str,
+    example_pixels: np.ndarray,
+    calibration: Calibration | None = None,
+) -> Any:
+    """Log the model (no optimizer state) as the ``model`` pyfunc of the active run, with the
+    calibration (temperature, threshold) fitted on validation."""
     from osteo_pipeline.core.model import inference_copy
 
     with tempfile.TemporaryDirectory() as tmp:
         keras_path = Path(tmp) / "model.keras"
         inference_copy(keras_model).save(keras_path)
         meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(json.dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version}))
+        meta_path.write_text(json.dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict()}))
         example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_pixels)]})
         return mlflow.pyfunc.log_model(
             name="model",
@@ -148,3 +161,12 @@ def log_pyfunc(keras_model: Any, classes: list[str], input_size: int, max_pixels
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=requirements(),
         )
+
+
+def load_classifier(model_uri: str) -> OsteoClassifier:
+    """The logged classifier itself (Keras model, classes, input size, calibration), for
+    evaluation and explanation that need more than the pyfunc's table output."""
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(model, OsteoClassifier):
+        raise MlflowException(f"{model_uri} is not an osteo-pipeline classifier ({type(model).__name__})", error_code=INVALID_PARAMETER_VALUE)
+    return model

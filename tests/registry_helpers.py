@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 
 from osteo_pipeline.config import Settings
+from osteo_pipeline.core.calibration import Calibration
 from osteo_pipeline.io import tracking
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
@@ -37,6 +38,6 @@ def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str
     with mlflow.start_run(tags={"osteo.kind": "train", "backbone_weights": "test-double"}) as run:
         tracking.log_settings(settings)
         tracking.log_dataset(split)
-        evaluate_predictions(arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings)
+        evaluate_predictions(arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration())
         log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, arrays["test"].pixels[0])
     return run.info.run_id

@@ -40,11 +40,16 @@ def decide(
     require_ci_above_margin: bool = False,
     n_resamples: int = 1000,
     seed: int = 0,
+    candidate_pred: np.ndarray | None = None,
+    production_pred: np.ndarray | None = None,
 ) -> GateDecision:
     """Pass when every floor is met and, if production exists, the candidate is at least as good
-    (difference >= -margin; with ``require_ci_above_margin`` its CI's lower end too)."""
+    (difference >= -margin; with ``require_ci_above_margin`` its CI's lower end too). Given
+    ``*_pred``, each model is scored on the labels it serves (its own validation-chosen
+    threshold) instead of the arg-max of its probabilities."""
     y_true = np.asarray(y_true)
-    candidate = classification_metrics(y_true, candidate_proba, positive)
+    candidate_pred = candidate_proba.argmax(axis=1) if candidate_pred is None else np.asarray(candidate_pred)
+    candidate = classification_metrics(y_true, candidate_proba, positive, candidate_pred)
     reasons, passed = [], True
     for name, floor in sorted(floors.items()):
         value = candidate[name]
@@ -57,13 +62,14 @@ def decide(
         reasons.append("no production model: floors decide")
         return GateDecision(passed, reasons, candidate, n_cases=len(y_true))
 
-    production = classification_metrics(y_true, production_proba, positive)
+    production_pred = production_proba.argmax(axis=1) if production_pred is None else np.asarray(production_pred)
+    production = classification_metrics(y_true, production_proba, positive, production_pred)
 
     def paired(index: np.ndarray) -> dict[str, float]:
         y = y_true[index]
         auc = compare_metric == "roc_auc"
-        score = lambda proba: classification_metrics(y, proba[index], positive, with_auc=auc)[compare_metric]  # noqa: E731
-        return {"diff": score(candidate_proba) - score(production_proba)}
+        score = lambda proba, pred: classification_metrics(y, proba[index], positive, pred[index], with_auc=auc)[compare_metric]  # noqa: E731
+        return {"diff": score(candidate_proba, candidate_pred) - score(production_proba, production_pred)}
 
     low, high = bootstrap_ci(len(y_true), paired, n_resamples, seed).get("diff", (float("nan"), float("nan")))
     diff = candidate[compare_metric] - production[compare_metric]

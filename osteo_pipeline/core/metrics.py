@@ -92,14 +92,43 @@ def bootstrap_ci(
 
 
 def metrics_with_ci(
-    y_true: np.ndarray, proba: np.ndarray, positive: int, n_resamples: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    positive: int,
+    y_pred: np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Each metric's point value and 95% bootstrap CI: ``{name: {value, low, high}}``."""
+    """Each metric's point value and 95% bootstrap CI: ``{name: {value, low, high}}``; labels are
+    ``y_pred`` (e.g. from a validation-chosen threshold) or the arg-max."""
     y_true = np.asarray(y_true)
-    point = classification_metrics(y_true, proba, positive)
-    cis = bootstrap_ci(len(y_true), lambda i: classification_metrics(y_true[i], proba[i], positive), n_resamples, seed)
+    y_pred = proba.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
+    point = classification_metrics(y_true, proba, positive, y_pred)
+    cis = bootstrap_ci(len(y_true), lambda i: classification_metrics(y_true[i], proba[i], positive, y_pred[i]), n_resamples, seed)
     nan = (float("nan"), float("nan"))
     return {
         name: {"value": point[name], "low": cis.get(name, nan)[0], "high": cis.get(name, nan)[1]}
         for name in METRIC_NAMES
     }
+
+
+def fold_interval(
+    scores: np.ndarray, n_train: int, n_test: int, level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> dict[str, float]:
+    """Mean of per-fold scores with the corrected resampled t interval (Nadeau & Bengio, 2003):
+    folds share training data, so the naive standard error is inflated by 1/k + n_test/n_train
+    instead of 1/k. NaN folds (e.g. AUC with one class present) are left out; ``bounds`` clips
+    the interval to a metric's range."""
+    from scipy import stats
+
+    values = np.asarray(scores, dtype=float)
+    values = values[np.isfinite(values)]
+    k = len(values)
+    if k == 0:
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "folds": 0}
+    mean = float(values.mean())
+    if k == 1:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "folds": 1}
+    half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + n_test / max(n_train, 1)) * values.var(ddof=1)))
+    low, high = (mean - half, mean + half) if bounds is None else (max(bounds[0], mean - half), min(bounds[1], mean + half))
+    return {"mean": mean, "low": low, "high": high, "folds": k}

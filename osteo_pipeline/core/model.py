@@ -39,16 +39,23 @@ def backbone(weights: str | None, input_size: int) -> keras.Model:
     return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=shape, name=BACKBONE_NAME)
 
 
-def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
-    """Backbone (BatchNorm always in inference mode) + GAP + Dense(relu) + dropout + softmax."""
-    base = backbone(weights, spec.input_size)
+def classifier(base: keras.Model, spec: ModelSpec, name: str, frozen_statistics: bool) -> keras.Model:
+    """``base`` (a no-top feature extractor) + GAP + Dense(relu) + dropout + softmax: the head
+    every CNN here shares. ``frozen_statistics`` keeps BatchNorm in inference mode (pretrained
+    backbones); trained-from-scratch ones need their batch statistics."""
     inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="image")
-    features = base(inputs, training=False)  # BN uses its ImageNet statistics, even when unfrozen
+    features = base(inputs, training=False) if frozen_statistics else base(inputs)
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
     x = keras.layers.Dense(spec.head_units, activation="relu", name=HEAD_LAYERS[1])(x)
     x = keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[2])(x)
     outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name=HEAD_LAYERS[3])(x)
-    model = keras.Model(inputs, outputs, name="osteo_resnet50")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
+    """The pipeline's model: ResNet-50 (BatchNorm always in inference mode, so its ImageNet
+    statistics survive fine-tuning on a few dozen images) + the shared head; head-only trainable."""
+    model = classifier(backbone(weights, spec.input_size), spec, "osteo_resnet50", frozen_statistics=True)
     set_unfrozen_blocks(model, 0)
     return model
 

@@ -47,19 +47,69 @@ def roc_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str], positi
     return fig
 
 
-def prediction_grid(pixels: np.ndarray, y_true: np.ndarray, proba: np.ndarray, classes: list[str], max_images: int = 16) -> Figure:
-    """Test images with true label, predicted label and its confidence (the paper's Fig. 11)."""
-    n = min(len(pixels), max_images)
+def prediction_grid(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    y_pred: np.ndarray | None = None,
+    max_images: int = 16,
+    title: str | None = None,
+) -> Figure:
+    """Test images (N x S x S x 3 uint8: replicated gray, or Grad-CAM overlays) with true label, predicted label and
+    its probability (the paper's Fig. 11); predictions default to the arg-max."""
+    y_pred = proba.argmax(axis=1) if y_pred is None else y_pred
+    n = min(len(images), max_images)
     cols = min(4, max(n, 1))
     rows = max(1, int(np.ceil(n / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
-        predicted = int(proba[i].argmax())
+        predicted = int(y_pred[i])
         ax = axes.flat[i]
-        ax.imshow(pixels[i][..., 0], cmap="gray")
+        ax.imshow(images[i], cmap="gray")  # S x S x 3 uint8: gray replicated, or an RGB overlay
         colour = "green" if predicted == y_true[i] else "red"
         ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[predicted]} ({proba[i, predicted]:.0%})", color=colour, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(curves: dict[str, dict[str, np.ndarray]], title: str = "reliability (top-class confidence)") -> Figure:
+    """Accuracy against mean confidence per bin, one line per named set of bins
+    (``core.calibration.reliability``); the diagonal is perfect calibration."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
+    for name, table in curves.items():
+        filled = table["count"] > 0
+        ax.plot(table["confidence"][filled], table["accuracy"][filled], "-o", markersize=4, label=name)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_chart(rows: list[dict], metrics: list[str]) -> Figure:
+    """Mean and 95% CI per system (one panel per metric); ``rows`` as ``steps.compare`` builds them."""
+    shown = [r for r in rows if r.get("available", True)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.45 * max(len(shown), 2) + 1.5), sharey=True, squeeze=False)
+    names = [r["system"] for r in shown]
+    for ax, metric in zip(axes[0], metrics):
+        means = np.array([r[metric]["mean"] for r in shown], dtype=float)
+        lows = np.array([r[metric]["low"] for r in shown], dtype=float)
+        highs = np.array([r[metric]["high"] for r in shown], dtype=float)
+        errors = np.nan_to_num(np.vstack([means - lows, highs - means]), nan=0.0)
+        ax.errorbar(means, range(len(shown)), xerr=errors, fmt="o", capsize=3)
+        ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xlim(0, 1)
+        ax.set_title(metric, fontsize=9)
+    axes[0][0].set_yticks(range(len(shown)), names)
+    axes[0][0].invert_yaxis()
     fig.tight_layout()
     return fig

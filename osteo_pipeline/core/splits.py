@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,41 @@ def assign_splits(
     val = _holdout(labels[rest], groups[rest], val_share, seed + 1)
     split[np.flatnonzero(rest)[val]] = "val"
     return pd.Series(split, index=order, name="split").reindex(frame.index)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold: row indices of its train, val (carved from the training part,
+    for early stopping, calibration and the threshold) and test parts."""
+
+    repeat: int
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"r{self.repeat}f{self.fold}"
+
+
+def group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, repeats: int, val_fraction: float, seed: int) -> list[Fold]:
+    """Repeated stratified group k-fold: each repeat reshuffles (seed + repeat), every duplicate
+    group lies wholly in one of train, val or test, and every row is tested once per repeat."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise SplitError(f"only {n_groups} distinct image groups: too few for {n_splits} folds")
+    folds = []
+    for repeat in range(repeats):
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + repeat)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            parts = list(splitter.split(np.zeros(len(labels)), labels, groups))
+        for fold, (rest, test) in enumerate(parts):
+            val = _holdout(labels[rest], groups[rest], val_fraction, seed + 1000 * (repeat + 1) + fold)
+            folds.append(Fold(repeat, fold, rest[~val], rest[val], test))
+    return folds
 
 
 def dataset_hash(frame: pd.DataFrame) -> str:

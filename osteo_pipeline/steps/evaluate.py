@@ -1,41 +1,127 @@
-"""Evaluate predictions on a held-out split and log metrics (with 95% bootstrap CIs) and figures."""
+"""Evaluate a model on held-out images: metrics with 95% bootstrap CIs at the validation-chosen
+threshold, calibration (ECE before and after temperature scaling, reliability diagram), the
+paper's prediction grid and its Grad-CAM twin. Used by the refit and by ``osteo evaluate``."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import keras
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
+from osteo_pipeline.core.calibration import Calibration, expected_calibration_error, reliability
+from osteo_pipeline.core.explain import grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
+from osteo_pipeline.io import tracking
+from osteo_pipeline.io.pixels import PixelCache
+from osteo_pipeline.serving import load_classifier
 from osteo_pipeline.steps.train import Arrays
 
+GRID_IMAGES = 16
 
-def evaluate_predictions(arrays: Arrays, proba: np.ndarray, settings: Settings, prefix: str = "test_") -> dict[str, Any]:
-    """Metrics with CIs for ``proba`` on ``arrays``; logs them and the test figures to the active run."""
+
+def evaluate_predictions(
+    arrays: Arrays,
+    raw_proba: np.ndarray,
+    settings: Settings,
+    calibration: Calibration,
+    prefix: str = "test_",
+    model: keras.Model | None = None,
+) -> dict[str, Any]:
+    """Metrics with CIs for the model's raw probabilities ``raw_proba`` on ``arrays``, calibrated
+    and thresholded by ``calibration``; logs metrics and figures (Grad-CAM too, given ``model``)
+    to the active run. Returns ``{metric: {value, low, high}}`` plus ``ece`` entries."""
     classes = list(settings.data.classes)
     positive = classes.index(settings.data.positive)
-    report = metrics_with_ci(arrays.labels, proba, positive, seed=settings.seed)
-    flat = {}
+    proba = calibration.probabilities(raw_proba)
+    predicted = calibration.labels(proba)
+    report = metrics_with_ci(arrays.labels, proba, positive, predicted, seed=settings.seed)
+    ece = {"ece": expected_calibration_error(proba, arrays.labels), "ece_uncalibrated": expected_calibration_error(raw_proba, arrays.labels)}
+    flat = {f"{prefix}{k}": v for k, v in ece.items() if np.isfinite(v)}
     for name, values in report.items():
         for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high")):
             if np.isfinite(values[key]):
                 flat[f"{prefix}{name}{suffix}"] = values[key]
     mlflow.log_metrics(flat)
+    mlflow.log_params({"calibration.temperature": round(calibration.temperature, 4), "calibration.threshold": calibration.threshold})
     figures = {
-        "confusion_matrix.png": plots.confusion_matrix(arrays.labels, proba.argmax(axis=1), classes),
+        "confusion_matrix.png": plots.confusion_matrix(arrays.labels, predicted, classes),
         "roc_curve.png": plots.roc_curves(arrays.labels, proba, classes, positive),
-        "test_predictions.png": plots.prediction_grid(arrays.pixels, arrays.labels, proba, classes),
+        "test_predictions.png": plots.prediction_grid(arrays.pixels, arrays.labels, proba, classes, predicted, GRID_IMAGES),
+        "reliability_diagram.png": plots.reliability_diagram(
+            {f"raw (ECE {ece['ece_uncalibrated']:.3f})": reliability(raw_proba, arrays.labels), f"T={calibration.temperature:.2f} (ECE {ece['ece']:.3f})": reliability(proba, arrays.labels)}
+        ),
     }
+    if model is not None and len(arrays.pixels):
+        shown = arrays.pixels[:GRID_IMAGES]
+        heatmaps, _ = grad_cam(model, shown)
+        overlays = np.stack([overlay(image[..., 0], heat) for image, heat in zip(shown, heatmaps)])
+        figures["test_gradcam.png"] = plots.prediction_grid(overlays, arrays.labels, proba, classes, predicted, GRID_IMAGES, title="Grad-CAM: evidence for the predicted class")
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}")
         plt.close(figure)
     predictions = [
-        {"path": p, "true": classes[t], "predicted": classes[int(row.argmax())], **{f"p_{c}": float(row[i]) for i, c in enumerate(classes)}}
-        for p, t, row in zip(arrays.paths, arrays.labels, proba)
+        {"path": p, "true": classes[t], "predicted": classes[int(k)], **{f"p_{c}": float(row[i]) for i, c in enumerate(classes)}}
+        for p, t, k, row in zip(arrays.paths, arrays.labels, predicted, proba)
     ]
-    mlflow.log_dict({"metrics": report, "positive_class": settings.data.positive, "n": len(arrays.labels), "predictions": predictions}, f"{prefix}evaluation.json")
-    return report
+    summary = {"metrics": report, "calibration": calibration.as_dict(), **ece, "positive_class": settings.data.positive, "n": len(arrays.labels), "predictions": predictions}
+    mlflow.log_dict(summary, f"{prefix}evaluation.json")
+    return {**report, **{k: {"value": v, "low": float("nan"), "high": float("nan")} for k, v in ece.items()}}
+
+
+@dataclass
+class EvaluationResult:
+    run_id: str
+    metrics: dict[str, dict[str, float]]
+    n_images: int
+    skipped_seen: list[str]  # images the model was trained or calibrated on, left out
+    seconds: float
+
+
+def _seen_hashes(model_uri: str) -> set[str]:
+    """Content hashes of the images the model's training run used for training or validation
+    (empty when the model carries no split manifest)."""
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
+    except Exception:  # noqa: BLE001 - a model from elsewhere has no manifest to check against
+        return set()
+    return {f["sha256"] for f in split["files"] if f["split"] in ("train", "val")}
+
+
+def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> EvaluationResult:
+    """Evaluate a logged or registered model on a validated folder of labeled images, leaving
+    out any image its own training run trained or calibrated on, as one MLflow run."""
+    from osteo_pipeline.steps.split import usable_images
+    from osteo_pipeline.steps.validate import validate_folder
+
+    started = time.perf_counter()
+    tracking.configure(settings)
+    classifier = load_classifier(model_uri)
+    if list(classifier.classes) != list(settings.data.classes):
+        raise ValueError(f"{model_uri} predicts {classifier.classes}; set data.classes to match (now {settings.data.classes})")
+    validation = validate_folder(data_dir, settings)
+    if not validation.passed:
+        raise ValueError(f"{data_dir} failed validation; run `osteo validate {data_dir}` for the report")
+    frame, _ = usable_images(validation, settings)
+    seen = _seen_hashes(model_uri)
+    skipped = sorted(frame.loc[frame["sha256"].isin(seen), "path"])
+    frame = frame[~frame["sha256"].isin(seen)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} were used to train or calibrate it")
+    index = {c: i for i, c in enumerate(classifier.classes)}
+    cache = PixelCache(classifier.size, classifier.max_pixels)
+    pixels = cache.load([validation.scan.root / p for p in frame["path"]], list(frame["sha256"]))
+    arrays = Arrays(pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]))
+    raw = np.concatenate([classifier.predict_pixels(pixels[i : i + 16]) for i in range(0, len(pixels), 16)])
+    with mlflow.start_run(run_name=f"evaluate-{Path(data_dir).name}", tags={"osteo.kind": "evaluate", "model_uri": model_uri}) as run:
+        mlflow.log_params({"data_dir": str(data_dir), "n_images": len(frame), "skipped_seen": len(skipped)})
+        metrics = evaluate_predictions(arrays, raw, settings, classifier.calibration, prefix="eval_", model=classifier.model)
+        return EvaluationResult(run.info.run_id, metrics, len(frame), skipped, time.perf_counter() - started)

@@ -1,4 +1,8 @@
-"""Refit chosen parameters on train+val, evaluate once on test, log the servable model."""
+"""Refit chosen parameters on the training split, calibrate on validation, evaluate once on test,
+log the servable model.
+
+Validation is kept out of the refit so that the temperature and the decision threshold are
+fitted on predictions the model did not train on; test stays untouched until the end."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import mlflow
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
+from osteo_pipeline.core.calibration import fit_calibration
 from osteo_pipeline.io import tracking
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
@@ -18,7 +23,6 @@ from osteo_pipeline.steps.split import SplitManifest
 from osteo_pipeline.steps.train import (
     TrainParams,
     build,
-    combine,
     configure_runtime,
     fit_two_phase,
     load_arrays,
@@ -37,7 +41,8 @@ class RefitResult:
 
 
 def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: Settings, source: str = "config") -> RefitResult:
-    """Train on train+val with ``params`` (epochs from the best trial when given), test once."""
+    """Train on train with ``params`` (epochs from the best trial when given), fit temperature
+    and threshold on val, test once."""
     started = time.perf_counter()
     runtime = configure_runtime(settings)
     tracking.configure(settings)
@@ -47,7 +52,7 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
         int(params.get("finetune_epochs") or settings.train.finetune_epochs),
     )
     arrays = load_arrays(split, settings, pixel_cache(settings))
-    train = combine(arrays["train"], arrays["val"])
+    train = arrays["train"]
     with mlflow.start_run(run_name=f"train-{split.dataset_hash[:8]}", tags={"osteo.kind": "train", "params_source": source}) as run:
         tracking.log_settings(settings)
         mlflow.log_params({f"chosen.{k}": v for k, v in chosen.as_dict().items()} | {"epochs.head": epochs[0], "epochs.finetune": epochs[1]} | {f"runtime.{k}": v for k, v in runtime.items()})
@@ -61,7 +66,10 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
         figure = plots.training_curves(fit.history, phase_boundary=fit.head_epochs)
         mlflow.log_figure(figure, "figures/training_curves.png")
         plt.close(figure)
+        positive = settings.data.classes.index(settings.data.positive)
+        calibration = fit_calibration(predict_proba(model, arrays["val"].pixels, settings.train.batch_size), arrays["val"].labels, positive)
         proba = predict_proba(model, arrays["test"].pixels, settings.train.batch_size)
-        report = evaluate_predictions(arrays["test"], proba, settings)
-        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, version=run.info.run_id, example_pixels=arrays["test"].pixels[0] if len(arrays["test"].pixels) else train.pixels[0])
+        report = evaluate_predictions(arrays["test"], proba, settings, calibration, model=model)
+        example = arrays["test"].pixels[0] if len(arrays["test"].pixels) else train.pixels[0]
+        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, example, calibration)
         return RefitResult(run.info.run_id, info.model_uri, report, weights_used, time.perf_counter() - started)

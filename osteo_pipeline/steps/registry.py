@@ -99,14 +99,18 @@ def evaluation_set(run_id: str, data_dir: Path | None) -> EvaluationSet:
     )
 
 
-def predict_set(model_uri: str, data: EvaluationSet, batch: int = 16) -> np.ndarray:
+def predict_set(model_uri: str, data: EvaluationSet, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The served probabilities and labels (class indices), exactly as clients would get them."""
     model = mlflow.pyfunc.load_model(model_uri)
     frames = [model.predict(pd.DataFrame({IMAGE_COLUMN: data.images[i : i + batch]})) for i in range(0, len(data.images), batch)]
     result = pd.concat(frames, ignore_index=True)
     columns = [probability_column(c) for c in data.classes]
     if not set(columns) <= set(result.columns):
         raise RegistryError(f"{model_uri} predicts {list(result.columns)}, not the classes {data.classes}")
-    return result[columns].to_numpy(dtype=np.float64)
+    unknown = set(result["label"]) - set(data.classes)
+    if unknown:
+        raise RegistryError(f"{model_uri} predicts labels {sorted(unknown)} outside the classes {data.classes}")
+    return result[columns].to_numpy(dtype=np.float64), result["label"].map(data.classes.index).to_numpy(dtype=np.int64)
 
 
 def promote(settings: Settings, version: str | None = None, data_dir: Path | None = None) -> GateDecision:
@@ -120,10 +124,13 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
     if production is not None and production.version == candidate.version:
         raise RegistryError(f"version {candidate.version} is already {PRODUCTION}")
     data = evaluation_set(candidate.run_id, data_dir)
-    candidate_proba = predict_set(registry.uri(candidate.version), data)
-    production_proba = predict_set(registry.uri(production.version), data) if production else None
+    candidate_proba, candidate_pred = predict_set(registry.uri(candidate.version), data)
+    production_proba, production_pred = predict_set(registry.uri(production.version), data) if production else (None, None)
     r = settings.registry
-    decision = decide(data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin, r.require_ci_above_margin, r.bootstrap_resamples, settings.seed)
+    decision = decide(
+        data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin,
+        r.require_ci_above_margin, r.bootstrap_resamples, settings.seed, candidate_pred, production_pred,
+    )
     decision.extra = {"candidate": str(candidate.version), "production": str(production.version) if production else None, "evaluation_dataset": data.dataset_hash}
     registry.tag(candidate.version, {"gate.decision": "passed" if decision.passed else "rejected", "gate.reason": decision.summary[:5000], "gate.evaluated_against": production.version if production else "none", "gate.evaluation_dataset": data.dataset_hash})
     if decision.passed:

@@ -60,11 +60,9 @@ class SplitManifest:
         return write_json(path, self.to_dict())
 
 
-def split_dataset(validation: ValidationResult, settings: Settings) -> SplitManifest:
-    """Stratified, group-aware split of the readable in-scope images of a passed validation.
-
-    Label-conflicting copies are left out (and listed); duplicate and (optionally) near-duplicate
-    groups go to one split whole."""
+def usable_images(validation: ValidationResult, settings: Settings) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The readable in-scope images of a passed validation with their duplicate ``group``
+    (columns path, label, sha256, group), and the label-conflicting copies left out, with reasons."""
     if not validation.passed:
         raise NotValidatedError(
             f"{validation.scan.root} failed validation; fix the data (see the report) before splitting"
@@ -77,13 +75,22 @@ def split_dataset(validation: ValidationResult, settings: Settings) -> SplitMani
     usable = usable[~usable["sha256"].isin(conflicted)].reset_index(drop=True)
     distance = settings.validation.near_duplicate_distance if settings.split.group_near_duplicates else None
     frame = usable[["path", "label", "sha256"]].assign(group=quality.split_groups(usable, distance))
-    fractions = {"train": settings.split.train, "val": settings.split.val, "test": settings.split.test}
-    frame["split"] = assign_splits(frame, fractions, settings.seed)
-    frame = frame[["path", "label", "split", "sha256", "group"]].sort_values("path").reset_index(drop=True)
     excluded = [
         {"path": r.path, "reason": f"label conflict: identical bytes also filed under another class ({r.sha256[:12]})"}
         for r in excluded_rows.itertuples()
     ]
+    return frame, excluded
+
+
+def split_dataset(validation: ValidationResult, settings: Settings) -> SplitManifest:
+    """Stratified, group-aware split of the readable in-scope images of a passed validation.
+
+    Label-conflicting copies are left out (and listed); duplicate and (optionally) near-duplicate
+    groups go to one split whole."""
+    frame, excluded = usable_images(validation, settings)
+    fractions = {"train": settings.split.train, "val": settings.split.val, "test": settings.split.test}
+    frame["split"] = assign_splits(frame, fractions, settings.seed)
+    frame = frame[["path", "label", "split", "sha256", "group"]].sort_values("path").reset_index(drop=True)
     return SplitManifest(
         data_dir=validation.scan.root,
         files=frame,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,10 @@ def configure_runtime(settings: Settings) -> dict[str, bool]:
     return {"gpu": gpu, "mixed_precision": mixed, "xla": xla}
 
 
-def pixel_cache(settings: Settings) -> PixelCache:
+def pixel_cache(settings: Settings, size: int | None = None) -> PixelCache:
+    """The decode-once cache at ``size`` (default: the model's input size)."""
     folder = settings.train.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "osteo" / "pixels"
-    return PixelCache(settings.model.input_size, settings.validation.max_pixels, None if str(folder).lower() == "none" else Path(folder))
+    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, None if str(folder).lower() == "none" else Path(folder))
 
 
 def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:
@@ -95,10 +97,6 @@ def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> 
         paths = [split.data_dir / p for p in subset["path"]]
         arrays[name] = Arrays(cache.load(paths, list(subset["sha256"])), subset["label"].map(index).to_numpy(dtype=np.int64), list(subset["path"]))
     return arrays
-
-
-def combine(*parts: Arrays) -> Arrays:
-    return Arrays(np.concatenate([p.pixels for p in parts]), np.concatenate([p.labels for p in parts]), [x for p in parts for x in p.paths])
 
 
 def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
@@ -146,6 +144,7 @@ def fit_two_phase(
     epochs: tuple[int, int] | None = None,
     jit: bool = False,
     cache: ActivationCache | None = None,
+    unfreeze: Callable[[keras.Model, int], object] = set_unfrozen_blocks,
 ) -> FitResult:
     """Phase 1 trains the head (backbone frozen); phase 2 unfreezes the top ``unfreeze_depth``
     residual blocks at ``learning_rate``. With ``val``, each phase stops early on val loss and
@@ -154,6 +153,9 @@ def fit_two_phase(
     With ``cache`` (the search), each phase trains only its trainable top of ``model`` on cached
     frozen-prefix outputs of fixed augmented views instead of running the whole backbone on
     freshly augmented images; the weights it updates are ``model``'s own.
+
+    ``unfreeze(model, depth)`` sets what trains in each phase (ResNet-50 residual blocks by
+    default; ``steps.compare`` passes VGG-16's, or a no-op for networks trained from scratch).
 
     Epoch numbers run on across phases, so per-epoch logs and pruning see one sequence."""
     t = settings.train
@@ -173,7 +175,7 @@ def fit_two_phase(
     for phase, (n_epochs, depth, lr) in enumerate(phases):
         if n_epochs == 0:
             continue
-        set_unfrozen_blocks(model, depth)
+        unfreeze(model, depth)
         start = sum(done)
         if cache is None:
             trained, data, validation, class_weight = model, train_ds, val_ds, weights

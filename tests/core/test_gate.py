@@ -43,3 +43,13 @@ def test_margin_allows_a_small_loss():
     slightly_worse[0] = slightly_worse[0][::-1]  # one case wrong: 0.975 vs 1.0
     assert not _decide(slightly_worse, GOOD).passed
     assert _decide(slightly_worse, GOOD, margin=0.05).passed
+
+
+def test_models_are_scored_on_the_labels_they_serve():
+    """A model whose positives all score 0.3-0.4 is useless at arg-max but perfect at its
+    validation-chosen threshold of 0.25: the gate must judge what clients receive."""
+    shy = np.stack([1 - (0.1 + 0.25 * Y), 0.1 + 0.25 * Y], axis=1)
+    assert not _decide(shy, None).passed
+    served = (shy[:, 1] >= 0.25).astype(int)
+    decision = _decide(shy, COIN, candidate_pred=served)
+    assert decision.passed and decision.candidate["balanced_accuracy"] == 1.0

@@ -6,6 +6,7 @@ from osteo_pipeline.core.metrics import (
     METRIC_NAMES,
     bootstrap_ci,
     classification_metrics,
+    fold_interval,
     metrics_with_ci,
 )
 
@@ -53,3 +54,24 @@ def test_bootstrap_ci_brackets_the_point_and_is_deterministic():
     assert report == metrics_with_ci(Y, PROBA, positive=1, n_resamples=300, seed=1)
     paired = bootstrap_ci(len(Y), lambda i: {"diff": float((Y[i] == 1).mean() - (Y[i] == 0).mean())}, 200, 0)
     assert paired["diff"][0] < 0 < paired["diff"][1]
+
+
+def test_fold_interval_is_the_corrected_resampled_t_interval():
+    from scipy import stats
+
+    scores = np.array([0.6, 0.7, 0.65, 0.8, 0.75])
+    result = fold_interval(scores, n_train=80, n_test=20)
+    half = stats.t.ppf(0.975, 4) * np.sqrt((1 / 5 + 20 / 80) * scores.var(ddof=1))
+    assert result["mean"] == pytest.approx(0.7)
+    assert (result["low"], result["high"]) == pytest.approx((0.7 - half, 0.7 + half))
+    naive = stats.t.ppf(0.975, 4) * scores.std(ddof=1) / np.sqrt(5)
+    assert result["high"] - result["mean"] > naive  # wider than the naive interval, as it must be
+    assert result["folds"] == 5
+
+
+def test_fold_interval_skips_nan_folds_and_clips_to_bounds():
+    result = fold_interval(np.array([0.1, 0.9, np.nan, 0.95]), n_train=10, n_test=10, bounds=(0.0, 1.0))
+    assert result["folds"] == 3 and result["low"] == 0.0 and result["high"] == 1.0
+    single = fold_interval(np.array([0.5]), 10, 10)
+    assert single["mean"] == 0.5 and np.isnan(single["low"])
+    assert np.isnan(fold_interval(np.array([np.nan]), 10, 10)["mean"])

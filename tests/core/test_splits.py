@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteo_pipeline.core.splits import SplitError, assign_splits, dataset_hash
+from osteo_pipeline.core.splits import SplitError, assign_splits, dataset_hash, group_folds
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -54,3 +54,28 @@ def test_too_few_images_per_class_is_a_split_error():
     frame = _frame(n_per_class=3, dup_every=1)
     with pytest.raises(SplitError):
         assign_splits(frame, FRACTIONS, seed=0)
+
+
+def test_group_folds_test_every_row_once_per_repeat_and_keep_groups_whole():
+    frame = _frame(n_per_class=30, dup_every=3)
+    labels = (frame["label"] == "osteoporosis").to_numpy().astype(int)
+    groups = frame["group"].to_numpy()
+    folds = group_folds(labels, groups, n_splits=5, repeats=2, val_fraction=0.2, seed=3)
+    assert len(folds) == 10 and [f.name for f in folds[:2]] == ["r0f0", "r0f1"]
+    for repeat in (0, 1):
+        tested = np.concatenate([f.test for f in folds if f.repeat == repeat])
+        assert sorted(tested) == list(range(len(frame)))
+    for fold in folds:
+        parts = [set(groups[fold.train]), set(groups[fold.val]), set(groups[fold.test])]
+        assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+        assert len(fold.train) + len(fold.val) + len(fold.test) == len(frame)
+        assert 0.3 < labels[fold.test].mean() < 0.7 and 0.3 < labels[fold.val].mean() < 0.7
+    assert not np.array_equal(folds[0].test, folds[5].test)  # a repeat reshuffles
+    again = group_folds(labels, groups, n_splits=5, repeats=2, val_fraction=0.2, seed=3)
+    assert all(np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val) for a, b in zip(folds, again))
+
+
+def test_group_folds_need_enough_groups():
+    frame = _frame(n_per_class=4, dup_every=4)
+    with pytest.raises(SplitError, match="too few for 5 folds"):
+        group_folds(frame["label"].to_numpy(), frame["group"].to_numpy(), 5, 1, 0.2, 0)

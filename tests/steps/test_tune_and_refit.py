@@ -8,11 +8,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from PIL import Image
 
-from osteo_pipeline.serving import encode_image
+from osteo_pipeline.core.calibration import Calibration
+from osteo_pipeline.serving import encode_image, load_classifier
+from osteo_pipeline.steps.evaluate import evaluate_model
+from osteo_pipeline.steps.explain import explain_image
 from osteo_pipeline.steps.refit import refit_and_evaluate
 from osteo_pipeline.steps.split import split_dataset
-from osteo_pipeline.steps.train import TrainParams
+from osteo_pipeline.steps.train import TrainParams, load_arrays, pixel_cache
 from osteo_pipeline.steps.tune import STUDY_TAG, best_params, open_study, tune
 from osteo_pipeline.steps.validate import validate_folder
 
@@ -59,14 +63,45 @@ def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     assert best_params(train_settings)["head_epochs"] >= 1
 
 
-def test_refit_logs_a_servable_model(split, train_settings):
+def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(split, train_settings, synth_dir, tmp_path):
     params = TrainParams.from_settings(train_settings).as_dict() | {"unfreeze_depth": 1}
     result = refit_and_evaluate(split, params, train_settings)
     run = MlflowClient().get_run(result.run_id)
-    for name in ("test_accuracy", "test_balanced_accuracy", "test_precision", "test_recall", "test_specificity", "test_f1"):
+    for name in ("test_accuracy", "test_balanced_accuracy", "test_precision", "test_recall", "test_specificity", "test_f1", "test_ece", "test_ece_uncalibrated"):
         assert name in run.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "figures")}
-    assert artifacts == {f"figures/{n}" for n in ("training_curves.png", "confusion_matrix.png", "roc_curve.png", "test_predictions.png")}
+    expected = ("training_curves.png", "confusion_matrix.png", "roc_curve.png", "test_predictions.png", "reliability_diagram.png", "test_gradcam.png")
+    assert artifacts == {f"figures/{n}" for n in expected}
+
+    # Calibration was fitted on val (never trained on) and travels with the served model.
+    evaluation = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/test_evaluation.json")
+    classifier = load_classifier(result.model_uri)
+    assert classifier.calibration == Calibration.from_dict(evaluation["calibration"])
+    assert classifier.calibration.threshold is not None and classifier.calibration.temperature > 0
+    assert float(run.data.params["calibration.temperature"]) == pytest.approx(classifier.calibration.temperature, abs=1e-4)
+    pixels = load_arrays(split, train_settings, pixel_cache(train_settings))["test"].pixels
+    served = mlflow.pyfunc.load_model(result.model_uri).predict(pd.DataFrame({"image": [encode_image(p) for p in pixels]}))
+    calibrated = classifier.calibration.probabilities(classifier.predict_pixels(pixels))
+    assert np.allclose(served[["p_normal", "p_osteoporosis"]].to_numpy(), calibrated, atol=1e-5)
+    assert list(served["label"]) == [["normal", "osteoporosis"][k] for k in classifier.calibration.labels(calibrated)]
+
+    # `osteo evaluate` on a new batch, leaving out images the model has seen.
+    fresh = synth_dir(per_class=5, seed=7)
+    evaluated = evaluate_model(result.model_uri, fresh, train_settings)
+    assert evaluated.n_images == 10 and evaluated.skipped_seen == []
+    assert {"balanced_accuracy", "roc_auc", "ece"} <= set(evaluated.metrics)
+    on_own_data = evaluate_model(result.model_uri, split.data_dir, train_settings)
+    seen = split.files[split.files["split"] != "test"]
+    assert sorted(on_own_data.skipped_seen) == sorted(seen["path"]) and on_own_data.n_images == len(split.subset("test"))
+    eval_artifacts = {a.path for a in MlflowClient().list_artifacts(evaluated.run_id, "figures")}
+    assert {"figures/reliability_diagram.png", "figures/test_gradcam.png"} <= eval_artifacts
+
+    # `osteo explain`: the overlay PNG beside the image, as preprocessed for the model.
+    image = next((fresh / "osteoporosis").iterdir())
+    explanation = explain_image(result.model_uri, image, tmp_path / "cam.png", None, train_settings)
+    with Image.open(explanation.path) as written:
+        assert written.size == (2 * train_settings.model.input_size, train_settings.model.input_size)
+    assert explanation.explained == explanation.predicted and 0 <= explanation.probability <= 1
     model = mlflow.pyfunc.load_model(result.model_uri)
     assert model.metadata.signature.inputs.input_names() == ["image"]
     image = encode_image(np.full((48, 40, 3), 128, np.uint8))

@@ -1,0 +1,90 @@
+"""``osteo compare`` on tiny synthetic folders: identical folds for every system, unavailable
+pretrained systems reported as such, one MLflow parent with nested system and fold runs, and a
+metadata probe that finds a planted scanner shortcut."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from osteo_pipeline.cli import app
+from osteo_pipeline.steps.compare import compare
+from osteo_pipeline.steps.synth import write_synthetic_dataset
+
+
+def _settings(train_settings, tmp_path, systems, folds=3):
+    return train_settings.model_copy(
+        update={
+            "compare": train_settings.compare.model_copy(
+                update={"systems": systems, "folds": folds, "repeats": 1, "sizes": [32], "scratch_epochs": 1, "vgg16_weights": str(tmp_path / "no-vgg16.h5")}
+            )
+        },
+        deep=True,
+    )
+
+
+def _runs(settings, filter_string):
+    mlflow.set_tracking_uri(settings.tracking.uri)
+    experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
+    return MlflowClient().search_runs([experiment.experiment_id], filter_string=filter_string)
+
+
+@pytest.mark.slow
+def test_systems_share_folds_and_unavailable_ones_say_why(synth_dir, train_settings, tmp_path):
+    settings = _settings(train_settings, tmp_path, ["cnn3", "vgg16-frozen", "resnet50-probe", "metadata-probe"])
+    result = compare(synth_dir(per_class=8), settings, out_dir=tmp_path / "cmp")
+
+    rows = {row["system"]: row for row in result.rows}
+    assert list(rows) == ["cnn3@32", "vgg16-frozen@32", "resnet50-probe@32", "metadata-probe"]
+    assert not rows["vgg16-frozen@32"]["available"] and "VGG-16 weights file not found" in rows["vgg16-frozen@32"]["note"]
+    assert not rows["resnet50-probe@32"]["available"] and "model.weights is 'none'" in rows["resnet50-probe@32"]["note"]
+    for name in ("cnn3@32", "metadata-probe"):
+        folds = [f for f in result.folds if f["system"] == name]
+        assert [f["fold"] for f in folds] == ["r0f0", "r0f1", "r0f2"]
+        for metric in ("balanced_accuracy", "recall", "specificity", "f1", "roc_auc", "ece"):
+            values = [f[metric] for f in folds if np.isfinite(f[metric])]
+            assert rows[name][metric]["mean"] == pytest.approx(np.mean(values))
+            assert 0 <= rows[name][metric]["low"] <= rows[name][metric]["mean"] <= rows[name][metric]["high"] <= 1
+
+    markdown = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| cnn3@32 |" in markdown and "unavailable" in markdown and "3-fold stratified group CV x 1" in markdown
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["dataset_hash"]
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+
+    parent = _runs(settings, "tags.`osteo.kind` = 'compare'")
+    assert [r.info.run_id for r in parent] == [result.parent_run_id]
+    systems = _runs(settings, f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    assert sorted(r.info.run_name for r in systems) == sorted(rows)
+    cnn3 = next(r for r in systems if r.info.run_name == "cnn3@32")
+    fold_runs = _runs(settings, f"tags.`mlflow.parentRunId` = '{cnn3.info.run_id}'")
+    assert sorted(r.data.tags["fold"] for r in fold_runs) == ["r0f0", "r0f1", "r0f2"]
+    assert "balanced_accuracy_mean" in cnn3.data.metrics
+    folds_logged = mlflow.artifacts.load_dict(f"runs:/{result.parent_run_id}/compare_folds.json")
+    assert len(folds_logged["folds"]) == 3
+
+
+def test_metadata_probe_finds_a_planted_scanner_shortcut(train_settings, tmp_path):
+    """One class exported as large PNGs, the other as small JPEGs: the metadata alone separates
+    them, which is what the probe is there to reveal."""
+    data = tmp_path / "shortcut"
+    write_synthetic_dataset(data, ["normal", "osteoporosis"], 10, 64, seed=5)
+    for path in sorted(data.rglob("*.*")):
+        with Image.open(path) as image:
+            gray = image.convert("L")
+        path.unlink()
+        if path.parent.name == "osteoporosis":
+            gray.resize((96, 96)).save(path.with_suffix(".png"))
+        else:
+            gray.save(path.with_suffix(".jpg"), quality=80)
+    settings = _settings(train_settings, tmp_path, ["metadata-probe"], folds=5)
+    result = compare(data, settings, out_dir=tmp_path / "cmp")
+    assert result.rows[0]["balanced_accuracy"]["mean"] == pytest.approx(1.0)
+
+
+def test_cli_rejects_a_malformed_cv():
+    result = CliRunner().invoke(app, ["compare", "somewhere", "--cv", "5by3"])
+    assert result.exit_code == 2 and "FOLDSxREPEATS" in result.output
