@@ -18,6 +18,7 @@ def render_model_card(
     params: dict[str, Any],
     weights: str,
     input_size: int,
+    calibration: dict[str, Any] | None = None,
 ) -> str:
     rows = "\n".join(
         f"| {split} | " + " | ".join(str(counts.get(split, {}).get(c, 0)) for c in classes) + f" | {sum(counts.get(split, {}).values())} |"
@@ -28,6 +29,13 @@ def render_model_card(
     )
     n_test = sum(counts.get("test", {}).values())
     param_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
+    calibration = calibration or {}
+    threshold = calibration.get("threshold")
+    decision = (
+        f"`{classes[calibration.get('positive', -1)]}` when its probability is at least {threshold:.3f} (chosen on validation for balanced accuracy)"
+        if threshold is not None
+        else "the most probable class"
+    )
     return f"""# Model card: {name} version {version}
 
 Knee radiograph classifier ({', '.join(classes)}), ResNet-50 transfer learning. Training run `{run_id}`.
@@ -45,6 +53,9 @@ near-duplicates are kept within one split; {excluded} label-conflicting copies w
 |---|{'---|' * len(classes)}---|
 {rows}
 
+The model trained on `train`; `val` chose the search's parameters and epochs, then the
+temperature and the threshold; `test` was scored once, at the end.
+
 ## Model
 Backbone weights: `{weights}`; input {input_size} x {input_size} px, grayscale replicated to 3 channels,
 ResNet-50 caffe preprocessing; augmentation on training data only.
@@ -52,6 +63,11 @@ ResNet-50 caffe preprocessing; augmentation on training data only.
 | parameter | value |
 |---|---|
 {param_rows}
+
+## Output contract
+Input: one image (PNG, JPEG, TIFF, BMP or DICOM; any size, mode and bit depth the validation
+allows). Output: `label` and `p_<class>` per class. Probabilities are temperature-scaled
+(T = {calibration.get('temperature', 1.0):.3f}, fitted on validation); the label is {decision}.
 
 ## Test metrics (n = {n_test}; positive class `{positive}`; 95% bootstrap CIs)
 | metric | value | 95% CI |

@@ -56,6 +56,7 @@ def register_run(run_id: str, settings: Settings) -> str:
     card = render_model_card(
         registry.name, version, run_id, classes, evaluation["positive_class"], split["dataset_hash"], split["counts"],
         len(split["excluded"]), metrics, params, run.data.tags.get("backbone_weights", "?"), int(run.data.params.get("model.input_size", 0)),
+        evaluation.get("calibration"),
     )
     client.log_text(run_id, card, f"model_card_v{version}.md")
     registry.tag(version, {"model_card": f"runs:/{run_id}/model_card_v{version}.md"})
