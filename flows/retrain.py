@@ -94,7 +94,10 @@ def refit_task(split: SplitManifest, params: dict[str, Any], settings: Settings)
     from osteo_pipeline.steps.refit import refit_and_evaluate
 
     result = refit_and_evaluate(split, params, settings, source="tuned")
-    rows = "\n".join(f"| {k} | {v['value']:.3f} | {v['low']:.3f} – {v['high']:.3f} |" for k, v in result.metrics.items())
+    rows = "\n".join(
+        f"| {k} | {v['value']:.3f} | " + (f"{v['low']:.3f} – {v['high']:.3f} |" if v["low"] == v["low"] else "- |")  # NaN: no CI (ECE)
+        for k, v in result.metrics.items()
+    )
     create_markdown_artifact(f"## Test metrics\n\n| metric | value | 95% CI |\n|---|---|---|\n{rows}\n\nBackbone weights: `{result.weights_used}`", key="test-metrics")
     uri = tracking_uri(settings)
     if uri.startswith("http"):
