@@ -17,7 +17,7 @@ import numpy as np
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import Calibration, expected_calibration_error, reliability
-from osteo_pipeline.core.explain import grad_cam, overlay
+from osteo_pipeline.core.explain import explainable, grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.pixels import PixelCache
@@ -36,8 +36,8 @@ def evaluate_predictions(
     model: keras.Model | None = None,
 ) -> dict[str, Any]:
     """Metrics with CIs for the model's raw probabilities ``raw_proba`` on ``arrays``, calibrated
-    and thresholded by ``calibration``; logs metrics and figures (Grad-CAM too, given ``model``)
-    to the active run. Returns ``{metric: {value, low, high}}`` plus ``ece`` entries."""
+    and thresholded by ``calibration``; logs metrics and figures (Grad-CAM too, given a ``model``
+    of the pipeline's layout) to the active run. Returns ``{metric: {value, low, high}}`` plus ``ece`` entries."""
     classes = list(settings.data.classes)
     positive = classes.index(settings.data.positive)
     proba = calibration.probabilities(raw_proba)
@@ -59,7 +59,7 @@ def evaluate_predictions(
             {f"raw (ECE {ece['ece_uncalibrated']:.3f})": reliability(raw_proba, arrays.labels), f"T={calibration.temperature:.2f} (ECE {ece['ece']:.3f})": reliability(proba, arrays.labels)}
         ),
     }
-    if model is not None and len(arrays.pixels):
+    if model is not None and explainable(model) and len(arrays.pixels):
         shown = arrays.pixels[:GRID_IMAGES]
         heatmaps, _ = grad_cam(model, shown)
         overlays = np.stack([overlay(image[..., 0], heat) for image, heat in zip(shown, heatmaps)])

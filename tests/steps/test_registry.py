@@ -105,3 +105,28 @@ def test_missing_model_and_candidate_are_clear_errors(train_settings):
     with pytest.raises(RegistryError, match="no version 7"):
         promote(train_settings, version="7")
     assert list_versions(train_settings) == []
+
+
+def test_evaluate_and_explain_commands_on_a_registered_model(env, synth_dir, tmp_path):
+    """The CLI around `osteo evaluate` / `osteo explain`: a table for a new batch, exit 2 with a
+    reason for a model Grad-CAM cannot explain or an unknown class."""
+    from typer.testing import CliRunner
+
+    from osteo_pipeline.cli import app
+    from osteo_pipeline.config import settings_to_yaml
+
+    settings, candidate = env
+    version = candidate(GOOD)
+    config = tmp_path / "settings.yaml"
+    config.write_text(settings_to_yaml(settings))
+    uri = f"models:/{settings.registry.model_name}/{version}"
+    fresh = synth_dir(per_class=4, seed=11)
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", uri, str(fresh), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "balanced_accuracy" in result.output and "(n=8)" in result.output and "ece" in result.output
+    image = str(next((fresh / "normal").iterdir()))
+    result = runner.invoke(app, ["explain", uri, image, "--config", str(config), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "cannot explain model" in result.output
+    result = runner.invoke(app, ["explain", uri, image, "--config", str(config), "--class", "fracture"])
+    assert result.exit_code == 2 and "'fracture' is not one of the model's classes" in result.output
