@@ -438,12 +438,19 @@ def compare(
     set_: SetOption = None,
 ) -> None:
     """Run the paper's systems on identical folds: mean and 95% CI per metric, table and plot."""
+    import logging
+
+    from rich.logging import RichHandler
+
     from osteo_pipeline.steps.compare import HEADERS, REPORTED, table_rows
     from osteo_pipeline.steps.compare import compare as run_compare
 
     folds, repeats = _cv(cv)
     size_list = [int(v) for v in _csv(sizes)] if sizes else None
     settings = _settings(config, set_, compare__systems=_csv(systems), compare__folds=folds, compare__repeats=repeats, compare__sizes=size_list)
+    progress = logging.getLogger("osteo_pipeline.steps.compare")  # one line per fold: runs take minutes to hours
+    progress.setLevel(logging.INFO)
+    progress.addHandler(RichHandler(console=console, show_path=False))
     result = run_compare(data_dir, settings, command="osteo " + " ".join(sys.argv[1:]), out_dir=out_dir)
     table = Table("system", *(HEADERS[m] for m in REPORTED), "s/fold", title=f"osteo compare ({settings.compare.folds}x{settings.compare.repeats} folds)")
     for cells in table_rows(result.rows):

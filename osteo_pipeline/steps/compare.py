@@ -318,7 +318,7 @@ def markdown_report(rows: list[dict[str, Any]], data: Data, folds: list[Fold], s
             lines.append("| " + " | ".join(cells) + " |")
         else:
             lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
-    counts = data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).to_dict()
+    counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
     averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
     notes = "\n".join(f"- `{name}`: {text}" for name, text in SYSTEMS.items() if name in c.systems)
     notes += "".join(f"\n- `{row['system']}` {row['note']}" for row in rows if not row["available"])
