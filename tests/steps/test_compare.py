@@ -88,3 +88,10 @@ def test_metadata_probe_finds_a_planted_scanner_shortcut(train_settings, tmp_pat
 def test_cli_rejects_a_malformed_cv():
     result = CliRunner().invoke(app, ["compare", "somewhere", "--cv", "5by3"])
     assert result.exit_code == 2 and "FOLDSxREPEATS" in result.output
+
+
+def test_every_configurable_system_is_implemented():
+    from osteo_pipeline.config import COMPARE_SYSTEMS
+    from osteo_pipeline.steps.compare import SYSTEMS
+
+    assert list(SYSTEMS) == list(COMPARE_SYSTEMS)
