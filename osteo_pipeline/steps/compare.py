@@ -320,6 +320,13 @@ def markdown_report(rows: list[dict[str, Any]], data: Data, folds: list[Fold], s
             lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
     counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
     averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
+    trained = [name for name in c.systems if name not in ("resnet50-probe", "metadata-probe")]
+    epochs = (
+        f"Epochs: transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}, scratch {c.scratch_epochs} "
+        f"(early stopping on val, patience {settings.train.early_stopping_patience})."
+        if trained
+        else "Probes only: no network is trained."
+    )
     notes = "\n".join(f"- `{name}`: {text}" for name, text in SYSTEMS.items() if name in c.systems)
     notes += "".join(f"\n- `{row['system']}` {row['note']}" for row in rows if not row["available"])
     return f"""## osteo compare: {', '.join(settings.data.classes)}
@@ -329,7 +336,7 @@ def markdown_report(rows: list[dict[str, Any]], data: Data, folds: list[Fold], s
 {c.folds}-fold stratified group CV x {c.repeats} repeat(s) = {len(folds)} folds, duplicate groups kept within one part;
 each fold's training part gives {c.val_fraction:.0%} to val (early stopping, temperature, threshold). Positive class `{settings.data.positive}`;
 sensitivity, specificity and F1 {averaging}. Cells: mean over folds [95% corrected resampled t interval].
-Epochs: transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}, scratch {c.scratch_epochs} (early stopping, patience {settings.train.early_stopping_patience}).
+{epochs}
 
 {chr(10).join(lines)}
 
