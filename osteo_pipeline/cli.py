@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -45,6 +46,8 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set validation.min_width=512 (repeatable)."),
 ]
+
+ModelUriArgument = Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -371,7 +374,7 @@ def models(
 @app.command()
 @handles_input_errors
 def predict(
-    model_uri: Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")],
+    model_uri: ModelUriArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
     config: ConfigOption = None,
@@ -459,24 +462,31 @@ def compare(
     console.print(f"{result.files['markdown']} ({result.seconds / 60:.1f} min); MLflow parent run {result.parent_run_id}")
 
 
+@contextmanager
+def _model_input_errors() -> Iterator[None]:
+    """A model that cannot be loaded or used, or data that does not fit it: one line, exit 2."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (ValueError, MlflowException) as exc:
+        raise InputError(str(getattr(exc, "message", exc))) from exc
+
+
 @app.command()
 @handles_input_errors
 def evaluate(
-    model_uri: Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")],
+    model_uri: ModelUriArgument,
     data_dir: Annotated[Path, typer.Argument(help="Folder of labeled class folders to evaluate on.")],
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Evaluate a model on labeled images it never trained on: CIs, calibration, Grad-CAM (MLflow)."""
-    from mlflow.exceptions import MlflowException
-
     from osteo_pipeline.steps.evaluate import evaluate_model
 
     settings = _settings(config, set_)
-    try:
+    with _model_input_errors():
         result = evaluate_model(model_uri, data_dir, settings)
-    except (ValueError, MlflowException) as exc:
-        raise InputError(str(getattr(exc, "message", exc))) from exc
     out.print(_metrics_table(result.metrics, f"{model_uri} on {data_dir} (n={result.n_images})"))
     if result.skipped_seen:
         console.print(f"left out {len(result.skipped_seen)} images the model trained or was calibrated on")
@@ -486,7 +496,7 @@ def evaluate(
 @app.command()
 @handles_input_errors
 def explain(
-    model_uri: Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")],
+    model_uri: ModelUriArgument,
     image: Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, DICOM, ...).")],
     out_file: Annotated[Path | None, typer.Option("--out", help="Overlay PNG (default IMAGE.gradcam.png in the current folder).")] = None,
     target: Annotated[str | None, typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
@@ -494,15 +504,11 @@ def explain(
     set_: SetOption = None,
 ) -> None:
     """Write a Grad-CAM overlay PNG: where the model found evidence for the class."""
-    from mlflow.exceptions import MlflowException
-
     from osteo_pipeline.steps.explain import explain_image
 
-    tracking_settings = _settings(config, set_)
-    try:
-        result = explain_image(model_uri, image, out_file or Path(f"{image.stem}.gradcam.png"), target, tracking_settings)
-    except (ValueError, MlflowException) as exc:
-        raise InputError(str(getattr(exc, "message", exc))) from exc
+    settings = _settings(config, set_)
+    with _model_input_errors():
+        result = explain_image(model_uri, image, out_file or Path(f"{image.stem}.gradcam.png"), target, settings)
     console.print(f"{result.path}: Grad-CAM for '{result.explained}' (predicted {result.predicted}, p={result.probability:.2f})", highlight=False)
 
 
