@@ -8,6 +8,7 @@ content hashes, so an edited file is a new key, never a stale hit."""
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class PixelCache:
         self.decoded += 1
         if stored is not None:
             stored.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stored.with_suffix(f".{os.getpid()}.tmp")
+            tmp = stored.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer
             with tmp.open("wb") as handle:
                 np.save(handle, gray)
             tmp.replace(stored)
@@ -48,9 +49,11 @@ class PixelCache:
         return gray
 
     def load(self, paths: list[Path], sha256s: list[str]) -> np.ndarray:
-        """N x size x size x 3 uint8 pixels, in the order given."""
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-            grays = list(pool.map(self._one, paths, sha256s))
-        if not grays:
+        """N x size x size x 3 uint8 pixels, in the order given. Identical files (same hash) are
+        decoded once, never by two threads at a time."""
+        if not paths:
             return np.zeros((0, self.size, self.size, 3), dtype=np.uint8)
-        return np.repeat(np.stack(grays)[..., None], 3, axis=3)
+        unique = dict(zip(sha256s, paths))
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+            decoded = dict(zip(unique, pool.map(self._one, unique.values(), unique.keys())))
+        return np.repeat(np.stack([decoded[sha] for sha in sha256s])[..., None], 3, axis=3)

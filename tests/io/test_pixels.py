@@ -1,0 +1,45 @@
+"""The decode-once pixel cache: one decode per content and size, on disk across runs, and
+identical files in one batch decoded once (they once raced on the same temporary file)."""
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+from osteo_pipeline.io.pixels import PixelCache
+
+
+def _image(path, value, size=(80, 60)):
+    Image.fromarray(np.full(size[::-1], value, np.uint8)).save(path)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_identical_files_in_one_batch_are_decoded_once_and_returned_in_order(tmp_path):
+    a, sha_a = _image(tmp_path / "a.png", 40)
+    b, sha_b = _image(tmp_path / "b.png", 200)
+    copies = [tmp_path / f"copy{i}.png" for i in range(6)]
+    for copy in copies:
+        copy.write_bytes(a.read_bytes())
+    cache = PixelCache(32, 10**8, tmp_path / "cache")
+    pixels = cache.load([a, *copies, b], [sha_a] * 7 + [sha_b])
+    assert cache.decoded == 2 and pixels.shape == (8, 32, 32, 3)
+    assert (pixels[:7] == 40).all() and (pixels[7] == 200).all()
+    assert sorted(p.name for p in (tmp_path / "cache" / "32").iterdir()) == sorted([f"{sha_a}.npy", f"{sha_b}.npy"])
+
+
+def test_disk_cache_serves_a_new_process_and_a_changed_file_is_a_new_key(tmp_path):
+    a, sha_a = _image(tmp_path / "a.png", 90)
+    PixelCache(32, 10**8, tmp_path / "cache").load([a], [sha_a])
+    again = PixelCache(32, 10**8, tmp_path / "cache")
+    assert (again.load([a], [sha_a]) == 90).all() and again.decoded == 0
+    a, sha_new = _image(a, 10)
+    assert sha_new != sha_a and (again.load([a], [sha_new]) == 10).all() and again.decoded == 1
+
+
+def test_a_torn_cache_file_is_decoded_again(tmp_path):
+    a, sha_a = _image(tmp_path / "a.png", 70)
+    (tmp_path / "cache" / "32").mkdir(parents=True)
+    (tmp_path / "cache" / "32" / f"{sha_a}.npy").write_bytes(b"\x93NUMPY torn")
+    cache = PixelCache(32, 10**8, tmp_path / "cache")
+    assert (cache.load([a], [sha_a]) == 70).all() and cache.decoded == 1
+    assert cache.load([], []).shape == (0, 32, 32, 3)
