@@ -61,7 +61,7 @@ def evaluate_predictions(
     }
     if model is not None and explainable(model) and len(arrays.pixels):
         shown = arrays.pixels[:GRID_IMAGES]
-        heatmaps, _ = grad_cam(model, shown)
+        heatmaps, _ = grad_cam(model, shown, predicted[:GRID_IMAGES])  # the served label, which the threshold may move off the arg-max
         overlays = np.stack([overlay(image[..., 0], heat) for image, heat in zip(shown, heatmaps)])
         figures["test_gradcam.png"] = plots.prediction_grid(overlays, arrays.labels, proba, classes, predicted, GRID_IMAGES, title="Grad-CAM: evidence for the predicted class")
     for name, figure in figures.items():
