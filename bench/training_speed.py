@@ -96,7 +96,7 @@ def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from osteo_pipeline.core.data import augmented, augmenter, make_dataset, one_hot
+    from osteo_pipeline.core.data import augmenter, make_dataset, model_batch, one_hot
     from osteo_pipeline.core.model import ModelSpec, build_model
     from osteo_pipeline.core.preprocess import load_pixels, model_input
     from osteo_pipeline.io.pixels import PixelCache
@@ -127,7 +127,7 @@ def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
 
         images = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(one_hot(labels, n_classes))).shuffle(len(paths), seed=0).batch(batch)
-        ds = ds.map(lambda x, y: (model_input(augmented(x[..., :1], augment)), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (model_batch(x[..., :1], augment), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     else:
         ds = None  # built on the first epoch, from the cache
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from osteo_pipeline.config import AugmentSettings
-from osteo_pipeline.core.preprocess import model_input
+from osteo_pipeline.core.preprocess import gray_model_input
 
 
 class XrayAugment(keras.layers.Layer):
@@ -60,13 +60,13 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[labels]
 
 
-def augmented(gray: tf.Tensor | np.ndarray, augment: keras.layers.Layer | None) -> tf.Tensor:
-    """A uint8 one-channel batch, augmented (when ``augment``) and replicated to three float
-    channels in the 0..255 range: the model's input before ``model_input``."""
+def model_batch(gray: tf.Tensor | np.ndarray, augment: keras.layers.Layer | None) -> tf.Tensor:
+    """The model's input from a uint8 one-channel batch: augmented (when ``augment``) on the one
+    channel, clipped to the pixel range, then ``gray_model_input`` (three preprocessed channels)."""
     x = tf.cast(gray, tf.float32)
     if augment is not None:
         x = tf.clip_by_value(augment(x, training=True), 0.0, 255.0)
-    return tf.repeat(x, 3, axis=-1)
+    return gray_model_input(x)
 
 
 def make_dataset(
@@ -80,7 +80,7 @@ def make_dataset(
     """Batches of preprocessed images (and one-hot labels). Pass ``augment`` for training only.
 
     Radiographs are gray replicated to three channels (``core.preprocess.load_pixels``), so the
-    pipeline keeps one channel and replicates it after augmentation: a third of the memory and of
+    pipeline keeps one channel until the last step (``model_batch``): a third of the memory and of
     the augmentation work, the same result."""
     gray = pixels[..., :1]
     tensors = gray if labels is None else (gray, one_hot(labels, n_classes))
@@ -90,7 +90,7 @@ def make_dataset(
     ds = ds.batch(batch_size)
 
     def prepare(x: tf.Tensor, *y: tf.Tensor):
-        return (model_input(augmented(x, augment)), *y)
+        return (model_batch(x, augment), *y)
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

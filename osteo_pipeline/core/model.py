@@ -55,7 +55,13 @@ def classifier(base: keras.Model, spec: ModelSpec, name: str, frozen_statistics:
 def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
     """The pipeline's model: ResNet-50 (BatchNorm always in inference mode, so its ImageNet
     statistics survive fine-tuning on a few dozen images) + the shared head; head-only trainable."""
-    model = classifier(backbone(weights, spec.input_size), spec, "osteo_resnet50", frozen_statistics=True)
+    return with_head(backbone(weights, spec.input_size), spec)
+
+
+def with_head(base: keras.Model, spec: ModelSpec) -> keras.Model:
+    """``build_model`` on an existing ResNet-50 ``base`` (its layers and weights are shared, not
+    copied): a new head, head-only trainable."""
+    model = classifier(base, spec, "osteo_resnet50", frozen_statistics=True)
     set_unfrozen_blocks(model, 0)
     return model
 
@@ -91,12 +97,14 @@ def boundary_layer(depth: int) -> str:
     return f"{RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - 1 - depth]}_out"
 
 
-def backbone_segment(model: keras.Model, from_depth: int | None, to_depth: int) -> keras.Model:
-    """The backbone layers from one block boundary (or the image, for ``None``) up to another,
-    sharing weights with ``model``: computes the frozen prefix a trial never updates."""
+def backbone_segment(model: keras.Model, from_depth: int | None, to_depths: list[int]) -> keras.Model:
+    """The backbone layers from one block boundary (or the image, for ``None``) up to others, with
+    one output per depth in ``to_depths`` (in that order), sharing weights with ``model``: computes
+    the frozen prefix a trial never updates."""
     base = get_backbone(model)
     start = base.input if from_depth is None else base.get_layer(boundary_layer(from_depth)).output
-    return keras.Model(start, base.get_layer(boundary_layer(to_depth)).output, name=f"segment_{from_depth}_{to_depth}")
+    outputs = [base.get_layer(boundary_layer(depth)).output for depth in to_depths]
+    return keras.Model(start, outputs, name=f"segment_{from_depth}_{'_'.join(map(str, to_depths))}")
 
 
 def top_model(model: keras.Model, depth: int) -> keras.Model:

@@ -8,8 +8,9 @@ unaugmented validation images, and trials then train only the top blocks and the
 
 Boundaries are filled lazily: the lowest one the search space can ask for is computed from the
 images (one pass of most of ResNet-50), every higher one from the nearest cached lower one (a few
-blocks). Arrays are held in memory up to ``budget_bytes`` and then spill to ``.npy`` memory maps in
-a private temporary folder, removed by ``close``."""
+blocks), keeping the boundaries that pass goes through on the way. Arrays are held in memory up
+to ``budget_bytes`` and then spill to ``.npy`` memory maps in a private temporary folder, removed
+by ``close``."""
 
 from __future__ import annotations
 
@@ -23,17 +24,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from osteo_pipeline.core.data import augmented
-from osteo_pipeline.core.model import backbone_segment, get_backbone
-from osteo_pipeline.core.preprocess import model_input
+from osteo_pipeline.core.data import model_batch
+from osteo_pipeline.core.model import backbone_segment
 
 
 def view_batches(pixels: np.ndarray, views: int, augment: keras.layers.Layer | None, batch_size: int) -> Iterator[tuple[int, int, tf.Tensor]]:
-    """(view, first index, float image batch) for ``views`` augmented passes over ``pixels``, in a
+    """(view, first index, model input batch) for ``views`` augmented passes over ``pixels``, in a
     fixed order, so the same augmenter (same seed) reproduces the same views."""
     for view in range(views):
         for start in range(0, len(pixels), batch_size):
-            yield view, start, augmented(pixels[start : start + batch_size, ..., :1], augment)
+            yield view, start, model_batch(pixels[start : start + batch_size, ..., :1], augment)
 
 
 class ActivationCache:
@@ -58,21 +58,15 @@ class ActivationCache:
         self._spill_parent = spill_dir
         self._spill: Path | None = None
         self._store: dict[int, dict[str, np.ndarray]] = {}
-        self._backbone_weights: list[np.ndarray] | None = None
-        self.weights_used: str | None = None  # where those weights came from, for each trial's tags
         self.bytes_in_memory = 0
         self.bytes_on_disk = 0
         self.seconds = 0.0
 
     # -- the trial-facing side -------------------------------------------------------------------
     def attach(self, model: keras.Model, depths: list[int]) -> None:
-        """Give ``model`` the backbone weights the cache was computed with (the first model
-        attached defines them) and make sure the boundaries for ``depths`` are cached."""
-        base = get_backbone(model)
-        if self._backbone_weights is None:
-            self._backbone_weights = base.get_weights()
-        else:
-            base.set_weights(self._backbone_weights)
+        """Make sure the boundaries for ``depths`` are cached, computing missing ones with
+        ``model``'s backbone. Every model attached must carry the backbone weights the first one
+        had: ``steps.tune.StudyBackbone`` gives each trial the same backbone, reset to them."""
         for depth in sorted(set(depths), reverse=True):
             self._ensure(model, depth)
 
@@ -108,25 +102,34 @@ class ActivationCache:
             self._ensure(model, self.floor_depth)
             lower = [self.floor_depth]
         source = min(lower) if lower else None
-        segment = backbone_segment(model, source, depth)
-        forward = tf.function(lambda x: segment(x, training=False), reduce_retracing=True)
-        shape = tuple(segment.output.shape[1:])
-        dtype = keras.backend.standardize_dtype(segment.output.dtype)
-        entry = {}
+        # A pass up from a cached boundary goes through every boundary in between: keep them all.
+        depths = [depth] if source is None else list(range(depth, source))
+        segment = backbone_segment(model, source, depths)
+        forward = tf.function(lambda x: tf.nest.flatten(segment(x, training=False)), reduce_retracing=True)
+        entries: dict[int, dict[str, np.ndarray]] = {d: {} for d in depths}
         for split, views in (("train", self.views), ("val", 1)):
-            count = len(self._pixels[split])
-            out = entry[split] = self._allocate(f"d{depth}-{split}", (views, count, *shape), dtype)
-            if source is None:
-                augment = self._augment if split == "train" else None
-                for view, start, x in view_batches(self._pixels[split], views, augment, self._batch_size):
-                    out[view, start : start + len(x)] = np.asarray(forward(model_input(x)))
-            else:
-                previous = self._store[source][split]
-                for view in range(views):
-                    for start in range(0, count, self._batch_size):
-                        out[view, start : start + self._batch_size] = np.asarray(forward(previous[view, start : start + self._batch_size]))
-        self._store[depth] = entry
+            outs = [
+                self._allocate(f"d{d}-{split}", (views, len(self._pixels[split]), *output.shape[1:]), keras.backend.standardize_dtype(output.dtype))
+                for d, output in zip(depths, segment.outputs)
+            ]
+            for d, out in zip(depths, outs):
+                entries[d][split] = out
+            for view, start, x in self._inputs(source, split, views):
+                for out, y in zip(outs, forward(x)):
+                    out[view, start : start + len(y)] = np.asarray(y)
+        self._store.update(entries)
         self.seconds += time.perf_counter() - started
+
+    def _inputs(self, source: int | None, split: str, views: int) -> Iterator[tuple[int, int, tf.Tensor | np.ndarray]]:
+        """(view, first index, batch) of what a segment starting at ``source`` reads: the images
+        (training ones augmented) or the cached boundary ``source``."""
+        if source is None:
+            yield from view_batches(self._pixels[split], views, self._augment if split == "train" else None, self._batch_size)
+            return
+        previous = self._store[source][split]
+        for view in range(views):
+            for start in range(0, previous.shape[1], self._batch_size):
+                yield view, start, previous[view, start : start + self._batch_size]
 
     def _allocate(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

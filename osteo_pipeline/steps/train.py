@@ -17,9 +17,10 @@ from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make
 from osteo_pipeline.core.model import (
     ModelSpec,
     WeightsUnavailableError,
-    build_model,
+    backbone,
     set_unfrozen_blocks,
     top_model,
+    with_head,
 )
 from osteo_pipeline.io.activations import ActivationCache
 from osteo_pipeline.io.pixels import PixelCache
@@ -105,10 +106,17 @@ def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
 
 def build(settings: Settings, params: TrainParams) -> tuple[keras.Model, str]:
     """The model with its backbone weights; returns what weights were actually used."""
-    spec = model_spec(settings, params)
+    base, source = load_backbone(settings)
+    return with_head(base, model_spec(settings, params)), source
+
+
+def load_backbone(settings: Settings) -> tuple[keras.Model, str]:
+    """ResNet-50 with the configured weights, and what weights were actually used: a clear error
+    when they cannot be loaded, or random init where the config allows that fallback (demo)."""
     source = settings.model.weights_source
+    size = settings.model.input_size
     try:
-        return build_model(spec, source), source or "none"
+        return backbone(source, size), source or "none"
     except WeightsUnavailableError:
         raise
     except Exception as exc:
@@ -122,15 +130,16 @@ def build(settings: Settings, params: TrainParams) -> tuple[keras.Model, str]:
                 "'none'; the demo config may allow model.allow_random_init_fallback."
             ) from exc
         log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", exc)
-        return build_model(spec, None), RANDOM_INIT_FALLBACK
+        return backbone(None, size), RANDOM_INIT_FALLBACK
 
 
-def _compile(model: keras.Model, learning_rate: float, jit: bool) -> None:
+def _compile(model: keras.Model, learning_rate: float, jit: bool, eager: bool = False) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
-        jit_compile=jit,
+        jit_compile=jit and not eager,
+        run_eagerly=eager,
     )
 
 
@@ -184,7 +193,9 @@ def fit_two_phase(
             data = ViewBatches(cache.train(depth), train.labels, n_classes, t.batch_size, weights, settings.seed, first_epoch=start)
             validation = (cache.val(depth), one_hot(val.labels, n_classes)) if has_val else None
             class_weight = None  # carried by ViewBatches as sample weights
-        _compile(trained, lr, jit)
+        # The head alone on cached backbone outputs is a few small matrix products a step: tracing
+        # its step (about 1.5 s on CPU) costs more than running the whole phase eagerly.
+        _compile(trained, lr, jit, eager=cache is not None and depth == 0)
         phase_callbacks = list(callbacks or [])
         if has_val:
             phase_callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True))

@@ -21,17 +21,17 @@ from optuna_integration import KerasPruningCallback
 from osteo_pipeline.config import Settings, TuneSettings
 from osteo_pipeline.core.data import augmenter
 from osteo_pipeline.core.metrics import classification_metrics
-from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, build_model
+from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, with_head
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.activations import ActivationCache
 from osteo_pipeline.steps.split import SplitManifest
 from osteo_pipeline.steps.train import (
     Arrays,
     TrainParams,
-    build,
     configure_runtime,
     fit_two_phase,
     load_arrays,
+    load_backbone,
     model_spec,
     pixel_cache,
     predict_val,
@@ -109,25 +109,40 @@ def activation_cache(settings: Settings, arrays: dict[str, Arrays]) -> Activatio
     )
 
 
+class StudyBackbone:
+    """The study's one ResNet-50, built and its weights read on the first trial only (about 2 s
+    a trial). Each trial gets it back reset to those weights, under a new head initialised from the
+    trial's own seed: trials stay independent of each other and of their order, and every trial
+    starts from the backbone weights the activation cache was computed with."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._base: keras.Model | None = None
+        self._weights: list[np.ndarray] = []
+        self.weights_used = ""  # where the weights came from, for each trial's tags
+
+    def model(self, params: TrainParams, seed: int) -> keras.Model:
+        if self._base is None:
+            self._base, self.weights_used = load_backbone(self._settings)
+            self._weights = self._base.get_weights()
+        else:
+            self._base.set_weights(self._weights)
+        keras.utils.set_random_seed(seed)
+        return with_head(self._base, model_spec(self._settings, params))
+
+
 def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool], cache: ActivationCache | None):
+    backbone = StudyBackbone(settings)
     positive = settings.data.classes.index(settings.data.positive)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, settings.tune)
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(settings.seed + trial.number)
         with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={STUDY_TAG: settings.tune.study_name, TRIAL_TAG: str(trial.number)}) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number})
             trial_cache = cache if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
-            if trial_cache is not None and trial_cache.weights_used is not None:
-                # The cache holds the backbone weights every trial starts from: skip reading them again.
-                model, weights_used = build_model(model_spec(settings, params), None), trial_cache.weights_used
-            else:
-                model, weights_used = build(settings, params)
-                if trial_cache is not None:
-                    trial_cache.weights_used = weights_used
-            mlflow.set_tag("backbone_weights", weights_used)
+            model = backbone.model(params, seed=settings.seed + trial.number)
+            mlflow.set_tag("backbone_weights", backbone.weights_used)
             callbacks = [tracking.EpochLogger(), KerasPruningCallback(trial, OBJECTIVE)]
             mlflow.set_tag("activation_cache", str(trial_cache is not None).lower())
             try:

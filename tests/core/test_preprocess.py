@@ -5,7 +5,12 @@ import pytest
 from keras.applications.resnet50 import preprocess_input
 from PIL import Image
 
-from osteo_pipeline.core.preprocess import ImageDecodeError, load_pixels, model_input
+from osteo_pipeline.core.preprocess import (
+    ImageDecodeError,
+    gray_model_input,
+    load_pixels,
+    model_input,
+)
 from tests.corpus import dicom_bytes, png_header_only
 
 
@@ -96,3 +101,8 @@ def test_dicom_colour_and_multi_frame_are_refused_with_reasons():
         ds.save_as(buffer)
         with pytest.raises(ImageDecodeError, match=reason):
             load_pixels(buffer.getvalue(), 32, 10**6)
+
+
+def test_gray_model_input_equals_the_backbone_preprocessing_of_the_replicated_image():
+    gray = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 1)).astype(np.float32)
+    np.testing.assert_array_equal(gray_model_input(gray), model_input(np.repeat(gray, 3, axis=3)))

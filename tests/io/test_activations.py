@@ -8,6 +8,7 @@ import pytest
 from osteo_pipeline.core.data import augmenter, class_weights
 from osteo_pipeline.core.model import (
     ModelSpec,
+    backbone_segment,
     build_model,
     get_backbone,
     inference_copy,
@@ -59,7 +60,7 @@ def test_cached_training_matches_the_full_model_on_the_same_views(settings, data
     fit_two_phase(cached, train, val, params, settings, epochs=(1, 1), cache=cache)
 
     # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
-    views = [model_input(x) for _, _, x in view_batches(train.pixels, VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
+    views = [np.asarray(x) for _, _, x in view_batches(train.pixels, VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
     weights = class_weights(train.labels, 2, "balanced")
     sample_weight = np.array([weights[c] for c in train.labels], np.float32)
     for epoch, (depth, lr) in enumerate(((0, settings.train.head_learning_rate), (2, params.learning_rate))):
@@ -74,17 +75,20 @@ def test_cached_training_matches_the_full_model_on_the_same_views(settings, data
     np.testing.assert_allclose(
         predict_val(cached, val, 2, BATCH, cache), reference.predict(model_input(val.pixels.astype(np.float32)), verbose=0), rtol=1e-4, atol=1e-5
     )
-    assert cache.report()["activation_cache_boundaries"] == 2  # the floor (depth 2) and depth 0, chained from it
+    assert cache.report()["activation_cache_boundaries"] == 3  # the floor (depth 2), and depths 1 and 0 on one pass up from it
 
 
 def test_boundaries_chained_from_the_floor_equal_a_direct_pass(settings, data):
     train, val = data
     model = _model()
     cache = _cache(settings, data, floor=3)
-    cache.attach(model, [0, 1])
-    direct = get_backbone(model)(model_input(val.pixels.astype(np.float32)), training=False)
-    np.testing.assert_allclose(cache.val(0), np.asarray(direct), rtol=1e-4, atol=1e-5)
-    assert cache.train(1).shape[:2] == (VIEWS, len(train.labels))
+    cache.attach(model, [0])
+    images = model_input(val.pixels.astype(np.float32))
+    for depth in (0, 1, 2, 3):  # depths 1 and 2 were kept on the way up from the floor
+        direct = backbone_segment(model, None, [depth])(images, training=False)
+        np.testing.assert_allclose(cache.val(depth), np.asarray(direct), rtol=1e-4, atol=1e-5)
+        assert cache.train(depth).shape[:2] == (VIEWS, len(train.labels))
+    np.testing.assert_allclose(cache.val(0), np.asarray(get_backbone(model)(images, training=False)), rtol=1e-4, atol=1e-5)
 
 
 def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings, data, tmp_path):
@@ -99,12 +103,3 @@ def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings,
     np.testing.assert_array_equal(np.asarray(spilled.train(0)), in_memory.train(0))
     spilled.close()
     assert not any((tmp_path / "spill").iterdir())
-
-
-def test_later_trials_get_the_backbone_the_cache_was_computed_with(settings, data):
-    cache = _cache(settings, data)
-    first, second = _model(seed=0), _model(seed=1)
-    cache.attach(first, [0])
-    cache.attach(second, [0])
-    for a, b in zip(get_backbone(first).get_weights(), get_backbone(second).get_weights()):
-        np.testing.assert_array_equal(a, b)

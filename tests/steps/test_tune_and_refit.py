@@ -11,13 +11,14 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from osteo_pipeline.core.calibration import Calibration
+from osteo_pipeline.core.model import HEAD_LAYERS, get_backbone, set_unfrozen_blocks
 from osteo_pipeline.serving import encode_image, load_classifier
 from osteo_pipeline.steps.evaluate import evaluate_model
 from osteo_pipeline.steps.explain import explain_image
 from osteo_pipeline.steps.refit import refit_and_evaluate
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.train import TrainParams, load_arrays, pixel_cache
-from osteo_pipeline.steps.tune import STUDY_TAG, best_params, open_study, tune
+from osteo_pipeline.steps.tune import STUDY_TAG, StudyBackbone, best_params, open_study, tune
 from osteo_pipeline.steps.validate import validate_folder
 
 pytestmark = pytest.mark.slow
@@ -109,3 +110,26 @@ def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(sp
     assert list(out.columns) == ["label", "p_normal", "p_osteoporosis", "model_version"]
     assert set(out["label"]) <= {"normal", "osteoporosis"}
     assert np.allclose(out[["p_normal", "p_osteoporosis"]].sum(axis=1), 1, atol=1e-4)
+
+
+def _head(model):
+    return [w for name in HEAD_LAYERS for w in model.get_layer(name).get_weights()]
+
+
+def test_study_backbone_is_built_once_reset_each_trial_and_heads_depend_only_on_the_seed(train_settings):
+    params = TrainParams(1e-3, 1, 8, 0.0)
+    backbones = StudyBackbone(train_settings)
+    first = backbones.model(params, seed=1)
+    start = [w.copy() for w in get_backbone(first).get_weights()]
+    set_unfrozen_blocks(first, 1)
+    for variable in get_backbone(first).trainable_variables:  # what a trial's fine-tuning does
+        variable.assign(variable + 1.0)
+    second = backbones.model(params, seed=2)
+    assert get_backbone(second) is get_backbone(first)
+    for got, want in zip(get_backbone(second).get_weights(), start):
+        np.testing.assert_array_equal(got, want)
+    assert not get_backbone(second).trainable  # head-only again until a phase unfreezes blocks
+    again = StudyBackbone(train_settings).model(params, seed=2)
+    for got, want in zip(_head(again), _head(second)):
+        np.testing.assert_array_equal(got, want)
+    assert not all(np.array_equal(a, b) for a, b in zip(_head(first), _head(second)))
