@@ -137,6 +137,7 @@ def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: di
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, settings.tune)
+        keras.backend.clear_session()  # Keras' global state from earlier trials must not reach this one
         with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={STUDY_TAG: settings.tune.study_name, TRIAL_TAG: str(trial.number)}) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number})
