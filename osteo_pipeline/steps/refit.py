@@ -45,8 +45,8 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
     """Train on train with ``params`` (epochs from the best trial when given), fit temperature
     and threshold on val, test once."""
     started = time.perf_counter()
-    # The flow refits in the process that just ran the search: start from a clean Keras state, so
-    # the result equals a standalone `osteo train` with the same parameters.
+    # The flow refits in the process that just ran the search: start from a clean Keras state, as
+    # a standalone `osteo train` does.
     keras.backend.clear_session()
     runtime = configure_runtime(settings)
     tracking.configure(settings)
