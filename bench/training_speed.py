@@ -8,7 +8,8 @@ ratios compare variants measured in the same run.
 1. decode: epoch time reading the images from disk each epoch vs from the decode-once cache, on
    native-size images (``--data``, else synthetic 2,600 px ones): the input pipeline alone
    (decode, resize, augment, batch), and a whole head-phase training epoch on top of it. A Keras
-   ``image_dataset_from_directory`` pipeline (full-size decode each epoch) is the naive reference.
+   ``image_dataset_from_directory`` pipeline (full-size decode each epoch, Keras' own augmentation
+   layers) is the naive reference.
 2. search: an N-trial Optuna study, same seed and space, with the activation cache and median
    pruning vs the naive loop (full images every epoch, no pruning), both from a warm pixel cache.
 3. throughput: images/s of the project's training step (``make_dataset`` + ``fit``) vs a plain
@@ -102,7 +103,7 @@ def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from osteo_pipeline.core.data import augmenter, make_dataset, model_batch, one_hot
+    from osteo_pipeline.core.data import augmenter, make_dataset, model_batches, one_hot
     from osteo_pipeline.core.model import ModelSpec, build_model
     from osteo_pipeline.core.preprocess import load_pixels, model_input
     from osteo_pipeline.io.pixels import PixelCache
@@ -122,18 +123,24 @@ def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
 
     if name.startswith("keras-from-directory"):
+        # Keras alone: full-size decode every epoch and Keras' own augmentation layers.
+        a = settings.train.augment
+        keras_augment = keras.Sequential([
+            keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(a.rotation), keras.layers.RandomTranslation(a.shift, a.shift),
+            keras.layers.RandomZoom(a.zoom), keras.layers.RandomBrightness(a.brightness, value_range=(0, 255)), keras.layers.RandomContrast(a.contrast),
+        ])
         ds = keras.utils.image_dataset_from_directory(
             args.data, class_names=args.classes, image_size=(args.size, args.size), batch_size=batch, label_mode="categorical", seed=0, verbose=False
-        ).map(lambda x, y: (model_input(tf.clip_by_value(augment(x, training=True), 0.0, 255.0)), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ).map(lambda x, y: (model_input(tf.clip_by_value(keras_augment(x, training=True), 0.0, 255.0)), y), num_parallel_calls=tf.data.AUTOTUNE)
     elif name.startswith("decode-per-epoch"):
         # The same pipeline as make_dataset, but every epoch decodes the files again (in parallel).
         def decode(path: tf.Tensor) -> tf.Tensor:
-            gray = tf.numpy_function(lambda p: load_pixels(Path(p.decode()), args.size, settings.validation.max_pixels), [path], tf.uint8)
-            return tf.ensure_shape(gray, (args.size, args.size, 3))
+            gray = tf.numpy_function(lambda p: load_pixels(Path(p.decode()), args.size, settings.validation.max_pixels)[..., :1], [path], tf.uint8)
+            return tf.ensure_shape(gray, (args.size, args.size, 1))
 
         images = tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(one_hot(labels, n_classes))).shuffle(len(paths), seed=0).batch(batch)
-        ds = ds.map(lambda x, y: (model_batch(x[..., :1], augment), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = model_batches(ds, augment)
     else:
         ds = None  # built on the first epoch, from the cache
 

@@ -123,7 +123,7 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
 
 
 def requirements() -> list[str]:
-    wanted = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow")
+    wanted = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "pydicom")
     pins = []
     for name in wanted:
         try:

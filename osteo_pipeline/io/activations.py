@@ -24,16 +24,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from osteo_pipeline.core.data import model_batch
+from osteo_pipeline.core.data import XrayAugment, model_batch
 from osteo_pipeline.core.model import backbone_segment
 
 
-def view_batches(pixels: np.ndarray, views: int, augment: keras.layers.Layer | None, batch_size: int) -> Iterator[tuple[int, int, tf.Tensor]]:
-    """(view, first index, model input batch) for ``views`` augmented passes over ``pixels``, in a
-    fixed order, so the same augmenter (same seed) reproduces the same views."""
+def view_batches(pixels: np.ndarray, views: int, augment: XrayAugment | None, batch_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(view, first index, model input batch) for ``views`` augmented passes over ``pixels``. Each
+    batch is augmented as key (view, first index), so the same augmenter (same seed) reproduces
+    the same views in any order."""
     for view in range(views):
         for start in range(0, len(pixels), batch_size):
-            yield view, start, model_batch(pixels[start : start + batch_size, ..., :1], augment)
+            yield view, start, model_batch(pixels[start : start + batch_size, ..., :1], augment, (view, start))
 
 
 class ActivationCache:
@@ -43,7 +44,7 @@ class ActivationCache:
         val_pixels: np.ndarray,
         *,
         views: int,
-        augment: keras.layers.Layer | None,
+        augment: XrayAugment | None,
         batch_size: int,
         floor_depth: int,
         budget_bytes: int,
@@ -120,7 +121,7 @@ class ActivationCache:
         self._store.update(entries)
         self.seconds += time.perf_counter() - started
 
-    def _inputs(self, source: int | None, split: str, views: int) -> Iterator[tuple[int, int, tf.Tensor | np.ndarray]]:
+    def _inputs(self, source: int | None, split: str, views: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """(view, first index, batch) of what a segment starting at ``source`` reads: the images
         (training ones augmented) or the cached boundary ``source``."""
         if source is None:

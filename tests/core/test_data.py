@@ -26,8 +26,19 @@ def test_augmentation_changes_images_and_stays_in_pixel_range():
     assert restored.min() >= -1e-3 and restored.max() <= 255 + 1e-3
 
 
+def test_augmentation_repeats_from_the_seed_whatever_the_threads_and_differs_each_epoch():
+    def epochs(seed: int) -> list[np.ndarray]:
+        ds = make_dataset(np.repeat(PIXELS, 8, axis=0), np.repeat(LABELS, 8), 2, 4, augmenter(AugmentSettings(), seed), shuffle_seed=0)
+        return [_batches(ds) for _ in range(2)]
+
+    first, again, other = epochs(1), epochs(1), epochs(2)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.allclose(first[0], first[1]) and not np.allclose(first[0], other[0])
+
+
 def _augment(settings: AugmentSettings, images: np.ndarray, seed: int = 0) -> np.ndarray:
-    return np.asarray(augmenter(settings, seed)(images.astype(np.float32), training=True))
+    return augmenter(settings, seed)(images[..., 0], key=(0,))[..., None]
 
 
 NOTHING = AugmentSettings(horizontal_flip=False, rotation=0, shift=0, zoom=0, brightness=0, contrast=0)
@@ -37,7 +48,12 @@ GRAY = PIXELS[..., :1].astype(np.float32)
 def test_augmenter_off_is_none_and_all_zero_factors_are_the_identity():
     assert augmenter(AugmentSettings(enabled=False), 0) is None
     np.testing.assert_allclose(_augment(NOTHING, GRAY), GRAY, atol=1e-3)
-    np.testing.assert_array_equal(np.asarray(augmenter(AugmentSettings(), 0)(GRAY, training=False)), GRAY)
+
+
+def test_the_same_key_gives_the_same_augmentation_and_another_key_another():
+    augment = augmenter(AugmentSettings(), 0)
+    np.testing.assert_array_equal(augment(GRAY[..., 0], (3, 16)), augment(GRAY[..., 0], (3, 16)))
+    assert not np.allclose(augment(GRAY[..., 0], (3, 16)), augment(GRAY[..., 0], (3, 0)))
 
 
 def test_flip_alone_mirrors_about_half_the_images():
