@@ -8,9 +8,9 @@ unaugmented validation images, and trials then train only the top blocks and the
 
 Boundaries are filled lazily: the lowest one the search space can ask for is computed from the
 images (one pass of most of ResNet-50), every higher one from the nearest cached lower one (a few
-blocks), keeping the boundaries that pass goes through on the way. Arrays are held in memory up
-to ``budget_bytes`` and then spill to ``.npy`` memory maps in a private temporary folder, removed
-by ``close``."""
+blocks), keeping the boundaries that pass goes through on the way while they fit in memory.
+Arrays are held in memory up to ``budget_bytes`` and then spill to ``.npy`` memory maps in a
+private temporary folder, removed by ``close``."""
 
 from __future__ import annotations
 
@@ -103,21 +103,23 @@ class ActivationCache:
             self._ensure(model, self.floor_depth)
             lower = [self.floor_depth]
         source = min(lower) if lower else None
-        # A pass up from a cached boundary goes through every boundary in between: keep them all.
+        # A pass up from a cached boundary goes through every boundary in between: keep those
+        # while they fit in memory (a later trial may ask for them), never spill them to disk.
         depths = [depth] if source is None else list(range(depth, source))
         segment = backbone_segment(model, source, depths)
         forward = tf.function(lambda x: tf.nest.flatten(segment(x, training=False)), reduce_retracing=True)
-        entries: dict[int, dict[str, np.ndarray]] = {d: {} for d in depths}
+        entries: dict[int, dict[str, np.ndarray]] = {}
+        for d, output in zip(depths, segment.outputs):
+            dtype = keras.backend.standardize_dtype(output.dtype)
+            shapes = {"train": (self.views, len(self._pixels["train"]), *output.shape[1:]), "val": (1, len(self._pixels["val"]), *output.shape[1:])}
+            nbytes = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(dtype).itemsize
+            if d == depth or self.bytes_in_memory + nbytes <= self.budget_bytes:
+                entries[d] = {split: self._allocate(f"d{d}-{split}", shape, dtype) for split, shape in shapes.items()}
         for split, views in (("train", self.views), ("val", 1)):
-            outs = [
-                self._allocate(f"d{d}-{split}", (views, len(self._pixels[split]), *output.shape[1:]), keras.backend.standardize_dtype(output.dtype))
-                for d, output in zip(depths, segment.outputs)
-            ]
-            for d, out in zip(depths, outs):
-                entries[d][split] = out
             for view, start, x in self._inputs(source, split, views):
-                for out, y in zip(outs, forward(x)):
-                    out[view, start : start + len(y)] = np.asarray(y)
+                for d, y in zip(depths, forward(x)):
+                    if d in entries:
+                        entries[d][split][view, start : start + len(y)] = np.asarray(y)
         self._store.update(entries)
         self.seconds += time.perf_counter() - started
 

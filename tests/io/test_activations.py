@@ -100,6 +100,8 @@ def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings,
     report = spilled.report()
     assert report["activation_cache_memory_mb"] == 0 and report["activation_cache_spilled_mb"] > 0
     assert isinstance(spilled.train(0), np.memmap) and any((tmp_path / "spill").iterdir())
+    # the floor (2) and the asked-for depth (0) spill; boundary 1, passed on the way, is kept only in memory
+    assert report["activation_cache_boundaries"] == 2 and in_memory.report()["activation_cache_boundaries"] == 3
     np.testing.assert_array_equal(np.asarray(spilled.train(0)), in_memory.train(0))
     spilled.close()
     assert not any((tmp_path / "spill").iterdir())
