@@ -1,9 +1,9 @@
 """tf.data input pipelines: augmentation on the training split only, then the backbone's own
 preprocessing. Inputs are decoded uint8 arrays (see ``io.pixels``), never files.
 
-The per-batch work runs in NumPy and OpenCV (``tf.numpy_function``): on the CPU, TensorFlow's
-image kernels took 2.8 ms of CPU per 224 px image for one warp and the three-channel write, OpenCV
-about 0.2 ms (bench/training_speed.py), and that work is what a decode-once cache leaves each epoch."""
+The per-batch work runs in NumPy and OpenCV (``tf.numpy_function``): it is all a decode-once
+cache leaves each epoch, and with TensorFlow's image ops it cost 3.3 ms of CPU per 224 px image,
+with OpenCV 1.0 ms (bench/training_speed.py, cached input-pipeline epoch)."""
 
 from __future__ import annotations
 
