@@ -193,7 +193,7 @@ def search_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
         "best_params": best.params,
         "train_images": len(split.subset("train")),
         "val_images": len(split.subset("val")),
-        "epochs_per_trial": [t.user_attrs.get("head_epochs", 0) + t.user_attrs.get("finetune_epochs", 0) if t.state.name == "COMPLETE" else len(t.intermediate_values) for t in study.trials],
+        "epochs_per_trial": [len(t.intermediate_values) for t in study.trials],  # epochs run
     }
 
 

@@ -51,9 +51,9 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
     runtime = configure_runtime(settings)
     tracking.configure(settings)
     chosen = TrainParams.from_dict(params)
-    epochs = (
-        int(params.get("head_epochs") or settings.train.head_epochs),
-        int(params.get("finetune_epochs") or settings.train.finetune_epochs),
+    epochs = tuple(  # 0 fine-tune epochs is a result (fine-tuning did not help), not a missing value
+        default if params.get(key) is None else int(params[key])
+        for key, default in (("head_epochs", settings.train.head_epochs), ("finetune_epochs", settings.train.finetune_epochs))
     )
     arrays = load_arrays(split, settings, pixel_cache(settings))
     train = arrays["train"]

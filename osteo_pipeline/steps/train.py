@@ -64,8 +64,10 @@ class Arrays:
 
 @dataclass
 class FitResult:
-    history: dict[str, list[float]]  # per epoch, both phases in sequence
-    head_epochs: int  # epochs actually run (early stopping may cut them short)
+    history: dict[str, list[float]]  # per epoch run, both phases in sequence
+    # Epochs up to each phase's best validation loss (all epochs run without validation): what a
+    # refit replays. finetune_epochs is 0 when fine-tuning never beat the head phase.
+    head_epochs: int
     finetune_epochs: int
 
 
@@ -184,7 +186,9 @@ def fit_two_phase(
         train_ds = make_dataset(train.pixels, train.labels, n_classes, t.batch_size, augmenter(t.augment, settings.seed), shuffle_seed=settings.seed)
         val_ds = make_dataset(val.pixels, val.labels, n_classes, t.batch_size) if has_val else None
     history: dict[str, list[float]] = {}
-    done = [0, 0]
+    done = [0, 0]  # epochs run per phase: epoch numbers run on across phases
+    useful = [0, 0]  # epochs up to each phase's best validation loss
+    head_best: tuple[float, list[np.ndarray]] | None = None
 
     for phase, (n_epochs, depth, lr) in enumerate(phases):
         if n_epochs == 0:
@@ -217,7 +221,16 @@ def fit_two_phase(
         done[phase] = len(result.history.get("loss", []))
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-    return FitResult(history, head_epochs=done[0], finetune_epochs=done[1])
+        val_losses = result.history.get("val_loss")
+        useful[phase] = int(np.argmin(val_losses)) + 1 if val_losses else done[phase]
+        if val_losses and phase == 0:
+            head_best = (min(val_losses), model.get_weights())
+        elif val_losses and head_best is not None and min(val_losses) >= head_best[0]:
+            # Fine-tuning never beat the head phase: end on the head phase's best weights (the
+            # ones the objective scored), and a refit skips fine-tuning.
+            model.set_weights(head_best[1])
+            useful[1] = 0
+    return FitResult(history, head_epochs=useful[0], finetune_epochs=useful[1])
 
 
 def predict_val(model: keras.Model, val: Arrays, depth: int, batch_size: int, cache: ActivationCache | None) -> np.ndarray:

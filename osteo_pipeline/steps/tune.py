@@ -156,7 +156,7 @@ def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: di
             val = classification_metrics(arrays["val"].labels, proba, positive)
             value = float(min(fit.history[OBJECTIVE]))
             mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
-            mlflow.log_params({"head_epochs_run": fit.head_epochs, "finetune_epochs_run": fit.finetune_epochs})
+            mlflow.log_params({"head_epochs_to_best": fit.head_epochs, "finetune_epochs_to_best": fit.finetune_epochs})
             mlflow.set_tag("optuna.state", "COMPLETE")
             trial.set_user_attr("head_epochs", fit.head_epochs)
             trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
