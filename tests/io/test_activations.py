@@ -57,7 +57,7 @@ def test_cached_training_matches_the_full_model_on_the_same_views(settings, data
     cached = _model()
     reference = inference_copy(cached)
     cache = _cache(settings, data)
-    fit_two_phase(cached, train, val, params, settings, epochs=(1, 1), cache=cache)
+    fit_two_phase(cached, train, None, params, settings, epochs=(1, 1), cache=cache)  # no validation: both epochs stay
 
     # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
     views = [np.asarray(x) for _, _, x in view_batches(train.pixels, VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
