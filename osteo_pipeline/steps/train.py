@@ -164,7 +164,8 @@ def fit_two_phase(
 ) -> FitResult:
     """Phase 1 trains the head (backbone frozen); phase 2 unfreezes the top ``unfreeze_depth``
     residual blocks at ``learning_rate``. With ``val``, each phase stops early on val loss and
-    keeps its best weights; without, ``epochs`` (head, finetune) are run as given.
+    keeps its best weights, and the model ends on the head phase's best when fine-tuning never
+    beat it; without, ``epochs`` (head, finetune) are run as given.
 
     With ``cache`` (the search), each phase trains only its trainable top of ``model`` on cached
     frozen-prefix outputs of fixed augmented views instead of running the whole backbone on
