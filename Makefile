@@ -1,18 +1,24 @@
-# Every target creates .venv on first use; `make test` is what CI runs.
+# Every target creates .venv on first use; `make test` is what CI runs. `make install` installs the
+# exact versions in requirements.lock (what CI passed with); `make lock` re-resolves them.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install lock test test-fast demo bench lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
+
+# Re-resolve every dependency (pyproject's ranges, the dev extra) to exact versions, for every
+# platform from Python 3.11 up (CI tests Linux, 3.11); commit the result once `make test` passes.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --quiet --output-file requirements.lock
 
 test: install
 	$(BIN)/pytest -q

@@ -1,9 +1,11 @@
-"""Great Expectations suite definitions: the committed JSON suites in ``expectations/``, the
-custom class-balance expectation they use, and the parameters they take from the settings."""
+"""Great Expectations suite definitions: the committed JSON suites in ``expectations/`` (shipped
+in the package as ``osteo_pipeline.expectations``), the custom class-balance expectation they use,
+and the parameters they take from the settings."""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from osteo_pipeline.config import Settings
 
 #: The suites, each checked against the table of the same name.
 SUITE_NAMES = ("files", "classes", "contents")
-DEFAULT_SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
+SUITES_PACKAGE = "osteo_pipeline.expectations"
 
 
 class ExpectClassShareToBeBetween(gxe.ExpectColumnValuesToBeBetween):
@@ -43,7 +45,7 @@ def suite_parameters(settings: Settings) -> dict[str, Any]:
 
 def load_suite(name: str, suites_dir: Path | None = None) -> tuple[gx.ExpectationSuite, dict[str, Any]]:
     """The suite ``name`` and its top-level meta (which table it checks, its id column)."""
-    path = (suites_dir or DEFAULT_SUITES_DIR) / f"{name}.json"
-    spec = json.loads(path.read_text())
+    path = suites_dir / f"{name}.json" if suites_dir else resources.files(SUITES_PACKAGE).joinpath(f"{name}.json")
+    spec = json.loads(path.read_text(encoding="utf-8"))
     suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
     return suite, spec.get("meta", {})
