@@ -65,7 +65,7 @@ def main() -> None:
     jpeg = buffer.getvalue()
     pixels = load_pixels(jpeg, args.size, 10**8)[None]
     with mlflow.start_run() as run:
-        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id, pixels[0])
+        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id)
 
     forward = compiled_forward(model)
     results: dict[str, dict] = {"image": {"side_px": args.size, "jpeg_bytes": len(jpeg)}}

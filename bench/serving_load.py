@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlflow  # noqa: E402
 
 from osteo_pipeline.core.model import ModelSpec, build_model  # noqa: E402
-from osteo_pipeline.core.preprocess import load_pixels  # noqa: E402
 from osteo_pipeline.core.synth import generate  # noqa: E402
 from osteo_pipeline.serving import log_pyfunc  # noqa: E402
 from tests.load import BAD_PAYLOADS, run_load, valid_payloads  # noqa: E402
@@ -50,7 +49,7 @@ def main() -> None:
         images.append(buffer.getvalue())
     with mlflow.start_run() as run:
         model = build_model(ModelSpec(("normal", "osteoporosis"), args.size, 256, 0.3), None)
-        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id, load_pixels(images[0], args.size, 10**8))
+        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id)
     port = free_port()
     with model_server(info.model_uri, port, uri, log=work / "serve.log", workers=args.workers):
         report = run_load(f"http://127.0.0.1:{port}/invocations", valid_payloads(images), clients=args.clients, seconds=args.seconds)

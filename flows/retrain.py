@@ -12,6 +12,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NONE as NO_CACHE
 
 from osteo_pipeline.config import Settings, cli_overrides, load_settings
+from osteo_pipeline.errors import CheckFailedError
 from osteo_pipeline.io.reports import write_validation_report
 from osteo_pipeline.steps.split import SplitManifest, split_dataset
 from osteo_pipeline.steps.validate import MAX_LISTED, ValidationResult, validate_folder
@@ -19,7 +20,7 @@ from osteo_pipeline.steps.validate import MAX_LISTED, ValidationResult, validate
 TRANSIENT = {"retries": 3, "retry_delay_seconds": [5, 20, 60]}
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(CheckFailedError):
     """The incoming batch failed validation: nothing downstream runs on it."""
 
 
@@ -63,8 +64,7 @@ def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
     create_markdown_artifact(_validation_markdown(result.summary, paths["html"]), key="validation-summary", description="Great Expectations validation")
     create_link_artifact(paths["html"].resolve().as_uri(), link_text="validation report (HTML)", key="validation-report")
     if not result.passed:
-        checks = sorted({f["check"] for f in result.summary["failed_expectations"]})
-        raise ValidationFailed(f"{data_dir} failed validation ({', '.join(checks)}); report: {paths['html']}")
+        raise ValidationFailed(f"{result.failure()}; report: {paths['html']}")
     return result
 
 
@@ -76,24 +76,43 @@ def split_task(result: ValidationResult, settings: Settings) -> SplitManifest:
 
 
 @task(name="tune", cache_policy=NO_CACHE)
-def tune_task(split: SplitManifest, settings: Settings) -> dict[str, Any]:
-    from osteo_pipeline.steps.tune import tune
+def tune_task(split: SplitManifest, settings: Settings, data_location: str, config: str | None, overrides: list[str]) -> dict[str, Any]:
+    """New trials in the study of this data, on ``tune.workers`` workers: local processes or, with
+    ``tune.worker_deployment``, flow runs of that deployment on its work pool (other machines);
+    this flow run is always one of the workers. Returns the best trial's parameters and tags."""
+    from osteo_pipeline.steps.tune import best_params, tune
 
-    result = tune(split, settings)
+    deployment = settings.tune.worker_deployment
+    remote = _worker_flow_runs(deployment, data_location, config, overrides) if deployment else None
+    result = tune(split, settings, start_remote_workers=remote)
     create_table_artifact(
-        [{"trial": result.best_trial, "val_loss": round(result.best_value, 4), **result.best_params, **result.counts}],
+        [{"trial": result.best_trial, "val_loss": round(result.best_value, 4), "new_trials": result.new_trials, **result.best_params, **result.counts}],
         key="best-trial",
         description=f"Optuna study {result.study_name}",
     )
-    return result.best_params
+    best = best_params(settings, split.dataset_hash)
+    return {"params": best.params, "tags": best.tags()}
+
+
+def _worker_flow_runs(deployment: str, data_location: str, config: str | None, overrides: list[str]):  # noqa: ANN202
+    """Start ``count`` runs of the tune-worker deployment on the study (not awaited: the study's
+    budget, not the flow runs, says when the search is done)."""
+    from prefect.deployments import run_deployment
+
+    def start(study: str, count: int) -> None:
+        for index in range(1, count + 1):
+            run = run_deployment(deployment, parameters={"study": study, "data_dir": data_location, "config": config, "overrides": overrides, "worker": index}, timeout=0)
+            get_run_logger().info("tune worker %d: flow run %s of %s on study %s", index, run.name, deployment, study)
+
+    return start
 
 
 @task(name="refit-and-evaluate", cache_policy=NO_CACHE)
-def refit_task(split: SplitManifest, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def refit_task(split: SplitManifest, best: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from osteo_pipeline.io.tracking import tracking_uri
     from osteo_pipeline.steps.refit import refit_and_evaluate
 
-    result = refit_and_evaluate(split, params, settings, source="tuned")
+    result = refit_and_evaluate(split, best["params"], settings, source="tuned", tags=best["tags"])
     rows = "\n".join(
         f"| {k} | {v['value']:.3f} | " + (f"{v['low']:.3f} – {v['high']:.3f} |" if v["low"] == v["low"] else "- |")  # NaN: no CI (ECE)
         for k, v in result.metrics.items()
@@ -127,18 +146,49 @@ def validate_flow(data_dir: str, config: str | None = None, overrides: list[str]
     return validate_task(data_dir, _settings(config, overrides)).summary
 
 
+def _run_settings(settings: Settings) -> Settings:
+    """Settings whose ``output_dir`` is this flow run's own folder (``OUTPUT_DIR/runs/<time>-<run
+    id>``): concurrent or retried runs never write to one another's reports or split manifest."""
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id or uuid4().hex)
+    folder = settings.output_dir / "runs" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
+    return settings.model_copy(update={"output_dir": folder})
+
+
 @flow(name="retrain")
 def retrain_flow(data_dir: str, config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """[pull from S3 ->] validate -> split -> tune -> refit best -> evaluate -> register -> gate and promote."""
     logger = get_run_logger()
-    settings = _settings(config, overrides)
+    settings = _run_settings(_settings(config, overrides))
+    logger.info("this run writes under %s", settings.output_dir)
+    location = data_dir
     if data_dir.startswith("s3://"):
         data_dir = pull_task(data_dir, settings)
     validation = validate_task(data_dir, settings)
     split = split_task(validation, settings)
-    best = tune_task(split, settings)
+    best = tune_task(split, settings, location, config, list(overrides or []))
     trained = refit_task(split, best, settings)
     version = register_task(trained["run_id"], settings)
     decision = promote_task(version, settings)
     logger.info("version %s: %s", version, "promoted to production" if decision["passed"] else "not promoted")
-    return {"dataset_hash": split.dataset_hash, "version": version, "promoted": decision["passed"], "reasons": decision["reasons"], **trained}
+    return {"dataset_hash": split.dataset_hash, "version": version, "promoted": decision["passed"], "reasons": decision["reasons"], "run_dir": str(settings.output_dir), **trained}
+
+
+@flow(name="tune-worker")
+def tune_worker_flow(study: str, data_dir: str, config: str | None = None, overrides: list[str] | None = None, worker: int = 1) -> int:
+    """Join the study ``study`` (started by a retrain run) on this worker's machine and run its
+    trials until the study's budget is reached; returns the trials run here."""
+    from osteo_pipeline.steps.tune import adopt_study_settings, joined_study, run_worker
+
+    local = _run_settings(_settings(config, overrides))
+    settings = adopt_study_settings(local, joined_study(study, local))
+    if data_dir.startswith("s3://"):
+        data_dir = pull_task(data_dir, settings)
+    split = split_task(validate_task(data_dir, settings), settings)
+    ran = run_worker(study, split, settings, worker=worker)
+    get_run_logger().info("worker %d ran %d trials of %s", worker, ran, study)
+    return ran

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -17,15 +16,19 @@ from rich.console import Console
 from rich.table import Table
 
 from osteo_pipeline.config import (
-    ConfigError,
     Settings,
     cli_overrides,
     load_settings,
     merge_overrides,
     settings_to_yaml,
 )
+from osteo_pipeline.errors import CheckFailedError, OsteoError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+# TensorFlow's C++ start-up chatter (CUDA probes on a machine without a GPU, oneDNN banners):
+# silenced unless the user asks for it by setting the variable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its database set-up notices
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 app = typer.Typer(
@@ -34,8 +37,35 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+@app.callback()
+def _logging() -> None:
+    """Progress of long steps (files, trials, epochs, folds) as log lines on stderr; the
+    libraries' own INFO chatter (MLflow's database set-up, Optuna's study notices) kept out."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from osteo_pipeline.io.quiet import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
+    progress = logging.getLogger("osteo_pipeline")
+    for old in [h for h in progress.handlers if getattr(h, "osteo_cli", False)]:
+        progress.removeHandler(old)  # a command run before in this process (tests) had another stderr
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S")
+    else:  # a pipe or a log file: one plain line per message, never wrapped
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.osteo_cli = True  # type: ignore[attr-defined]
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    for name in ("mlflow", "alembic", "optuna", "absl", "tensorflow", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -52,44 +82,21 @@ ModelUriArgument = Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@p
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class InputError(Exception):
+class InputError(OsteoError):
     """Bad input named for the user; the command exits 2."""
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from osteo_pipeline.core.splits import SplitError
-    from osteo_pipeline.io.manifest import DataDirError
-
-    errors: tuple[type[BaseException], ...] = (ConfigError, DataDirError, SplitError, InputError)
-    if "osteo_pipeline.core.model" in sys.modules:  # only once a command has loaded Keras
-        from osteo_pipeline.core.model import WeightsUnavailableError
-
-        errors += (WeightsUnavailableError,)
-    if "osteo_pipeline.io.registry" in sys.modules:
-        from osteo_pipeline.io.registry import RegistryError
-
-        errors += (RegistryError,)
-    if "osteo_pipeline.io.tracking" in sys.modules:  # a dead tracking server: one line, not a traceback
-        from osteo_pipeline.io.tracking import TrackingUnavailableError
-
-        errors += (TrackingUnavailableError,)
-    if "osteo_pipeline.io.storage" in sys.modules:
-        from osteo_pipeline.io.storage import StorageError
-
-        errors += (StorageError,)
-    return errors
-
-
 def handles_input_errors(command: F) -> F:
-    """Turn known input errors into a one-line message and exit code 2, never a traceback."""
+    """Turn the errors a user can cause into a one-line message and exit code 2 (1 for a failed
+    check), never a traceback."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except _input_errors() as exc:
+        except OsteoError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_INPUT) from exc
+            raise typer.Exit(EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -133,6 +140,17 @@ def synth(
         out_dir, settings.data.classes, settings.synth.per_class, settings.synth.size, settings.seed
     )
     console.print(f"wrote {sum(counts.values())} images to {out_dir}: {counts} (seed {settings.seed})")
+
+
+def _print_json(payload: Any) -> None:
+    """Plain JSON on stdout (the project's one serializer), coloured only on a terminal."""
+    from osteo_pipeline.core.jsonable import dumps
+
+    text = dumps(payload)
+    if sys.stdout.isatty():
+        out.print_json(text)
+    else:
+        print(text)
 
 
 def _print_validation(summary: dict[str, Any]) -> None:
@@ -180,7 +198,7 @@ def validate(
     target = report_dir or settings.output_dir / "validation"
     paths = write_validation_report(result.summary, result.scan.manifest, target, MAX_LISTED)
     if json_:
-        out.print_json(data=result.summary) if sys.stdout.isatty() else print(json.dumps(result.summary, indent=2))
+        _print_json(result.summary)
     else:
         _print_validation(result.summary)
     console.print(f"report: {paths['html']}")
@@ -199,7 +217,11 @@ def split(
     """Validate, then write a deterministic stratified split that keeps duplicates together."""
     settings = _settings(config, set_)
     manifest = _validated_split(data_dir, settings)
-    path = manifest.save(out_file or settings.output_dir / "split.json")
+    target = out_file or settings.output_dir / "split.json"
+    try:
+        path = manifest.save(target)
+    except OSError as exc:
+        raise InputError(f"cannot write the split manifest {target}: {exc.strerror or exc}") from exc
     table = Table("split", *settings.data.classes)
     for name, counts in manifest.counts().items():
         table.add_row(name, *(str(counts.get(c, 0)) for c in settings.data.classes))
@@ -233,31 +255,75 @@ def _metrics_table(report: dict[str, dict[str, float]], title: str) -> Table:
 @handles_input_errors
 def tune(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
-    trials: Annotated[int | None, typer.Option(help="Finished trials wanted in the study (resumes).", min=1)] = None,
+    trials: Annotated[int | None, typer.Option(help="NEW trials to run in this call (the study keeps its earlier ones; default tune.trials).", min=1)] = None,
+    budget: Annotated[int | None, typer.Option(help="Cap on the study's finished trials over all calls and workers (tune.max_trials).", min=1)] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes running trials of the study at once (tune.workers).", min=1)] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after S seconds.")] = None,
-    study: Annotated[str | None, typer.Option(help="Optuna study name (same name resumes).")] = None,
+    study: Annotated[str | None, typer.Option(help="Base study name; the study is BASE-<dataset hash> (tune.study_name).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Search learning rate, unfreeze depth, head size and dropout with Optuna (MLflow-tracked)."""
+    """Search learning rate, unfreeze depth, head size and dropout with Optuna (MLflow-tracked).
+
+    The study belongs to this data: new data starts a new study, the same data resumes its own."""
     from osteo_pipeline.steps.tune import tune as run_tune
 
-    settings = _settings(config, set_, tune__trials=trials, tune__timeout_s=timeout, tune__study_name=study)
+    settings = _settings(config, set_, tune__trials=trials, tune__max_trials=budget, tune__workers=workers, tune__timeout_s=timeout, tune__study_name=study)
     split = _validated_split(data_dir, settings)
     result = run_tune(split, settings)
     console.print(
-        f"study {result.study_name}: {result.counts} in {result.seconds:.0f} s; best trial {result.best_trial} "
-        f"val_loss {result.best_value:.4f} params {result.best_params}"
+        f"study {result.study_name}: {result.new_trials} new finished trials, {result.counts['complete']} complete / "
+        f"{result.counts['pruned']} pruned / {result.counts['fail']} failed in all, {result.seconds:.0f} s; best trial "
+        f"{result.best_trial} val_loss {result.best_value:.4f} params {result.best_params}",
+        highlight=False,
     )
     console.print(f"MLflow parent run {result.parent_run_id}; next: osteo train {data_dir} --params best")
+    console.print(f"more workers (any machine with this storage and data): osteo tune-worker {result.study_name}", highlight=False)
+
+
+@app.command("tune-worker")
+@handles_input_errors
+def tune_worker(
+    study: Annotated[str, typer.Argument(help="The study to join, as `osteo tune` printed it (BASE-<dataset hash>).")],
+    data_dir: Annotated[Path | None, typer.Option(help="The study's data on this machine (default: the folder the study recorded).")] = None,
+    split_file: Annotated[Path | None, typer.Option("--split", help="A split manifest to use instead of validating DATA_DIR (local workers).")] = None,
+    worker: Annotated[int | None, typer.Option(help="This worker's index: its own sampler seed stream (default: from host and pid).", min=0)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after S seconds.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Join a running study and run its trials until its budget is reached (tune.storage must be
+    the study's shared storage). The search settings are the study's own."""
+    import zlib
+
+    from osteo_pipeline.steps.split import SplitManifest
+    from osteo_pipeline.steps.tune import adopt_study_settings, joined_study, run_worker
+
+    local = _settings(config, set_)
+    recorded = joined_study(study, local)
+    settings = adopt_study_settings(local, recorded)
+    if split_file is not None:
+        try:
+            split = SplitManifest.load(split_file)
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"--split {split_file}: not a split manifest ({exc})") from exc
+    else:
+        split = _validated_split(data_dir or Path(recorded.user_attrs.get("data_dir", ".")), settings)
+    index = worker if worker is not None else zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 10**6 + 1000
+    ran = run_worker(study, split, settings, worker=index, timeout_s=timeout)
+    console.print(f"worker {index} ran {ran} trials of study {study}")
 
 
 @app.command()
 @handles_input_errors
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
-    params: Annotated[str, typer.Option(help="'best' (from the study), 'config', or a JSON/YAML file of parameters.")] = "best",
-    study: Annotated[str | None, typer.Option(help="Optuna study to take 'best' from.")] = None,
+    params: Annotated[
+        str,
+        typer.Option(help="'best' (the best trial of this data's study), 'study:NAME' (of a named study), 'config', or a JSON/YAML file of parameters."),
+    ] = "best",
+    study: Annotated[str | None, typer.Option(help="Base study name (tune.study_name) 'best' looks in.")] = None,
+    allow_other_data: Annotated[bool, typer.Option(help="Accept a study that was run on other data (its epochs were chosen there).")] = False,
     register: Annotated[bool, typer.Option(help="Register the model as a new version with alias 'staging'.")] = True,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -270,23 +336,25 @@ def train(
     from osteo_pipeline.steps.tune import best_params
 
     settings = _settings(config, set_, tune__study_name=study)
-    if params == "best":
-        try:
-            chosen = best_params(settings)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
+    split = _validated_split(data_dir, settings)
+    tags: dict[str, str] = {}
+    if params == "best" or params.startswith("study:"):
+        best = best_params(settings, split.dataset_hash, params.removeprefix("study:") if params != "best" else None, allow_other_data)
+        chosen, tags = best.params, best.tags()
     elif params == "config":
         chosen = TrainParams.from_settings(settings).as_dict()
     else:
         file = Path(params)
         if not file.is_file():
-            raise InputError(f"--params: no such file {file} (or use 'best' / 'config')")
-        loaded = yaml.safe_load(file.read_text())
+            raise InputError(f"--params: no such file {file} (or use 'best', 'study:NAME' or 'config')")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise InputError(f"--params file {file} is not valid YAML/JSON: {exc}") from exc
         if not isinstance(loaded, dict):
             raise InputError(f"--params file {file} must hold a mapping of parameter names to values")
         chosen = TrainParams.from_settings(settings).as_dict() | loaded
-    split = _validated_split(data_dir, settings)
-    result = refit_and_evaluate(split, chosen, settings, source=params)
+    result = refit_and_evaluate(split, chosen, settings, source=params, tags=tags)
     console.print(_metrics_table(result.metrics, f"test metrics (n={sum(split.counts()['test'].values())})"))
     console.print(f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; {result.seconds:.0f} s")
     if register:
@@ -356,7 +424,7 @@ def models(
 
     rows = list_versions(_settings(config, set_))
     if json_:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
         return
     if not rows:
         console.print("no registered versions yet")
@@ -406,7 +474,7 @@ def predict(
         raise InputError(message) from exc
     result.insert(0, "file", [str(i) for i in images])
     if json_:
-        print(result.to_json(orient="records", indent=2))
+        _print_json(result)
     else:
         table = Table(*result.columns)
         for row in result.itertuples(index=False):
@@ -441,19 +509,12 @@ def compare(
     set_: SetOption = None,
 ) -> None:
     """Run the paper's systems on identical folds: mean and 95% CI per metric, table and plot."""
-    import logging
-
-    from rich.logging import RichHandler
-
     from osteo_pipeline.steps.compare import HEADERS, REPORTED, table_rows
     from osteo_pipeline.steps.compare import compare as run_compare
 
     folds, repeats = _cv(cv)
     size_list = [int(v) for v in _csv(sizes)] if sizes else None
     settings = _settings(config, set_, compare__systems=_csv(systems), compare__folds=folds, compare__repeats=repeats, compare__sizes=size_list)
-    progress = logging.getLogger("osteo_pipeline.steps.compare")  # one line per fold: runs take minutes to hours
-    progress.setLevel(logging.INFO)
-    progress.addHandler(RichHandler(console=console, show_path=False))
     result = run_compare(data_dir, settings, command="osteo " + " ".join(sys.argv[1:]), out_dir=out_dir)
     table = Table("system", *(HEADERS[m] for m in REPORTED), "s/fold", title=f"osteo compare ({settings.compare.folds}x{settings.compare.repeats} folds)")
     for cells in table_rows(result.rows):
@@ -520,8 +581,14 @@ def _prefect_environment() -> None:
 
 
 def _data_location(value: str) -> str:
-    """An ``s3://bucket/prefix`` URI as given, a local folder made absolute."""
-    return value if value.startswith("s3://") else str(Path(value).resolve())
+    """An ``s3://bucket/prefix`` URI as given, a local folder made absolute (checked before any
+    Prefect server starts)."""
+    if value.startswith("s3://"):
+        return value
+    folder = Path(value)
+    if not folder.is_dir():
+        raise InputError(f"data folder not found: {folder}" if not folder.exists() else f"not a folder: {folder} (expected DATA_DIR/<class>/<image>)")
+    return str(folder.resolve())
 
 
 @app.command()
@@ -532,18 +599,33 @@ def run(
     set_: SetOption = None,
 ) -> None:
     """Run the whole retrain flow (Prefect) locally: validate, split, tune, refit, register, promote."""
-    _settings(config, set_)  # fail fast, before Prefect starts, on a bad config
+    _settings(config, set_)  # fail fast, before Prefect starts, on a bad config or data folder
+    location = _data_location(data_dir)
     _prefect_environment()
-    from flows.retrain import ValidationFailed, retrain_flow
+    from flows.retrain import retrain_flow
 
-    try:
-        result = retrain_flow(_data_location(data_dir), str(config.resolve()) if config else None, list(set_ or []))
-    except ValidationFailed as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
-        raise typer.Exit(EXIT_CHECK_FAILED) from exc
+    result = retrain_flow(location, str(config.resolve()) if config else None, list(set_ or []))
     verdict = "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
     console.print(f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False)
     console.print(f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}")
+
+
+@app.command()
+@handles_input_errors
+def serve(
+    alias: Annotated[str | None, typer.Option(help="Registry alias to serve and follow (serving.alias).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (serving.port).")] = None,
+    poll: Annotated[float | None, typer.Option(help="Seconds between checks of the alias (serving.poll_s).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the model the alias points at (`mlflow models serve`), and follow it: a promotion or
+    rollback restarts the server on the new version; before the first promotion it waits."""
+    from osteo_pipeline.steps.serve import follow_alias
+
+    settings = _settings(config, set_, serving__alias=alias, serving__host=host, serving__port=port, serving__poll_s=poll)
+    follow_alias(settings)
 
 
 @app.command()

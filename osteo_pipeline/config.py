@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from osteo_pipeline.errors import OsteoError
+
 ENV_PREFIX = "OSTEO_"
 #: Short environment names documented for users, mapped onto their nested keys.
 ENV_ALIASES = {
@@ -36,7 +38,7 @@ COMPARE_SYSTEMS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(OsteoError, ValueError):
     """A config file, variable or override is invalid; the message names the field."""
 
 
@@ -103,7 +105,7 @@ class ValidationSettings(_Section):
         default=False, description="Exact duplicates with one label are reported; fail the batch too?"
     )
     suites_dir: Path | None = Field(
-        default=None, description="Folder of GX suite JSON files; default: the project's expectations/."
+        default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (edited in the project's expectations/)."
     )
 
     @model_validator(mode="after")
@@ -178,6 +180,14 @@ class TrainSettings(_Section):
     class_weight: Literal["balanced", "none"] = "balanced"
     mixed_precision: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
     xla: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
+    distribute: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "Data-parallel training (tf.distribute.MirroredStrategy). auto: over all GPUs when there are "
+            "two or more; on: over every logical device of one kind (GPUs, else CPUs); off: one device. "
+            "batch_size is per device: the global batch is batch_size x devices."
+        ),
+    )
     cache_dir: Path | None = Field(
         default=None, description="On-disk decoded-image cache (default ~/.cache/osteo/pixels; 'none' in YAML: memory only)."
     )
@@ -185,10 +195,42 @@ class TrainSettings(_Section):
 
 
 class TuneSettings(_Section):
-    trials: int = Field(default=8, ge=1)
-    timeout_s: float | None = Field(default=None, gt=0)
-    study_name: str = "osteo-knee"
-    storage: str = Field(default="sqlite:///optuna.db", description="Optuna storage URL; re-running resumes.")
+    trials: int = Field(default=8, ge=1, description="New trials each `osteo tune` call (and each retrain) adds to its study.")
+    max_trials: int | None = Field(
+        default=None, ge=1, description="Cap on the finished (complete or pruned) trials of one study, over all calls and workers."
+    )
+    timeout_s: float | None = Field(default=None, gt=0, description="A worker starts no new trial after this many seconds.")
+    study_name: str = Field(
+        default="osteo-knee",
+        description=(
+            "Base name: a study belongs to one dataset version and is named <study_name>-<first 12 hex "
+            "digits of the dataset hash>. New data starts a new study; the same data resumes its study."
+        ),
+    )
+    storage: str = Field(
+        default="sqlite:///optuna.db",
+        description="Optuna RDB storage URL (SQLite on one machine; PostgreSQL for workers on several). Passwords are never logged.",
+    )
+    n_startup_trials: int = Field(
+        default=4, ge=1, description="Random trials before TPE models the results (capped below the study's budget)."
+    )
+    workers: int = Field(default=1, ge=1, description="Local worker processes running trials of the one study at once.")
+    worker_deployment: str | None = Field(
+        default=None,
+        description=(
+            "Prefect deployment ('tune-worker/<name>') the retrain flow starts `workers - 1` times on its work "
+            "pool, instead of local processes: workers on other machines."
+        ),
+    )
+    heartbeat_interval_s: int = Field(default=30, ge=1, description="A running trial's worker writes a heartbeat this often.")
+    heartbeat_grace_s: int = Field(
+        default=120, ge=1, description="A running trial without a heartbeat for this long is failed (its worker died) and retried."
+    )
+    max_retries: int = Field(default=2, ge=0, description="Times a trial whose worker died is run again by another worker.")
+    warm_start_trials: int = Field(
+        default=2, ge=0, description="Best trials of the previous study (same base name, other data) enqueued first in a new study."
+    )
+    poll_s: float = Field(default=5.0, gt=0, description="How often an idle worker checks whether the study's budget is reached.")
     learning_rate: tuple[float, float] = (1e-5, 1e-3)
     unfreeze_depth: tuple[int, int] = (0, 6)
     head_units: list[int] = [64, 128, 256, 512]
@@ -216,6 +258,14 @@ class TrackingSettings(_Section):
         default=1, ge=0, description="Backoff factor between those retries, whole seconds (1: waits 1, 2, 4 s); MLflow takes integers."
     )
     http_timeout_s: float = Field(default=60, gt=0, description="Timeout of one request to a tracking server.")
+    log_image_grids: bool = Field(
+        default=False,
+        description=(
+            "Log figures that show the evaluated images themselves (the prediction and Grad-CAM grids). "
+            "Off by default: they are patient images, and run artifacts get shared. Curves, confusion "
+            "matrix, ROC and reliability diagrams are always logged."
+        ),
+    )
 
 
 class RegistrySettings(_Section):
@@ -239,6 +289,16 @@ class RegistrySettings(_Section):
             if name not in METRIC_NAMES:
                 raise ValueError(f"unknown metric {name!r}; choose from {list(METRIC_NAMES)}")
         return self
+
+
+class ServingSettings(_Section):
+    """``osteo serve``: the model server that follows a registry alias."""
+
+    alias: str = Field(default="production", description="Registry alias whose version is served; the server follows it when it moves.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=5055, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, description="Scoring-server worker processes.")
+    poll_s: float = Field(default=30.0, gt=0, description="How often the alias is checked; a move restarts the server on the new version.")
 
 
 class ScheduleSettings(_Section):
@@ -286,6 +346,7 @@ class Settings(_Section):
     tracking: TrackingSettings = TrackingSettings()
     registry: RegistrySettings = RegistrySettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    serving: ServingSettings = ServingSettings()
     compare: CompareSettings = CompareSettings()
     output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
 

@@ -24,6 +24,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 from osteo_pipeline.core.calibration import Calibration
+from osteo_pipeline.core.jsonable import dumps
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_pixels, model_input
 
 IMAGE_COLUMN = "image"
@@ -139,19 +140,20 @@ def log_pyfunc(
     input_size: int,
     max_pixels: int,
     version: str,
-    example_pixels: np.ndarray,
     calibration: Calibration | None = None,
 ) -> Any:
     """Log the model (no optimizer state) as the ``model`` pyfunc of the active run, with the
-    calibration (temperature, threshold) fitted on validation."""
+    calibration (temperature, threshold) fitted on validation. Its input example is a synthetic
+    radiograph (``core.synth``), never one of the training or test images."""
     from osteo_pipeline.core.model import inference_copy
+    from osteo_pipeline.core.synth import example_radiograph
 
     with tempfile.TemporaryDirectory() as tmp:
         keras_path = Path(tmp) / "model.keras"
         inference_copy(keras_model).save(keras_path)
         meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(json.dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict()}))
-        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_pixels)]})
+        meta_path.write_text(dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict()}))
+        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(input_size))]})
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=OsteoClassifier(),

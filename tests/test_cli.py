@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from osteo_pipeline.cli import app
@@ -51,3 +52,66 @@ def test_split_writes_manifest(tmp_path):
 def test_config_prints_effective_yaml():
     result = runner.invoke(app, ["config", "--set", "seed=5"])
     assert result.exit_code == 0 and "seed: 5" in result.stdout
+
+
+def _one_line_error(result, code: int, *expected: str) -> None:
+    """Exit ``code``, one ``error:`` line naming ``expected``, never a traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = tmp_path / "d"
+    runner.invoke(app, ["synth", str(folder), "--per-class", "12", "--size", "64"])
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty private tracking store and study storage, so no command touches the project's."""
+    return ["--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", f"tracking.artifact_root={tmp_path / 'mlruns'}", "--set", f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+
+
+def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(data, store, tmp_path, monkeypatch):
+    """One bad input per command: a clear one-line error, exit 2 (1 for a failed check)."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["config", "--set", "seed"], 2, "key.sub=value"),
+        (["synth", str(a_file)], 2, "a-file", "not a folder"),
+        (["validate", str(tmp_path / "missing")], 2, "data folder not found"),
+        (["split", str(data), *SMALL, "--out", str(a_file / "split.json")], 2, "cannot write the split manifest"),
+        (["tune", str(data), *SMALL, *store, "--set", "tune.storage=nosuchdb://x"], 2, "tune.storage=nosuchdb://x"),
+        (["tune-worker", "no-such-study", *store], 2, "no study named 'no-such-study'"),
+        (["train", str(data), *SMALL, *store, "--params", str(tmp_path / "nope.yaml")], 2, "--params", "nope.yaml"),
+        (["train", str(data), *SMALL, *store], 2, "no study", "run `osteo tune`"),
+        (["register", "0" * 32, *store], 2, "0" * 32),
+        (["promote", *store], 2, "no candidate"),
+        (["rollback", *store], 2, "no 'production' version"),
+        (["models", "--set", "tracking.uri=http://127.0.0.1:9", "--set", "tracking.http_retries=0"], 2, "unreachable"),
+        (["predict", "models:/osteo-knee/1", str(tmp_path / "missing.jpg"), *store], 2, "missing.jpg"),
+        (["compare", str(data), "--cv", "five"], 2, "--cv"),
+        (["evaluate", "models:/nope/1", str(data), *store], 2, "nope"),
+        (["explain", "models:/nope/1", str(a_file), *store], 2, "nope"),
+        (["run", str(tmp_path / "missing")], 2, "data folder not found"),
+        (["schedule"], 2, "PREFECT_API_URL"),
+        (["serve", "--set", "tracking.uri=http://127.0.0.1:9", "--set", "tracking.http_retries=0"], 2, "unreachable"),
+    ]
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert {case[0][0] for case in cases} == commands  # every command has its bad-input case
+    for args, code, *expected in cases:
+        _one_line_error(runner.invoke(app, args), code, *expected)
+
+
+def test_a_batch_that_fails_validation_stops_split_tune_and_compare_with_exit_1(data, store):
+    (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    for command in (["split", str(data)], ["tune", str(data), *store], ["compare", str(data), "--systems", "metadata-probe"]):
+        result = runner.invoke(app, [*command, *SMALL])
+        assert result.exit_code == 1 and "normal/broken.jpg" in result.output and "Traceback" not in result.output, result.output

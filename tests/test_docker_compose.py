@@ -46,9 +46,30 @@ def test_wiring():
         env = _env(client)
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert "models:/osteo-knee@production" in " ".join(SERVICES["model-server"]["command"])
+    assert SERVICES["model-server"]["command"][0] == "serve"  # `osteo serve`: follows the production alias
+    assert "entrypoint" not in SERVICES["model-server"]  # the image's own entrypoint, `osteo`
     assert "prefect worker start --pool osteo-process" in " ".join(SERVICES["prefect-worker"]["command"])
+    assert "prefect worker start --pool osteo-tune" in " ".join(SERVICES["tune-worker"]["command"])
+    for client in ("prefect-worker", "tune-worker", "model-server"):
+        assert _env(client)["OSTEO_TUNE__STORAGE"].startswith("postgresql+psycopg://") and "@postgres:5432/optuna" in _env(client)["OSTEO_TUNE__STORAGE"]
+    assert "CREATE DATABASE optuna" in (DOCKER / "initdb" / "10-prefect-db.sql").read_text()
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_image_installs_the_lock_and_owns_every_path_it_writes_or_mounts():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert "COPY requirements.lock" in dockerfile and "pip install -c requirements.lock ." in dockerfile
+    created = set(re.findall(r"mkdir -p ([^&]+)", dockerfile)[0].split())
+    assert "chown -R osteo:osteo /var/lib/osteo /app" in dockerfile and "USER osteo" in dockerfile
+    owned = ("/var/lib/osteo", "/app")
+    for name, service in SERVICES.items():
+        if service.get("image") != "osteo-pipeline:latest":
+            continue
+        for volume in service.get("volumes", []):
+            target = volume.split(":")[1]
+            assert target.startswith(owned) and (target in created or target in owned or target.startswith("/var/lib/osteo/")), (name, volume)
+    for target in ("/var/lib/osteo/outputs", "/var/lib/osteo/cache", "/app/data/incoming"):
+        assert target in created
 
 
 def test_no_credentials_baked_in():

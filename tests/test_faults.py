@@ -45,7 +45,11 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 def _trials(settings):
-    return optuna.load_study(study_name=settings.tune.study_name, storage=settings.tune.storage).trials
+    """The trials of the one study in the storage (named after its dataset's hash)."""
+    summaries = optuna.get_all_study_summaries(settings.tune.storage, include_best_trial=False)
+    if not summaries:
+        raise KeyError("no study yet")
+    return optuna.load_study(study_name=summaries[0].study_name, storage=settings.tune.storage).trials
 
 
 def _running_runs(settings) -> list[str]:
@@ -56,7 +60,9 @@ def _running_runs(settings) -> list[str]:
 
 def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(synth_dir, train_settings, tmp_path):
     root = synth_dir(per_class=10)
-    settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"trials": 3, "pruner": "none"})}, deep=True)
+    settings = train_settings.model_copy(
+        update={"tune": train_settings.tune.model_copy(update={"trials": 3, "pruner": "none", "heartbeat_interval_s": 1, "heartbeat_grace_s": 2})}, deep=True
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     command = [str(BIN / "osteo"), "tune", str(root), "--config", str(config)]
@@ -65,10 +71,11 @@ def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(synth
 
         def one_done_one_running() -> bool:
             try:
-                states = [t.state for t in _trials(settings)]
+                trials = _trials(settings)
             except KeyError:  # the study does not exist yet
                 return False
-            return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+            states = [t.state for t in trials]  # and the running trial has its MLflow run open:
+            return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and "mlflow_run_id" in trials[-1].user_attrs
 
         _wait_for(one_done_one_running, 600, "a finished trial and a running one")
     finally:
@@ -77,15 +84,20 @@ def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(synth
     killed = max(before)
     assert before[killed][0] == TrialState.RUNNING and _running_runs(settings)  # what the kill left behind
 
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    time.sleep(3)  # longer than the heartbeat's grace period: the killed trial is now stale
+    done = subprocess.run([*command, "--trials", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    after = {t.number: (t.state, t.value, t.params) for t in _trials(settings)}
+    trials = _trials(settings)
+    after = {t.number: (t.state, t.value, t.params) for t in trials}
     assert after[killed][0] == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE and retried[0].params == before[killed][2]
+    finished_before = sum(state == TrialState.COMPLETE for state, _, _ in before.values())
     for number, (state, value, params) in before.items():
         if state == TrialState.COMPLETE:
             assert after[number] == (state, value, params)  # kept, not run again
-    assert sum(state == TrialState.COMPLETE for state, _, _ in after.values()) == 3
-    assert _running_runs(settings) == []
+    assert sum(state == TrialState.COMPLETE for state, _, _ in after.values()) == finished_before + 2  # --trials: new trials
+    assert _running_runs(settings) == []  # the killed trial's MLflow run was closed as FAILED
 
 
 KILLED_AFTER_REGISTER = """

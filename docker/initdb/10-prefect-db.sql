@@ -1,2 +1,3 @@
--- The Prefect server keeps its state in its own database next to MLflow's.
+-- The Prefect server and the Optuna studies keep their state in their own databases next to MLflow's.
 CREATE DATABASE prefect;
+CREATE DATABASE optuna;

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
+
+from osteo_pipeline.errors import OsteoError
 
 #: ResNet-50's residual blocks, bottom to top: conv2 x3, conv3 x4, conv4 x6, conv5 x3.
 RESIDUAL_BLOCKS = [f"conv{stage}_block{b}" for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
@@ -16,7 +19,7 @@ HEAD_LAYERS = ("gap", "head_dense", "head_dropout", "probabilities")
 _BLOCK = re.compile(r"^(conv\d_block\d+)_")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(OsteoError, RuntimeError):
     """ImageNet weights could not be loaded and no fallback was allowed."""
 
 
@@ -120,9 +123,22 @@ def top_model(model: keras.Model, depth: int) -> keras.Model:
     return keras.Model(inputs, x, name=f"top_{depth}")
 
 
+def _float32_policies(config: Any) -> Any:
+    """A model config with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(value) for value in config]
+    return config
+
+
 def inference_copy(model: keras.Model) -> keras.Model:
-    """The same architecture and weights, uncompiled: saved without optimizer state (~95 MB, not ~280)."""
+    """The same architecture and weights in float32, uncompiled: saved without optimizer state
+    (~95 MB, not ~280), and without a mixed-precision policy a GPU run trained under, which a CPU
+    server would otherwise compute in float16 (slow, and not what was validated)."""
     # Rebuilt from config: ``clone_model`` keeps the nested backbone's training state (~285 MB).
-    copy = keras.Model.from_config(model.get_config())
+    copy = keras.Model.from_config(_float32_policies(model.get_config()))
     copy.set_weights(model.get_weights())
     return copy

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+
+def _finite(value: float | None) -> bool:
+    """Metrics come back from JSON artifacts, where a missing value (no CI, no AUC) is null."""
+    return value is not None and math.isfinite(value)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.3f}" if _finite(value) else "-"
 
 
 def render_model_card(
@@ -19,13 +29,15 @@ def render_model_card(
     weights: str,
     input_size: int,
     calibration: dict[str, Any] | None = None,
+    image_grids: str = "not logged",
 ) -> str:
     rows = "\n".join(
         f"| {split} | " + " | ".join(str(counts.get(split, {}).get(c, 0)) for c in classes) + f" | {sum(counts.get(split, {}).values())} |"
         for split in ("train", "val", "test")
     )
     metric_rows = "\n".join(
-        f"| {metric} | {v['value']:.3f} | {v['low']:.3f} – {v['high']:.3f} |" for metric, v in metrics.items()
+        f"| {metric} | {_number(v['value'])} | " + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
+        for metric, v in metrics.items()
     )
     n_test = sum(counts.get("test", {}).values())
     param_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
@@ -68,6 +80,12 @@ ResNet-50 caffe preprocessing; augmentation on training data only.
 Input: one image (PNG, JPEG, TIFF, BMP or DICOM; any size, mode and bit depth the validation
 allows). Output: `label` and `p_<class>` per class. Probabilities are temperature-scaled
 (T = {calibration.get('temperature', 1.0):.3f}, fitted on validation); the label is {decision}.
+
+## Privacy
+The model's input example (in its MLmodel files) is a synthetic radiograph drawn by the
+pipeline's own generator (`osteo synth`); no training, validation or test image is stored with the
+model. Figures that show evaluated images (prediction and Grad-CAM grids) on the training run:
+{image_grids}.
 
 ## Test metrics (n = {n_test}; positive class `{positive}`; 95% bootstrap CIs)
 | metric | value | 95% CI |

@@ -18,6 +18,11 @@ from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = None  # callers enforce their own limit (see ``open_image``)
 
+#: Bump whenever ``load_pixels`` may return other pixels for the same file (decoding, resizing,
+#: gray conversion): on-disk pixel caches are keyed by it, so training never reuses arrays made by
+#: older preprocessing while serving decodes with the new one.
+PREPROCESS_VERSION = 2
+
 
 class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message says why."""

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from osteo_pipeline.errors import OsteoError
+
 SPLITS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(OsteoError, ValueError):
     """The data cannot be split as configured (e.g. too few groups for the fractions)."""
 
 

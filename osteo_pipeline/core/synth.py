@@ -89,6 +89,13 @@ def render(label: str, severity: float, size: int, rng: np.random.Generator) -> 
     return np.clip(image, 0, 1)
 
 
+def example_radiograph(size: int, seed: int = 0) -> np.ndarray:
+    """A synthetic ``size`` x ``size`` uint8 radiograph: what a logged model carries as its input
+    example, so that no patient image ends up in model artifacts, the registry or serving images."""
+    image = render("example", 0.5, size, np.random.default_rng(seed))
+    return (image[:size, :size] * 255).round().astype(np.uint8)
+
+
 def generate(
     classes: list[str], per_class: int, size: int, seed: int
 ) -> list[SynthImage]:

@@ -7,15 +7,20 @@ root, sub-folders, other suffixes, hidden files) are listed as ``ignored`` with 
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io.images import ImageFacts, inspect_image
 
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 500  # files between progress lines
 MANIFEST_COLUMNS = [
     "path",
     "label",
@@ -32,7 +37,7 @@ MANIFEST_COLUMNS = [
 ]
 
 
-class DataDirError(ValueError):
+class DataDirError(OsteoError, ValueError):
     """The data folder itself is unusable (missing, not a folder, unreadable)."""
 
 
@@ -126,8 +131,14 @@ def scan_folder(
         _, _, file, error = row
         return ImageFacts(error=error) if file is None else inspect_image(file, max_pixels)
 
+    started = time.perf_counter()
+    all_facts = []
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        all_facts = list(pool.map(facts, rows))
+        for done, fact in enumerate(pool.map(facts, rows), start=1):
+            all_facts.append(fact)
+            if done % PROGRESS_EVERY == 0:
+                log.info("checked %d of %d files", done, len(rows))
+    log.info("checked %d files in %.1f s", len(rows), time.perf_counter() - started)
     records = [
         {"path": rel, "label": label, **fact.as_dict()} for (rel, label, _, _), fact in zip(rows, all_facts)
     ]

@@ -2,8 +2,9 @@
 
 Native radiographs are up to 2,660 px: decoding them per epoch or per trial would dominate the
 run. Arrays live in memory for the run and, when a cache folder is set, on disk as
-``<dir>/<size>/<sha256>.npy`` (gray, uint8), so later runs and trials skip decoding too. Keys are
-content hashes, so an edited file is a new key, never a stale hit."""
+``<dir>/v<preprocessing version>/<size>/<sha256>.npy`` (gray, uint8), so later runs and trials
+skip decoding too. Keys are content hashes, so an edited file is a new key, and the preprocessing
+version is part of the path, so a change to preprocessing is a miss, never a stale hit."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from osteo_pipeline.core import preprocess
 from osteo_pipeline.core.preprocess import load_pixels
 
 
@@ -21,7 +23,7 @@ class PixelCache:
     def __init__(self, size: int, max_pixels: int, cache_dir: Path | None = None) -> None:
         self.size = size
         self.max_pixels = max_pixels
-        self.folder = cache_dir / str(size) if cache_dir else None
+        self.folder = cache_dir / f"v{preprocess.PREPROCESS_VERSION}" / str(size) if cache_dir else None
         self._memory: dict[str, np.ndarray] = {}
         self.decoded = 0  # images actually decoded (cache misses), for benchmarks and tests
 

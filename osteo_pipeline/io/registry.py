@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
+
+from osteo_pipeline.errors import OsteoError
 
 STAGING, PRODUCTION, PREVIOUS = "staging", "production", "previous"
 REPLACED_TAG = "osteo.replaced_version"  # set on a version when it becomes production
 
 
-class RegistryError(RuntimeError):
+class RegistryError(OsteoError, RuntimeError):
     """A registry operation cannot be done (missing model, version or alias)."""
 
 
 def _missing(exc: MlflowException) -> bool:
     return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def _exists(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+
+
+class RegistryBusyError(RegistryError):
+    """Another process holds the registry lock longer than we were willing to wait."""
 
 
 @dataclass
@@ -40,6 +55,55 @@ class Registry:
         self.ensure_model()
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         return self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
+
+    def version_of_run(self, run_id: str) -> ModelVersion | None:
+        """The version already registered from ``run_id`` (the lowest, if several), or ``None``:
+        what makes registering a run idempotent."""
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+    @contextmanager
+    def lock(self, purpose: str, wait_s: float = 60.0, stale_after_s: float = 300.0) -> Iterator[None]:
+        """Mutual exclusion across processes and machines for a short registry update (an alias
+        compare-and-set). The registry has no lock of its own, but creating a registered model is
+        atomic (a unique name): the lock is the model ``<name>.lock.<purpose>``, created to take
+        it and deleted to release it. A lock older than ``stale_after_s`` was left by a killed
+        process and is broken."""
+        name = f"{self.name}.lock.{purpose}"
+        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.client.create_registered_model(name, description=f"registry lock held by {holder}; deleted when its update ends")
+                break
+            except MlflowException as exc:
+                if not _exists(exc):
+                    raise
+            try:
+                held = self.client.get_registered_model(name)
+                if time.time() * 1000 - held.creation_timestamp > stale_after_s * 1000:
+                    self.client.delete_registered_model(name)  # its holder died mid-update
+                    continue
+            except MlflowException as exc:
+                if not _missing(exc):
+                    raise
+                continue  # released between our two calls
+            if time.monotonic() > deadline:
+                raise RegistryBusyError(f"registry lock {name!r} is held ({held.description}); try again later")
+            time.sleep(0.2)
+        try:
+            yield
+        finally:
+            try:
+                self.client.delete_registered_model(name)
+            except MlflowException as exc:
+                if not _missing(exc):
+                    raise
 
     def version(self, version: str | int) -> ModelVersion:
         try:

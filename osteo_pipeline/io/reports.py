@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,28 @@ import great_expectations as gx
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from osteo_pipeline.core.jsonable import dumps
+
 _ENV = Environment(loader=PackageLoader("osteo_pipeline.io", "templates"), autoescape=select_autoescape())
 
 
-def write_json(path: Path, payload: Any) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` through a temporary file of its own in the same folder, then rename: a
+    crash never leaves half a file, and two writers never share a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)  # atomic: a crash never leaves half a file where a whole one was
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    return write_text_atomic(path, dumps(payload))
 
 
 def write_validation_report(
@@ -37,7 +51,7 @@ def write_validation_report(
         "summary": report_dir / "validation.json",
         "manifest": report_dir / "manifest.csv",
     }
-    paths["html"].write_text(html, encoding="utf-8")
+    write_text_atomic(paths["html"], html)
     write_json(paths["summary"], summary)
     manifest.to_csv(paths["manifest"], index=False, errors="surrogateescape")
     return paths

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from osteo_pipeline.errors import OsteoError
 
-class StorageError(RuntimeError):
+
+class StorageError(OsteoError, RuntimeError):
     """An object could not be fetched intact; the message names it."""
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,27 @@ from typing import Any
 import keras
 import mlflow
 import requests
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from osteo_pipeline.config import Settings
+from osteo_pipeline.core.jsonable import dumps
+from osteo_pipeline.core.redact import is_secret_key, redact, redact_url
+from osteo_pipeline.errors import OsteoError
 
+log = logging.getLogger(__name__)
 PACKAGES = ("tensorflow", "keras", "mlflow", "optuna", "optuna-integration", "great-expectations", "numpy", "pillow", "scikit-learn", "osteo-pipeline")
-#: Never logged as params or tags, whatever a caller passes (credentials stay in the environment).
-_SECRET_HINTS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL")
+
+
+_configured_uri: str | None = None  # what ``configure`` last set (MLflow copies it into the environment)
 
 
 def tracking_uri(settings: Settings) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking.uri
+    """``MLFLOW_TRACKING_URI`` when the user set it, else ``tracking.uri``. MLflow writes the URI
+    it is given into that variable, so a value this process set itself does not count."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    return from_env if from_env and from_env != _configured_uri else settings.tracking.uri
 
 
 def _artifact_location(settings: Settings, uri: str) -> str | None:
@@ -36,7 +46,7 @@ def _artifact_location(settings: Settings, uri: str) -> str | None:
     return Path(root).expanduser().resolve().as_uri()
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(OsteoError, RuntimeError):
     """The tracking server did not answer within the configured retries."""
 
 
@@ -60,8 +70,10 @@ def _unreachable(exc: BaseException) -> bool:
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id. Called
     before any work, so a dead tracking server fails the run before anything is trained."""
+    global _configured_uri
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
+    _configured_uri = uri
     _bound_http_retries(settings)
     try:
         experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
@@ -70,9 +82,9 @@ def configure(settings: Settings) -> str:
             raise
         retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         raise TrackingUnavailableError(
-            f"MLflow tracking server {uri} unreachable after {retries} retries with backoff "
+            redact_url(f"MLflow tracking server {uri} unreachable after {retries} retries with backoff "
             f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was logged or registered; start the "
-            "server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere."
+            "server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere.")
         ) from exc
     if experiment is None:
         experiment_id = mlflow.create_experiment(
@@ -109,18 +121,28 @@ def environment() -> dict[str, str]:
     return facts
 
 
+def log_json(payload: Any, artifact_file: str, run_id: str | None = None) -> None:
+    """A JSON artifact on the active run (or ``run_id``), written by the project's one serializer
+    (``mlflow.log_dict`` writes NaN, which is not JSON, and rejects NumPy scalars)."""
+    if run_id is None:
+        mlflow.log_text(dumps(payload), artifact_file)
+    else:
+        MlflowClient().log_text(run_id, dumps(payload), artifact_file)
+
+
 def log_environment() -> None:
     facts = environment()
     mlflow.set_tags({f"env.{k}": v for k, v in facts.items()})
-    mlflow.log_dict(facts, "environment.json")
+    log_json(facts, "environment.json")
 
 
 def safe_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Drop anything that looks like a credential before it reaches the tracking store."""
-    return {k: v for k, v in params.items() if not any(h in k.upper() for h in _SECRET_HINTS)}
+    """Params fit for the tracking store: credential-named keys dropped, URL passwords masked."""
+    return {k: redact(v) for k, v in params.items() if not is_secret_key(k)}
 
 
 def log_settings(settings: Settings) -> None:
+    """Every setting as a param, and ``config.json``: both with URL passwords masked."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -128,12 +150,12 @@ def log_settings(settings: Settings) -> None:
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, item)
         else:
-            flat[prefix] = json.dumps(value) if isinstance(value, list | tuple) else value
+            flat[prefix] = dumps(value, indent=None) if isinstance(value, list | tuple) else value
 
-    dumped = settings.model_dump(mode="json")
+    dumped = redact(settings.model_dump(mode="json"))
     walk("", {k: dumped[k] for k in ("seed", "data", "split", "model", "train", "tune")})
     mlflow.log_params(safe_params(flat))
-    mlflow.log_dict(dumped, "config.json")
+    log_json(dumped, "config.json")
 
 
 def log_dataset(split: Any, context: str = "training") -> None:
@@ -144,31 +166,44 @@ def log_dataset(split: Any, context: str = "training") -> None:
     mlflow.set_tag("dataset_hash", split.dataset_hash)
     counts = split.counts()
     mlflow.log_params({f"n_{name}": sum(c.values()) for name, c in counts.items()} | {"dataset_hash": split.dataset_hash})
-    mlflow.log_dict(split.to_dict(), "split_manifest.json")
+    log_json(split.to_dict(), "split_manifest.json")
 
 
-def fail_orphaned_runs(experiment_id: str, tag_filter: str) -> list[str]:
-    """Mark runs left RUNNING by a killed process as FAILED; returns their ids."""
+def fail_run(run_id: str, reason: str) -> bool:
+    """Close a run its process left RUNNING as FAILED, saying why; ``False`` when it had ended."""
     client = MlflowClient()
-    runs = client.search_runs([experiment_id], filter_string=f"{tag_filter} and attributes.status = 'RUNNING'")
-    for run in runs:
-        client.set_tag(run.info.run_id, "osteo.orphaned", "true: its process stopped before the run ended")
-        client.set_terminated(run.info.run_id, status="FAILED")
-    return [r.info.run_id for r in runs]
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "osteo.orphaned", reason)
+    client.set_terminated(run_id, status="FAILED")
+    return True
 
 
-def find_run(experiment_id: str, filter_string: str) -> str | None:
-    runs = MlflowClient().search_runs([experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+def log_metrics_to(run_id: str, metrics: dict[str, float]) -> None:
+    """Metrics on a run that need not be active here (a study's parent, from any worker)."""
+    client = MlflowClient()
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+
+
+def set_tags_on(run_id: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, redact_url(str(value)))
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch Keras logs (loss, accuracy, val_*) to the active MLflow run, step = epoch."""
+    """Per-epoch Keras logs (loss, accuracy, val_*) to the active MLflow run, step = epoch, and a
+    progress line (``label`` names what is training: a trial, a fold, the refit)."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", label: str = "") -> None:
         super().__init__()
         self.prefix = prefix
+        self.label = label
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if logs:
-            mlflow.log_metrics({f"{self.prefix}{k}": float(v) for k, v in logs.items() if k != "learning_rate"}, step=epoch)
+            values = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
+            mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in values.items()}, step=epoch)
+            shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("loss", "val_loss", "val_accuracy") if k in values)
+            log.info("%sepoch %d: %s", f"{self.label} " if self.label else "", epoch + 1, shown)

@@ -357,7 +357,7 @@ def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", 
         tracking.log_settings(settings)
         tracking.log_environment()
         mlflow.log_params({"dataset_hash": data.identity, "n_images": len(data.frame), "cv": f"{c.folds}x{c.repeats}"})
-        mlflow.log_dict({"files": data.frame[["path", "label", "sha256", "group"]].to_dict(orient="records"), "excluded": data.excluded, "folds": {f.name: {"train": f.train.tolist(), "val": f.val.tolist(), "test": f.test.tolist()} for f in folds}}, "compare_folds.json")
+        tracking.log_json({"files": data.frame[["path", "label", "sha256", "group"]].to_dict(orient="records"), "excluded": data.excluded, "folds": {f.name: {"train": f.train.tolist(), "val": f.val.tolist(), "test": f.test.tolist()} for f in folds}}, "compare_folds.json")
         for name in c.systems:
             for size in [None] if name in SIZE_FREE else c.sizes:
                 if size is not None:

@@ -1,6 +1,7 @@
 """Evaluate a model on held-out images: metrics with 95% bootstrap CIs at the validation-chosen
-threshold, calibration (ECE before and after temperature scaling, reliability diagram), the
-paper's prediction grid and its Grad-CAM twin. Used by the refit and by ``osteo evaluate``."""
+threshold, calibration (ECE before and after temperature scaling, reliability diagram), and,
+when ``tracking.log_image_grids`` allows patient images in artifacts, the paper's prediction grid
+and its Grad-CAM twin. Used by the refit and by ``osteo evaluate``."""
 
 from __future__ import annotations
 
@@ -54,12 +55,16 @@ def evaluate_predictions(
     figures = {
         "confusion_matrix.png": plots.confusion_matrix(arrays.labels, predicted, classes),
         "roc_curve.png": plots.roc_curves(arrays.labels, proba, classes, positive),
-        "test_predictions.png": plots.prediction_grid(arrays.pixels, arrays.labels, proba, classes, predicted, GRID_IMAGES),
         "reliability_diagram.png": plots.reliability_diagram(
             {f"raw (ECE {ece['ece_uncalibrated']:.3f})": reliability(raw_proba, arrays.labels), f"T={calibration.temperature:.2f} (ECE {ece['ece']:.3f})": reliability(proba, arrays.labels)}
         ),
     }
-    if model is not None and explainable(model) and len(arrays.pixels):
+    # The grids show the images themselves: patient data, logged only when the config asks.
+    grids = settings.tracking.log_image_grids
+    mlflow.set_tag("image_grids", "logged (tracking.log_image_grids)" if grids else "not logged: they would hold patient images (tracking.log_image_grids)")
+    if grids:
+        figures["test_predictions.png"] = plots.prediction_grid(arrays.pixels, arrays.labels, proba, classes, predicted, GRID_IMAGES)
+    if grids and model is not None and explainable(model) and len(arrays.pixels):
         shown = arrays.pixels[:GRID_IMAGES]
         heatmaps, _ = grad_cam(model, shown, predicted[:GRID_IMAGES])  # the served label, which the threshold may move off the arg-max
         overlays = np.stack([overlay(image[..., 0], heat) for image, heat in zip(shown, heatmaps)])
@@ -72,7 +77,7 @@ def evaluate_predictions(
         for p, t, k, row in zip(arrays.paths, arrays.labels, predicted, proba)
     ]
     summary = {"metrics": report, "calibration": calibration.as_dict(), **ece, "positive_class": settings.data.positive, "n": len(arrays.labels), "predictions": predictions}
-    mlflow.log_dict(summary, f"{prefix}evaluation.json")
+    tracking.log_json(summary, f"{prefix}evaluation.json")
     return {**report, **{k: {"value": v, "low": float("nan"), "high": float("nan")} for k, v in ece.items()}}
 
 

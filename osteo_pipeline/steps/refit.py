@@ -25,7 +25,9 @@ from osteo_pipeline.steps.train import (
     TrainParams,
     build,
     configure_runtime,
+    distribution,
     fit_two_phase,
+    global_batch,
     load_arrays,
     pixel_cache,
     predict_proba,
@@ -41,9 +43,10 @@ class RefitResult:
     seconds: float
 
 
-def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: Settings, source: str = "config") -> RefitResult:
+def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: Settings, source: str = "config", tags: dict[str, str] | None = None) -> RefitResult:
     """Train on train with ``params`` (epochs from the best trial when given), fit temperature
-    and threshold on val, test once."""
+    and threshold on val, test once. ``tags`` link the run to where the parameters came from
+    (the study and its best trial)."""
     started = time.perf_counter()
     # The flow refits in the process that just ran the search: start from a clean Keras state, as
     # a standalone `osteo train` does.
@@ -57,16 +60,19 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
     )
     arrays = load_arrays(split, settings, pixel_cache(settings))
     train = arrays["train"]
-    with mlflow.start_run(run_name=f"train-{split.dataset_hash[:8]}", tags={"osteo.kind": "train", "params_source": source}) as run:
+    with mlflow.start_run(run_name=f"train-{split.dataset_hash[:8]}", tags={"osteo.kind": "train", "params_source": source, **(tags or {})}) as run:
         tracking.log_settings(settings)
         mlflow.log_params({f"chosen.{k}": v for k, v in chosen.as_dict().items()} | {"epochs.head": epochs[0], "epochs.finetune": epochs[1]} | {f"runtime.{k}": v for k, v in runtime.items()})
         tracking.log_dataset(split)
         tracking.log_environment()
-        model, weights_used = build(settings, chosen)
+        strategy = distribution(settings)
+        mlflow.log_param("runtime.replicas", strategy.num_replicas_in_sync)
+        with strategy.scope():
+            model, weights_used = build(settings, chosen)
+            fit = fit_two_phase(model, train, None, chosen, global_batch(settings, strategy), [tracking.EpochLogger(label="refit")], epochs=epochs, jit=runtime["xla"])
         mlflow.set_tag("backbone_weights", weights_used)
         if weights_used.startswith("random-init"):
             mlflow.set_tag("WARNING", "backbone trained from RANDOM INIT: ImageNet weights were unavailable (demo fallback)")
-        fit = fit_two_phase(model, train, None, chosen, settings, [tracking.EpochLogger()], epochs=epochs, jit=runtime["xla"])
         figure = plots.training_curves(fit.history, phase_boundary=fit.head_epochs)
         mlflow.log_figure(figure, "figures/training_curves.png")
         plt.close(figure)
@@ -74,6 +80,5 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
         calibration = fit_calibration(predict_proba(model, arrays["val"].pixels, settings.train.batch_size), arrays["val"].labels, positive)
         proba = predict_proba(model, arrays["test"].pixels, settings.train.batch_size)
         report = evaluate_predictions(arrays["test"], proba, settings, calibration, model=model)
-        example = arrays["test"].pixels[0] if len(arrays["test"].pixels) else train.pixels[0]
-        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, example, calibration)
+        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, calibration)
         return RefitResult(run.info.run_id, info.model_uri, report, weights_used, time.perf_counter() - started)

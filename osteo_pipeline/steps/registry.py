@@ -1,7 +1,11 @@
 """Register a trained run, gate and promote it, roll back, and list versions.
 
 Alias moves are ordered so that ``production`` is never changed by a failed gate and never left
-dangling by a crash: tags first, then ``previous``, then ``production`` (each one atomic write)."""
+dangling by a crash: tags first, then ``previous``, then ``production`` (each one atomic write).
+They happen under a registry lock, after checking that ``production`` is still the version the gate
+compared against (compare-and-set), so two promotions racing cannot both pass against one old
+production. Every step is safe to retry: registering a run again returns its version, and a
+promotion retried after it succeeded reports the recorded decision."""
 
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.gate import GateDecision, decide
 from osteo_pipeline.core.model_card import render_model_card
+from osteo_pipeline.core.redact import redact_url
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.registry import (
     PREVIOUS,
@@ -40,23 +47,32 @@ def open_registry(settings: Settings) -> Registry:
 
 def register_run(run_id: str, settings: Settings) -> str:
     """Register the run's ``model`` as a new version tagged with its metrics and data, alias
-    ``staging``; log its model card. Returns the version."""
+    ``staging``; log its model card. Returns the version. Idempotent: a run registered before
+    (a retried task, a second ``osteo register``) gets its existing version back, with the card,
+    tags and alias completed."""
     registry = open_registry(settings)
     client = registry.client
-    run = client.get_run(run_id)
-    evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/test_evaluation.json")
+    try:
+        run = client.get_run(run_id)
+        evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/test_evaluation.json")
+    except (MlflowException, OSError) as exc:
+        raise RegistryError(redact_url(f"run {run_id!r} is not an `osteo train` run in {tracking.tracking_uri(settings)}: {str(exc)[:200]}")) from exc
     split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
-    model_uri = _logged_model_uri(run_id, run.info.experiment_id)
     metrics = evaluation["metrics"]
-    tags = {f"metric.test_{k}": f"{metrics[k]['value']:.4f}" for k in KEY_METRICS if k in metrics}
+    tags = {f"metric.test_{k}": f"{metrics[k]['value']:.4f}" for k in KEY_METRICS if metrics.get(k, {}).get("value") is not None}
     tags |= {"dataset_hash": split["dataset_hash"], "run_id": run_id, "backbone_weights": run.data.tags.get("backbone_weights", "")}
-    version = str(registry.create_version(model_uri, run_id, tags).version)
+    existing = registry.version_of_run(run_id)
+    if existing is not None:
+        version = str(existing.version)
+        registry.tag(version, tags)
+    else:
+        version = str(registry.create_version(_logged_model_uri(run_id, run.info.experiment_id), run_id, tags).version)
     params = {k.removeprefix("chosen."): v for k, v in run.data.params.items() if k.startswith("chosen.")}
     classes = json.loads(run.data.params.get("data.classes", "[]")) or list(settings.data.classes)
     card = render_model_card(
         registry.name, version, run_id, classes, evaluation["positive_class"], split["dataset_hash"], split["counts"],
         len(split["excluded"]), metrics, params, run.data.tags.get("backbone_weights", "?"), int(run.data.params.get("model.input_size", 0)),
-        evaluation.get("calibration"),
+        evaluation.get("calibration"), run.data.tags.get("image_grids", "not logged"),
     )
     client.log_text(run_id, card, f"model_card_v{version}.md")
     registry.tag(version, {"model_card": f"runs:/{run_id}/model_card_v{version}.md"})
@@ -123,6 +139,8 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
         raise RegistryError(f"no candidate: model {registry.name!r} has no '{STAGING}' alias; pass --version")
     production = registry.by_alias(PRODUCTION)
     if production is not None and production.version == candidate.version:
+        if candidate.tags.get("gate.decision") == "passed":  # a retry after its own promotion
+            return _already_promoted(candidate)
         raise RegistryError(f"version {candidate.version} is already {PRODUCTION}")
     data = evaluation_set(candidate.run_id, data_dir)
     candidate_proba, candidate_pred = predict_set(registry.uri(candidate.version), data)
@@ -132,9 +150,24 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
         data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin,
         r.require_ci_above_margin, r.bootstrap_resamples, settings.seed, candidate_pred, production_pred,
     )
-    decision.extra = {"candidate": str(candidate.version), "production": str(production.version) if production else None, "evaluation_dataset": data.dataset_hash}
-    registry.tag(candidate.version, {"gate.decision": "passed" if decision.passed else "rejected", "gate.reason": decision.summary[:5000], "gate.evaluated_against": production.version if production else "none", "gate.evaluation_dataset": data.dataset_hash})
-    if decision.passed:
+    gated_against = str(production.version) if production else None
+    decision.extra = {"candidate": str(candidate.version), "production": gated_against, "evaluation_dataset": data.dataset_hash}
+    gate_tags = {"gate.evaluated_against": gated_against or "none", "gate.evaluation_dataset": data.dataset_hash}
+    if not decision.passed:
+        registry.tag(candidate.version, gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]})
+        return decision
+    # Compare-and-set on the alias: under the registry lock, production must still be the
+    # version the gate compared against; another promotion that won the race refuses this one.
+    with registry.lock("promotion"):
+        current = registry.by_alias(PRODUCTION)
+        now = str(current.version) if current else None
+        if now != gated_against:
+            decision.passed = False
+            decision.reasons.append(f"production moved from {gated_against or 'none'} to {now} while the gate ran: not promoted; run `osteo promote` again to gate against it")
+            decision.extra["production"] = now
+            registry.tag(candidate.version, gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]})
+            return decision
+        registry.tag(candidate.version, gate_tags | {"gate.decision": "passed", "gate.reason": decision.summary[:5000]})
         if production is not None:
             registry.tag(candidate.version, {REPLACED_TAG: production.version})
             registry.set_alias(PREVIOUS, production.version)
@@ -144,26 +177,37 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
     return decision
 
 
+def _already_promoted(candidate: ModelVersion) -> GateDecision:
+    """The decision an earlier attempt recorded, for a retry that finds its promotion done."""
+    reasons = [f"already promoted: version {candidate.version} is production (an earlier attempt's gate: {candidate.tags.get('gate.reason', '')})"]
+    metrics = {k.removeprefix("metric.test_"): float(v) for k, v in candidate.tags.items() if k.startswith("metric.test_")}
+    against = candidate.tags.get("gate.evaluated_against", "none")
+    extra = {"candidate": str(candidate.version), "production": None if against == "none" else against, "evaluation_dataset": candidate.tags.get("gate.evaluation_dataset")}
+    return GateDecision(True, reasons, metrics, extra=extra)
+
+
 def rollback(settings: Settings) -> tuple[str, str]:
-    """Move ``production`` back to ``previous``; returns (from, to) versions."""
+    """Move ``production`` back to ``previous``; returns (from, to) versions. Holds the same
+    registry lock as a promotion, so the two never interleave their alias writes."""
     registry = open_registry(settings)
-    production = registry.by_alias(PRODUCTION)
-    if production is None:
-        raise RegistryError(f"model {registry.name!r} has no '{PRODUCTION}' version to roll back")
-    previous = registry.by_alias(PREVIOUS)
-    if previous is None or previous.version == production.version:
-        # A crash after the last rollback's first write leaves previous == production.
-        target = production.tags.get(REPLACED_TAG)
-        if not target:
-            raise RegistryError(f"nothing to roll back to: version {production.version} replaced no earlier version")
-        previous = registry.version(target)
-    registry.set_alias(PRODUCTION, previous.version)
-    registry.tag(production.version, {"osteo.rolled_back": "true"})
-    earlier = previous.tags.get(REPLACED_TAG)
-    if earlier:
-        registry.set_alias(PREVIOUS, earlier)
-    else:
-        registry.drop_alias(PREVIOUS)
+    with registry.lock("promotion"):
+        production = registry.by_alias(PRODUCTION)
+        if production is None:
+            raise RegistryError(f"model {registry.name!r} has no '{PRODUCTION}' version to roll back")
+        previous = registry.by_alias(PREVIOUS)
+        if previous is None or previous.version == production.version:
+            # A crash after the last rollback's first write leaves previous == production.
+            target = production.tags.get(REPLACED_TAG)
+            if not target:
+                raise RegistryError(f"nothing to roll back to: version {production.version} replaced no earlier version")
+            previous = registry.version(target)
+        registry.set_alias(PRODUCTION, previous.version)
+        registry.tag(production.version, {"osteo.rolled_back": "true"})
+        earlier = previous.tags.get(REPLACED_TAG)
+        if earlier:
+            registry.set_alias(PREVIOUS, earlier)
+        else:
+            registry.drop_alias(PREVIOUS)
     return str(production.version), str(previous.version)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ import pandas as pd
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import quality
 from osteo_pipeline.core.splits import SPLITS, assign_splits, dataset_hash
+from osteo_pipeline.errors import CheckFailedError
 from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.validate import ValidationResult
 
 
-class NotValidatedError(RuntimeError):
+class NotValidatedError(CheckFailedError):
     """Splitting was asked of data that failed validation."""
 
 
@@ -59,14 +61,16 @@ class SplitManifest:
     def save(self, path: Path) -> Path:
         return write_json(path, self.to_dict())
 
+    @classmethod
+    def load(cls, path: Path) -> SplitManifest:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
 
 def usable_images(validation: ValidationResult, settings: Settings) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The readable in-scope images of a passed validation with their duplicate ``group``
     (columns path, label, sha256, group), and the label-conflicting copies left out, with reasons."""
     if not validation.passed:
-        raise NotValidatedError(
-            f"{validation.scan.root} failed validation; fix the data (see the report) before splitting"
-        )
+        raise NotValidatedError(f"{validation.failure()}. Fix the data (`osteo validate` writes the full report); nothing was trained on it")
     manifest = validation.scan.manifest
     conflicted = {c["sha256"] for c in quality.label_conflicts(manifest)}
     usable = quality.readable(manifest)

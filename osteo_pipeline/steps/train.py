@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from osteo_pipeline.config import Settings
+from osteo_pipeline.config import ConfigError, Settings
 from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset, one_hot
 from osteo_pipeline.core.model import (
     ModelSpec,
@@ -48,8 +48,11 @@ class TrainParams:
         names = {f for f in cls.__dataclass_fields__}
         missing = names - set(values)
         if missing:
-            raise ValueError(f"parameters missing: {sorted(missing)}")
-        return cls(float(values["learning_rate"]), int(values["unfreeze_depth"]), int(values["head_units"]), float(values["dropout"]))
+            raise ConfigError(f"parameters missing: {sorted(missing)}")
+        try:
+            return cls(float(values["learning_rate"]), int(values["unfreeze_depth"]), int(values["head_units"]), float(values["dropout"]))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"parameters {dict((k, values[k]) for k in sorted(names))} are not all numbers: {exc}") from exc
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +86,30 @@ def configure_runtime(settings: Settings) -> dict[str, bool]:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     xla = settings.train.xla == "on" or (settings.train.xla == "auto" and gpu)
     return {"gpu": gpu, "mixed_precision": mixed, "xla": xla}
+
+
+def distribution(settings: Settings):  # noqa: ANN201 - tf.distribute.Strategy
+    """``tf.distribute.MirroredStrategy`` over this machine's GPUs when there are several
+    (``train.distribute: auto``), or over every logical device of one kind (``on``: GPUs, else
+    CPUs, which tests split into logical devices); otherwise TensorFlow's default strategy, whose
+    scope changes nothing. Build, compile and fit a model inside its ``scope()``."""
+    import tensorflow as tf
+
+    mode = settings.train.distribute
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if mode == "off" or len(devices) < 2 or (mode == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def global_batch(settings: Settings, strategy) -> Settings:  # noqa: ANN001 - tf.distribute.Strategy
+    """``settings`` with the global batch size: ``train.batch_size`` per replica, so a step sees
+    the same images per device however many devices share it."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return settings
+    return settings.model_copy(update={"train": settings.train.model_copy(update={"batch_size": settings.train.batch_size * replicas})})
 
 
 def pixel_cache(settings: Settings, size: int | None = None) -> PixelCache:

@@ -1,27 +1,55 @@
-"""Optuna search over learning rate, unfreeze depth, head size and dropout.
+"""Optuna search over learning rate, unfreeze depth, head size and dropout, on one or many workers.
 
-One MLflow parent run per study and one nested run per trial. The study lives in SQLite, so a
-re-run with the same name resumes: finished and pruned trials are kept, trials a killed process
-left RUNNING are marked FAIL (and their MLflow runs FAILED), and only the missing trials run."""
+**A study belongs to one dataset version**: it is named ``<tune.study_name>-<dataset hash[:12]>``
+and records the hash, so a retrain on new data starts a new study (warm-started with the best
+trials of the previous one) and a retrain on the same data resumes its own. ``best_params`` refuses
+a study run on other data unless told otherwise.
+
+**Budget**: each ``tune`` call adds ``trials`` *new* finished trials (complete or pruned) to the
+study, capped by ``tune.max_trials`` over the study's life. The target lives in the study, so
+workers on other machines (``osteo tune-worker``) stop at the same count.
+
+**Workers** share the study through Optuna's RDB storage (SQLite on one machine, PostgreSQL across
+machines). Each runs trials through ``study.optimize`` with Optuna's heartbeat: a trial whose worker
+died stops beating, and after ``tune.heartbeat_grace_s`` the next worker to look fails it (Optuna's
+``fail_stale_trials``), closes its MLflow run and enqueues it again
+(``RetryHeartbeatStaleTrialCallback``). A live worker's trial is never touched. Each worker
+proposes from its own sampler seed, derived from the seed, the trials already in the study and the
+worker's index, so a resume or a second worker never repeats the first one's proposals.
+
+**Tracking**: one MLflow parent run per study, made by the process that created the study (study
+creation is atomic in the storage, so exactly one does); one run per trial, from whichever worker
+runs it, nested under the parent by its ``mlflow.parentRunId`` tag."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
 import mlflow
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 
-from osteo_pipeline.config import Settings, TuneSettings
+from osteo_pipeline.config import Settings, TuneSettings, settings_to_yaml
 from osteo_pipeline.core.data import augmenter
 from osteo_pipeline.core.metrics import classification_metrics
 from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, with_head
+from osteo_pipeline.core.redact import redact, redact_url
+from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.activations import ActivationCache
 from osteo_pipeline.steps.split import SplitManifest
@@ -29,7 +57,9 @@ from osteo_pipeline.steps.train import (
     Arrays,
     TrainParams,
     configure_runtime,
+    distribution,
     fit_two_phase,
+    global_batch,
     load_arrays,
     load_backbone,
     model_spec,
@@ -41,6 +71,23 @@ log = logging.getLogger(__name__)
 STUDY_TAG = "osteo.study"
 TRIAL_TAG = "osteo.trial"
 OBJECTIVE = "val_loss"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: States of trials that count against the budget: finished, being run, or queued to run.
+CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+#: Settings a worker takes from the study it joins (the search must be the same everywhere)...
+STUDY_SECTIONS = ("seed", "data", "validation", "split", "model", "train", "tune")
+#: ...except what belongs to the machine it runs on.
+MACHINE_LOCAL = ("model.weights", "train.cache_dir", "train.mixed_precision", "train.xla", "tune.storage", "tune.cache_spill_dir", "tune.cache_memory_mb", "tune.workers", "validation.suites_dir")
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class TuneError(OsteoError):
+    """A study cannot be opened, joined or used as asked; the message says which and why."""
+
+
+class OverBudget(Exception):
+    """Raised at a trial's start when other workers already claimed the study's whole budget."""
 
 
 @dataclass
@@ -50,8 +97,29 @@ class TuneResult:
     best_params: dict[str, Any]
     best_value: float
     best_trial: int
+    best_trial_run_id: str
     counts: dict[str, int]
+    new_trials: int  # finished trials this call added
     seconds: float
+
+
+@dataclass
+class BestTrial:
+    """The parameters a refit uses, and where they came from (tags on the train run)."""
+
+    params: dict[str, Any]
+    study_name: str
+    number: int
+    run_id: str
+    dataset_hash: str
+
+    def tags(self) -> dict[str, str]:
+        return {STUDY_TAG: self.study_name, "osteo.study_trial": str(self.number), "osteo.study_trial_run_id": self.run_id, "osteo.study_dataset_hash": self.dataset_hash}
+
+
+def study_name_for(base: str, dataset_hash: str) -> str:
+    """The study of one dataset version: a retrain on new data never resumes another's search."""
+    return f"{base}-{dataset_hash[:12]}"
 
 
 def suggest(trial: optuna.Trial, space: TuneSettings) -> TrainParams:
@@ -71,25 +139,257 @@ def make_pruner(space: TuneSettings, max_epochs: int) -> optuna.pruners.BasePrun
     return optuna.pruners.NopPruner()
 
 
-def open_study(settings: Settings) -> optuna.Study:
-    t = settings.train
-    study = optuna.create_study(
-        study_name=settings.tune.study_name,
-        storage=settings.tune.storage,
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        pruner=make_pruner(settings.tune, t.head_epochs + t.finetune_epochs),
-        load_if_exists=True,
-    )
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # A trial still RUNNING when its study is opened again was left by a killed process.
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        log.warning("trial %d was left RUNNING by a stopped process: marked FAIL", trial.number)
-    return study
+def sampler_seed(seed: int, trials_in_study: int, worker: int) -> int:
+    """A seed of its own for every (resume, worker): TPE's start-up phase is random search, and a
+    sampler restarted from the same seed proposes the same parameters again."""
+    return int(np.random.SeedSequence([seed, trials_in_study, worker]).generate_state(1)[0])
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+def make_sampler(settings: Settings, seed: int, budget: int) -> optuna.samplers.TPESampler:
+    """TPE with ``n_startup_trials`` below the budget (else it would be a random search), and the
+    constant liar, so concurrent workers do not propose next to each other's running trials."""
+    startup = max(1, min(settings.tune.n_startup_trials, budget - 1))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
+
+
+class StaleTrialHandler:
+    """Called by Optuna for each trial it failed for a missing heartbeat (its worker died): close
+    that trial's MLflow run as FAILED, then enqueue the trial again."""
+
+    def __init__(self, max_retry: int) -> None:
+        self._retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        log.warning("trial %d lost its worker (no heartbeat): failed, and queued again", trial.number)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                tracking.fail_run(run_id, f"its worker stopped: Optuna failed trial {trial.number} for a missing heartbeat")
+            except Exception as exc:  # noqa: BLE001 - the retry must not depend on the tracking store
+                log.warning("could not close the MLflow run %s of trial %d: %s", run_id, trial.number, exc)
+        self._retry(study, trial)
+
+
+def open_storage(settings: Settings) -> RDBStorage:
+    """The study storage with heartbeats and the stale-trial handler; ``pool_pre_ping`` so a
+    connection the database dropped between trials is replaced, not failed on."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines; ours say more
+    t = settings.tune
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if t.storage.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # workers on one machine wait for SQLite's lock
+    try:
+        return RDBStorage(
+            t.storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=t.heartbeat_interval_s,
+            grace_period=t.heartbeat_grace_s,
+            heartbeat_stale_trial_callback=StaleTrialHandler(t.max_retries),
+        )
+    except Exception as exc:  # SQLAlchemy reports a bad URL, a missing driver or a dead server in many ways
+        raise TuneError(redact_url(f"cannot open the Optuna storage tune.storage={t.storage}: {type(exc).__name__}: {str(exc)[:300]}")) from exc
+
+
+def _load(name: str, storage: RDBStorage, **kwargs: Any) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError as exc:
+        raise TuneError(f"no study named {name!r} in tune.storage") from exc
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+
+
+def _finished(counts: dict[str, int]) -> int:
+    return counts["complete"] + counts["pruned"]
+
+
+def _study_settings(settings: Settings) -> dict[str, Any]:
+    """What a joining worker must share with the study, secrets and machine-local paths left out."""
+    dumped = settings.model_dump(mode="json")
+    shared = {key: dumped[key] for key in STUDY_SECTIONS}
+    for dotted in MACHINE_LOCAL:
+        section, key = dotted.split(".")
+        shared[section].pop(key, None)
+    return redact(shared)
+
+
+def joined_study(name: str, settings: Settings) -> optuna.Study:
+    """An existing study, for a worker to join."""
+    return _load(name, open_storage(settings))
+
+
+def adopt_study_settings(local: Settings, study: optuna.Study) -> Settings:
+    """The study's search settings on top of this machine's own (weights, storage, caches,
+    tracking): a worker joining from anywhere runs exactly the study's trials."""
+    recorded = study.user_attrs.get("settings")
+    if not recorded:
+        return local
+    merged = local.model_dump(mode="json")
+    for section, values in recorded.items():
+        merged[section] = {**merged[section], **values} if isinstance(values, dict) else values
+    return Settings.model_validate(merged)
+
+
+def _warm_start(study: optuna.Study, storage: RDBStorage, base: str, settings: Settings) -> list[str]:
+    """Enqueue the best trials of the latest other study of the same base name (the previous data
+    version), where they fit the current search space; returns what was enqueued."""
+    n = settings.tune.warm_start_trials
+    if n == 0:
+        return []
+    others = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False) if s.user_attrs.get("base_name") == base and s.study_name != study.study_name and s.datetime_start]
+    if not others:
+        return []
+    previous = _load(max(others, key=lambda s: s.datetime_start).study_name, storage)
+    space = settings.tune
+    best = sorted(previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)[:n]
+    enqueued = []
+    for trial in best:
+        p = trial.params
+        fits = (
+            space.learning_rate[0] <= p.get("learning_rate", -1) <= space.learning_rate[1]
+            and space.unfreeze_depth[0] <= p.get("unfreeze_depth", -1) <= space.unfreeze_depth[1]
+            and p.get("head_units") in space.head_units
+            and space.dropout[0] <= p.get("dropout", -1) <= space.dropout[1]
+        )
+        if fits:
+            origin = f"{previous.study_name}#{trial.number}"
+            study.enqueue_trial(p, user_attrs={"warm_start_from": origin}, skip_if_exists=True)
+            enqueued.append(origin)
+    return enqueued
+
+
+def _create_parent_run(study: optuna.Study, split: SplitManifest, settings: Settings) -> str:
+    with mlflow.start_run(run_name=f"study-{study.study_name}", tags={STUDY_TAG: study.study_name, "osteo.kind": "study", "optuna.storage": redact_url(settings.tune.storage)}) as parent:
+        tracking.log_settings(settings)
+        tracking.log_dataset(split)
+        tracking.log_environment()
+    study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+    return parent.info.run_id
+
+
+def _parent_run(name: str, storage: RDBStorage, wait_s: float = 60.0) -> str | None:
+    """The study's parent run id, waiting a little for a creator that is still making it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        run_id = _load(name, storage).user_attrs.get("mlflow_parent_run_id")
+        if run_id or time.monotonic() > deadline:
+            return run_id
+        time.sleep(0.5)
+
+
+def prepare_study(split: SplitManifest, settings: Settings, new_trials: int) -> tuple[optuna.Study, str, int]:
+    """Create (or resume) the study of ``split``'s dataset and set its target: ``new_trials`` more
+    finished trials, capped by ``tune.max_trials``. Returns the study, its parent run id and the
+    target."""
+    tracking.configure(settings)
+    storage = open_storage(settings)
+    name = study_name_for(settings.tune.study_name, split.dataset_hash)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=False)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = _load(name, storage)
+        created = False
+    if created:
+        for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings)}.items():
+            study.set_user_attr(key, value)
+        warm = _warm_start(study, storage, settings.tune.study_name, settings)
+        if warm:
+            log.info("study %s: warm start from %s", name, ", ".join(warm))
+        parent_id = _create_parent_run(study, split, settings)
+        log.info("new study %s for dataset %s", name, split.dataset_hash[:12])
+    else:
+        recorded = study.user_attrs.get("dataset_hash")
+        if recorded != split.dataset_hash:
+            raise TuneError(f"study {name!r} records dataset {str(recorded)[:12]}, not this data's {split.dataset_hash[:12]}")
+        parent_id = _parent_run(name, storage) or _create_parent_run(study, split, settings)
+    finished = _finished(_counts(study))
+    target = finished + new_trials
+    if settings.tune.max_trials is not None:
+        target = min(target, settings.tune.max_trials)
+    study.set_user_attr("target_finished", target)
+    log.info("study %s: %d finished trials, target %d", name, finished, target)
+    return study, parent_id, target
+
+
+class Objective:
+    """One trial: a ResNet-50 built once per worker and reset each trial (``StudyBackbone``), the
+    activation cache filled on this worker's first trial, a nested MLflow run."""
+
+    def __init__(self, settings: Settings, arrays: dict[str, Arrays], parent_run_id: str, worker: int, seed: int) -> None:
+        self.settings = settings
+        self.arrays = arrays
+        self.parent_run_id = parent_run_id
+        self.worker = worker
+        self.sampler_seed = seed
+        self.runtime = configure_runtime(settings)
+        self.strategy = distribution(settings)
+        self.fit_settings = global_batch(settings, self.strategy)
+        self.backbone = StudyBackbone(settings)
+        self.cache: ActivationCache | None = None
+        self._cache_made = False
+
+    def _activation_cache(self) -> ActivationCache | None:
+        if not self._cache_made:
+            self.cache = activation_cache(self.settings, self.arrays)
+            self._cache_made = True
+        return self.cache
+
+    def close(self) -> dict[str, float]:
+        report = self.cache.report() if self.cache is not None else {}
+        if self.cache is not None:
+            self.cache.close()
+        return report
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        settings, arrays = self.settings, self.arrays
+        target = int(trial.study.user_attrs["target_finished"])
+        before = [t for t in trial.study.get_trials(deepcopy=False, states=CLAIMED) if t.number < trial.number]
+        if len(before) >= target:  # another worker took the last slot between our check and ask
+            trial.set_user_attr("over_budget", True)
+            raise OverBudget(f"trial {trial.number}: the study's {target} trials are already claimed")
+        params = suggest(trial, settings.tune)
+        keras.backend.clear_session()  # Keras' global state from earlier trials must not reach this one
+        positive = settings.data.classes.index(settings.data.positive)
+        where = f"{socket.gethostname()}:{os.getpid()}"
+        trial.set_user_attr("worker", where)
+        tags = {STUDY_TAG: trial.study.study_name, TRIAL_TAG: str(trial.number), "mlflow.parentRunId": self.parent_run_id, "osteo.worker": where}
+        if "warm_start_from" in trial.user_attrs:
+            tags["osteo.warm_start_from"] = trial.user_attrs["warm_start_from"]
+        started = time.perf_counter()
+        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", tags=tags) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number, "worker": self.worker, "sampler_seed": self.sampler_seed, "runtime.replicas": self.strategy.num_replicas_in_sync} | {f"runtime.{k}": v for k, v in self.runtime.items()})
+            callbacks = [tracking.EpochLogger(label=f"trial {trial.number}"), KerasPruningCallback(trial, OBJECTIVE)]
+            try:
+                with self.strategy.scope():
+                    model = self.backbone.model(params, seed=settings.seed + trial.number)
+                    trial_cache = self._activation_cache() if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
+                    mlflow.set_tags({"backbone_weights": self.backbone.weights_used, "activation_cache": str(trial_cache is not None).lower()})
+                    fit = fit_two_phase(model, arrays["train"], arrays["val"], params, self.fit_settings, callbacks, jit=self.runtime["xla"], cache=trial_cache)
+            except optuna.TrialPruned:
+                mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
+                mlflow.end_run(status="KILLED")
+                log.info("trial %d (worker %d): pruned after %.0f s (%s)", trial.number, self.worker, time.perf_counter() - started, _describe(params))
+                raise
+            proba = predict_val(model, arrays["val"], params.unfreeze_depth, settings.train.batch_size, trial_cache)
+            val = classification_metrics(arrays["val"].labels, proba, positive)
+            value = float(min(fit.history[OBJECTIVE]))
+            mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
+            mlflow.log_params({"head_epochs_to_best": fit.head_epochs, "finetune_epochs_to_best": fit.finetune_epochs})
+            mlflow.set_tag("optuna.state", "COMPLETE")
+            trial.set_user_attr("head_epochs", fit.head_epochs)
+            trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
+            trial.set_user_attr("val_balanced_accuracy", val["balanced_accuracy"])
+            log.info("trial %d (worker %d): val_loss %.4f in %.0f s (%s)", trial.number, self.worker, value, time.perf_counter() - started, _describe(params))
+            return value
+
+
+def _describe(params: TrainParams) -> str:
+    return f"lr {params.learning_rate:.1e}, unfreeze {params.unfreeze_depth}, {params.head_units} units, dropout {params.dropout:.2f}"
 
 
 def activation_cache(settings: Settings, arrays: dict[str, Arrays]) -> ActivationCache | None:
@@ -131,93 +431,126 @@ class StudyBackbone:
         return with_head(self._base, model_spec(self._settings, params))
 
 
-def objective_factory(settings: Settings, arrays: dict[str, Arrays], runtime: dict[str, bool], cache: ActivationCache | None):
-    backbone = StudyBackbone(settings)
-    positive = settings.data.classes.index(settings.data.positive)
-
-    def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, settings.tune)
-        keras.backend.clear_session()  # Keras' global state from earlier trials must not reach this one
-        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True, tags={STUDY_TAG: settings.tune.study_name, TRIAL_TAG: str(trial.number)}) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number})
-            trial_cache = cache if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
-            model = backbone.model(params, seed=settings.seed + trial.number)
-            mlflow.set_tag("backbone_weights", backbone.weights_used)
-            callbacks = [tracking.EpochLogger(), KerasPruningCallback(trial, OBJECTIVE)]
-            mlflow.set_tag("activation_cache", str(trial_cache is not None).lower())
-            try:
-                fit = fit_two_phase(model, arrays["train"], arrays["val"], params, settings, callbacks, jit=runtime["xla"], cache=trial_cache)
-            except optuna.TrialPruned:
-                mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
-                mlflow.end_run(status="KILLED")
-                raise
-            proba = predict_val(model, arrays["val"], params.unfreeze_depth, settings.train.batch_size, trial_cache)
-            val = classification_metrics(arrays["val"].labels, proba, positive)
-            value = float(min(fit.history[OBJECTIVE]))
-            mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
-            mlflow.log_params({"head_epochs_to_best": fit.head_epochs, "finetune_epochs_to_best": fit.finetune_epochs})
-            mlflow.set_tag("optuna.state", "COMPLETE")
-            trial.set_user_attr("head_epochs", fit.head_epochs)
-            trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
-            trial.set_user_attr("val_balanced_accuracy", val["balanced_accuracy"])
-            return value
-
-    return objective
-
-
-def tune(split: SplitManifest, settings: Settings, trials: int | None = None, timeout_s: float | None = None) -> TuneResult:
-    """Run (or resume) the study until ``trials`` trials have finished or ``timeout_s`` passes."""
-    started = time.perf_counter()
-    runtime = configure_runtime(settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    experiment_id = tracking.configure(settings)
-    study = open_study(settings)
-    name = settings.tune.study_name
-    tracking.fail_orphaned_runs(experiment_id, f"tags.`{STUDY_TAG}` = '{name}'")
-    target = trials or settings.tune.trials
-    arrays = load_arrays(split, settings, pixel_cache(settings))
-
-    parent_id = tracking.find_run(experiment_id, f"tags.`{STUDY_TAG}` = '{name}' and tags.`osteo.kind` = 'study'")
-    with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"study-{name}") as parent:
-        if parent_id is None:
-            mlflow.set_tags({STUDY_TAG: name, "osteo.kind": "study", "optuna.storage": settings.tune.storage})
-            tracking.log_settings(settings)
-            tracking.log_dataset(split)
-            tracking.log_environment()
-            mlflow.log_params({f"runtime.{k}": v for k, v in runtime.items()})
-        remaining = target - _finished(study)
-        if remaining > 0:
-            cache = activation_cache(settings, arrays)
-            try:
-                study.optimize(
-                    objective_factory(settings, arrays, runtime, cache),
-                    n_trials=remaining,
-                    timeout=timeout_s or settings.tune.timeout_s,
-                    catch=(),
-                    gc_after_trial=True,
-                )
-            finally:
-                if cache is not None:
-                    mlflow.log_metrics(cache.report())
-                    cache.close()
-        counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not completed:
-            raise RuntimeError(f"study {name!r} has no completed trial yet ({counts})")
-        best = study.best_trial
-        best_params = best.params | {"head_epochs": best.user_attrs.get("head_epochs"), "finetune_epochs": best.user_attrs.get("finetune_epochs")}
-        mlflow.log_metrics({"best_val_loss": best.value, "trials_complete": counts["complete"], "trials_pruned": counts["pruned"]})
-        mlflow.set_tags({"best_trial": str(best.number), "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
-        mlflow.log_dict(best_params, "best_params.json")
-        return TuneResult(name, parent.info.run_id, best_params, float(best.value), best.number, counts, time.perf_counter() - started)
-
-
-def best_params(settings: Settings) -> dict[str, Any]:
-    """The best completed trial's parameters and epochs run, from the study storage."""
+def run_worker(study_name: str, split: SplitManifest, settings: Settings, worker: int = 0, timeout_s: float | None = None) -> int:
+    """Run trials of ``study_name`` until its target of finished trials is reached (or
+    ``timeout_s`` passes); returns how many trials this worker ran. Safe to run anywhere, any
+    number of times at once: see the module docstring."""
+    tracking.configure(settings)
+    storage = open_storage(settings)
+    probe = _load(study_name, storage)
+    if probe.user_attrs.get("dataset_hash") != split.dataset_hash:
+        raise TuneError(f"study {study_name!r} was run on dataset {str(probe.user_attrs.get('dataset_hash'))[:12]}; this data is {split.dataset_hash[:12]}")
+    parent_id = _parent_run(study_name, storage)
+    if parent_id is None:
+        raise TuneError(f"study {study_name!r} has no MLflow parent run yet (its creator stopped?); run `osteo tune` on its data")
+    seed = sampler_seed(settings.seed, len(probe.get_trials(deepcopy=False)), worker)
+    target = int(probe.user_attrs.get("target_finished", settings.tune.trials))
+    t = settings.train
+    study = _load(study_name, storage, sampler=make_sampler(settings, seed, target), pruner=make_pruner(settings.tune, t.head_epochs + t.finetune_epochs))
+    objective = Objective(settings, load_arrays(split, settings, pixel_cache(settings)), parent_id, worker, seed)
+    deadline = time.monotonic() + (timeout_s or settings.tune.timeout_s or float("inf"))
+    ran = 0
     try:
-        study = optuna.load_study(study_name=settings.tune.study_name, storage=settings.tune.storage)
+        while time.monotonic() < deadline:
+            counts = _counts(study)
+            target = int(study.user_attrs["target_finished"])
+            if _finished(counts) >= target:
+                break
+            if counts["waiting"] == 0 and _finished(counts) + counts["running"] >= target:
+                fail_stale_trials(study)  # the other workers' trials fill the budget: wait for them
+                time.sleep(settings.tune.poll_s)
+                continue
+            study.optimize(objective, n_trials=1, catch=(OverBudget,), gc_after_trial=True)
+            ran += 1
+    finally:
+        report = objective.close()
+        if report:
+            tracking.log_metrics_to(parent_id, {f"{k}_worker{worker}": v for k, v in report.items()})
+    return ran
+
+
+def _spawn_workers(study_name: str, split: SplitManifest, settings: Settings, count: int, first_index: int, timeout_s: float | None, folder: Path) -> list[subprocess.Popen]:
+    """``count`` local ``osteo tune-worker`` processes on the study, each with its own index (seed
+    stream). The storage URL travels in the environment, never in a file."""
+    split_file = split.save(folder / "split.json")
+    config = folder / "settings.yaml"
+    config.write_text(settings_to_yaml(settings.model_copy(update={"tune": settings.tune.model_copy(update={"storage": "sqlite:///passed-in-the-environment.db"})})))
+    env = os.environ | {"OSTEO_TUNE__STORAGE": settings.tune.storage}
+    processes = []
+    for index in range(first_index, first_index + count):
+        command = [sys.executable, "-m", "osteo_pipeline.cli", "tune-worker", study_name, "--split", str(split_file), "--worker", str(index), "--config", str(config)]
+        if timeout_s:
+            command += ["--timeout", str(timeout_s)]
+        processes.append(subprocess.Popen(command, env=env))
+    return processes
+
+
+def tune(
+    split: SplitManifest,
+    settings: Settings,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    workers: int | None = None,
+    start_remote_workers: Callable[[str, int], None] | None = None,
+) -> TuneResult:
+    """Add ``trials`` (default ``tune.trials``) finished trials to the study of ``split``'s
+    dataset on ``workers`` workers (default ``tune.workers``), this process being one, and return
+    the study's best trial. The others are local processes, or whatever
+    ``start_remote_workers(study name, count)`` starts (the retrain flow's work-pool runs)."""
+    started = time.perf_counter()
+    study, parent_id, target = prepare_study(split, settings, trials or settings.tune.trials)
+    finished_before = _finished(_counts(study))
+    n_workers = workers or settings.tune.workers
+    with tempfile.TemporaryDirectory(prefix="osteo-tune-") as folder:
+        others: list[subprocess.Popen] = []
+        if n_workers > 1 and start_remote_workers is not None:
+            start_remote_workers(study.study_name, n_workers - 1)
+        elif n_workers > 1:
+            others = _spawn_workers(study.study_name, split, settings, n_workers - 1, 1, timeout_s, Path(folder))
+        try:
+            run_worker(study.study_name, split, settings, worker=0, timeout_s=timeout_s)
+        finally:
+            failed = [str(index) for index, process in enumerate(others, start=1) if process.wait() != 0]
+        if failed:
+            log.warning("tune workers %s exited with an error; the study went on without them", ", ".join(failed))
+    return summarize(study.study_name, settings, parent_id, finished_before, started)
+
+
+def summarize(study_name: str, settings: Settings, parent_id: str, finished_before: int, started: float) -> TuneResult:
+    """The study's best trial, logged on its parent run."""
+    study = _load(study_name, open_storage(settings))
+    counts = _counts(study)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        raise TuneError(f"study {study_name!r} has no completed trial yet ({counts['pruned']} pruned, {counts['fail']} failed): run more trials, or check the failed ones in MLflow")
+    best = study.best_trial
+    best_params = _params_of(best)
+    tracking.log_metrics_to(parent_id, {"best_val_loss": best.value, "trials_complete": counts["complete"], "trials_pruned": counts["pruned"], "trials_failed": counts["fail"]})
+    tracking.set_tags_on(parent_id, {"best_trial": str(best.number), "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    tracking.log_json(best_params, "best_params.json", run_id=parent_id)
+    return TuneResult(study_name, parent_id, best_params, float(best.value), best.number, best.user_attrs.get("mlflow_run_id", ""), counts, _finished(counts) - finished_before, time.perf_counter() - started)
+
+
+def _params_of(trial: FrozenTrial) -> dict[str, Any]:
+    return trial.params | {"head_epochs": trial.user_attrs.get("head_epochs"), "finetune_epochs": trial.user_attrs.get("finetune_epochs")}
+
+
+def best_params(settings: Settings, dataset_hash: str, study_name: str | None = None, allow_other_data: bool = False) -> BestTrial:
+    """The best completed trial of the study of this dataset (or of ``study_name``), refusing a
+    study that was run on other data unless ``allow_other_data``."""
+    storage = open_storage(settings)
+    name = study_name or study_name_for(settings.tune.study_name, dataset_hash)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as exc:
+        others = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False) if s.user_attrs.get("base_name") == settings.tune.study_name)
+        hint = f"; studies of other data: {', '.join(others)} (use --params study:NAME --allow-other-data)" if others else ""
+        raise TuneError(f"no study {name!r} for dataset {dataset_hash[:12]}: run `osteo tune` on this data first{hint}") from exc
+    recorded = str(study.user_attrs.get("dataset_hash", ""))
+    if recorded != dataset_hash and not allow_other_data:
+        raise TuneError(f"study {name!r} was run on dataset {recorded[:12] or '(unknown)'}, not this data's {dataset_hash[:12]}: its parameters and epochs were chosen on other images (pass --allow-other-data to use them anyway)")
+    try:
         best = study.best_trial
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"no completed trial in study {settings.tune.study_name!r} at {settings.tune.storage}; run `osteo tune` first") from exc
-    return best.params | {"head_epochs": best.user_attrs.get("head_epochs"), "finetune_epochs": best.user_attrs.get("finetune_epochs")}
+    except ValueError as exc:
+        raise TuneError(f"study {name!r} has no completed trial yet; run `osteo tune` first") from exc
+    return BestTrial(_params_of(best), name, best.number, best.user_attrs.get("mlflow_run_id", ""), recorded)

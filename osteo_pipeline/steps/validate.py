@@ -25,6 +25,14 @@ class ValidationResult:
     summary: dict[str, Any]
     scan: Scan
 
+    def failure(self, listed: int = 5) -> str:
+        """One line saying which checks failed and on which files (the first ``listed``)."""
+        parts = []
+        for failed in self.summary["failed_expectations"]:
+            ids = [str(u["id"]) for u in failed["unexpected"][:listed]]
+            parts.append(f"{failed['check']} ({', '.join(ids)}{', ...' if len(failed['unexpected']) > listed else ''})" if ids else f"{failed['check']} ({failed['observed']})")
+        return f"{self.summary['data_dir']} failed validation: {'; '.join(parts)}"
+
 
 def _gx_context():
     import great_expectations as gx

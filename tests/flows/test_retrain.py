@@ -1,11 +1,17 @@
 """Flow tasks called directly (``.fn``) for their logic, and the whole flow once on tiny data."""
 
+import os
+from pathlib import Path
+
 import mlflow
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from prefect.logging import disable_run_logger
 
 from flows.retrain import ValidationFailed, retrain_flow, split_task, validate_flow, validate_task
+from osteo_pipeline.config import cli_overrides, load_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -37,9 +43,66 @@ def test_failed_validation_stops_the_flow_before_training(synth_dir, config_file
 
 
 @pytest.mark.slow
-def test_retrain_flow_end_to_end(synth_dir, config_file, train_settings):
-    result = retrain_flow(str(synth_dir(per_class=10)), str(config_file), ["registry.floors={}"])
-    assert result["version"] == "1" and result["promoted"]
+def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(synth_dir, config_file, train_settings):
+    """The scheduled retrain's life: the first run promotes version 1; the next one, on a new
+    batch, tunes a study of its own and refits with that study's best trial (not the first's)."""
+    first = retrain_flow(str(synth_dir(per_class=10)), str(config_file), ["registry.floors={}"])
+    assert first["version"] == "1" and first["promoted"]
     mlflow.set_tracking_uri(train_settings.tracking.uri)
-    aliases = MlflowClient().get_registered_model(train_settings.registry.model_name).aliases
+    client = MlflowClient()
+    aliases = client.get_registered_model(train_settings.registry.model_name).aliases
     assert aliases == {"production": 1} or aliases == {"production": "1"}
+    assert (Path(first["run_dir"]) / "split.json").is_file() and (Path(first["run_dir"]) / "validation" / "validation.html").is_file()
+
+    second = retrain_flow(str(synth_dir(per_class=10, seed=5)), str(config_file), ["registry.floors={}"])
+    assert second["dataset_hash"] != first["dataset_hash"] and second["run_dir"] != first["run_dir"]
+    storage = train_settings.tune.storage
+    study_name = f"{train_settings.tune.study_name}-{second['dataset_hash'][:12]}"
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    assert study.user_attrs["dataset_hash"] == second["dataset_hash"]
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == train_settings.tune.trials
+    run = client.get_run(second["run_id"])
+    assert run.data.tags["osteo.study"] == study_name
+    best = study.best_trial
+    assert run.data.tags["osteo.study_trial"] == str(best.number) and run.data.tags["osteo.study_trial_run_id"] == best.user_attrs["mlflow_run_id"]
+    for name in ("learning_rate", "unfreeze_depth", "head_units", "dropout"):
+        assert float(run.data.params[f"chosen.{name}"]) == pytest.approx(best.params[name])
+
+
+@pytest.mark.slow
+def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_settings, config_file, monkeypatch, tmp_path):
+    """With ``tune.worker_deployment``, the search runs in this flow and in runs of the tune-worker
+    deployment. Here the deployment's runs are real `tune_worker_flow` runs in their own processes
+    (as a Prefect worker would start them), given the parameters `run_deployment` receives."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import prefect.deployments
+
+    from flows.retrain import tune_task
+
+    started: list[subprocess.Popen] = []
+    requests: list[dict] = []
+
+    def run_deployment(name, parameters, timeout):  # noqa: ANN001, ANN202 - Prefect's signature
+        assert name == "tune-worker/tune-worker" and timeout == 0
+        requests.append(parameters)
+        code = f"from flows.retrain import tune_worker_flow; tune_worker_flow(**{parameters!r})"
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        started.append(subprocess.Popen([sys.executable, "-c", code], env=env | {"PREFECT_HOME": str(tmp_path / "worker-prefect")}))
+        return SimpleNamespace(name=f"worker-{len(started)}")
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    overrides = ["tune.worker_deployment=tune-worker/tune-worker", "tune.workers=2", "tune.trials=4", "tune.heartbeat_interval_s=1", "tune.poll_s=0.5"]
+    settings = load_settings(config_file, overrides=cli_overrides(overrides), environ={})
+    data = synth_dir(per_class=10)
+    split = split_task.fn(validate_task.fn(str(data), settings), settings)
+    with disable_run_logger():
+        best = tune_task.fn(split, settings, str(data), str(config_file), overrides)
+    assert [p.wait(timeout=600) for p in started] == [0]
+    assert requests[0]["data_dir"] == str(data) and requests[0]["worker"] == 1
+    study = optuna.load_study(study_name=requests[0]["study"], storage=settings.tune.storage)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 4 and len({t.user_attrs["worker"] for t in finished}) == 2
+    assert best["tags"]["osteo.study"] == study.study_name

@@ -24,7 +24,7 @@ def test_identical_files_in_one_batch_are_decoded_once_and_returned_in_order(tmp
     pixels = cache.load([a, *copies, b], [sha_a] * 7 + [sha_b])
     assert cache.decoded == 2 and pixels.shape == (8, 32, 32, 3)
     assert (pixels[:7] == 40).all() and (pixels[7] == 200).all()
-    assert sorted(p.name for p in (tmp_path / "cache" / "32").iterdir()) == sorted([f"{sha_a}.npy", f"{sha_b}.npy"])
+    assert sorted(p.name for p in cache.folder.iterdir()) == sorted([f"{sha_a}.npy", f"{sha_b}.npy"])
 
 
 def test_disk_cache_serves_a_new_process_and_a_changed_file_is_a_new_key(tmp_path):
@@ -38,8 +38,22 @@ def test_disk_cache_serves_a_new_process_and_a_changed_file_is_a_new_key(tmp_pat
 
 def test_a_torn_cache_file_is_decoded_again(tmp_path):
     a, sha_a = _image(tmp_path / "a.png", 70)
-    (tmp_path / "cache" / "32").mkdir(parents=True)
-    (tmp_path / "cache" / "32" / f"{sha_a}.npy").write_bytes(b"\x93NUMPY torn")
     cache = PixelCache(32, 10**8, tmp_path / "cache")
+    cache.folder.mkdir(parents=True)
+    (cache.folder / f"{sha_a}.npy").write_bytes(b"\x93NUMPY torn")
     assert (cache.load([a], [sha_a]) == 70).all() and cache.decoded == 1
     assert cache.load([], []).shape == (0, 32, 32, 3)
+
+
+def test_a_new_preprocessing_version_is_a_cache_miss(tmp_path, monkeypatch):
+    from osteo_pipeline.core import preprocess
+
+    a, sha_a = _image(tmp_path / "a.png", 90)
+    PixelCache(32, 10**8, tmp_path / "cache").load([a], [sha_a])
+    same = PixelCache(32, 10**8, tmp_path / "cache")
+    same.load([a], [sha_a])
+    assert same.decoded == 0
+    monkeypatch.setattr(preprocess, "PREPROCESS_VERSION", preprocess.PREPROCESS_VERSION + 1)
+    changed = PixelCache(32, 10**8, tmp_path / "cache")
+    assert (changed.load([a], [sha_a]) == 90).all() and changed.decoded == 1
+    assert changed.folder != same.folder

@@ -130,3 +130,61 @@ def test_evaluate_and_explain_commands_on_a_registered_model(env, synth_dir, tmp
     assert result.exit_code == 2 and "cannot explain model" in result.output
     result = runner.invoke(app, ["explain", uri, image, "--config", str(config), "--class", "fracture"])
     assert result.exit_code == 2 and "'fracture' is not one of the model's classes" in result.output
+
+
+def test_registering_a_run_twice_returns_its_version(env, synth_dir, train_settings):
+    settings, candidate = env
+    split = split_dataset(validate_folder(synth_dir(per_class=12), settings), settings)
+    run_id = log_candidate(split, settings, GOOD)
+    first = register_run(run_id, settings)
+    assert register_run(run_id, settings) == first  # a retried `register` task
+    versions = MlflowClient().search_model_versions(f"name = '{settings.registry.model_name}'")
+    assert [str(v.version) for v in versions] == [first]
+
+
+def test_a_promotion_retried_after_it_succeeded_reports_success(env):
+    settings, candidate = env
+    first = candidate(GOOD)
+    promote(settings)
+    second = candidate(GOOD)
+    assert promote(settings, version=second).passed
+    retried = promote(settings, version=second)  # the task's retry after a lost answer
+    assert retried.passed and "already promoted" in retried.summary
+    assert retried.extra == {"candidate": second, "production": first, "evaluation_dataset": retried.extra["evaluation_dataset"]}
+    assert _aliases(settings) == {PRODUCTION: second, PREVIOUS: first}
+
+
+def test_two_promotions_racing_against_one_production_cannot_both_pass(env, monkeypatch):
+    """Both gates run against production v1 before either moves the alias: the compare-and-set
+    lets the first through and refuses the second, whose gate compared against a stale production."""
+    import threading
+
+    import osteo_pipeline.steps.registry as steps_registry
+
+    settings, candidate = env
+    first = candidate(GOOD)
+    promote(settings)
+    racers = [candidate(GOOD), candidate(GOOD)]
+    both_gated = threading.Barrier(2, timeout=120)
+    real_decide = steps_registry.decide
+
+    def decide_then_wait(*args, **kwargs):
+        decision = real_decide(*args, **kwargs)
+        both_gated.wait()  # neither moves the alias before both have gated
+        return decision
+
+    monkeypatch.setattr(steps_registry, "decide", decide_then_wait)
+    decisions = {}
+    threads = [threading.Thread(target=lambda v=v: decisions.__setitem__(v, promote(settings, version=v))) for v in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(d.passed for d in decisions.values()) == [False, True]
+    winner = next(v for v, d in decisions.items() if d.passed)
+    loser = next(v for v, d in decisions.items() if not d.passed)
+    assert "production moved from" in decisions[loser].summary
+    assert {k: v for k, v in _aliases(settings).items() if k != STAGING} == {PRODUCTION: winner, PREVIOUS: first}
+    tags = MlflowClient().get_model_version(settings.registry.model_name, loser).tags
+    assert tags["gate.decision"] == "rejected" and tags["gate.evaluated_against"] == first
+    assert [m.name for m in MlflowClient().search_registered_models()] == [settings.registry.model_name]  # lock released

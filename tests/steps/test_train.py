@@ -74,3 +74,75 @@ def test_fine_tuning_that_never_beats_the_head_phase_is_undone_and_not_replayed(
     x = np.asarray(model_input(val.pixels.astype(np.float32)))
     restored = model.evaluate(x, keras.utils.to_categorical(val.labels, 2), verbose=0, return_dict=True)["loss"]
     assert restored == pytest.approx(min(head), rel=1e-4)
+
+
+MIRRORED = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from osteo_pipeline.config import load_settings
+from osteo_pipeline.steps.train import Arrays, TrainParams, build, distribution, fit_two_phase, global_batch, predict_proba
+
+rng = np.random.default_rng(0)
+pixels = rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
+train = Arrays(pixels, np.arange(32) % 2)
+results = {}
+# One step an epoch (global batch = all 32 images): the two runs draw their shuffles through
+# different dataset iterators, so with several steps an epoch their batches would differ.
+for mode, per_device in (("off", 32), ("on", 16)):
+    settings = load_settings(overrides={
+        "model": {"weights": "none", "input_size": 32, "head_units": 8, "dropout": 0.0},
+        "train": {"batch_size": per_device, "head_epochs": 2, "finetune_epochs": 2, "distribute": mode, "augment": {"enabled": False}},
+    }, environ={})
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    strategy = distribution(settings)
+    params = TrainParams(1e-3, 1, 8, 0.0)
+    with strategy.scope():
+        model, _ = build(settings, params)
+        fit = fit_two_phase(model, train, None, params, global_batch(settings, strategy))
+    results[mode] = {
+        "replicas": strategy.num_replicas_in_sync,
+        "loss": fit.history["loss"],
+        "proba": predict_proba(model, pixels, 16).tolist(),
+    }
+json.dump(results, sys.stdout)
+"""
+
+
+def test_mirrored_training_on_two_logical_devices_matches_one_device():
+    """``train.distribute``: the CPU split into two logical devices trains under MirroredStrategy
+    (per-device batch 16, global 32) to the same model as one device with batch 32."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    assert results["off"]["replicas"] == 1 and results["on"]["replicas"] == 2
+    np.testing.assert_allclose(results["on"]["loss"], results["off"]["loss"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(results["on"]["proba"], results["off"]["proba"], atol=1e-3)
+
+
+def test_the_served_copy_of_a_mixed_precision_model_runs_in_float32():
+    """A model trained under mixed precision (on a GPU) is served in float32: the saved copy must
+    not carry the float16 policy to a CPU server."""
+    from osteo_pipeline.core.model import ModelSpec, build_model, inference_copy
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(ModelSpec(("normal", "osteoporosis"), 32, 8, 0.0), None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    served = inference_copy(model)
+    policies = {layer.dtype_policy.name for layer in served.layers} | {layer.dtype_policy.name for layer in served.get_layer("resnet50").layers}
+    assert policies == {"float32"}
+    x = model_input(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    np.testing.assert_allclose(served(x).numpy(), model(x).numpy().astype(np.float32), atol=2e-2)
+    assert served(x).dtype == "float32"

@@ -1,6 +1,10 @@
 """End to end on tiny synthetic data: a 2-trial study, resume, then a refit whose logged model
 loads back and predicts. Random-init ResNet-50 at 32 px: no download, about a minute per phase set."""
 
+import base64
+import io
+import time
+
 import mlflow
 import numpy as np
 import optuna
@@ -12,13 +16,21 @@ from PIL import Image
 
 from osteo_pipeline.core.calibration import Calibration
 from osteo_pipeline.core.model import HEAD_LAYERS, get_backbone, set_unfrozen_blocks
+from osteo_pipeline.core.synth import example_radiograph
 from osteo_pipeline.serving import encode_image, load_classifier
 from osteo_pipeline.steps.evaluate import evaluate_model
 from osteo_pipeline.steps.explain import explain_image
 from osteo_pipeline.steps.refit import refit_and_evaluate
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.train import TrainParams, load_arrays, pixel_cache
-from osteo_pipeline.steps.tune import STUDY_TAG, StudyBackbone, best_params, open_study, tune
+from osteo_pipeline.steps.tune import (
+    StudyBackbone,
+    TuneError,
+    best_params,
+    open_storage,
+    suggest,
+    tune,
+)
 from osteo_pipeline.steps.validate import validate_folder
 
 pytestmark = pytest.mark.slow
@@ -37,7 +49,8 @@ def _runs(settings, filter_string=""):
 
 def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     result = tune(split, train_settings)
-    assert result.counts["complete"] + result.counts["pruned"] == 2
+    assert result.study_name == f"{train_settings.tune.study_name}-{split.dataset_hash[:12]}"
+    assert result.counts["complete"] + result.counts["pruned"] == 2 == result.new_trials
     runs = _runs(train_settings)
     parents = [r for r in runs if r.data.tags.get("osteo.kind") == "study"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
@@ -46,22 +59,54 @@ def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     assert "env.version.tensorflow" in parents[0].data.tags and "env.git_commit" in parents[0].data.tags
     assert parents[0].inputs.dataset_inputs[0].dataset.digest == split.dataset_hash[:32]
     trial = trials[0]
-    assert {"learning_rate", "unfreeze_depth", "head_units", "dropout", "seed"} <= set(trial.data.params)
+    assert {"learning_rate", "unfreeze_depth", "head_units", "dropout", "seed", "sampler_seed", "worker"} <= set(trial.data.params)
     history = MlflowClient().get_metric_history(trial.info.run_id, "val_loss")
     assert [m.step for m in history] == list(range(len(history))) and len(history) >= 1
 
-    # A process killed mid-trial leaves a RUNNING trial and run: re-opening fails both, and a
-    # re-run only adds the missing trials.
-    study = open_study(train_settings)
+    # A worker killed mid-trial leaves a RUNNING trial whose heartbeat stops. The next session
+    # fails it for its stale heartbeat (and its MLflow run), runs it again, and adds 1 new trial.
+    settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"heartbeat_interval_s": 1, "heartbeat_grace_s": 1})})
+    storage = open_storage(settings)
+    study = optuna.load_study(study_name=result.study_name, storage=storage)
     stale = study.ask()
-    orphan = MlflowClient().create_run(trials[0].info.experiment_id, tags={STUDY_TAG: train_settings.tune.study_name})
-    resumed = tune(split, train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"trials": 3})}))
-    states = [t.state for t in optuna.load_study(study_name=train_settings.tune.study_name, storage=train_settings.tune.storage).trials]
-    assert states[stale.number] == TrialState.FAIL
-    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 3
-    assert resumed.parent_run_id == result.parent_run_id
+    suggest(stale, settings.tune)
+    storage.record_heartbeat(stale._trial_id)
+    orphan = MlflowClient().create_run(trials[0].info.experiment_id, tags={"mlflow.parentRunId": result.parent_run_id})
+    stale.set_user_attr("mlflow_run_id", orphan.info.run_id)
+    time.sleep(2.5)
+    resumed = tune(split, settings, trials=1)
+    trials_now = optuna.load_study(study_name=result.study_name, storage=storage).trials
+    assert trials_now[stale.number].state == TrialState.FAIL
+    retried = [t for t in trials_now if t.system_attrs.get("failed_trial") == stale.number]
+    assert len(retried) == 1 and retried[0].params == trials_now[stale.number].params and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials_now) == 3
+    assert resumed.parent_run_id == result.parent_run_id and resumed.new_trials == 1
     assert MlflowClient().get_run(orphan.info.run_id).info.status == "FAILED"
-    assert best_params(train_settings)["head_epochs"] >= 1
+    assert best_params(train_settings, split.dataset_hash).params["head_epochs"] >= 1
+
+
+def test_new_data_gets_its_own_study_and_the_same_data_resumes_without_repeating_proposals(synth_dir, train_settings):
+    settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"warm_start_trials": 1})})
+    first, second = (split_dataset(validate_folder(synth_dir(per_class=10, seed=seed), settings), settings) for seed in (0, 1))
+    a = tune(first, settings)
+    b = tune(second, settings)
+    assert a.study_name != b.study_name and b.new_trials == 2
+    storage = open_storage(settings)
+    study_a, study_b = (optuna.load_study(study_name=r.study_name, storage=storage) for r in (a, b))
+    assert study_b.user_attrs["dataset_hash"] == second.dataset_hash
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    trials_b = study_b.get_trials(states=finished)
+    assert len(trials_b) == 2 and trials_b[0].user_attrs["warm_start_from"].startswith(a.study_name + "#")
+    assert best_params(settings, second.dataset_hash).study_name == b.study_name  # a refit on B uses B's study
+    with pytest.raises(TuneError, match="was run on dataset"):
+        best_params(settings, second.dataset_hash, study_name=a.study_name)
+    assert best_params(settings, second.dataset_hash, study_name=a.study_name, allow_other_data=True).study_name == a.study_name
+
+    again = tune(first, settings)  # the same data: resume, 2 more trials, none proposed before
+    assert again.study_name == a.study_name and again.new_trials == 2
+    trials_a = optuna.load_study(study_name=a.study_name, storage=storage).get_trials(states=finished)
+    proposals = [(t.params["learning_rate"], t.params["dropout"]) for t in trials_a]
+    assert len(trials_a) == 4 and len(set(proposals)) == 4
 
 
 def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(split, train_settings, synth_dir, tmp_path):
@@ -71,8 +116,14 @@ def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(sp
     for name in ("test_accuracy", "test_balanced_accuracy", "test_precision", "test_recall", "test_specificity", "test_f1", "test_ece", "test_ece_uncalibrated"):
         assert name in run.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "figures")}
-    expected = ("training_curves.png", "confusion_matrix.png", "roc_curve.png", "test_predictions.png", "reliability_diagram.png", "test_gradcam.png")
-    assert artifacts == {f"figures/{n}" for n in expected}
+    expected = ("training_curves.png", "confusion_matrix.png", "roc_curve.png", "reliability_diagram.png")
+    assert artifacts == {f"figures/{n}" for n in expected}  # no image grids unless the config asks
+    assert run.data.tags["image_grids"].startswith("not logged")
+
+    # The model's input example is the pipeline's own synthetic radiograph, never a patient image.
+    example = mlflow.models.Model.load(result.model_uri).load_input_example(mlflow.artifacts.download_artifacts(result.model_uri))
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(example["image"][0]))))
+    np.testing.assert_array_equal(decoded, example_radiograph(train_settings.model.input_size))
 
     # Calibration was fitted on val (never trained on) and travels with the served model.
     evaluation = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/test_evaluation.json")
@@ -88,14 +139,15 @@ def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(sp
 
     # `osteo evaluate` on a new batch, leaving out images the model has seen.
     fresh = synth_dir(per_class=5, seed=7)
-    evaluated = evaluate_model(result.model_uri, fresh, train_settings)
+    grids = train_settings.model_copy(update={"tracking": train_settings.tracking.model_copy(update={"log_image_grids": True})})
+    evaluated = evaluate_model(result.model_uri, fresh, grids)
     assert evaluated.n_images == 10 and evaluated.skipped_seen == []
     assert {"balanced_accuracy", "roc_auc", "ece"} <= set(evaluated.metrics)
     on_own_data = evaluate_model(result.model_uri, split.data_dir, train_settings)
     seen = split.files[split.files["split"] != "test"]
     assert sorted(on_own_data.skipped_seen) == sorted(seen["path"]) and on_own_data.n_images == len(split.subset("test"))
     eval_artifacts = {a.path for a in MlflowClient().list_artifacts(evaluated.run_id, "figures")}
-    assert {"figures/reliability_diagram.png", "figures/test_gradcam.png"} <= eval_artifacts
+    assert {"figures/reliability_diagram.png", "figures/test_predictions.png", "figures/test_gradcam.png"} <= eval_artifacts
 
     # `osteo explain`: the overlay PNG beside the image, as preprocessed for the model.
     image = next((fresh / "osteoporosis").iterdir())

@@ -1,0 +1,138 @@
+"""The package as users and the container get it: a wheel installed into a fresh virtual
+environment, run from outside the source tree, and the commands the Docker image runs.
+
+Building the fresh environment from the lock would download TensorFlow again (minutes); its
+dependencies come instead from this environment's site-packages through a ``.pth`` line, which
+puts no source tree on the path (``.pth`` files are not read there, so the editable install's
+finder stays off). The package itself is the wheel's copy, nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from osteo_pipeline.config import settings_to_yaml
+from osteo_pipeline.serving import encode_image
+from osteo_pipeline.steps.registry import promote, register_run, rollback
+from osteo_pipeline.steps.split import split_dataset
+from osteo_pipeline.steps.validate import validate_folder
+from tests.registry_helpers import log_candidate
+from tests.servers import BIN, free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+SMALL = ["--set", "validation.min_width=32", "--set", "validation.min_height=32", "--set", "validation.min_images_per_class=2"]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """``bin/`` of a fresh venv holding the wheel built from this checkout."""
+    work = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((work / "dist").glob("osteo_pipeline-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True, timeout=300)
+    site = Path(subprocess.run([str(work / "venv" / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    (site / "_ci_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = subprocess.run([str(work / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    return work / "venv" / "bin"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSTEO_", "PYTHONPATH", "MLFLOW_TRACKING_URI"))}
+    return env | extra
+
+
+def test_the_wheel_holds_the_package_its_suites_and_flows(installed, tmp_path):
+    probe = "import osteo_pipeline, flows.retrain; from importlib import resources; print(osteo_pipeline.__file__); print(sorted(p.name for p in resources.files('osteo_pipeline.expectations').iterdir() if p.name.endswith('.json')))"
+    result = subprocess.run([str(installed / "python"), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    where, suites = result.stdout.splitlines()
+    assert where.startswith(str(installed.parent)) and not where.startswith(str(ROOT))
+    assert suites == "['classes.json', 'contents.json', 'files.json']"
+    docker_cmd = subprocess.run([str(installed / "osteo"), "--help"], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert docker_cmd.returncode == 0 and "tune-worker" in docker_cmd.stdout and "serve" in docker_cmd.stdout  # the image's CMD
+
+
+def test_installed_synth_and_validate_report_failures_as_plain_json_through_a_pipe(installed, tmp_path):
+    osteo = str(installed / "osteo")
+    assert subprocess.run([osteo, "synth", "data", "--per-class", "6", "--size", "64"], cwd=tmp_path, env=_env(), capture_output=True, timeout=300).returncode == 0
+    data = tmp_path / "data"
+    (data / "normal" / "empty.png").write_bytes(b"")
+    (data / "unlisted").mkdir()
+    shutil.copy(next((data / "normal").glob("*.jpg")), data / "unlisted" / "copy.jpg")
+    plain = subprocess.run([osteo, "validate", "data", *SMALL], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 1 and "normal/empty.png" in plain.stderr and "Traceback" not in plain.stderr
+    piped = subprocess.run(f"{osteo} validate data --json {' '.join(SMALL)} | {installed / 'python'} -m json.tool", shell=True, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    summary = json.loads(piped.stdout)
+    assert summary["passed"] is False and {f["check"] for f in summary["failed_expectations"]} >= {"readable", "label_set"}
+    assert all(isinstance(u["value"], bool | int | float | str | type(None)) for f in summary["failed_expectations"] for u in f["unexpected"])
+
+
+def _predicted_version(port: int, image: str) -> str | None:
+    try:
+        reply = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[image]]}}, timeout=30)
+    except requests.RequestException:
+        return None
+    return reply.json()["predictions"][0]["model_version"] if reply.status_code == 200 else None
+
+
+def _until(condition, timeout: float, what: str, process: subprocess.Popen, log: Path):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"osteo serve exited: {log.read_text()[-3000:]}"
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
+
+
+def test_the_model_server_command_waits_for_production_then_follows_the_alias(installed, synth_dir, train_settings, tmp_path):
+    """The compose model-server's command, run by the installed package: no model yet (it waits,
+    no restart loop), then version 1, a promotion to 2 and a rollback to 1, each served."""
+    command = COMPOSE["services"]["model-server"]["command"]
+    port = free_port()
+    args = [a if a not in ("0.0.0.0", "5055", "30") else {"0.0.0.0": "127.0.0.1", "5055": str(port), "30": "1"}[a] for a in command]
+    config = tmp_path / "settings.yaml"
+    config.write_text(settings_to_yaml(train_settings))
+    log = tmp_path / "serve.log"
+    # The dependencies' own scripts (uvicorn) live where they were installed: this venv's bin.
+    env = _env(MLFLOW_TRACKING_URI=train_settings.tracking.uri, PATH=f"{installed}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    with log.open("w") as out:
+        server = subprocess.Popen([str(installed / "osteo"), *args, "--config", str(config)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _until(lambda: "waiting for a version" in log.read_text(), 120, "the waiting notice", server, log)
+        split = split_dataset(validate_folder(synth_dir(per_class=12), train_settings), train_settings)
+        with Image.open(split.data_dir / split.files["path"][0]) as first:
+            image = encode_image(np.asarray(first.convert("L")))
+        runs = [log_candidate(split, train_settings, 1.0) for _ in range(2)]
+        register_run(runs[0], train_settings)
+        assert promote(train_settings).passed
+        _until(lambda: _predicted_version(port, image) == runs[0], 300, "version 1 served", server, log)
+        assert register_run(runs[1], train_settings) == "2" and promote(train_settings, version="2").passed
+        _until(lambda: _predicted_version(port, image) == runs[1], 300, "version 2 served after its promotion", server, log)
+        rollback(train_settings)
+        _until(lambda: _predicted_version(port, image) == runs[0], 300, "version 1 served after the rollback", server, log)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    assert server.returncode in (0, -15)
