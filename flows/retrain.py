@@ -80,7 +80,7 @@ def tune_task(split: SplitManifest, settings: Settings, data_location: str, conf
     """New trials in the study of this data, on ``tune.workers`` workers: local processes or, with
     ``tune.worker_deployment``, flow runs of that deployment on its work pool (other machines);
     this flow run is always one of the workers. Returns the best trial's parameters and tags."""
-    from osteo_pipeline.steps.tune import best_params, tune
+    from osteo_pipeline.steps.tune import tune
 
     deployment = settings.tune.worker_deployment
     remote = _worker_flow_runs(deployment, data_location, config, overrides) if deployment else None
@@ -90,7 +90,7 @@ def tune_task(split: SplitManifest, settings: Settings, data_location: str, conf
         key="best-trial",
         description=f"Optuna study {result.study_name}",
     )
-    best = best_params(settings, split.dataset_hash)
+    best = result.best()
     return {"params": best.params, "tags": best.tags()}
 
 

@@ -231,6 +231,12 @@ class TuneSettings(_Section):
         default=2, ge=0, description="Best trials of the previous study (same base name, other data) enqueued first in a new study."
     )
     poll_s: float = Field(default=5.0, gt=0, description="How often an idle worker checks whether the study's budget is reached.")
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeats(self) -> TuneSettings:
+        if self.heartbeat_grace_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("tune.heartbeat_grace_s must be at least twice tune.heartbeat_interval_s, or a live trial could be failed")
+        return self
     learning_rate: tuple[float, float] = (1e-5, 1e-3)
     unfreeze_depth: tuple[int, int] = (0, 6)
     head_units: list[int] = [64, 128, 256, 512]

@@ -57,7 +57,8 @@ def test_config_prints_effective_yaml():
 def _one_line_error(result, code: int, *expected: str) -> None:
     """Exit ``code``, one ``error:`` line naming ``expected``, never a traceback."""
     assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
     for text in expected:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,39 +72,57 @@ class Registry:
     def lock(self, purpose: str, wait_s: float = 60.0, stale_after_s: float = 300.0) -> Iterator[None]:
         """Mutual exclusion across processes and machines for a short registry update (an alias
         compare-and-set). The registry has no lock of its own, but creating a registered model is
-        atomic (a unique name): the lock is the model ``<name>.lock.<purpose>``, created to take
-        it and deleted to release it. A lock older than ``stale_after_s`` was left by a killed
-        process and is broken."""
+        atomic in MLflow's SQL stores (a unique name) and so through a tracking server: the lock
+        is the model ``<name>.lock.<purpose>``, created to take it and deleted to release it, its
+        description naming its holder with a token of its own. A lock seen held by the same token
+        for ``stale_after_s`` of our own waiting was left by a killed process and is broken
+        (measured on this machine's clock, so clock skew does not matter). Not for MLflow's file
+        store, whose model creation is not atomic."""
         name = f"{self.name}.lock.{purpose}"
-        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        token = f"{socket.gethostname()} pid {os.getpid()} token {uuid.uuid4().hex}"
         deadline = time.monotonic() + wait_s
+        seen: tuple[str, float] | None = None  # (holder, when we first saw it)
         while True:
             try:
-                self.client.create_registered_model(name, description=f"registry lock held by {holder}; deleted when its update ends")
+                self.client.create_registered_model(name, description=f"registry lock held by {token}; deleted when its update ends")
                 break
             except MlflowException as exc:
                 if not _exists(exc):
                     raise
-            try:
-                held = self.client.get_registered_model(name)
-                if time.time() * 1000 - held.creation_timestamp > stale_after_s * 1000:
-                    self.client.delete_registered_model(name)  # its holder died mid-update
-                    continue
-            except MlflowException as exc:
-                if not _missing(exc):
-                    raise
+            holder = self._lock_holder(name)
+            if holder is None:
                 continue  # released between our two calls
+            if seen is None or seen[0] != holder:
+                seen = (holder, time.monotonic())
+            elif time.monotonic() - seen[1] > stale_after_s:
+                self._release(name, holder)  # its holder died mid-update
+                continue
             if time.monotonic() > deadline:
-                raise RegistryBusyError(f"registry lock {name!r} is held ({held.description}); try again later")
+                raise RegistryBusyError(f"registry lock {name!r} is held ({holder}); try again later")
             time.sleep(0.2)
         try:
             yield
         finally:
-            try:
-                self.client.delete_registered_model(name)
-            except MlflowException as exc:
-                if not _missing(exc):
-                    raise
+            self._release(name, token)
+
+    def _lock_holder(self, name: str) -> str | None:
+        try:
+            return self.client.get_registered_model(name).description or ""
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def _release(self, name: str, holder: str) -> None:
+        """Delete the lock if ``holder`` still holds it (never another holder's)."""
+        current = self._lock_holder(name)
+        if current is None or holder not in current:
+            return
+        try:
+            self.client.delete_registered_model(name)
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
 
     def version(self, version: str | int) -> ModelVersion:
         try:

@@ -28,13 +28,19 @@ PACKAGES = ("tensorflow", "keras", "mlflow", "optuna", "optuna-integration", "gr
 
 
 _configured_uri: str | None = None  # what ``configure`` last set (MLflow copies it into the environment)
+_user_uri: str | None = None  # the user's MLFLOW_TRACKING_URI, as it was before MLflow overwrote it
+
+
+def _user_tracking_uri() -> str | None:
+    """The user's ``MLFLOW_TRACKING_URI``: MLflow writes every URI it is given into that
+    variable, so a value equal to the one this process set is the user's earlier one (or none)."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    return from_env if from_env != _configured_uri else _user_uri
 
 
 def tracking_uri(settings: Settings) -> str:
-    """``MLFLOW_TRACKING_URI`` when the user set it, else ``tracking.uri``. MLflow writes the URI
-    it is given into that variable, so a value this process set itself does not count."""
-    from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    return from_env if from_env and from_env != _configured_uri else settings.tracking.uri
+    """``MLFLOW_TRACKING_URI`` when the user set it, else ``tracking.uri``."""
+    return _user_tracking_uri() or settings.tracking.uri
 
 
 def _artifact_location(settings: Settings, uri: str) -> str | None:
@@ -70,8 +76,9 @@ def _unreachable(exc: BaseException) -> bool:
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id. Called
     before any work, so a dead tracking server fails the run before anything is trained."""
-    global _configured_uri
-    uri = tracking_uri(settings)
+    global _configured_uri, _user_uri
+    _user_uri = _user_tracking_uri()
+    uri = _user_uri or settings.tracking.uri
     mlflow.set_tracking_uri(uri)
     _configured_uri = uri
     _bound_http_retries(settings)

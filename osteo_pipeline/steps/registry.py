@@ -153,14 +153,16 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
     gated_against = str(production.version) if production else None
     decision.extra = {"candidate": str(candidate.version), "production": gated_against, "evaluation_dataset": data.dataset_hash}
     gate_tags = {"gate.evaluated_against": gated_against or "none", "gate.evaluation_dataset": data.dataset_hash}
-    if not decision.passed:
-        registry.tag(candidate.version, gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]})
-        return decision
     # Compare-and-set on the alias: under the registry lock, production must still be the
     # version the gate compared against; another promotion that won the race refuses this one.
     with registry.lock("promotion"):
         current = registry.by_alias(PRODUCTION)
         now = str(current.version) if current else None
+        if now == str(candidate.version):  # another attempt at this same promotion got there first
+            return _already_promoted(registry.version(candidate.version))
+        if not decision.passed:
+            registry.tag(candidate.version, gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]})
+            return decision
         if now != gated_against:
             decision.passed = False
             decision.reasons.append(f"production moved from {gated_against or 'none'} to {now} while the gate ran: not promoted; run `osteo promote` again to gate against it")

@@ -81,7 +81,13 @@ def configure_runtime(settings: Settings) -> dict[str, bool]:
     tf.get_logger().setLevel(logging.ERROR)  # retracing notices between trials are expected
     keras.utils.set_random_seed(settings.seed)
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpus = tf.config.list_physical_devices("GPU")
+    for device in gpus:  # take GPU memory as needed: local tune workers may share one GPU
+        try:
+            tf.config.experimental.set_memory_growth(device, True)
+        except RuntimeError:  # this process already initialised its GPUs
+            pass
+    gpu = bool(gpus)
     mixed = settings.train.mixed_precision == "on" or (settings.train.mixed_precision == "auto" and gpu)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     xla = settings.train.xla == "on" or (settings.train.xla == "auto" and gpu)

@@ -23,6 +23,7 @@ runs it, nested under the parent by its ``mlflow.parentRunId`` tag."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -74,10 +75,15 @@ OBJECTIVE = "val_loss"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: States of trials that count against the budget: finished, being run, or queued to run.
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-#: Settings a worker takes from the study it joins (the search must be the same everywhere)...
+#: Settings a study records: every trial of a study must compute the same thing...
 STUDY_SECTIONS = ("seed", "data", "validation", "split", "model", "train", "tune")
-#: ...except what belongs to the machine it runs on.
-MACHINE_LOCAL = ("model.weights", "train.cache_dir", "train.mixed_precision", "train.xla", "tune.storage", "tune.cache_spill_dir", "tune.cache_memory_mb", "tune.workers", "validation.suites_dir")
+#: ...except how many trials run, where and how they are run, which belongs to the call or machine.
+OPERATIONAL = (
+    "model.weights", "train.cache_dir", "train.mixed_precision", "train.xla", "train.distribute", "validation.suites_dir",
+    "tune.storage", "tune.cache_spill_dir", "tune.cache_memory_mb", "tune.trials", "tune.max_trials", "tune.timeout_s",
+    "tune.workers", "tune.worker_deployment", "tune.heartbeat_interval_s", "tune.heartbeat_grace_s", "tune.max_retries",
+    "tune.warm_start_trials", "tune.poll_s", "tune.study_name", "tune.n_startup_trials",
+)
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -101,6 +107,10 @@ class TuneResult:
     counts: dict[str, int]
     new_trials: int  # finished trials this call added
     seconds: float
+    dataset_hash: str
+
+    def best(self) -> BestTrial:
+        return BestTrial(self.best_params, self.study_name, self.best_trial, self.best_trial_run_id, self.dataset_hash)
 
 
 @dataclass
@@ -172,22 +182,28 @@ class StaleTrialHandler:
 
 def open_storage(settings: Settings) -> RDBStorage:
     """The study storage with heartbeats and the stale-trial handler; ``pool_pre_ping`` so a
-    connection the database dropped between trials is replaced, not failed on."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines; ours say more
+    connection the database dropped between trials is replaced, not failed on. One per URL and
+    heartbeat setting in a process (each holds a connection pool)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial lines; ours say more
     t = settings.tune
+    return _storage(t.storage, t.heartbeat_interval_s, t.heartbeat_grace_s, t.max_retries)
+
+
+@functools.lru_cache(maxsize=8)
+def _storage(url: str, heartbeat_interval_s: int, grace_s: int, max_retries: int) -> RDBStorage:
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if t.storage.startswith("sqlite"):
+    if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # workers on one machine wait for SQLite's lock
     try:
         return RDBStorage(
-            t.storage,
+            url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=t.heartbeat_interval_s,
-            grace_period=t.heartbeat_grace_s,
-            heartbeat_stale_trial_callback=StaleTrialHandler(t.max_retries),
+            heartbeat_interval=heartbeat_interval_s,
+            grace_period=grace_s,
+            heartbeat_stale_trial_callback=StaleTrialHandler(max_retries),
         )
     except Exception as exc:  # SQLAlchemy reports a bad URL, a missing driver or a dead server in many ways
-        raise TuneError(redact_url(f"cannot open the Optuna storage tune.storage={t.storage}: {type(exc).__name__}: {str(exc)[:300]}")) from exc
+        raise TuneError(redact_url(f"cannot open the Optuna storage tune.storage={url}: {type(exc).__name__}: {str(exc)[:300]}")) from exc
 
 
 def _load(name: str, storage: RDBStorage, **kwargs: Any) -> optuna.Study:
@@ -198,8 +214,13 @@ def _load(name: str, storage: RDBStorage, **kwargs: Any) -> optuna.Study:
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state; the FAIL ones that only lost the race for the budget's last slot (and
+    never ran) are counted apart, as ``over_budget``."""
     trials = study.get_trials(deepcopy=False)
-    return {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    counts["over_budget"] = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get("over_budget")) for t in trials)
+    counts["fail"] -= counts["over_budget"]
+    return counts
 
 
 def _finished(counts: dict[str, int]) -> int:
@@ -207,13 +228,21 @@ def _finished(counts: dict[str, int]) -> int:
 
 
 def _study_settings(settings: Settings) -> dict[str, Any]:
-    """What a joining worker must share with the study, secrets and machine-local paths left out."""
+    """What every trial of a study shares (operational settings and secrets left out)."""
     dumped = settings.model_dump(mode="json")
     shared = {key: dumped[key] for key in STUDY_SECTIONS}
-    for dotted in MACHINE_LOCAL:
+    for dotted in OPERATIONAL:
         section, key = dotted.split(".")
         shared[section].pop(key, None)
     return redact(shared)
+
+
+def _differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested settings dumps."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        keys = sorted(set(recorded) | set(current))
+        return [d for k in keys for d in _differences(recorded.get(k), current.get(k), f"{prefix}.{k}" if prefix else k)]
+    return [] if recorded == current else [prefix]
 
 
 def joined_study(name: str, settings: Settings) -> optuna.Study:
@@ -280,32 +309,47 @@ def _parent_run(name: str, storage: RDBStorage, wait_s: float = 60.0) -> str | N
         time.sleep(0.5)
 
 
+def _set_up(study: optuna.Study, split: SplitManifest, settings: Settings) -> str:
+    """Record what the study is (its data, settings), warm-start it, make its MLflow parent run;
+    the parent run id comes last and marks the set-up done. Idempotent: a set-up its creator left
+    half done (killed) is finished by the next caller."""
+    attrs = study.user_attrs
+    for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings)}.items():
+        if key not in attrs:
+            study.set_user_attr(key, value)
+    if "warm_started" not in attrs:
+        warm = _warm_start(study, open_storage(settings), settings.tune.study_name, settings)
+        study.set_user_attr("warm_started", warm)
+        if warm:
+            log.info("study %s: warm start from %s", study.study_name, ", ".join(warm))
+    return attrs.get("mlflow_parent_run_id") or _create_parent_run(study, split, settings)
+
+
 def prepare_study(split: SplitManifest, settings: Settings, new_trials: int) -> tuple[optuna.Study, str, int]:
     """Create (or resume) the study of ``split``'s dataset and set its target: ``new_trials`` more
     finished trials, capped by ``tune.max_trials``. Returns the study, its parent run id and the
-    target."""
+    target. A study resumed with settings that change what a trial computes is refused: its
+    trials could not be compared."""
     tracking.configure(settings)
     storage = open_storage(settings)
     name = study_name_for(settings.tune.study_name, split.dataset_hash)
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=False)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        study = _load(name, storage)
-        created = False
-    if created:
-        for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings)}.items():
-            study.set_user_attr(key, value)
-        warm = _warm_start(study, storage, settings.tune.study_name, settings)
-        if warm:
-            log.info("study %s: warm start from %s", name, ", ".join(warm))
-        parent_id = _create_parent_run(study, split, settings)
+        parent_id = _set_up(study, split, settings)
         log.info("new study %s for dataset %s", name, split.dataset_hash[:12])
-    else:
-        recorded = study.user_attrs.get("dataset_hash")
+    except optuna.exceptions.DuplicatedStudyError:
+        parent_id = _parent_run(name, storage)  # waits for a creator that is still setting it up
+        study = _load(name, storage)
+        recorded = study.user_attrs.get("dataset_hash", split.dataset_hash)
         if recorded != split.dataset_hash:
-            raise TuneError(f"study {name!r} records dataset {str(recorded)[:12]}, not this data's {split.dataset_hash[:12]}")
-        parent_id = _parent_run(name, storage) or _create_parent_run(study, split, settings)
+            raise TuneError(f"study {name!r} records dataset {str(recorded)[:12]}, not this data's {split.dataset_hash[:12]}") from None
+        changed = _differences(study.user_attrs.get("settings", _study_settings(settings)), _study_settings(settings))
+        if changed:
+            raise TuneError(
+                f"study {name!r} was run with other settings ({', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); resuming would mix "
+                "trials that cannot be compared: restore those settings, or start a new study with another --study base name"
+            ) from None
+        parent_id = parent_id or _set_up(study, split, settings)
     finished = _finished(_counts(study))
     target = finished + new_trials
     if settings.tune.max_trials is not None:
@@ -331,6 +375,7 @@ class Objective:
         self.backbone = StudyBackbone(settings)
         self.cache: ActivationCache | None = None
         self._cache_made = False
+        self.ran = 0  # trials this worker ran to the end (complete or pruned)
 
     def _activation_cache(self) -> ActivationCache | None:
         if not self._cache_made:
@@ -367,6 +412,7 @@ class Objective:
             try:
                 with self.strategy.scope():
                     model = self.backbone.model(params, seed=settings.seed + trial.number)
+                    _same_backbone(trial.study, self.backbone.weights_used)
                     trial_cache = self._activation_cache() if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
                     mlflow.set_tags({"backbone_weights": self.backbone.weights_used, "activation_cache": str(trial_cache is not None).lower()})
                     fit = fit_two_phase(model, arrays["train"], arrays["val"], params, self.fit_settings, callbacks, jit=self.runtime["xla"], cache=trial_cache)
@@ -374,6 +420,7 @@ class Objective:
                 mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
                 mlflow.end_run(status="KILLED")
                 log.info("trial %d (worker %d): pruned after %.0f s (%s)", trial.number, self.worker, time.perf_counter() - started, _describe(params))
+                self.ran += 1
                 raise
             proba = predict_val(model, arrays["val"], params.unfreeze_depth, settings.train.batch_size, trial_cache)
             val = classification_metrics(arrays["val"].labels, proba, positive)
@@ -385,7 +432,20 @@ class Objective:
             trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
             trial.set_user_attr("val_balanced_accuracy", val["balanced_accuracy"])
             log.info("trial %d (worker %d): val_loss %.4f in %.0f s (%s)", trial.number, self.worker, value, time.perf_counter() - started, _describe(params))
+            self.ran += 1
             return value
+
+
+def _same_backbone(study: optuna.Study, weights_used: str) -> None:
+    """Every trial of a study starts from the same kind of backbone: a worker whose machine lacks
+    the pretrained weights (and fell back to a random init) must not add its trials to a study of
+    pretrained ones, or the other way round."""
+    kind = "random-init" if weights_used.startswith("random-init") or weights_used == "none" else "pretrained"
+    recorded = study.user_attrs.get("backbone")
+    if recorded is None:
+        study.set_user_attr("backbone", kind)
+    elif recorded != kind:
+        raise TuneError(f"this worker's backbone is {kind} ({weights_used}) but study {study.study_name!r} was run with a {recorded} one: set model.weights on this machine")
 
 
 def _describe(params: TrainParams) -> str:
@@ -433,56 +493,82 @@ class StudyBackbone:
 
 def run_worker(study_name: str, split: SplitManifest, settings: Settings, worker: int = 0, timeout_s: float | None = None) -> int:
     """Run trials of ``study_name`` until its target of finished trials is reached (or
-    ``timeout_s`` passes); returns how many trials this worker ran. Safe to run anywhere, any
-    number of times at once: see the module docstring."""
+    ``timeout_s`` passes); returns how many trials this worker ran to the end. Safe to run
+    anywhere, any number of times at once: see the module docstring."""
     tracking.configure(settings)
     storage = open_storage(settings)
+    parent_id = _parent_run(study_name, storage)
     probe = _load(study_name, storage)
     if probe.user_attrs.get("dataset_hash") != split.dataset_hash:
         raise TuneError(f"study {study_name!r} was run on dataset {str(probe.user_attrs.get('dataset_hash'))[:12]}; this data is {split.dataset_hash[:12]}")
-    parent_id = _parent_run(study_name, storage)
-    if parent_id is None:
-        raise TuneError(f"study {study_name!r} has no MLflow parent run yet (its creator stopped?); run `osteo tune` on its data")
+    if parent_id is None or "target_finished" not in probe.user_attrs:
+        raise TuneError(f"study {study_name!r} is not set up (its creator stopped?); run `osteo tune` on its data")
     seed = sampler_seed(settings.seed, len(probe.get_trials(deepcopy=False)), worker)
-    target = int(probe.user_attrs.get("target_finished", settings.tune.trials))
+    target = int(probe.user_attrs["target_finished"])
     t = settings.train
     study = _load(study_name, storage, sampler=make_sampler(settings, seed, target), pruner=make_pruner(settings.tune, t.head_epochs + t.finetune_epochs))
     objective = Objective(settings, load_arrays(split, settings, pixel_cache(settings)), parent_id, worker, seed)
     deadline = time.monotonic() + (timeout_s or settings.tune.timeout_s or float("inf"))
-    ran = 0
+    patience = max(600.0, 10.0 * settings.tune.heartbeat_grace_s)  # waiting on trials that never end
+    last_change, last_counts = time.monotonic(), None
     try:
         while time.monotonic() < deadline:
             counts = _counts(study)
             target = int(study.user_attrs["target_finished"])
             if _finished(counts) >= target:
                 break
+            if counts != last_counts:
+                last_change, last_counts = time.monotonic(), counts
             if counts["waiting"] == 0 and _finished(counts) + counts["running"] >= target:
-                fail_stale_trials(study)  # the other workers' trials fill the budget: wait for them
+                # The other workers' trials fill the budget: wait for them, failing any whose
+                # worker died. A RUNNING trial with no heartbeat at all (made by a client outside
+                # this pipeline) is never failed by Optuna: stop waiting for it after a while.
+                if time.monotonic() - last_change > patience:
+                    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                    log.warning("worker %d: trials %s have been running for %.0f s with no change; stopping", worker, running, patience)
+                    break
+                fail_stale_trials(study)
                 time.sleep(settings.tune.poll_s)
                 continue
             study.optimize(objective, n_trials=1, catch=(OverBudget,), gc_after_trial=True)
-            ran += 1
     finally:
         report = objective.close()
         if report:
             tracking.log_metrics_to(parent_id, {f"{k}_worker{worker}": v for k, v in report.items()})
-    return ran
+    return objective.ran
 
 
-def _spawn_workers(study_name: str, split: SplitManifest, settings: Settings, count: int, first_index: int, timeout_s: float | None, folder: Path) -> list[subprocess.Popen]:
-    """``count`` local ``osteo tune-worker`` processes on the study, each with its own index (seed
-    stream). The storage URL travels in the environment, never in a file."""
+def _spawn_workers(study_name: str, split: SplitManifest, settings: Settings, count: int, timeout_s: float | None, folder: Path) -> list[subprocess.Popen]:
+    """``count`` local ``osteo tune-worker`` processes on the study, indexed 1..count (each its own
+    sampler seed stream). They get exactly this process's settings: a file of them, and no
+    ``OSTEO_*`` variable but the storage URL, which travels in the environment, never in a file.
+    With several GPUs, worker ``i`` sees GPU ``i mod n`` only (this process keeps GPU 0)."""
     split_file = split.save(folder / "split.json")
     config = folder / "settings.yaml"
     config.write_text(settings_to_yaml(settings.model_copy(update={"tune": settings.tune.model_copy(update={"storage": "sqlite:///passed-in-the-environment.db"})})))
-    env = os.environ | {"OSTEO_TUNE__STORAGE": settings.tune.storage}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSTEO_")} | {"OSTEO_TUNE__STORAGE": settings.tune.storage}
+    gpus = _gpus_for_workers(count + 1)
     processes = []
-    for index in range(first_index, first_index + count):
+    for index in range(1, count + 1):
         command = [sys.executable, "-m", "osteo_pipeline.cli", "tune-worker", study_name, "--split", str(split_file), "--worker", str(index), "--config", str(config)]
         if timeout_s:
             command += ["--timeout", str(timeout_s)]
-        processes.append(subprocess.Popen(command, env=env))
+        visible = {"CUDA_VISIBLE_DEVICES": gpus[index]} if gpus else {}
+        processes.append(subprocess.Popen(command, env=env | visible))
     return processes
+
+
+def _gpus_for_workers(workers: int) -> list[str]:
+    """With several GPUs, one per local worker (round robin): ``CUDA_VISIBLE_DEVICES`` for each
+    worker, and this process limited to the first. Empty with fewer than two GPUs (each worker
+    then shares the one GPU, growing its memory as needed, or the CPU)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) < 2:
+        return []
+    tf.config.set_visible_devices(gpus[0], "GPU")  # before this process initializes its GPUs
+    return [str(index % len(gpus)) for index in range(workers)]
 
 
 def tune(
@@ -506,7 +592,7 @@ def tune(
         if n_workers > 1 and start_remote_workers is not None:
             start_remote_workers(study.study_name, n_workers - 1)
         elif n_workers > 1:
-            others = _spawn_workers(study.study_name, split, settings, n_workers - 1, 1, timeout_s, Path(folder))
+            others = _spawn_workers(study.study_name, split, settings, n_workers - 1, timeout_s or settings.tune.timeout_s, Path(folder))
         try:
             run_worker(study.study_name, split, settings, worker=0, timeout_s=timeout_s)
         finally:
@@ -528,7 +614,10 @@ def summarize(study_name: str, settings: Settings, parent_id: str, finished_befo
     tracking.log_metrics_to(parent_id, {"best_val_loss": best.value, "trials_complete": counts["complete"], "trials_pruned": counts["pruned"], "trials_failed": counts["fail"]})
     tracking.set_tags_on(parent_id, {"best_trial": str(best.number), "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
     tracking.log_json(best_params, "best_params.json", run_id=parent_id)
-    return TuneResult(study_name, parent_id, best_params, float(best.value), best.number, best.user_attrs.get("mlflow_run_id", ""), counts, _finished(counts) - finished_before, time.perf_counter() - started)
+    return TuneResult(
+        study_name, parent_id, best_params, float(best.value), best.number, best.user_attrs.get("mlflow_run_id", ""), counts,
+        _finished(counts) - finished_before, time.perf_counter() - started, str(study.user_attrs.get("dataset_hash", "")),
+    )
 
 
 def _params_of(trial: FrozenTrial) -> dict[str, Any]:

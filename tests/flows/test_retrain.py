@@ -72,8 +72,9 @@ def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(synth_dir, co
 @pytest.mark.slow
 def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_settings, config_file, monkeypatch, tmp_path):
     """With ``tune.worker_deployment``, the search runs in this flow and in runs of the tune-worker
-    deployment. Here the deployment's runs are real `tune_worker_flow` runs in their own processes
-    (as a Prefect worker would start them), given the parameters `run_deployment` receives."""
+    deployment. Here the deployment's run is a real `tune_worker_flow` run in its own process (as a
+    Prefect worker would start it), given the parameters `run_deployment` receives, and awaited
+    before the flow's own worker starts: so it runs every trial, and the flow's worker none."""
     import subprocess
     import sys
     from types import SimpleNamespace
@@ -88,9 +89,11 @@ def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_setti
     def run_deployment(name, parameters, timeout):  # noqa: ANN001, ANN202 - Prefect's signature
         assert name == "tune-worker/tune-worker" and timeout == 0
         requests.append(parameters)
+        from prefect.settings import PREFECT_API_URL
+
         code = f"from flows.retrain import tune_worker_flow; tune_worker_flow(**{parameters!r})"
-        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-        started.append(subprocess.Popen([sys.executable, "-c", code], env=env | {"PREFECT_HOME": str(tmp_path / "worker-prefect")}))
+        started.append(subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}))  # the same Prefect server
+        assert started[-1].wait(timeout=600) == 0
         return SimpleNamespace(name=f"worker-{len(started)}")
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
@@ -100,9 +103,8 @@ def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_setti
     split = split_task.fn(validate_task.fn(str(data), settings), settings)
     with disable_run_logger():
         best = tune_task.fn(split, settings, str(data), str(config_file), overrides)
-    assert [p.wait(timeout=600) for p in started] == [0]
-    assert requests[0]["data_dir"] == str(data) and requests[0]["worker"] == 1
+    assert len(started) == 1 and requests[0]["data_dir"] == str(data) and requests[0]["worker"] == 1
     study = optuna.load_study(study_name=requests[0]["study"], storage=settings.tune.storage)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == 4 and len({t.user_attrs["worker"] for t in finished}) == 2
-    assert best["tags"]["osteo.study"] == study.study_name
+    assert len(finished) == 4 and {t.user_attrs["worker"].rsplit(":", 1)[1] for t in finished} == {str(started[0].pid)}
+    assert best["tags"]["osteo.study"] == study.study_name and best["params"]["head_epochs"] is not None

@@ -147,10 +147,11 @@ def test_a_promotion_retried_after_it_succeeded_reports_success(env):
     first = candidate(GOOD)
     promote(settings)
     second = candidate(GOOD)
-    assert promote(settings, version=second).passed
+    done = promote(settings, version=second)
+    assert done.passed
     retried = promote(settings, version=second)  # the task's retry after a lost answer
     assert retried.passed and "already promoted" in retried.summary
-    assert retried.extra == {"candidate": second, "production": first, "evaluation_dataset": retried.extra["evaluation_dataset"]}
+    assert retried.extra == {"candidate": second, "production": first, "evaluation_dataset": done.extra["evaluation_dataset"]}
     assert _aliases(settings) == {PRODUCTION: second, PREVIOUS: first}
 
 
@@ -174,13 +175,21 @@ def test_two_promotions_racing_against_one_production_cannot_both_pass(env, monk
         return decision
 
     monkeypatch.setattr(steps_registry, "decide", decide_then_wait)
-    decisions = {}
-    threads = [threading.Thread(target=lambda v=v: decisions.__setitem__(v, promote(settings, version=v))) for v in racers]
+    decisions, errors = {}, {}
+
+    def race(version: str) -> None:
+        try:
+            decisions[version] = promote(settings, version=version)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors[version] = exc
+            both_gated.abort()
+
+    threads = [threading.Thread(target=race, args=(v,)) for v in racers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert sorted(d.passed for d in decisions.values()) == [False, True]
+    assert errors == {} and sorted(d.passed for d in decisions.values()) == [False, True], (errors, decisions)
     winner = next(v for v, d in decisions.items() if d.passed)
     loser = next(v for v, d in decisions.items() if not d.passed)
     assert "production moved from" in decisions[loser].summary

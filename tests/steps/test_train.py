@@ -96,7 +96,7 @@ results = {}
 for mode, per_device in (("off", 32), ("on", 16)):
     settings = load_settings(overrides={
         "model": {"weights": "none", "input_size": 32, "head_units": 8, "dropout": 0.0},
-        "train": {"batch_size": per_device, "head_epochs": 2, "finetune_epochs": 2, "distribute": mode, "augment": {"enabled": False}},
+        "train": {"batch_size": per_device, "head_epochs": 1, "finetune_epochs": 1, "distribute": mode, "augment": {"enabled": False}},
     }, environ={})
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)

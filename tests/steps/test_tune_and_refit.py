@@ -65,7 +65,7 @@ def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
 
     # A worker killed mid-trial leaves a RUNNING trial whose heartbeat stops. The next session
     # fails it for its stale heartbeat (and its MLflow run), runs it again, and adds 1 new trial.
-    settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"heartbeat_interval_s": 1, "heartbeat_grace_s": 1})})
+    settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"heartbeat_interval_s": 1, "heartbeat_grace_s": 2})})
     storage = open_storage(settings)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     stale = study.ask()
@@ -73,7 +73,7 @@ def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     storage.record_heartbeat(stale._trial_id)
     orphan = MlflowClient().create_run(trials[0].info.experiment_id, tags={"mlflow.parentRunId": result.parent_run_id})
     stale.set_user_attr("mlflow_run_id", orphan.info.run_id)
-    time.sleep(2.5)
+    time.sleep(3)
     resumed = tune(split, settings, trials=1)
     trials_now = optuna.load_study(study_name=result.study_name, storage=storage).trials
     assert trials_now[stale.number].state == TrialState.FAIL
@@ -85,7 +85,7 @@ def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     assert best_params(train_settings, split.dataset_hash).params["head_epochs"] >= 1
 
 
-def test_new_data_gets_its_own_study_and_the_same_data_resumes_without_repeating_proposals(synth_dir, train_settings):
+def test_new_data_gets_its_own_study_and_the_same_data_resumes_without_repeating_proposals(synth_dir, train_settings, caplog):
     settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"warm_start_trials": 1})})
     first, second = (split_dataset(validate_folder(synth_dir(per_class=10, seed=seed), settings), settings) for seed in (0, 1))
     a = tune(first, settings)
@@ -102,11 +102,16 @@ def test_new_data_gets_its_own_study_and_the_same_data_resumes_without_repeating
         best_params(settings, second.dataset_hash, study_name=a.study_name)
     assert best_params(settings, second.dataset_hash, study_name=a.study_name, allow_other_data=True).study_name == a.study_name
 
-    again = tune(first, settings)  # the same data: resume, 2 more trials, none proposed before
+    again = tune(first, settings, workers=2)  # the same data: resume, 2 more trials on 2 local workers
     assert again.study_name == a.study_name and again.new_trials == 2
+    assert "exited with an error" not in caplog.text  # the spawned `osteo tune-worker` ended cleanly
     trials_a = optuna.load_study(study_name=a.study_name, storage=storage).get_trials(states=finished)
     proposals = [(t.params["learning_rate"], t.params["dropout"]) for t in trials_a]
-    assert len(trials_a) == 4 and len(set(proposals)) == 4
+    assert len(trials_a) == 4 and len(set(proposals)) == 4  # none proposed before
+
+    changed = settings.model_copy(update={"train": settings.train.model_copy(update={"head_epochs": 3})})
+    with pytest.raises(TuneError, match=r"other settings \(train.head_epochs\)"):
+        tune(first, changed)  # trials of one study must be comparable
 
 
 def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(split, train_settings, synth_dir, tmp_path):

@@ -29,10 +29,10 @@ PASSWORD = "pw-osteo-7Hq2xZ"  # noqa: S105 - a test secret that must never be lo
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _workers(study: str, split_file: Path, config: Path, storage: str, log_dir: Path, first: int = 1) -> list[subprocess.Popen]:
+def _workers(study: str, split_file: Path, config: Path, storage: str, log_dir: Path) -> list[subprocess.Popen]:
     env = os.environ | {"OSTEO_TUNE__STORAGE": storage}
     processes = []
-    for index in range(first, first + 3):
+    for index in (1, 2, 3):
         log = (log_dir / f"worker{index}.log").open("w")
         command = [str(BIN / "osteo"), "tune-worker", study, "--split", str(split_file), "--worker", str(index), "--config", str(config)]
         processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
@@ -57,15 +57,34 @@ def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(synt
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump(settings.model_copy(update={"tune": settings.tune.model_copy(update={"storage": "sqlite:///not-this.db"})}).model_dump(mode="json")))
 
-        # 1. Three workers, a global budget of 9: exactly 9 finished trials, no proposal twice.
+        # Three workers share one study and a global budget of 9 finished trials. One is SIGKILLed
+        # mid-trial: its trial is failed by heartbeat and run again by another worker; the others
+        # never stop; the budget still ends at exactly 9, with no proposal made twice.
         study, parent, target = prepare_study(split, settings, 9)
         assert target == 9
-        assert _wait(_workers(study.study_name, split_file, config, storage, tmp_path)) == [0, 0, 0]
-        trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
+        shared = optuna.storages.RDBStorage(storage)  # one connection pool for all the polling here
+        workers = _workers(study.study_name, split_file, config, storage, tmp_path)
+        victim = workers[0]
+        deadline = time.monotonic() + 600
+        killed_trial = None
+        while killed_trial is None:
+            assert time.monotonic() < deadline, "the victim never ran a trial"
+            for trial in optuna.load_study(study_name=study.study_name, storage=shared).get_trials(states=(TrialState.RUNNING,)):
+                if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "mlflow_run_id" in trial.user_attrs:
+                    killed_trial = trial
+            time.sleep(0.5)
+        os.killpg(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+        assert _wait(workers[1:]) == [0, 0]
+
+        trials = optuna.load_study(study_name=study.study_name, storage=shared).trials
         finished = [t for t in trials if t.state in FINISHED]
         assert len(finished) == 9
-        proposals = [tuple(sorted(t.params.items())) for t in finished]
-        assert len(set(proposals)) == 9
+        assert len({tuple(sorted(t.params.items())) for t in finished}) == 9
+        assert trials[killed_trial.number].state == TrialState.FAIL
+        retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial.number]
+        assert len(retried) == 1 and retried[0].state in FINISHED and retried[0].params == killed_trial.params
+        assert not retried[0].user_attrs["worker"].endswith(f":{victim.pid}")
         assert len({t.user_attrs["worker"] for t in finished}) >= 2  # the work was shared
 
         mlflow.set_tracking_uri(settings.tracking.uri)
@@ -74,39 +93,14 @@ def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(synt
         runs = client.search_runs([experiment.experiment_id])
         parents = [r for r in runs if r.data.tags.get("osteo.kind") == "study"]
         nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-        assert [p.info.run_id for p in parents] == [parent] and len(nested) == 9
-        assert all(r.info.status == "FINISHED" for r in nested)
-
-        # 2. Nine more: one worker is SIGKILLed mid-trial. Its trial fails by heartbeat and runs
-        # again on another worker; the others never stop; the budget still ends at 9 more.
-        study, parent_again, target = prepare_study(split, settings, 9)
-        assert parent_again == parent and target == 18
-        workers = _workers(study.study_name, split_file, config, storage, tmp_path, first=4)
-        victim = workers[0]
-        deadline = time.monotonic() + 600
-        killed_trial = None
-        while killed_trial is None:
-            assert time.monotonic() < deadline, "the victim never ran a trial"
-            for trial in optuna.load_study(study_name=study.study_name, storage=storage).get_trials(states=(TrialState.RUNNING,)):
-                if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "mlflow_run_id" in trial.user_attrs:
-                    killed_trial = trial
-            time.sleep(0.2)
-        os.killpg(victim.pid, signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-        assert _wait(workers[1:]) == [0, 0]
-
-        trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
-        assert sum(t.state in FINISHED for t in trials) == 18
-        assert trials[killed_trial.number].state == TrialState.FAIL
-        retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial.number]
-        assert len(retried) == 1 and retried[0].state in FINISHED and retried[0].params == killed_trial.params
-        assert not retried[0].user_attrs["worker"].endswith(f":{victim.pid}")
+        assert [p.info.run_id for p in parents] == [parent]
+        assert sorted(r.info.status for r in nested) == ["FAILED"] + ["FINISHED"] * 9  # the killed trial's run closed as FAILED
         assert client.get_run(killed_trial.user_attrs["mlflow_run_id"]).info.status == "FAILED"
-        assert [r for r in client.search_runs([experiment.experiment_id]) if r.info.status == "RUNNING"] == []
         summary = summarize(study.study_name, settings, parent, 0, time.perf_counter())
-        assert summary.counts["complete"] == 18 and summary.best_trial_run_id
+        assert summary.counts["complete"] == 9 and summary.counts["fail"] == 1 and summary.best_trial_run_id
+        shared.engine.dispose()
 
-    # 3. The password of the storage URL is nowhere in the tracking store: database and artifacts.
+    # The password of the storage URL is nowhere in the tracking store: database and artifacts.
     store = Path(settings.tracking.uri.removeprefix("sqlite:///"))
     assert PASSWORD.encode() not in store.read_bytes()
     leaked = [p for p in Path(settings.tracking.artifact_root).rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
