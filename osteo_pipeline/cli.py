@@ -576,6 +576,9 @@ def explain(
 def _prefect_environment() -> None:
     """Prefect state inside the project (not ~/.prefect) and no telemetry, unless set already."""
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    # The temporary server's first start creates its database: more than Prefect's default 20 s
+    # on a small machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
