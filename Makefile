@@ -35,7 +35,7 @@ demo: install
 	$(if $(WEIGHTS),OSTEO_BACKBONE_WEIGHTS=$(WEIGHTS)) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/osteo run $(DEMO_DIR) --config configs/demo.yaml
 	@echo
 	@echo "Compare runs:   $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -p 5000"
-	@echo "Serve:          PATH=$(CURDIR)/$(BIN):\$$PATH MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/mlflow models serve -m models:/osteo-knee@production --env-manager local -h 127.0.0.1 -p 5055"
+	@echo "Serve:          $(BIN)/osteo serve   (follows models:/osteo-knee@production on 127.0.0.1:5055)"
 	@echo "Registry:       $(BIN)/osteo models"
 
 bench: install

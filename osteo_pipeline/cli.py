@@ -66,6 +66,8 @@ def _logging() -> None:
     progress.propagate = False
     for name in ("mlflow", "alembic", "optuna", "absl", "tensorflow", "great_expectations"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow warns on every logged model that a Python object is pickled: by design here.
+    logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "Passing a Python object as `python_model`" not in record.getMessage())
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
