@@ -21,7 +21,7 @@ def test_scheduled_deployment_runs_and_registers_a_version(synth_dir, config_fil
     env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     data = synth_dir(per_class=10)
     server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    schedule = [str(BIN / "osteo"), "schedule", "--data-dir", str(data), "--config", str(config_file), "--set", "registry.floors={}"]
+    schedule = [str(BIN / "osteo"), "schedule", "--data-dir", str(data), "--config", str(config_file), "--set", "registry.floors={}", "--set", "tune.trials=1"]
     with running(server, f"{api}/health", env=env, log=tmp_path / "server.log"):
         with running(schedule, f"{api}/health", env=env, log=tmp_path / "serve.log"):
             deadline = time.monotonic() + 120
