@@ -20,6 +20,7 @@ from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import Calibration, expected_calibration_error, reliability
 from osteo_pipeline.core.explain import explainable, grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
+from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.serving import load_classifier
@@ -90,15 +91,23 @@ class EvaluationResult:
     seconds: float
 
 
+class TrainingManifestError(OsteoError):
+    """The model's training manifest cannot be read, so its seen images cannot be left out."""
+
+
 def _seen_hashes(model_uri: str) -> set[str]:
-    """Content hashes of the images the model's training run used for training or validation
-    (empty when the model carries no split manifest)."""
+    """Content hashes of the images the model's training run used for training or validation.
+    Without its split manifest nothing could be left out, and images the model trained on would
+    be scored as new: that stops the evaluation, it is never skipped quietly."""
     try:
         run_id = mlflow.models.get_model_info(model_uri).run_id
         split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
-    except Exception:  # noqa: BLE001 - a model from elsewhere has no manifest to check against
-        return set()
-    return {f["sha256"] for f in split["files"] if f["split"] in ("train", "val")}
+        return {f["sha256"] for f in split["files"] if f["split"] in ("train", "val")}
+    except Exception as exc:  # noqa: BLE001 - MLflow reports a missing run or artifact in many ways
+        raise TrainingManifestError(
+            f"cannot read the training split manifest of {model_uri} ({type(exc).__name__}: {str(exc)[:200]}); evaluation "
+            "stopped, since images it trained on could not be left out"
+        ) from exc
 
 
 def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> EvaluationResult:

@@ -197,3 +197,18 @@ def test_two_promotions_racing_against_one_production_cannot_both_pass(env, monk
     tags = MlflowClient().get_model_version(settings.registry.model_name, loser).tags
     assert tags["gate.decision"] == "rejected" and tags["gate.evaluated_against"] == first
     assert [m.name for m in MlflowClient().search_registered_models()] == [settings.registry.model_name]  # lock released
+
+
+def test_evaluation_stops_when_the_training_manifest_cannot_be_read(train_settings, synth_dir):
+    """Without the model's split manifest, images it trained on cannot be left out: a clear
+    error, never an evaluation that quietly scores training images as new."""
+    from osteo_pipeline.io import tracking
+    from osteo_pipeline.serving import log_pyfunc
+    from osteo_pipeline.steps.evaluate import TrainingManifestError, evaluate_model
+    from tests.registry_helpers import brightness_model
+
+    tracking.configure(train_settings)
+    with mlflow.start_run() as run:  # a model logged without its split manifest
+        info = log_pyfunc(brightness_model(train_settings.model.input_size, GOOD), list(train_settings.data.classes), train_settings.model.input_size, train_settings.validation.max_pixels, run.info.run_id)
+    with pytest.raises(TrainingManifestError, match="cannot read the training split manifest"):
+        evaluate_model(info.model_uri, synth_dir(per_class=4, seed=3), train_settings)
