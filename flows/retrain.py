@@ -37,8 +37,8 @@ def _validation_markdown(summary: dict[str, Any], report: Path) -> str:
     for item in summary["unreadable"][:MAX_LISTED]:
         lines.append(f"- unreadable `{item['path']}`: {item['reason']}")
     for conflict in summary["label_conflicts"]:
-        lines.append(f"- label conflict: {' = '.join(conflict['paths'])}")
-    lines += ["", f"{len(summary['duplicate_groups'])} duplicate groups, {len(summary['near_duplicates'])} near-duplicate groups.", f"Full report: `{report}`"]
+        lines.append(f"- label conflict: {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})")
+    lines += ["", f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies ({summary['derived_copies']['links']} derived-copy links).", f"Full report: `{report}`"]
     return "\n".join(lines)
 
 

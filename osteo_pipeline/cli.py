@@ -128,10 +128,13 @@ def synth(
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
     size: Annotated[int | None, typer.Option(help="Shortest image side in px (sizes vary above it).", min=32)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same images).")] = None,
+    bilateral: Annotated[bool, typer.Option(help="Both knees on each film (SIZE is each knee's width).")] = False,
+    copies: Annotated[float, typer.Option(help="Share of images that also get a derived copy of every kind (resized, JPEG 60, contrast, padded, mirrored, rotated, knee crops at 224 px), listed in OUT_DIR/.planted_copies.json.", min=0, max=1)] = 0.0,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Write synthetic knee-like radiographs whose bone texture differs by class."""
+    """Write synthetic knee-like radiographs whose bone texture differs by class (optionally with
+    planted derived copies, to test copy detection)."""
     from osteo_pipeline.steps.synth import write_synthetic_dataset
 
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
@@ -139,7 +142,7 @@ def synth(
         config, set_, synth__per_class=per_class, synth__size=size, seed=seed, data__classes=class_list
     )
     counts = write_synthetic_dataset(
-        out_dir, settings.data.classes, settings.synth.per_class, settings.synth.size, settings.seed
+        out_dir, settings.data.classes, settings.synth.per_class, settings.synth.size, settings.seed, bilateral, copies
     )
     console.print(f"wrote {sum(counts.values())} images to {out_dir}: {counts} (seed {settings.seed})")
 
@@ -175,10 +178,12 @@ def _print_validation(summary: dict[str, Any]) -> None:
     for item in summary["unreadable"]:
         console.print(f"[red]unreadable[/] {item['path']}: {item['reason']}", highlight=False)
     for conflict in summary["label_conflicts"]:
-        console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])}", highlight=False)
+        console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})", highlight=False)
+    copies = summary["derived_copies"]
     console.print(
-        f"{len(summary['duplicate_groups'])} exact-duplicate groups, "
-        f"{len(summary['near_duplicates'])} near-duplicate groups, {len(summary['ignored'])} ignored entries"
+        f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies "
+        + (f"({copies['links']} derived-copy links, {copies['matched_now']} contents matched now in {copies['seconds']} s)" if copies["checked"] else "(derived copies not checked)")
+        + f", {len(summary['ignored'])} ignored entries"
     )
 
 
@@ -552,7 +557,8 @@ def evaluate(
         result = evaluate_model(model_uri, data_dir, settings)
     out.print(_metrics_table(result.metrics, f"{model_uri} on {data_dir} (n={result.n_images})"))
     if result.skipped_seen:
-        console.print(f"left out {len(result.skipped_seen)} images the model trained or was calibrated on")
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.left_out_kinds.items()))
+        console.print(f"left out {len(result.skipped_seen)} images that are copies of images the model trained or was calibrated on ({kinds})")
     console.print(f"MLflow run {result.run_id} ({result.seconds:.0f} s): figures/reliability_diagram.png, figures/test_gradcam.png")
 
 

@@ -94,15 +94,22 @@ class ValidationSettings(_Section):
     min_class_share: float = Field(default=0.10, ge=0, le=1)
     max_class_share: float = Field(default=0.80, ge=0, le=1)
     min_images_per_class: int = Field(default=5, ge=0)
-    near_duplicate_distance: int = Field(
-        default=4, ge=0, le=64, description="Max Hamming distance of 64-bit perceptual hashes."
+    derived_copies: bool = Field(
+        default=True,
+        description="Find derived copies (resized, re-encoded, contrast-changed, padded, mirrored, rotated, cropped), not only identical files.",
+    )
+    copy_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Correlation of high-passed pixels, after fitting a pair, from which it is a derived copy."
+    )
+    copies_cache_dir: Path | None = Field(
+        default=None, description="Derived-copy features and matches, by content hash (default ~/.cache/osteo/copies; 'none' in YAML: memory only)."
     )
     fail_on_label_conflicts: bool = Field(
         default=True,
-        description="Fail the batch on identical images with different labels, or only exclude them from the split.",
+        description="Fail the batch on copies of one radiograph (identical or derived) filed under different classes, or only exclude them from the split.",
     )
     fail_on_duplicates: bool = Field(
-        default=False, description="Exact duplicates with one label are reported; fail the batch too?"
+        default=False, description="Copies of one radiograph (identical or derived) with one label are reported; fail the batch too?"
     )
     suites_dir: Path | None = Field(
         default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (edited in the project's expectations/)."
@@ -119,8 +126,8 @@ class SplitSettings(_Section):
     train: float = Field(default=0.70, gt=0, lt=1)
     val: float = Field(default=0.15, gt=0, lt=1)
     test: float = Field(default=0.15, gt=0, lt=1)
-    group_near_duplicates: bool = Field(
-        default=True, description="Keep perceptual near-duplicates in one split, like exact copies."
+    group_derived_copies: bool = Field(
+        default=True, description="Keep derived copies in one split, like identical ones (false: identical copies only)."
     )
 
     @model_validator(mode="after")

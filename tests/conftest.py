@@ -17,11 +17,13 @@ TINY = 64  # px: large enough for every check, small enough for fast tests
 
 
 @pytest.fixture(autouse=True)
-def _no_user_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's OSTEO_* or MLflow variables must not change test outcomes."""
+def _no_user_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A developer's OSTEO_* or MLflow variables and caches must not change test outcomes (and
+    tests must not fill the developer's caches)."""
     for name in list(os.environ):
         if name.startswith("OSTEO_") or name == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
 @pytest.fixture

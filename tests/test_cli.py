@@ -15,7 +15,7 @@ def test_synth_then_validate_passes(tmp_path):
     result = runner.invoke(app, ["validate", str(data), "--json", "--report-dir", str(tmp_path / "r"), *SMALL])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    for key in ("passed", "counts", "unreadable", "duplicate_groups", "label_conflicts", "near_duplicates", "failed_expectations"):
+    for key in ("passed", "counts", "unreadable", "duplicate_groups", "label_conflicts", "copy_groups", "derived_copies", "failed_expectations"):
         assert key in summary
     assert summary["counts"] == {"normal": 6, "osteoporosis": 6}
     assert (tmp_path / "r" / "validation.html").read_text().count("passed") >= 1

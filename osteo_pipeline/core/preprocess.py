@@ -124,11 +124,12 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def to_gray_array(image: Image.Image, size: int) -> np.ndarray:
-    """Decode, orient, convert to 8-bit gray and resize to ``size`` x ``size`` (uint8, 2-D)."""
+def decode_gray(image: Image.Image, draft_side: int) -> Image.Image:
+    """Decode, orient and convert to 8-bit gray at its own aspect; JPEGs decode at the smallest
+    DCT scale that keeps both sides >= ``draft_side``."""
     try:
         if image.format == "JPEG":
-            image.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
+            image.draft("L", (draft_side, draft_side))
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             pixels = np.asarray(image, dtype=np.float32)
@@ -141,12 +142,31 @@ def to_gray_array(image: Image.Image, size: int) -> np.ndarray:
                 background = Image.new("RGBA", image.size, (0, 0, 0, 255))
                 image = Image.alpha_composite(background, image)
             image = image.convert("L")
-        resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(resized, dtype=np.uint8)
+        image.load()
+        return image
     except ImageDecodeError:
         raise
     except Exception as exc:
         raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def to_gray_array(image: Image.Image, size: int) -> np.ndarray:
+    """Decode, orient, convert to 8-bit gray and resize to ``size`` x ``size`` (uint8, 2-D)."""
+    gray = decode_gray(image, size)
+    try:
+        resized = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def load_gray(source: str | Path | bytes, longest: int, max_pixels: int) -> np.ndarray:
+    """8-bit gray pixels of ``source`` at its own aspect, the longer side at most ``longest``."""
+    gray = decode_gray(open_image(source, max_pixels), longest)
+    scale = longest / max(gray.size)
+    if scale < 1:
+        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(gray, dtype=np.uint8)
 
 
 def load_pixels(source: str | Path | bytes, size: int, max_pixels: int) -> np.ndarray:

@@ -1,9 +1,8 @@
-"""Pure data-quality logic over a manifest: duplicates, label conflicts, near-duplicates, the
+"""Pure data-quality logic over a manifest: duplicates and derived copies, label conflicts, the
 summary tables that the Great Expectations suites check, and the groups a split must keep whole."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 
@@ -18,75 +17,48 @@ def duplicate_groups(manifest: pd.DataFrame) -> list[list[str]]:
     return sorted(groups)
 
 
-def label_conflicts(manifest: pd.DataFrame) -> list[dict[str, object]]:
-    """Exact-duplicate groups whose copies carry different labels."""
-    hashed = manifest[manifest["sha256"].notna()]
-    conflicts = []
-    for sha, group in hashed.groupby("sha256"):
-        if group["label"].nunique() > 1:
-            conflicts.append(
-                {
-                    "sha256": sha,
-                    "paths": sorted(group["path"]),
-                    "labels": sorted(group["label"].unique()),
-                }
-            )
-    return sorted(conflicts, key=lambda c: c["paths"])
-
-
-def _connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)])
-
-
-def phash_components(phashes: pd.Series, max_distance: int, block: int = 2048) -> np.ndarray:
-    """Component id per row, joining rows whose 64-bit hashes differ in at most ``max_distance`` bits."""
-    values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
-    pairs = []
-    for start in range(0, len(values), block):
-        chunk = values[start : start + block]
-        distances = np.bitwise_count(chunk[:, None] ^ values[None, :])
-        rows, cols = np.nonzero(distances <= max_distance)
-        keep = cols > rows + start
-        pairs.append(np.stack([rows[keep] + start, cols[keep]], axis=1))
-    joined = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
-    return _connected_components(len(values), joined)
-
-
-def near_duplicate_groups(manifest: pd.DataFrame, max_distance: int) -> list[list[str]]:
-    """Perceptual-hash groups that hold at least two different contents (not merely exact copies)."""
-    usable = readable(manifest).reset_index(drop=True)
-    if usable.empty:
-        return []
-    usable = usable.assign(component=phash_components(usable["phash"], max_distance))
-    groups = [
-        sorted(g["path"]) for _, g in usable.groupby("component") if g["sha256"].nunique() > 1
-    ]
-    return sorted(groups)
-
-
-def split_groups(manifest: pd.DataFrame, max_distance: int | None) -> pd.Series:
-    """Group id per readable row that a split must never separate: exact copies always share one
-    (identical bytes give identical perceptual hashes); near-duplicates too when ``max_distance``
-    is given."""
+def copy_group_column(manifest: pd.DataFrame, groups: dict[str, int] | None) -> pd.Series:
+    """Group id per readable row: rows share one when their contents are identical or derived
+    copies of each other (``groups``: sha256 -> derived-copy group; ``None``: identical only)."""
     usable = readable(manifest)
-    if max_distance is None:
-        ids = usable.groupby("sha256").ngroup()
-    else:
-        components = phash_components(usable["phash"], max_distance)
-        ids = pd.Series(pd.factorize(components)[0], index=usable.index)
-    return ids.rename("group")
+    if groups is None:
+        return usable.groupby("sha256").ngroup().rename("group")
+    keys = usable["sha256"].map(lambda sha: f"copy-{groups[sha]}" if sha in groups else f"sha-{sha}")
+    return pd.Series(pd.factorize(keys)[0], index=usable.index, name="group")
+
+
+def copy_groups(manifest: pd.DataFrame, links: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Groups of readable files holding two or more copies of one radiograph (identical bytes or
+    derived copies), each with its paths, labels and links (source, copy, kind, score by path),
+    sorted for stable output."""
+    usable = readable(manifest)
+    first = {sha: min(g["path"]) for sha, g in usable.groupby("sha256")}
+    found = []
+    for _, group in usable.groupby("group"):
+        if len(group) < 2:
+            continue
+        shas = set(group["sha256"])
+        exact = [
+            {"source": min(g["path"]), "copy": path, "kind": "exact", "score": 1.0}
+            for _, g in group.groupby("sha256")
+            for path in sorted(g["path"])[1:]
+        ]
+        derived = [
+            {"source": first[str(link["source"])], "copy": first[str(link["copy"])], "kind": link["kind"], "score": link["score"]}
+            for link in links
+            if link["source"] in shas and link["copy"] in shas
+        ]
+        found.append({"paths": sorted(group["path"]), "labels": sorted(group["label"].unique()), "links": exact + derived})
+    return sorted(found, key=lambda g: g["paths"])
+
+
+def label_conflicts(groups: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Copy groups whose files carry different labels, with the kinds of link that join them."""
+    return [
+        {"paths": g["paths"], "labels": g["labels"], "kinds": sorted({str(link["kind"]) for link in g["links"]})}
+        for g in groups
+        if len(g["labels"]) > 1
+    ]
 
 
 def class_table(manifest: pd.DataFrame, classes: list[str], class_dirs: list[str]) -> pd.DataFrame:
@@ -106,12 +78,13 @@ def class_table(manifest: pd.DataFrame, classes: list[str], class_dirs: list[str
 
 
 def content_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """One row per distinct content (sha256): how many files carry it and how many labels."""
-    hashed = manifest[manifest["sha256"].notna()]
-    groups = hashed.groupby("sha256")
-    table = groups.agg(n_files=("path", "size"), n_labels=("label", "nunique")).reset_index()
+    """One row per radiograph (a copy ``group``: identical or derived copies): how many files and
+    distinct contents it holds, and how many labels."""
+    usable = readable(manifest)
+    groups = usable.groupby("group")
+    table = groups.agg(n_files=("path", "size"), n_contents=("sha256", "nunique"), n_labels=("label", "nunique")).reset_index()
     # Built by hand and kept as objects: paths may hold surrogate escapes (undecodable file
     # names), which pandas' Arrow-backed strings reject.
-    first = {sha256: min(paths) for sha256, paths in groups["path"]}
-    table["first_path"] = pd.Series([first[s] for s in table["sha256"]], dtype=object, index=table.index)
+    first = {group: min(paths) for group, paths in groups["path"]}
+    table["first_path"] = pd.Series([first[g] for g in table["group"]], dtype=object, index=table.index)
     return table

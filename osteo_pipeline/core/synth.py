@@ -97,17 +97,86 @@ def example_radiograph(size: int, seed: int = 0) -> np.ndarray:
 
 
 def generate(
-    classes: list[str], per_class: int, size: int, seed: int
+    classes: list[str], per_class: int, size: int, seed: int, bilateral: bool = False
 ) -> list[SynthImage]:
-    """``per_class`` images per class, deterministic for ``seed``; formats and modes alternate."""
+    """``per_class`` images per class, deterministic for ``seed``; formats and modes alternate.
+    ``bilateral``: both knees on each film (``size`` is then each knee's width)."""
     severity = class_severity(classes)
+    draw = render_bilateral if bilateral else render
     images = []
     for class_index, label in enumerate(classes):
         for i in range(per_class):
             rng = np.random.default_rng([seed, class_index, i])
-            pixels = (render(label, severity[label], size, rng) * 255).round().astype(np.uint8)
+            pixels = (draw(label, severity[label], size, rng) * 255).round().astype(np.uint8)
             image = Image.fromarray(pixels, mode="L")
             if i % 3 == 2:
                 image = image.convert("RGB")  # real sets mix grayscale and RGB JPEGs
             images.append(SynthImage(label, image, "PNG" if i % 2 else "JPEG"))
     return images
+
+
+def render_bilateral(label: str, severity: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Both knees on one film, like most radiographs of public knee sets: two independent knees
+    (the right one mirrored) side by side with soft tissue between; each knee ``size`` px wide."""
+    left, right = render(label, severity, size, rng), np.fliplr(render(label, severity, size, rng))
+    height = min(left.shape[0], right.shape[0])
+    gap = 0.1 + 0.02 * rng.standard_normal((height, max(8, size // 12))).astype(np.float32)
+    return np.clip(np.hstack([left[:height], gap, right[:height]]), 0, 1)
+
+
+#: The derived copies :func:`derived_copies` plants: name -> orientation the detector must report.
+COPY_KINDS = {
+    "resized": "",
+    "jpeg-60": "",
+    "contrast": "",
+    "padded": "",
+    "mirrored": "mirrored",
+    "rotated-90": "rotated-90",
+    "rotated-180": "rotated-180",
+    "knee-crop-224": "",
+    "mirrored-knee-crop-224": "mirrored",
+    "margin-crop": "",
+}
+
+
+def _knee_crop(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A square around one knee's joint (one half of a two-knee film, or the knee of a single)."""
+    height, width = pixels.shape
+    half = width // 2 if width > 1.3 * height else width
+    x0 = 0 if half == width or rng.random() < 0.5 else width - half
+    side = int(min(half, height) * rng.uniform(0.7, 0.95))
+    cx = x0 + half / 2 + rng.uniform(-0.05, 0.05) * half
+    cy = height * rng.uniform(0.42, 0.52)
+    left = int(np.clip(cx - side / 2, 0, width - side))
+    top = int(np.clip(cy - side / 2, 0, height - side))
+    return pixels[top : top + side, left : left + side]
+
+
+def derived_copy(pixels: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """One derived copy of a uint8 radiograph, as public sets hold them, and its Pillow format."""
+    image = Image.fromarray(pixels, mode="L")
+    if kind == "resized":
+        scale = max(rng.uniform(0.3, 0.7), 224 / min(image.size))
+        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS), "PNG"
+    if kind == "jpeg-60":
+        return image, "JPEG-60"
+    if kind == "contrast":
+        stretched = np.clip((pixels.astype(np.float32) - 20) * rng.uniform(1.1, 1.3), 0, 255) ** 0.95
+        return Image.fromarray(np.clip(stretched * 255 / max(stretched.max(), 1), 0, 255).astype(np.uint8), mode="L"), "JPEG"
+    if kind == "padded":
+        pad = int(0.08 * max(pixels.shape))
+        return Image.fromarray(np.pad(pixels, ((pad, pad), (pad // 2, pad // 2)), constant_values=0), mode="L"), "PNG"
+    if kind == "mirrored":
+        return Image.fromarray(np.ascontiguousarray(np.fliplr(pixels))), "JPEG"
+    if kind.startswith("rotated-"):
+        return Image.fromarray(np.ascontiguousarray(np.rot90(pixels, int(kind.split("-")[1]) // 90))), "PNG"
+    if kind in ("knee-crop-224", "mirrored-knee-crop-224"):
+        crop = _knee_crop(pixels, rng)
+        crop = np.fliplr(crop) if kind.startswith("mirrored") else crop
+        return Image.fromarray(np.ascontiguousarray(crop)).resize((224, 224), Image.Resampling.LANCZOS), "JPEG"
+    if kind == "margin-crop":
+        height, width = pixels.shape
+        top, bottom = (int(height * rng.uniform(0.03, 0.1)) for _ in range(2))
+        left, right = (int(width * rng.uniform(0.03, 0.1)) for _ in range(2))
+        return Image.fromarray(np.ascontiguousarray(pixels[top : height - bottom, left : width - right])), "JPEG"
+    raise ValueError(f"unknown derived-copy kind {kind!r}; known: {', '.join(COPY_KINDS)}")

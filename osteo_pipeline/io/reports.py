@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -10,8 +12,10 @@ from typing import Any
 import great_expectations as gx
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image, ImageOps
 
 from osteo_pipeline.core.jsonable import dumps
+from osteo_pipeline.io.manifest import display_path
 
 _ENV = Environment(loader=PackageLoader("osteo_pipeline.io", "templates"), autoescape=select_autoescape())
 
@@ -35,6 +39,36 @@ def write_json(path: Path, payload: Any) -> Path:
     return write_text_atomic(path, dumps(payload))
 
 
+THUMB_SIDE = 120  # px, thumbnails of copy groups in the HTML report
+SHOWN_GROUPS = 100  # copy groups with thumbnails in the HTML report
+
+
+def _thumbnail(path: Path) -> str | None:
+    """A small JPEG data URL of ``path`` for the offline report, or None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.draft("L", (THUMB_SIDE * 2, THUMB_SIDE * 2))
+            small = ImageOps.exif_transpose(image).convert("L")
+            small.thumbnail((THUMB_SIDE * 2, THUMB_SIDE))
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _copy_rows(summary: dict[str, Any], manifest: pd.DataFrame) -> list[dict[str, Any]]:
+    """Copy groups that hold a derived (not only identical) copy, conflicts first, with thumbnails."""
+    labels = dict(zip(manifest["path"].map(display_path), manifest["label"]))
+    groups = [g for g in summary["copy_groups"] if any(link["kind"] != "exact" for link in g["links"])]
+    groups.sort(key=lambda g: len(g["labels"]) == 1)
+    root = Path(summary["data_dir"])
+    return [
+        {"thumbs": [{"path": p, "label": labels.get(p, "?"), "src": _thumbnail(root / p)} for p in g["paths"]], "links": g["links"]}
+        for g in groups[:SHOWN_GROUPS]
+    ]
+
+
 def write_validation_report(
     summary: dict[str, Any], manifest: pd.DataFrame, report_dir: Path, max_listed: int
 ) -> dict[str, Path]:
@@ -44,7 +78,7 @@ def write_validation_report(
         gx_version=gx.__version__,
         max_listed=max_listed,
         dup_rows=[{"paths": g} for g in summary["duplicate_groups"]],
-        near_rows=[{"paths": g} for g in summary["near_duplicates"]],
+        copy_rows=_copy_rows(summary, manifest),
     )
     paths = {
         "html": report_dir / "validation.html",

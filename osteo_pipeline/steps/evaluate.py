@@ -6,6 +6,7 @@ and its Grad-CAM twin. Used by the refit and by ``osteo evaluate``."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import Calibration, expected_calibration_error, reliability
 from osteo_pipeline.core.explain import explainable, grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
-from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io import tracking
+from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.serving import load_classifier
+from osteo_pipeline.steps.seen import seen_images, training_images
 from osteo_pipeline.steps.train import Arrays
 
 GRID_IMAGES = 16
@@ -87,27 +89,9 @@ class EvaluationResult:
     run_id: str
     metrics: dict[str, dict[str, float]]
     n_images: int
-    skipped_seen: list[str]  # images the model was trained or calibrated on, left out
+    skipped_seen: list[str]  # copies (identical or derived) of images the model trained or was calibrated on, left out
+    left_out_kinds: dict[str, int]  # how many of them, by kind of copy
     seconds: float
-
-
-class TrainingManifestError(OsteoError):
-    """The model's training manifest cannot be read, so its seen images cannot be left out."""
-
-
-def _seen_hashes(model_uri: str) -> set[str]:
-    """Content hashes of the images the model's training run used for training or validation.
-    Without its split manifest nothing could be left out, and images the model trained on would
-    be scored as new: that stops the evaluation, it is never skipped quietly."""
-    try:
-        run_id = mlflow.models.get_model_info(model_uri).run_id
-        split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
-        return {f["sha256"] for f in split["files"] if f["split"] in ("train", "val")}
-    except Exception as exc:  # noqa: BLE001 - MLflow reports a missing run or artifact in many ways
-        raise TrainingManifestError(
-            f"cannot read the training split manifest of {model_uri} ({type(exc).__name__}: {str(exc)[:200]}); evaluation "
-            "stopped, since images it trained on could not be left out"
-        ) from exc
 
 
 def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> EvaluationResult:
@@ -125,11 +109,15 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
     if not validation.passed:
         raise ValueError(f"{data_dir} failed validation; run `osteo validate {data_dir}` for the report")
     frame, _ = usable_images(validation, settings)
-    seen = _seen_hashes(model_uri)
-    skipped = sorted(frame.loc[frame["sha256"].isin(seen), "path"])
-    frame = frame[~frame["sha256"].isin(seen)].reset_index(drop=True)
+    root = validation.scan.root
+    reasons = seen_images([Content(sha, root / path, None) for sha, path in zip(frame["sha256"], frame["path"])], training_images(model_uri), settings)
+    left_out = frame["sha256"].isin(reasons)
+    skipped = sorted(frame.loc[left_out, "path"])
+    why = [{"path": path, "why": reasons[sha]} for path, sha in zip(frame["path"], frame["sha256"]) if sha in reasons]
+    kinds = Counter(reasons[sha] for sha in frame.loc[left_out, "sha256"])
+    frame = frame[~left_out].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} were used to train or calibrate it")
+        raise ValueError(f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} are copies of images it trained or was calibrated on ({dict(kinds)})")
     index = {c: i for i, c in enumerate(classifier.classes)}
     cache = PixelCache(classifier.size, classifier.max_pixels)
     pixels = cache.load([validation.scan.root / p for p in frame["path"]], list(frame["sha256"]))
@@ -137,5 +125,6 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
     raw = np.concatenate([classifier.predict_pixels(pixels[i : i + 16]) for i in range(0, len(pixels), 16)])
     with mlflow.start_run(run_name=f"evaluate-{Path(data_dir).name}", tags={"osteo.kind": "evaluate", "model_uri": model_uri}) as run:
         mlflow.log_params({"data_dir": str(data_dir), "n_images": len(frame), "skipped_seen": len(skipped)})
+        mlflow.log_dict({"left_out": sorted(why, key=lambda w: w["path"])}, "left_out.json")
         metrics = evaluate_predictions(arrays, raw, settings, classifier.calibration, prefix="eval_", model=classifier.model)
-        return EvaluationResult(run.info.run_id, metrics, len(frame), skipped, time.perf_counter() - started)
+        return EvaluationResult(run.info.run_id, metrics, len(frame), skipped, dict(kinds), time.perf_counter() - started)

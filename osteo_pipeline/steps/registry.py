@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from osteo_pipeline.core.gate import GateDecision, decide
 from osteo_pipeline.core.model_card import render_model_card
 from osteo_pipeline.core.redact import redact_url
 from osteo_pipeline.io import tracking
+from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.registry import (
     PREVIOUS,
     PRODUCTION,
@@ -36,6 +38,7 @@ from osteo_pipeline.io.registry import (
     RegistryError,
 )
 from osteo_pipeline.serving import IMAGE_COLUMN, probability_column
+from osteo_pipeline.steps.seen import seen_images, training_images
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "roc_auc")
 
@@ -94,6 +97,8 @@ class EvaluationSet:
     classes: list[str]
     positive: int
     dataset_hash: str
+    contents: list[Content]  # the files, by content hash
+    left_out: dict[str, str] = field(default_factory=dict)  # path -> why it was left out
 
 
 def evaluation_set(run_id: str, data_dir: Path | None) -> EvaluationSet:
@@ -113,6 +118,22 @@ def evaluation_set(run_id: str, data_dir: Path | None) -> EvaluationSet:
         classes=classes,
         positive=classes.index(evaluation["positive_class"]),
         dataset_hash=split["dataset_hash"],
+        contents=[Content(f["sha256"], root / f["path"], None) for f in test],
+    )
+
+
+def without_seen(data: EvaluationSet, model_uris: list[str], settings: Settings) -> EvaluationSet:
+    """``data`` without the images that are copies (identical or derived) of images any of the
+    models trained or was calibrated on: production may have trained on a derived copy of a new
+    test image, and that would flatter it."""
+    seen = [content for uri in model_uris for content in training_images(uri)]
+    reasons = seen_images(data.contents, seen, settings)
+    keep = [i for i, c in enumerate(data.contents) if c.sha256 not in reasons]
+    if not keep:
+        raise RegistryError(f"every test image of the candidate is a copy of an image {' or '.join(model_uris)} trained on: nothing left to gate on")
+    left_out = {str(c.path): reasons[c.sha256] for c in data.contents if c.sha256 in reasons}
+    return EvaluationSet(
+        data.y_true[keep], [data.images[i] for i in keep], data.classes, data.positive, data.dataset_hash, [data.contents[i] for i in keep], left_out
     )
 
 
@@ -143,6 +164,7 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
             return _already_promoted(candidate)
         raise RegistryError(f"version {candidate.version} is already {PRODUCTION}")
     data = evaluation_set(candidate.run_id, data_dir)
+    data = without_seen(data, [registry.uri(v.version) for v in (candidate, production) if v is not None], settings)
     candidate_proba, candidate_pred = predict_set(registry.uri(candidate.version), data)
     production_proba, production_pred = predict_set(registry.uri(production.version), data) if production else (None, None)
     r = settings.registry
@@ -151,7 +173,10 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
         r.require_ci_above_margin, r.bootstrap_resamples, settings.seed, candidate_pred, production_pred,
     )
     gated_against = str(production.version) if production else None
-    decision.extra = {"candidate": str(candidate.version), "production": gated_against, "evaluation_dataset": data.dataset_hash}
+    decision.extra = {"candidate": str(candidate.version), "production": gated_against, "evaluation_dataset": data.dataset_hash, "left_out": data.left_out}
+    if data.left_out:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(data.left_out.values()).items()))
+        decision.reasons.append(f"left out {len(data.left_out)} test images that are copies of images a compared model trained on ({kinds}); gated on {len(data.y_true)}")
     gate_tags = {"gate.evaluated_against": gated_against or "none", "gate.evaluation_dataset": data.dataset_hash}
     # Compare-and-set on the alias: under the registry lock, production must still be the
     # version the gate compared against; another promotion that won the race refuses this one.

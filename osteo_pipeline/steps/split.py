@@ -72,15 +72,15 @@ def usable_images(validation: ValidationResult, settings: Settings) -> tuple[pd.
     if not validation.passed:
         raise NotValidatedError(f"{validation.failure()}. Fix the data (`osteo validate` writes the full report); nothing was trained on it")
     manifest = validation.scan.manifest
-    conflicted = {c["sha256"] for c in quality.label_conflicts(manifest)}
+    kinds = {p: ", ".join(c["kinds"]) for c in quality.label_conflicts(validation.copy_groups) for p in c["paths"]}
     usable = quality.readable(manifest)
     usable = usable[usable["label"].isin(settings.data.classes)]
-    excluded_rows = usable[usable["sha256"].isin(conflicted)]
-    usable = usable[~usable["sha256"].isin(conflicted)].reset_index(drop=True)
-    distance = settings.validation.near_duplicate_distance if settings.split.group_near_duplicates else None
-    frame = usable[["path", "label", "sha256"]].assign(group=quality.split_groups(usable, distance))
+    excluded_rows = usable[usable["path"].isin(kinds)]
+    usable = usable[~usable["path"].isin(kinds)].reset_index(drop=True)
+    group = usable["group"] if settings.split.group_derived_copies else usable.groupby("sha256").ngroup()
+    frame = usable[["path", "label", "sha256"]].assign(group=pd.factorize(group)[0])
     excluded = [
-        {"path": r.path, "reason": f"label conflict: identical bytes also filed under another class ({r.sha256[:12]})"}
+        {"path": r.path, "reason": f"label conflict: copies of one radiograph ({kinds[r.path]}) filed under different classes"}
         for r in excluded_rows.itertuples()
     ]
     return frame, excluded

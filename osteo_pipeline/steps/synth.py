@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from osteo_pipeline.core.synth import generate
+import numpy as np
+from PIL import Image
+
+from osteo_pipeline.core.synth import COPY_KINDS, derived_copy, generate
 from osteo_pipeline.errors import OsteoError
+
+#: Where the planted derived copies are listed (hidden: scans skip it).
+PLANTED = ".planted_copies.json"
+#: Share of planted copies filed under another class (planted label conflicts).
+MISFILED = 0.25
+
+
+def _save(image: Image.Image, path: Path, format_: str) -> None:
+    quality = int(format_.split("-")[1]) if "-" in format_ else 92
+    options = {"quality": quality} if format_.startswith("JPEG") else {}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format=format_.split("-")[0], **options)
+    except OSError as exc:
+        raise OsteoError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def write_synthetic_dataset(
-    out_dir: str | Path, classes: list[str], per_class: int, size: int, seed: int
+    out_dir: str | Path, classes: list[str], per_class: int, size: int, seed: int, bilateral: bool = False, copies: float = 0.0
 ) -> dict[str, int]:
-    """``OUT_DIR/<class>/<class>_NNN.(jpg|png)``; deterministic for ``seed``. Returns counts."""
+    """``OUT_DIR/<class>/<class>_NNN.(jpg|png)``; deterministic for ``seed``. Returns counts.
+
+    ``copies``: the share of images that also get one derived copy of every kind in
+    :data:`~osteo_pipeline.core.synth.COPY_KINDS` (a quarter of them filed under another class),
+    listed in ``OUT_DIR/.planted_copies.json``: a corpus for testing copy detection."""
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise OsteoError(f"cannot write synthetic images into {root}: it is a file, not a folder")
     counts: dict[str, int] = {c: 0 for c in classes}
-    for item in generate(classes, per_class, size, seed):
-        folder = root / item.label
-        name = f"{item.label}_{counts[item.label]:03d}{item.suffix}"
-        options = {"quality": 92} if item.format == "JPEG" else {}
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            item.image.save(folder / name, format=item.format, **options)
-        except OSError as exc:
-            raise OsteoError(f"cannot write {folder / name}: {exc.strerror or exc}") from exc
+    rng = np.random.default_rng([seed, 1_000_003])
+    planted = []
+    for item in generate(classes, per_class, size, seed, bilateral):
+        source = f"{item.label}/{item.label}_{counts[item.label]:03d}{item.suffix}"
+        _save(item.image, root / source, item.format)
         counts[item.label] += 1
+        if rng.random() >= copies:
+            continue
+        pixels = np.asarray(item.image.convert("L"))
+        for kind in COPY_KINDS:
+            image, format_ = derived_copy(pixels, kind, rng)
+            others = [c for c in classes if c != item.label]
+            label = str(rng.choice(others)) if others and rng.random() < MISFILED else item.label
+            name = f"{label}/{Path(source).stem}_{kind}.{'jpg' if format_.startswith('JPEG') else 'png'}"
+            _save(image, root / name, format_)
+            counts[label] += 1
+            planted.append({"source": source, "copy": name, "kind": kind})
+    if copies:
+        (root / PLANTED).write_text(json.dumps(planted, indent=1), encoding="utf-8")
     return counts

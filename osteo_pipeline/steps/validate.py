@@ -14,6 +14,7 @@ import pandas as pd
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import quality
 from osteo_pipeline.core.expectations import SUITE_NAMES, load_suite, suite_parameters
+from osteo_pipeline.io.copies import Content, CopyLinks, copy_finder
 from osteo_pipeline.io.manifest import Scan, display_path, scan_folder
 
 MAX_LISTED = 25  # unexpected rows listed per failed expectation in the summary
@@ -24,6 +25,7 @@ class ValidationResult:
     passed: bool
     summary: dict[str, Any]
     scan: Scan
+    copy_groups: list[dict[str, Any]]  # files holding copies of one radiograph, by raw path
 
     def failure(self, listed: int = 5) -> str:
         """One line saying which checks failed and on which files (the first ``listed``)."""
@@ -119,6 +121,21 @@ def _setting(settings: Settings, dotted: str) -> Any:
     return value
 
 
+def find_copies(manifest: pd.DataFrame, root: Path, settings: Settings) -> CopyLinks:
+    """Derived-copy links among the manifest's readable contents (one file per content)."""
+    usable = quality.readable(manifest).drop_duplicates("sha256")
+    contents = [Content(r.sha256, root / r.path, (int(r.width), int(r.height))) for r in usable.itertuples()]
+    return copy_finder(settings.validation).find(contents)
+
+
+def _printable_group(group: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "paths": [display_path(p) for p in group["paths"]],
+        "labels": group["labels"],
+        "links": [{**link, "source": display_path(link["source"]), "copy": display_path(link["copy"])} for link in group["links"]],
+    }
+
+
 def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResult:
     """Scan ``data_dir`` and validate it; never raises for bad files, only for a bad folder."""
     started = time.perf_counter()
@@ -136,11 +153,15 @@ def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResul
         ]
         class_dirs = [c for c in class_dirs if c in settings.data.classes]
         in_scope = manifest[manifest["label"].isin(settings.data.classes)]
+    # Copies are looked for across every folder: an image also filed as another class has an
+    # unreliable label even when that class is not being trained.
+    links = find_copies(manifest, scan.root, settings) if v.derived_copies else None
+    manifest["group"] = quality.copy_group_column(manifest, links.groups if links else None).astype("Int64")
+    in_scope = manifest.loc[in_scope.index]
+    groups = quality.copy_groups(manifest, links.links if links else [])
     tables = {
         "files": in_scope,
         "classes": quality.class_table(in_scope, settings.data.classes, class_dirs),
-        # Conflicts are looked for across every folder: an image also filed as another class has
-        # an unreliable label even when that class is not being trained.
         "contents": quality.content_table(manifest),
     }
     failures = run_suites(tables, settings)
@@ -158,12 +179,15 @@ def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResul
         ],
         "duplicate_groups": [[display_path(p) for p in g] for g in quality.duplicate_groups(manifest)],
         "label_conflicts": [
-            {**c, "paths": [display_path(p) for p in c["paths"]]} for c in quality.label_conflicts(manifest)
+            {**c, "paths": [display_path(p) for p in c["paths"]]} for c in quality.label_conflicts(groups)
         ],
-        "near_duplicates": [
-            [display_path(p) for p in g]
-            for g in quality.near_duplicate_groups(in_scope, v.near_duplicate_distance)
-        ],
+        "copy_groups": [_printable_group(g) for g in groups],
+        "derived_copies": {
+            "checked": v.derived_copies,
+            "links": sum(len([k for k in g["links"] if k["kind"] != "exact"]) for g in groups),
+            "matched_now": links.matched if links else 0,
+            "seconds": round(links.seconds, 2) if links else 0.0,
+        },
         "failed_expectations": [f for f in failures if f["severity"] == "critical"],
         "warnings": [f for f in failures if f["severity"] == "warning"],
         "ignored": ignored,
@@ -171,4 +195,4 @@ def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResul
         "modes": {str(k): int(n) for k, n in in_scope["mode"].value_counts().items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return ValidationResult(passed=passed, summary=summary, scan=scan)
+    return ValidationResult(passed=passed, summary=summary, scan=scan, copy_groups=groups)

@@ -19,31 +19,45 @@ ROWS = [
 ]
 
 
+#: A derived-copy link between two contents, as the copy finder reports it (h3 resized from h2).
+LINKS = [{"source": "h2", "copy": "h3", "kind": "resized", "score": 0.91}]
+
+
+def _grouped(links):
+    m = _manifest(ROWS)
+    m["group"] = quality.copy_group_column(m, {"h2": 0, "h3": 0, "h1": 1, "h4": 2} if links else None)
+    return m
+
+
 def test_duplicate_groups_and_label_conflicts():
-    m = _manifest(ROWS)
+    m = _grouped(LINKS)
     assert quality.duplicate_groups(m) == [["normal/a.png", "normal/a_copy.png", "osteoporosis/a.png"]]
-    conflicts = quality.label_conflicts(m)
-    assert len(conflicts) == 1 and conflicts[0]["labels"] == ["normal", "osteoporosis"]
+    conflicts = quality.label_conflicts(quality.copy_groups(m, LINKS))
+    assert conflicts == [{"paths": ["normal/a.png", "normal/a_copy.png", "osteoporosis/a.png"], "labels": ["normal", "osteoporosis"], "kinds": ["exact"]}]
 
 
-def test_near_duplicates_need_different_content():
-    m = _manifest(ROWS)
-    assert quality.near_duplicate_groups(m, max_distance=2) == [["normal/b.png", "normal/b_resaved.png"]]
-    assert quality.near_duplicate_groups(m, max_distance=0) == []
+def test_copy_groups_join_identical_and_derived_copies_with_their_links():
+    groups = quality.copy_groups(_grouped(LINKS), LINKS)
+    assert [g["paths"] for g in groups] == [["normal/a.png", "normal/a_copy.png", "osteoporosis/a.png"], ["normal/b.png", "normal/b_resaved.png"]]
+    assert groups[1]["links"] == [{"source": "normal/b.png", "copy": "normal/b_resaved.png", "kind": "resized", "score": 0.91}]
+    assert [g["paths"] for g in quality.copy_groups(_grouped(None), [])] == [groups[0]["paths"]]  # identical only
 
 
-def test_split_groups_join_copies_and_near_copies():
-    m = _manifest(ROWS)
-    exact = quality.split_groups(m, max_distance=None)
-    near = quality.split_groups(m, max_distance=2)
+def test_a_derived_copy_under_another_label_is_a_conflict_named_by_its_kind():
+    rows = [*ROWS[:5], ("osteoporosis/b_mirror.png", "osteoporosis", "h5", None, None)]
+    m = _manifest(rows)
+    links = [*LINKS, {"source": "h2", "copy": "h5", "kind": "mirrored+re-encoded", "score": 0.8}]
+    m["group"] = quality.copy_group_column(m, {"h1": 0, "h2": 1, "h3": 1, "h5": 1})
+    conflicts = quality.label_conflicts(quality.copy_groups(m, links))
+    assert conflicts[1] == {"paths": ["normal/b.png", "normal/b_resaved.png", "osteoporosis/b_mirror.png"], "labels": ["normal", "osteoporosis"], "kinds": ["mirrored+re-encoded", "resized"]}
+
+
+def test_group_column_joins_copies_and_skips_unreadable_rows():
+    exact = _grouped(None)["group"]
+    derived = _grouped(LINKS)["group"]
     assert exact[0] == exact[1] == exact[2] and exact[3] != exact[4]
-    assert near[3] == near[4] and near[0] != near[3] and near[5] not in {near[0], near[3]}
-    assert 6 not in exact.index  # unreadable rows get no group
-
-
-def test_phash_components_blockwise_matches_whole():
-    hashes = pd.Series([f"{i:016x}" for i in [0, 1, 3, 1 << 40, (1 << 40) | 1, 2**64 - 1]])
-    assert (quality.phash_components(hashes, 1, block=2) == quality.phash_components(hashes, 1)).all()
+    assert derived[3] == derived[4] and derived[0] != derived[3] and derived[5] not in {derived[0], derived[3]}
+    assert pd.isna(exact[6])  # unreadable rows get no group
 
 
 def test_class_table_counts_readable_images_and_flags_unknown_folders():
@@ -56,7 +70,8 @@ def test_class_table_counts_readable_images_and_flags_unknown_folders():
     assert abs(table["share"].sum() - 1) < 1e-9
 
 
-def test_content_table():
-    table = quality.content_table(_manifest(ROWS)).set_index("sha256")
-    assert table.loc["h1", "n_files"] == 3 and table.loc["h1", "n_labels"] == 2
-    assert table.loc["h2", "n_files"] == 1
+def test_content_table_has_one_row_per_radiograph():
+    table = quality.content_table(_grouped(LINKS)).set_index("first_path")
+    assert table.loc["normal/a.png", "n_files"] == 3 and table.loc["normal/a.png", "n_labels"] == 2
+    assert table.loc["normal/b.png", "n_files"] == 2 and table.loc["normal/b.png", "n_contents"] == 2
+    assert table.loc["osteoporosis/c.png", "n_files"] == 1

@@ -204,7 +204,8 @@ def test_evaluation_stops_when_the_training_manifest_cannot_be_read(train_settin
     error, never an evaluation that quietly scores training images as new."""
     from osteo_pipeline.io import tracking
     from osteo_pipeline.serving import log_pyfunc
-    from osteo_pipeline.steps.evaluate import TrainingManifestError, evaluate_model
+    from osteo_pipeline.steps.evaluate import evaluate_model
+    from osteo_pipeline.steps.seen import TrainingManifestError
     from tests.registry_helpers import brightness_model
 
     tracking.configure(train_settings)

@@ -133,11 +133,49 @@ def test_duplicates_warn_by_default_and_can_fail(synth_dir, tiny_settings):
     assert "duplicates" in _checks(validate_folder(root, strict))
 
 
-def test_near_duplicates_are_reported(synth_dir, tiny_settings):
+def _with_derived_copies(tmp_path):
+    """Synthetic radiographs at a realistic size, plus a resized JPEG copy (same label) and a
+    mirrored copy filed under the other label."""
+    import numpy as np
     from PIL import Image
 
-    root = synth_dir()
+    from osteo_pipeline.core.synth import derived_copy
+    from osteo_pipeline.steps.synth import write_synthetic_dataset
+
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, ["normal", "osteoporosis"], 4, 320, seed=1)
     with Image.open(root / "normal" / "normal_001.png") as image:
-        image.save(root / "normal" / "resaved.jpg", quality=80)
-    groups = validate_folder(root, tiny_settings).summary["near_duplicates"]
-    assert ["normal/normal_001.png", "normal/resaved.jpg"] in groups
+        pixels = np.asarray(image.convert("L"))
+    rng = np.random.default_rng(0)
+    for kind, target in (("resized", "normal/small.jpg"), ("mirrored", "osteoporosis/mirror.png")):
+        copy, _ = derived_copy(pixels, kind, rng)
+        copy.save(root / target, quality=60)
+    return root
+
+
+def test_derived_copies_are_grouped_and_a_mirrored_copy_under_another_label_conflicts(tmp_path, tiny_settings):
+    root = _with_derived_copies(tmp_path)
+    result = validate_folder(root, tiny_settings)
+    group = next(g for g in result.summary["copy_groups"] if "normal/normal_001.png" in g["paths"])
+    assert group["paths"] == ["normal/normal_001.png", "normal/small.jpg", "osteoporosis/mirror.png"]
+    kinds = {(link["source"], link["copy"]): link["kind"] for link in group["links"]}
+    assert set(kinds.values()) == {"resized", "mirrored+re-encoded"} or any("mirrored" in k for k in kinds.values())
+    assert len(result.summary["copy_groups"]) == 1  # no other pair of distinct radiographs linked
+    assert not result.passed and "label_conflicts" in _checks(result)
+    conflict = result.summary["label_conflicts"][0]
+    assert conflict["paths"] == group["paths"] and any("mirrored" in kind for kind in conflict["kinds"])
+
+
+def test_revalidation_matches_only_new_files(tmp_path, tiny_settings):
+    import shutil as sh
+
+    root = _with_derived_copies(tmp_path)
+    first = validate_folder(root, tiny_settings).summary["derived_copies"]
+    again = validate_folder(root, tiny_settings).summary["derived_copies"]
+    sh.copy(root / "normal" / "small.jpg", root / "osteoporosis" / "extra.jpg")  # a new file, known content
+    (root / "normal" / "normal_003.png").rename(root / "normal" / "renamed.png")
+    moved = validate_folder(root, tiny_settings).summary["derived_copies"]
+    assert first["matched_now"] == 10 and again["matched_now"] == 0 and moved["matched_now"] == 0
+    assert first["links"] == again["links"] == moved["links"] >= 2
+    tiny_settings.validation.copies_cache_dir = "none"  # memory only: everything is matched again
+    assert validate_folder(root, tiny_settings).summary["derived_copies"]["matched_now"] == 10

@@ -1,0 +1,45 @@
+"""Which images a model has already seen: the train and val files of its training run, and every
+copy of them (identical, or derived: resized, re-encoded, mirrored, rotated, cropped). Evaluation
+and the promotion gate leave those out, so no model is scored on what it trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+from osteo_pipeline.config import Settings
+from osteo_pipeline.errors import OsteoError
+from osteo_pipeline.io.copies import Content, copy_finder
+
+
+class TrainingManifestError(OsteoError):
+    """A model's training manifest cannot be read, so its seen images cannot be left out."""
+
+
+def training_images(model_uri: str) -> list[Content]:
+    """The images the model's training run trained or calibrated on (its split manifest's train
+    and val files). Without the manifest nothing could be left out and images the model trained on would
+    be scored as new: that stops the caller, it is never skipped quietly."""
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
+        root = Path(split["data_dir"])
+        return [Content(f["sha256"], root / f["path"], None) for f in split["files"] if f["split"] in ("train", "val")]
+    except Exception as exc:  # noqa: BLE001 - MLflow reports a missing run or artifact in many ways
+        raise TrainingManifestError(
+            f"cannot read the training split manifest of {model_uri} ({type(exc).__name__}: {str(exc)[:200]}); evaluation "
+            "stopped, since images it trained on could not be left out"
+        ) from exc
+
+
+def seen_images(candidates: list[Content], seen: list[Content], settings: Settings) -> dict[str, str]:
+    """Why each candidate (by sha256) must be left out: identical to, or (with
+    ``validation.derived_copies``) a derived copy of, an image in ``seen``."""
+    hashes = {content.sha256 for content in seen}
+    reasons = {c.sha256: "identical" for c in candidates if c.sha256 in hashes}
+    if settings.validation.derived_copies:
+        rest = [c for c in candidates if c.sha256 not in reasons]
+        found = copy_finder(settings.validation).derived_from(rest, seen)
+        reasons |= {sha: str(link["kind"]) for sha, link in found.items()}
+    return reasons
