@@ -59,8 +59,9 @@ def pull_task(uri: str, settings: Settings) -> str:
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
-    result = validate_folder(data_dir, settings)
-    paths = write_validation_report(result.summary, result.scan.manifest, settings.output_dir / "validation", MAX_LISTED)
+    report_dir = settings.output_dir / "validation"
+    result = validate_folder(data_dir, settings, docs_dir=report_dir)
+    paths = write_validation_report(result.summary, result.scan.manifest, report_dir, MAX_LISTED)
     create_markdown_artifact(_validation_markdown(result.summary, paths["html"]), key="validation-summary", description="Great Expectations validation")
     create_link_artifact(paths["html"].resolve().as_uri(), link_text="validation report (HTML)", key="validation-report")
     if not result.passed:

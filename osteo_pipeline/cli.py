@@ -192,7 +192,7 @@ def _print_validation(summary: dict[str, Any]) -> None:
 def validate(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders: DATA_DIR/<class>/<image>.")],
     json_: Annotated[bool, typer.Option("--json", help="Print the JSON summary on stdout.")] = False,
-    report_dir: Annotated[Path | None, typer.Option(help="Where to write validation.html/.json and manifest.csv.")] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="Where to write validation.html/.json, manifest.csv and GX's context with its Data Docs (gx/).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -201,14 +201,14 @@ def validate(
     from osteo_pipeline.steps.validate import MAX_LISTED, validate_folder
 
     settings = _settings(config, set_)
-    result = validate_folder(data_dir, settings)
     target = report_dir or settings.output_dir / "validation"
+    result = validate_folder(data_dir, settings, docs_dir=target)
     paths = write_validation_report(result.summary, result.scan.manifest, target, MAX_LISTED)
     if json_:
         _print_json(result.summary)
     else:
         _print_validation(result.summary)
-    console.print(f"report: {paths['html']}")
+    console.print(f"report: {paths['html']}" + (f"; GX Data Docs: {result.summary['data_docs']}" if result.summary["data_docs"] else ""))
     if not result.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

@@ -36,12 +36,30 @@ class ValidationResult:
         return f"{self.summary['data_dir']} failed validation: {'; '.join(parts)}"
 
 
-def _gx_context():
+DOCS_SITE = "osteo"  # the Data Docs site a validation with a report folder builds
+
+
+def _gx_context(docs_dir: Path | None):
+    """A file-backed GX context under ``docs_dir`` whose Data Docs site is kept there (offline),
+    or an in-memory one when there is nowhere to keep reports."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    context = gx.get_context(mode="ephemeral")
+    if docs_dir is None:
+        context = gx.get_context(mode="ephemeral")
+    else:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        context = gx.get_context(mode="file", project_root_dir=str(docs_dir))
+        if DOCS_SITE not in context.get_site_names():
+            context.add_data_docs_site(
+                DOCS_SITE,
+                {
+                    "class_name": "SiteBuilder",
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": "data_docs"},
+                },
+            )
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return context
 
@@ -83,35 +101,46 @@ def _printable_ids(table: pd.DataFrame, id_column: str) -> pd.DataFrame:
     return table.assign(**{id_column: pd.Series([display_path(v) if isinstance(v, str) else v for v in table[id_column]], dtype=object, index=table.index)})
 
 
-def run_suites(tables: dict[str, pd.DataFrame], settings: Settings) -> list[dict[str, Any]]:
-    """Run every suite on its table; return the failed expectations (critical and warnings)."""
-    context = _gx_context()
-    source = context.data_sources.add_pandas("osteo")
+def run_suites(tables: dict[str, pd.DataFrame], settings: Settings, docs_dir: Path | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Run every suite on its table through a GX Checkpoint (one per suite: each checks its own
+    table) whose action builds Data Docs when ``docs_dir`` is given. Returns the failed
+    expectations (critical and warnings) and the Data Docs index, if built."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _gx_context(docs_dir)
+    source = context.data_sources.add_or_update_pandas("osteo")
     params = suite_parameters(settings)
+    actions = [UpdateDataDocsAction(name="data-docs", site_names=[DOCS_SITE])] if docs_dir else []
     failures = []
     for name in SUITE_NAMES:
         suite, meta = load_suite(name, settings.validation.suites_dir)
         id_column = meta["id_column"]
-        batch = (
-            source.add_dataframe_asset(name)
-            .add_batch_definition_whole_dataframe("all")
-            .get_batch(batch_parameters={"dataframe": _printable_ids(tables[name], id_column)})
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=name, data=batch, suite=context.suites.add_or_update(suite))
         )
-        outcome = batch.validate(
-            suite,
-            expectation_parameters=params,
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
-        )
-        for result in outcome.results:
-            if result.success:
-                continue
-            config = result.expectation_config
-            escalation = config.meta.get("critical_when")
-            critical = str(getattr(config.severity, "value", config.severity)) == "critical" or (
-                escalation is not None and bool(_setting(settings, escalation))
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"osteo-{name}",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
             )
-            failures.append(_failure(result, name, id_column, critical))
-    return failures
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": _printable_ids(tables[name], id_column)}, expectation_parameters=params)
+        for suite_result in outcome.run_results.values():
+            for result in suite_result.results:
+                if result.success:
+                    continue
+                config = result.expectation_config
+                escalation = config.meta.get("critical_when")
+                critical = str(getattr(config.severity, "value", config.severity)) == "critical" or (
+                    escalation is not None and bool(_setting(settings, escalation))
+                )
+                failures.append(_failure(result, name, id_column, critical))
+    index = docs_dir / "gx" / "data_docs" / "index.html" if docs_dir else None
+    return failures, str(index) if index is not None and index.is_file() else None
 
 
 def _setting(settings: Settings, dotted: str) -> Any:
@@ -136,8 +165,9 @@ def _printable_group(group: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResult:
-    """Scan ``data_dir`` and validate it; never raises for bad files, only for a bad folder."""
+def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | None = None) -> ValidationResult:
+    """Scan ``data_dir`` and validate it; never raises for bad files, only for a bad folder.
+    With ``docs_dir``, GX keeps its context, results and Data Docs there."""
     started = time.perf_counter()
     v = settings.validation
     scan = scan_folder(data_dir, settings.data.extensions, v.max_pixels)
@@ -164,7 +194,7 @@ def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResul
         "classes": quality.class_table(in_scope, settings.data.classes, class_dirs),
         "contents": quality.content_table(manifest),
     }
-    failures = run_suites(tables, settings)
+    failures, data_docs = run_suites(tables, settings, docs_dir)
     passed = not any(f["severity"] == "critical" for f in failures)
     summary = {
         "passed": passed,
@@ -191,6 +221,7 @@ def validate_folder(data_dir: str | Path, settings: Settings) -> ValidationResul
         "failed_expectations": [f for f in failures if f["severity"] == "critical"],
         "warnings": [f for f in failures if f["severity"] == "warning"],
         "ignored": ignored,
+        "data_docs": data_docs,
         "formats": {str(k): int(n) for k, n in in_scope["format"].value_counts().items()},
         "modes": {str(k): int(n) for k, n in in_scope["mode"].value_counts().items()},
         "seconds": round(time.perf_counter() - started, 2),

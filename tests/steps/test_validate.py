@@ -2,6 +2,7 @@
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,16 @@ def test_revalidation_matches_only_new_files(tmp_path, tiny_settings):
     assert first["links"] == again["links"] == moved["links"] >= 2
     tiny_settings.validation.copies_cache_dir = "none"  # memory only: everything is matched again
     assert validate_folder(root, tiny_settings).summary["derived_copies"]["matched_now"] == 10
+
+
+def test_suites_run_as_gx_checkpoints_that_build_data_docs_and_a_second_run_reuses_them(synth_dir, tiny_settings, tmp_path):
+    import great_expectations as gx
+
+    root, docs = synth_dir(), tmp_path / "report"
+    for _ in range(2):  # the second validation into the same folder reuses GX's file context
+        result = validate_folder(root, tiny_settings, docs_dir=docs)
+    assert result.passed and Path(result.summary["data_docs"]).is_file()
+    assert len(list((docs / "gx" / "data_docs" / "validations").rglob("*.html"))) == 6  # 3 suites x 2 runs
+    context = gx.get_context(mode="file", project_root_dir=str(docs))
+    assert {c.name for c in context.checkpoints.all()} == {"osteo-files", "osteo-classes", "osteo-contents"}
+    assert validate_folder(root, tiny_settings).summary["data_docs"] is None  # no report folder: in memory only
