@@ -61,7 +61,7 @@ def pull_task(uri: str, settings: Settings) -> str:
 def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
     report_dir = settings.output_dir / "validation"
     result = validate_folder(data_dir, settings, docs_dir=report_dir)
-    paths = write_validation_report(result.summary, result.scan.manifest, report_dir, MAX_LISTED)
+    paths = write_validation_report(result, report_dir, MAX_LISTED, settings.validation.max_pixels)
     create_markdown_artifact(_validation_markdown(result.summary, paths["html"]), key="validation-summary", description="Great Expectations validation")
     create_link_artifact(paths["html"].resolve().as_uri(), link_text="validation report (HTML)", key="validation-report")
     if not result.passed:

@@ -203,7 +203,7 @@ def validate(
     settings = _settings(config, set_)
     target = report_dir or settings.output_dir / "validation"
     result = validate_folder(data_dir, settings, docs_dir=target)
-    paths = write_validation_report(result.summary, result.scan.manifest, target, MAX_LISTED)
+    paths = write_validation_report(result, target, MAX_LISTED, settings.validation.max_pixels)
     if json_:
         _print_json(result.summary)
     else:

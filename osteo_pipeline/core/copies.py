@@ -7,7 +7,8 @@ Three steps, each cheap enough for tens of thousands of images:
    to :data:`WORK_SIDE` and contrast-equalised (CLAHE); ORB keypoints are taken from it and from
    its mirror image. ORB is rotation- and scale-invariant; the mirror covers left-right flips.
 2. **Candidates** (:func:`candidate_pairs`): every keypoint looks up its nearest keypoints of all
-   other images in a Hamming nearest-neighbour index (faiss HNSW: sub-quadratic); each image's
+   other images in a Hamming nearest-neighbour index (faiss; an inverted file for large sets, so
+   sub-quadratic); each image's
    partners with the most close keypoints, plain or mirrored, become candidate pairs.
 3. **Verification** (:func:`verify`): the two images' keypoints are matched (ratio test), a
    similarity transform (rotation, scale, shift) is fitted with RANSAC, the copy is warped onto
@@ -18,7 +19,7 @@ Three steps, each cheap enough for tens of thousands of images:
 Each link carries its kind (``resized``, ``re-encoded``, ``padded`` or ``crop``, with ``mirrored``
 and/or ``rotated-N`` in front when the orientation changed) and its score. Byte-identical copies
 (``exact``) are found by content hash before any of this. Groups are the connected components of
-the links (:func:`copy_groups`).
+the links (:func:`connected_groups`).
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ from scipy.sparse.csgraph import connected_components
 
 #: Longest side, in px, of the picture that features and verification use.
 WORK_SIDE = 512
-#: Pictures whose shorter side (trimmed, before shrinking) is below this (px) are matched only
-#: when identical: below it, the
+#: Pictures whose shorter side is below this (px) are matched only when identical: below it, the
 #: fine structure that tells two patients apart is gone (distinct synthetic knees at 160 px
-#: correlate up to 0.43 after fitting, at 224 px up to 0.34).
+#: correlate up to 0.43 after fitting, at 224 px up to 0.34). Trimming a black background may
+#: leave less, but not under half of it.
 MIN_SIDE = 200
+
 #: Keypoints per orientation and image.
 KEYPOINTS = 200
 #: Version of the features and the matching: cached results of another version are not reused.
-VERSION = "copies-orb-3"
+VERSION = "copies-orb-4"
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,15 @@ def trim_borders(gray: np.ndarray, tolerance: int = 3) -> np.ndarray:
     return gray[top:bottom, left:right]
 
 
-def working_picture(gray: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The trimmed picture shrunk to :data:`WORK_SIDE` as float32, and whether it was trimmed."""
-    trimmed = trim_borders(np.asarray(gray))
-    scale = min(1.0, WORK_SIDE / max(trimmed.shape))
-    small = cv2.resize(trimmed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else trimmed
-    return np.ascontiguousarray(small, dtype=np.float32), trimmed.shape != np.asarray(gray).shape
+def _shrink(picture: np.ndarray) -> np.ndarray:
+    scale = min(1.0, WORK_SIDE / max(picture.shape))
+    small = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else picture
+    return np.ascontiguousarray(small, dtype=np.float32)
+
+
+def working_picture(gray: np.ndarray) -> np.ndarray:
+    """The picture features and verification use: trimmed, shrunk to :data:`WORK_SIDE`, float32."""
+    return _shrink(trim_borders(np.asarray(gray)))
 
 
 def _orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,8 +128,10 @@ def _orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def features(gray: np.ndarray) -> Features:
     """The :class:`Features` of a grayscale picture (any size, uint8 or float)."""
-    picture, trimmed = working_picture(gray)
-    if min(trim_borders(np.asarray(gray)).shape) < MIN_SIDE:
+    gray = np.asarray(gray)
+    content = trim_borders(gray)
+    picture, trimmed = _shrink(content), content.shape != gray.shape
+    if min(gray.shape) < MIN_SIDE or min(content.shape) < MIN_SIDE // 2:
         none = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
         return Features(picture.shape, trimmed, *none, *none)
     points, descriptors = _orb(picture)
@@ -230,23 +237,33 @@ def verify(copy: Features, copy_picture: np.ndarray, source: Features, source_pi
     transform, inliers = cv2.estimateAffinePartial2D(from_points, to_points, method=cv2.RANSAC, ransacReprojThreshold=3.0)
     if transform is None or int(inliers.sum()) < 6:
         return NO_MATCH
-    target = np.ascontiguousarray(np.fliplr(source_picture)) if mirrored else source_picture
-    height, width = target.shape
-    warped = cv2.warpAffine(copy_picture, transform, (width, height), flags=cv2.INTER_LINEAR)
-    inside = cv2.warpAffine(np.ones_like(copy_picture), transform, (width, height)) > 0.99
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-    if inside.sum() < 400:
+    scale2 = abs(float(np.linalg.det(transform[:, :2])))
+    if not 0.01 <= scale2 <= 100:  # degenerate, or a copy more than 10x smaller or larger: not a fit
         return NO_MATCH
-    a, b = _highpass(warped)[inside], _highpass(target)[inside]
+    target = np.ascontiguousarray(np.fliplr(source_picture)) if mirrored else source_picture
+    # Compare in the frame of the coarser picture: a 224 px crop of a 2,400 px film holds less
+    # detail than the film's working picture, and detail only one side has is not a difference.
+    if scale2 > 1:  # the copy is the coarser one: bring the source down onto it
+        fixed, moving, onto = copy_picture, cv2.GaussianBlur(target, (0, 0), 0.5 * np.sqrt(scale2)), cv2.invertAffineTransform(transform)
+    else:
+        fixed, moving, onto = target, copy_picture, transform
+    height, width = fixed.shape
+    warped = cv2.warpAffine(moving, onto, (width, height), flags=cv2.INTER_LINEAR)
+    overlap = cv2.warpAffine(np.ones_like(moving), onto, (width, height)) > 0.99
+    overlap = cv2.erode(overlap.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    if overlap.sum() < 400:
+        return NO_MATCH
+    a, b = _highpass(warped)[overlap], _highpass(fixed)[overlap]
     a, b = a - a.mean(), b - b.mean()
     score = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
-    scale2 = abs(float(np.linalg.det(transform[:, :2])))
-    return Match(score, transform, float(inside.mean()), min(1.0, float(inside.sum()) / (copy_picture.size * scale2)))
+    area = float(overlap.sum()) * (scale2 if scale2 > 1 else 1.0)  # the overlap in source pixels
+    return Match(score, transform, min(1.0, area / target.size), min(1.0, area / (copy_picture.size * scale2)))
 
 
-def link_kind(match: Match, mirrored: bool, copy: Features, source: Features, same_size: bool) -> str:
+def link_kind(match: Match, mirrored: bool, copy: Features, source: Features, copy_size: tuple[int, int], source_size: tuple[int, int]) -> str:
     """Name how a copy derives from its source: orientation first, then crop, padded, resized or
-    re-encoded (same size, other bytes: a re-encoding or a contrast change)."""
+    re-encoded (same size once turned, other bytes: a re-encoding or a contrast change). Sizes
+    are (width, height); (0, 0) when not known."""
     assert match.transform is not None
     angle = float(np.degrees(np.arctan2(match.transform[1, 0], match.transform[0, 0])))
     quarter = round(angle / 90) % 4
@@ -260,7 +277,8 @@ def link_kind(match: Match, mirrored: bool, copy: Features, source: Features, sa
     elif copy.trimmed != source.trimmed:
         base = "padded"
     else:
-        base = "re-encoded" if same_size else "resized"
+        turned = tuple(copy_size[::-1]) if quarter % 2 else tuple(copy_size)
+        base = "re-encoded" if turned == tuple(source_size) != (0, 0) else "resized"
     return "+".join([*orientation, base])
 
 
@@ -269,15 +287,18 @@ def find_links(
     pictures: Callable[[int], np.ndarray],
     sizes: Sequence[tuple[int, int]],
     queried: Iterable[int] | None = None,
+    sources: Iterable[int] | None = None,
     threshold: float = 0.5,
 ) -> list[Link]:
     """Verified derived-copy links among ``prints``; ``pictures(i)`` gives image i's working
     picture (:func:`working_picture`), ``sizes`` each file's (width, height), (0, 0) when not
-    known. Only pairs with an
-    image in ``queried`` (default: all) are looked for: a re-validation matches its new files."""
-    everyone = range(len(prints))
-    queried = set(everyone if queried is None else queried)
-    candidates = candidate_pairs(prints, queried) + candidate_pairs(prints, set(everyone) - queried, sources=queried)
+    known. Only pairs of an image in ``queried`` (default: all) and one in ``sources`` (default:
+    all) are looked for: a re-validation matches its new files against all, an evaluation its
+    images against the training images."""
+    everyone = set(range(len(prints)))
+    queried = everyone if queried is None else set(queried)
+    sources = everyone if sources is None else set(sources)
+    candidates = candidate_pairs(prints, queried, sources) + candidate_pairs(prints, sources - queried, sources=queried)
     links: dict[frozenset[int], Link] = {}
     for copy, source, mirrored in candidates:
         if frozenset((copy, source)) in links:
@@ -288,12 +309,12 @@ def find_links(
             if turned.score >= threshold:
                 copy, source, match = source, copy, turned
         if match.score >= threshold:
-            kind = link_kind(match, mirrored, prints[copy], prints[source], tuple(sizes[copy]) == tuple(sizes[source]) != (0, 0))
+            kind = link_kind(match, mirrored, prints[copy], prints[source], sizes[copy], sizes[source])
             links[frozenset((copy, source))] = Link(source, copy, kind, round(match.score, 3))
     return sorted(links.values(), key=lambda link: (link.source, link.copy))
 
 
-def copy_groups(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+def connected_groups(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
     """Group id per image: the connected components of the links (scipy)."""
     edges = np.asarray(list(pairs), dtype=np.int64).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))

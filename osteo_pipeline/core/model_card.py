@@ -58,8 +58,9 @@ X-rays. **Not a diagnosis and not a medical device.** Osteoporosis is diagnosed 
 density (DXA T-score), not by a plain radiograph; outputs must not guide individual care.
 
 ## Data
-Dataset hash `{dataset_hash}` (sha256 of content hashes, labels and splits). Exact and perceptual
-near-duplicates are kept within one split; {excluded} label-conflicting copies were excluded.
+Dataset hash `{dataset_hash}` (sha256 of content hashes, labels and splits). Copies of one
+radiograph (identical files and derived copies: resized, re-encoded, mirrored, rotated, cropped,
+padded) are kept within one split; {excluded} label-conflicting copies were excluded.
 
 | split | {' | '.join(classes)} | total |
 |---|{'---|' * len(classes)}---|

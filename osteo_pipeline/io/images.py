@@ -12,7 +12,6 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import imagehash
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from osteo_pipeline.core.preprocess import (
@@ -41,7 +40,6 @@ class ImageFacts:
     channels: int | None = None
     bytes: int | None = None
     sha256: str | None = None
-    phash: str | None = None
     pixel_spacing_mm: str | None = None  # DICOM only: row x column spacing
     error: str | None = None
 
@@ -78,14 +76,15 @@ def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> Imag
         }
         if facts["width"] * facts["height"] > max_pixels:
             raise ImageDecodeError(f"decompression-bomb guard: image is {facts['width']}x{facts['height']} px, over validation.max_pixels={max_pixels:,}; not decoded")
-        gray = dicom_image(dataset, max_pixels)  # the same conversion training and serving use
-        return ImageFacts(**base, **facts, phash=str(imagehash.phash(gray)))
+        dicom_image(dataset, max_pixels)  # decodes the pixels as training and serving will
+        return ImageFacts(**base, **facts)
     except ImageDecodeError as exc:
         return ImageFacts(**base, **facts, error=str(exc))
 
 
 def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
-    """Header facts, sha256 and perceptual hash of ``path``, or the reason it is unusable."""
+    """Header facts and sha256 of ``path`` (after a full decode that proves its data is
+    complete), or the reason it is unusable."""
     try:
         status = path.stat()
     except OSError as exc:
@@ -126,10 +125,9 @@ def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
                 if getattr(image, "n_frames", 1) > 1:
                     header["format"] = f"{image.format} ({image.n_frames} frames)"
                     return ImageFacts(**base, **header, error=f"multi-frame image ({image.n_frames} frames): one radiograph per file")
-                decoded = _decode_small(image)
-                phash = str(imagehash.phash(decoded.convert("L")))
+                _decode_small(image)
     except UnidentifiedImageError:
         return ImageFacts(**base, error="not an image: no decoder recognises its content")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return ImageFacts(**base, error=f"corrupt or truncated image data: {exc}")
-    return ImageFacts(**base, **header, phash=phash)
+    return ImageFacts(**base, **header)

@@ -31,7 +31,6 @@ MANIFEST_COLUMNS = [
     "channels",
     "bytes",
     "sha256",
-    "phash",
     "pixel_spacing_mm",
     "error",
 ]

@@ -7,15 +7,19 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import great_expectations as gx
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
-from PIL import Image, ImageOps
+from PIL import Image
 
 from osteo_pipeline.core.jsonable import dumps
+from osteo_pipeline.core.preprocess import ImageDecodeError, load_gray
 from osteo_pipeline.io.manifest import display_path
+
+if TYPE_CHECKING:
+    from osteo_pipeline.steps.validate import ValidationResult
 
 _ENV = Environment(loader=PackageLoader("osteo_pipeline.io", "templates"), autoescape=select_autoescape())
 
@@ -43,42 +47,43 @@ THUMB_SIDE = 120  # px, thumbnails of copy groups in the HTML report
 SHOWN_GROUPS = 100  # copy groups with thumbnails in the HTML report
 
 
-def _thumbnail(path: Path) -> str | None:
-    """A small JPEG data URL of ``path`` for the offline report, or None when it cannot be read."""
+def _thumbnail(path: Path, max_pixels: int) -> str | None:
+    """A small JPEG data URL of ``path`` (any format the pipeline reads, DICOM included) for the
+    offline report, or None when it cannot be read."""
     try:
-        with Image.open(path) as image:
-            image.draft("L", (THUMB_SIDE * 2, THUMB_SIDE * 2))
-            small = ImageOps.exif_transpose(image).convert("L")
-            small.thumbnail((THUMB_SIDE * 2, THUMB_SIDE))
-            buffer = io.BytesIO()
-            small.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError, SyntaxError):
+        small = Image.fromarray(load_gray(path, 2 * THUMB_SIDE, max_pixels))
+    except (ImageDecodeError, OSError):
         return None
+    small.thumbnail((2 * THUMB_SIDE, THUMB_SIDE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _copy_rows(summary: dict[str, Any], manifest: pd.DataFrame) -> list[dict[str, Any]]:
-    """Copy groups that hold a derived (not only identical) copy, conflicts first, with thumbnails."""
-    labels = dict(zip(manifest["path"].map(display_path), manifest["label"]))
-    groups = [g for g in summary["copy_groups"] if any(link["kind"] != "exact" for link in g["links"])]
-    groups.sort(key=lambda g: len(g["labels"]) == 1)
-    root = Path(summary["data_dir"])
+def _copy_rows(root: Path, copy_groups: list[dict[str, Any]], manifest: pd.DataFrame, max_pixels: int) -> list[dict[str, Any]]:
+    """Groups of copies that hold a derived (not only identical) copy, conflicts first, with
+    thumbnails (``copy_groups`` by raw path, as validation found them)."""
+    labels = dict(zip(manifest["path"], manifest["label"]))
+    groups = sorted((g for g in copy_groups if any(link["kind"] != "exact" for link in g["links"])), key=lambda g: len(g["labels"]) == 1)
     return [
-        {"thumbs": [{"path": p, "label": labels.get(p, "?"), "src": _thumbnail(root / p)} for p in g["paths"]], "links": g["links"]}
+        {
+            "thumbs": [{"path": display_path(p), "label": labels.get(p, "?"), "src": _thumbnail(root / p, max_pixels)} for p in g["paths"]],
+            "links": [{**link, "source": display_path(link["source"]), "copy": display_path(link["copy"])} for link in g["links"]],
+        }
         for g in groups[:SHOWN_GROUPS]
     ]
 
 
-def write_validation_report(
-    summary: dict[str, Any], manifest: pd.DataFrame, report_dir: Path, max_listed: int
-) -> dict[str, Path]:
+def write_validation_report(result: ValidationResult, report_dir: Path, max_listed: int, max_pixels: int) -> dict[str, Path]:
+    """``validation.html`` (self-contained), ``validation.json`` (the summary) and ``manifest.csv``."""
+    summary, manifest = result.summary, result.scan.manifest
     report_dir.mkdir(parents=True, exist_ok=True)
     html = _ENV.get_template("validation_report.html.j2").render(
         s=summary,
         gx_version=gx.__version__,
         max_listed=max_listed,
         dup_rows=[{"paths": g} for g in summary["duplicate_groups"]],
-        copy_rows=_copy_rows(summary, manifest),
+        copy_rows=_copy_rows(result.scan.root, result.copy_groups, manifest, max_pixels),
     )
     paths = {
         "html": report_dir / "validation.html",

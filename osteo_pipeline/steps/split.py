@@ -67,7 +67,7 @@ class SplitManifest:
 
 
 def usable_images(validation: ValidationResult, settings: Settings) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """The readable in-scope images of a passed validation with their duplicate ``group``
+    """The readable in-scope images of a passed validation with their ``group`` of copies
     (columns path, label, sha256, group), and the label-conflicting copies left out, with reasons."""
     if not validation.passed:
         raise NotValidatedError(f"{validation.failure()}. Fix the data (`osteo validate` writes the full report); nothing was trained on it")
@@ -89,8 +89,8 @@ def usable_images(validation: ValidationResult, settings: Settings) -> tuple[pd.
 def split_dataset(validation: ValidationResult, settings: Settings) -> SplitManifest:
     """Stratified, group-aware split of the readable in-scope images of a passed validation.
 
-    Label-conflicting copies are left out (and listed); duplicate and (optionally) near-duplicate
-    groups go to one split whole."""
+    Label-conflicting copies are left out (and listed); groups of copies (identical, and derived
+    unless ``split.group_derived_copies`` is off) go to one split whole."""
     frame, excluded = usable_images(validation, settings)
     fractions = {"train": settings.split.train, "val": settings.split.val, "test": settings.split.test}
     frame["split"] = assign_splits(frame, fractions, settings.seed)

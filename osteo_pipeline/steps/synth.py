@@ -17,7 +17,8 @@ PLANTED = ".planted_copies.json"
 MISFILED = 0.25
 
 
-def _save(image: Image.Image, path: Path, format_: str) -> None:
+def save_image(image: Image.Image, path: Path, format_: str) -> None:
+    """Save as ``format_`` (a Pillow format; ``JPEG-60`` sets the quality), with a clear error."""
     quality = int(format_.split("-")[1]) if "-" in format_ else 92
     options = {"quality": quality} if format_.startswith("JPEG") else {}
     try:
@@ -43,7 +44,7 @@ def write_synthetic_dataset(
     planted = []
     for item in generate(classes, per_class, size, seed, bilateral):
         source = f"{item.label}/{item.label}_{counts[item.label]:03d}{item.suffix}"
-        _save(item.image, root / source, item.format)
+        save_image(item.image, root / source, item.format)
         counts[item.label] += 1
         if rng.random() >= copies:
             continue
@@ -53,7 +54,7 @@ def write_synthetic_dataset(
             others = [c for c in classes if c != item.label]
             label = str(rng.choice(others)) if others and rng.random() < MISFILED else item.label
             name = f"{label}/{Path(source).stem}_{kind}.{'jpg' if format_.startswith('JPEG') else 'png'}"
-            _save(image, root / name, format_)
+            save_image(image, root / name, format_)
             counts[label] += 1
             planted.append({"source": source, "copy": name, "kind": kind})
     if copies:

@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -23,6 +22,7 @@ from osteo_pipeline.core.model import (
     with_head,
 )
 from osteo_pipeline.io.activations import ActivationCache
+from osteo_pipeline.io.cachedir import cache_folder
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.steps.split import SplitManifest
 
@@ -120,8 +120,7 @@ def global_batch(settings: Settings, strategy) -> Settings:  # noqa: ANN001 - tf
 
 def pixel_cache(settings: Settings, size: int | None = None) -> PixelCache:
     """The decode-once cache at ``size`` (default: the model's input size)."""
-    folder = settings.train.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "osteo" / "pixels"
-    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, None if str(folder).lower() == "none" else Path(folder))
+    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, cache_folder(settings.train.cache_dir, "pixels"))
 
 
 def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:

@@ -4,6 +4,7 @@ manifest and its summary tables, and report what failed by file name."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,8 @@ DOCS_SITE = "osteo"  # the Data Docs site a validation with a report folder buil
 
 def _gx_context(docs_dir: Path | None):
     """A file-backed GX context under ``docs_dir`` whose Data Docs site is kept there (offline),
-    or an in-memory one when there is nowhere to keep reports."""
+    or an in-memory one when there is nowhere to keep reports. One validation at a time per
+    ``docs_dir`` (each flow run has its own)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -49,6 +51,8 @@ def _gx_context(docs_dir: Path | None):
     if docs_dir is None:
         context = gx.get_context(mode="ephemeral")
     else:
+        for earlier in (docs_dir / "gx" / "uncommitted" / "validations", docs_dir / "gx" / "data_docs"):
+            shutil.rmtree(earlier, ignore_errors=True)  # the docs show this validation, not every one before it
         docs_dir.mkdir(parents=True, exist_ok=True)
         context = gx.get_context(mode="file", project_root_dir=str(docs_dir))
         if DOCS_SITE not in context.get_site_names():

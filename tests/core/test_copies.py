@@ -63,7 +63,7 @@ def test_each_link_says_how_the_copy_was_made(corpora):
     root = corpora[0]
     for planted in json.loads((root / PLANTED).read_text()):
         grays = [load_gray(root / planted[end], 2 * copies.WORK_SIDE, 10**8) for end in ("source", "copy")]
-        pictures = [copies.working_picture(g)[0] for g in grays]
+        pictures = [copies.working_picture(g) for g in grays]
         links = copies.find_links([copies.features(g) for g in grays], pictures.__getitem__, [g.shape[::-1] for g in grays])
         assert len(links) == 1, planted
         link, kind = links[0], planted["kind"]
@@ -93,6 +93,6 @@ def test_small_pictures_are_only_matched_when_identical():
 
 
 def test_groups_are_connected_components():
-    groups = copies.copy_groups(6, [(0, 1), (1, 2), (4, 5)])
+    groups = copies.connected_groups(6, [(0, 1), (1, 2), (4, 5)])
     assert groups[0] == groups[1] == groups[2] and groups[4] == groups[5]
     assert len({groups[0], groups[3], groups[4]}) == 3

@@ -1,0 +1,181 @@
+"""Derived-copy detection at scale: features and matching time for 1k, 5k and 20k synthetic
+radiographs with planted copies, how the time grows with n, and recall/precision at each size.
+
+    .venv/bin/python bench/copies.py [--sizes 1000,5000,20000] [--knee 300] [--share 0.05]
+        [--out bench/results/copies.json]
+    .venv/bin/python bench/copies.py --real ../shared/data/knee-xray [--planted 20]
+
+``--real DIR``: a copy of DIR in a temporary folder (never in the project) with derived copies of
+``--planted`` of its radiographs planted (every kind, from the real pixels), validated as a user
+would (``validate_folder``, cold cache): time, recall of the planted links, and every link between
+two of DIR's own files that is not an identical copy, to check by eye.
+
+Distinct single-knee radiographs (``osteo synth``'s renderer, shorter side ``--knee`` px); for a
+``--share`` of them, one derived copy of every kind (resized, JPEG 60, contrast, padded, mirrored,
+rotated 90/180, 224 px knee crops plain and mirrored, margin crop), so the copies are about half
+as many as the sources. Pixels stay in memory (JPEG kinds are encoded and decoded), so the time is
+the detector's own: features (ORB, plain and mirrored) and matching (faiss candidates, RANSAC and
+correlation checks). The exponent between two sizes is log(t2/t1) / log(n2/n1): 2 would be
+all-pairs, 1 linear."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from osteo_pipeline.core import copies
+from osteo_pipeline.core.synth import COPY_KINDS, derived_copy, render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _decoded(image: Image.Image, format_: str) -> np.ndarray:
+    buffer = io.BytesIO()
+    if format_.startswith("JPEG"):
+        image.save(buffer, format="JPEG", quality=int(format_.split("-")[1]) if "-" in format_ else 92)
+    else:
+        image.save(buffer, format="PNG")
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
+
+
+def _one_source(args: tuple[int, int, float, int]) -> list[tuple[str, np.ndarray]]:
+    """One distinct radiograph and, for a share of them, its planted copies: [(kind, pixels)]."""
+    index, knee, share, seed = args
+    rng = np.random.default_rng([seed, index])
+    pixels = (render("x", rng.uniform(0, 1), knee, rng) * 255).round().astype(np.uint8)
+    items = [("source", _decoded(Image.fromarray(pixels), "JPEG"))]
+    if rng.random() < share:
+        for kind in COPY_KINDS:
+            image, format_ = derived_copy(pixels, kind, rng)
+            items.append((kind, _decoded(image, format_)))
+    return items
+
+
+def corpus(n: int, knee: int, share: float, seed: int) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """About ``n`` images: pixels, the source index of each, and its kind."""
+    sources = max(1, round(n / (1 + share * len(COPY_KINDS))))
+    images, source_of, kinds = [], [], []
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        for index, items in enumerate(pool.map(_one_source, [(i, knee, share, seed) for i in range(sources)], chunksize=64)):
+            for kind, pixels in items:
+                images.append(pixels)
+                source_of.append(index)
+                kinds.append(kind)
+    return images, np.asarray(source_of), kinds
+
+
+def measure(n: int, knee: int, share: float, seed: int) -> dict[str, float]:
+    images, source_of, kinds = corpus(n, knee, share, seed)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        prints = list(pool.map(copies.features, images, chunksize=64))
+    featured = time.perf_counter()
+
+    @lru_cache(maxsize=2048)
+    def picture(i: int) -> np.ndarray:
+        return copies.working_picture(images[i])
+
+    links = copies.find_links(prints, picture, [im.shape[::-1] for im in images])
+    matched = time.perf_counter()
+    groups = copies.connected_groups(len(images), [(link.source, link.copy) for link in links])
+    planted = [i for i, kind in enumerate(kinds) if kind != "source"]
+    first = {s: i for i, s in reversed(list(enumerate(source_of)))}
+    missed = [kinds[i] for i in planted if groups[i] != groups[first[source_of[i]]]]
+    found = len(planted) - len(missed)
+    false_links = sum(source_of[link.source] != source_of[link.copy] for link in links)
+    return {
+        "images": len(images),
+        "sources": int(source_of.max() + 1),
+        "planted_copies": len(planted),
+        "features_s": round(featured - started, 1),
+        "matching_s": round(matched - featured, 1),
+        "total_s": round(matched - started, 1),
+        "recall": round(found / max(1, len(planted)), 4),
+        "missed_by_kind": {kind: missed.count(kind) for kind in sorted(set(missed))},
+        "false_links": int(false_links),
+        "links": len(links),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def measure_real(data_dir: Path, planted: int, seed: int) -> dict[str, object]:
+    import shutil
+    import tempfile
+
+    from osteo_pipeline.config import load_settings
+    from osteo_pipeline.steps.synth import save_image
+    from osteo_pipeline.steps.validate import validate_folder
+
+    work = Path(tempfile.mkdtemp(prefix="copies-real-"))
+    try:
+        root = work / "data"
+        shutil.copytree(data_dir, root, ignore=shutil.ignore_patterns("*.md", "*.sha256"))
+        originals = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        rng = np.random.default_rng(seed)
+        plants = []
+        for source in rng.choice(originals, planted, replace=False):
+            pixels = np.asarray(Image.open(root / source).convert("L"))
+            for kind in COPY_KINDS:
+                image, format_ = derived_copy(pixels, kind, rng)
+                name = f"{Path(source).parent}/planted_{Path(source).stem}_{kind}.{'jpg' if format_.startswith('JPEG') else 'png'}"
+                save_image(image, root / name, format_)
+                plants.append((str(source), name, kind))
+        settings = load_settings(
+            overrides={"data": {"classes": ["normal", "osteopenia", "osteoporosis"]}, "validation": {"copies_cache_dir": str(work / "cache"), "min_width": 64, "min_height": 64}},
+            environ={},
+        )
+        started = time.perf_counter()
+        result = validate_folder(root, settings)
+        seconds = time.perf_counter() - started
+        group = {path: i for i, g in enumerate(result.copy_groups) for path in g["paths"]}
+        missed = [(s, c, k) for s, c, k in plants if group.get(s, -1) != group.get(c, -2)]
+        own = [
+            link for g in result.copy_groups for link in g["links"]
+            if link["kind"] != "exact" and not Path(link["source"]).name.startswith("planted_") and not Path(link["copy"]).name.startswith("planted_")
+        ]
+        return {
+            "data": str(data_dir), "files": result.summary["files"], "validate_s": round(seconds, 1),
+            "copies_s": result.summary["derived_copies"]["seconds"], "planted": len(plants),
+            "recall": round(1 - len(missed) / len(plants), 4), "missed": missed,
+            "links_between_own_files": own, "label_conflicts": len(result.summary["label_conflicts"]),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,5000,20000")
+    parser.add_argument("--knee", type=int, default=300)
+    parser.add_argument("--share", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "copies.json")
+    parser.add_argument("--real", type=Path, help="A labeled DATA_DIR to plant copies of its own radiographs into (in a temp folder).")
+    parser.add_argument("--planted", type=int, default=20)
+    args = parser.parse_args()
+    if args.real:
+        print(json.dumps(measure_real(args.real, args.planted, args.seed), indent=1))
+        return
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        row = measure(n, args.knee, args.share, args.seed)
+        if rows:
+            row["exponent_vs_previous"] = round(float(np.log(row["total_s"] / rows[-1]["total_s"]) / np.log(row["images"] / rows[-1]["images"])), 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "knee_px": args.knee, "share": args.share, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
