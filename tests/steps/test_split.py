@@ -59,3 +59,43 @@ def test_a_dicom_batch_validates_splits_and_loads_for_training(tmp_path, train_s
     arrays = load_arrays(split, train_settings, pixel_cache(train_settings))
     assert sum(len(a.labels) for a in arrays.values()) == 16
     assert arrays["train"].pixels.shape[1:] == (32, 32, 3) and arrays["train"].pixels.std() > 10
+
+
+def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_by_kind(tmp_path, tiny_settings):
+    """Derived copies of every kind land in the split and CV part of their source; a copy filed
+    under another class takes its whole group out, the reason naming its kind."""
+    import numpy as np
+    from PIL import Image
+
+    from osteo_pipeline.core.splits import group_folds
+    from osteo_pipeline.core.synth import COPY_KINDS, derived_copy
+    from osteo_pipeline.steps.split import usable_images
+    from osteo_pipeline.steps.synth import save_image, write_synthetic_dataset
+
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, ["normal", "osteoporosis"], 14, 300, seed=5)
+    rng = np.random.default_rng(0)
+    planted = []
+    for source in ("normal/normal_001.png", "osteoporosis/osteoporosis_002.jpg"):
+        pixels = np.asarray(Image.open(root / source).convert("L"))
+        for kind in COPY_KINDS:
+            image, format_ = derived_copy(pixels, kind, rng)
+            copy = f"{source.split('/')[0]}/copy_{kind}_{source.split('/')[1]}.{'jpg' if format_.startswith('JPEG') else 'png'}"
+            save_image(image, root / copy, format_)
+            planted.append((source, copy))
+    image, format_ = derived_copy(np.asarray(Image.open(root / "normal/normal_004.jpg").convert("L")), "mirrored-knee-crop-224", rng)
+    save_image(image, root / "osteoporosis/misfiled.jpg", format_)
+    settings = tiny_settings.model_copy(deep=True)
+    settings.validation.fail_on_label_conflicts = False
+    validation = validate_folder(root, settings)
+    manifest = split_dataset(validation, settings)
+    split_of = dict(zip(manifest.files["path"], manifest.files["split"]))
+    assert all(split_of[source] == split_of[copy] for source, copy in planted)
+    excluded = {e["path"]: e["reason"] for e in manifest.excluded}
+    assert set(excluded) == {"normal/normal_004.jpg", "osteoporosis/misfiled.jpg"}
+    assert "mirrored+crop" in excluded["osteoporosis/misfiled.jpg"]
+    frame, _ = usable_images(validation, settings)
+    paths = frame["path"].to_numpy()
+    for fold in group_folds(frame["label"].to_numpy(), frame["group"].to_numpy(), 3, 1, 0.2, 0):
+        part = {path: name for name in ("train", "val", "test") for path in paths[getattr(fold, name)]}
+        assert all(part[source] == part[copy] for source, copy in planted)
