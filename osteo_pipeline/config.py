@@ -102,7 +102,7 @@ class ValidationSettings(_Section):
         default=0.5, gt=0, lt=1, description="Correlation of high-passed pixels, after fitting a pair, from which it is a derived copy."
     )
     copies_cache_dir: Path | None = Field(
-        default=None, description="Derived-copy features and matches, by content hash (default ~/.cache/osteo/copies; 'none' in YAML: memory only)."
+        default=None, description="Derived-copy features and matches, by content hash (default $XDG_CACHE_HOME/osteo/copies, else ~/.cache/osteo/copies; 'none' in YAML: memory only)."
     )
     fail_on_label_conflicts: bool = Field(
         default=True,
@@ -196,7 +196,7 @@ class TrainSettings(_Section):
         ),
     )
     cache_dir: Path | None = Field(
-        default=None, description="On-disk decoded-image cache (default ~/.cache/osteo/pixels; 'none' in YAML: memory only)."
+        default=None, description="On-disk decoded-image cache (default $XDG_CACHE_HOME/osteo/pixels, else ~/.cache/osteo/pixels; 'none' in YAML: memory only)."
     )
     augment: AugmentSettings = AugmentSettings()
 

@@ -43,7 +43,7 @@ MIN_SIDE = 200
 #: Keypoints per orientation and image.
 KEYPOINTS = 200
 #: Version of the features and the matching: cached results of another version are not reused.
-VERSION = "copies-orb-4"
+VERSION = "copies-orb-5"
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,8 @@ def verify(copy: Features, copy_picture: np.ndarray, source: Features, source_pi
     # detail than the film's working picture, and detail only one side has is not a difference.
     if scale2 > 1:  # the copy is the coarser one: bring the source down onto it
         fixed, moving, onto = copy_picture, cv2.GaussianBlur(target, (0, 0), 0.5 * np.sqrt(scale2)), cv2.invertAffineTransform(transform)
-    else:
-        fixed, moving, onto = target, copy_picture, transform
+    else:  # the source is the coarser one (or as fine): bring the copy down onto it
+        fixed, moving, onto = target, cv2.GaussianBlur(copy_picture, (0, 0), 0.5 / np.sqrt(scale2)) if scale2 < 1 else copy_picture, transform
     height, width = fixed.shape
     warped = cv2.warpAffine(moving, onto, (width, height), flags=cv2.INTER_LINEAR)
     overlap = cv2.warpAffine(np.ones_like(moving), onto, (width, height)) > 0.99

@@ -80,22 +80,29 @@ class CopyFinder:
         self._features: dict[str, copies.Features] = {}
         self._picture = lru_cache(maxsize=512)(self._load_picture)
         self._warned = False
+        self._warn_lock = threading.Lock()
 
     def _cache_failed(self, what: str, exc: BaseException) -> None:
-        if not self._warned:
-            log.warning("derived copies: cannot %s the cache in %s (%s); working in memory", what, self.folder, exc)
+        with self._warn_lock:
+            if self._warned:
+                return
             self._warned = True
+        log.warning("derived copies: cannot %s the cache in %s (%s); working in memory", what, self.folder, exc)
 
     def _load_picture(self, path: Path) -> np.ndarray:
         return copies.working_picture(load_gray(path, copies.WORK_SIDE * 2, self.max_pixels))
 
     def _stored(self, sha256: str) -> copies.Features | None:
-        stored = self.folder / sha256[:2] / f"{sha256}.npz" if self.folder else None
-        if stored is None or not stored.is_file():
+        if self.folder is None:
             return None
         try:
-            with np.load(stored) as arrays:
+            with np.load(self.folder / sha256[:2] / f"{sha256}.npz") as arrays:
                 return copies.Features.from_arrays(dict(arrays))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a folder that cannot be searched or read
+            self._cache_failed("read", exc)
+            return None
         except Exception:  # noqa: BLE001 - a torn or foreign file (any of numpy's zip errors): compute again
             return None
 
@@ -141,11 +148,16 @@ class CopyFinder:
 
     def _matched_sets(self) -> list[dict[str, Any]]:
         path = self._matched_file
-        if path is None or not path.is_file():
+        if path is None:
             return []
         try:
             entries = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self._cache_failed("read", exc)
+            return []
+        except ValueError:
             return []
         return [e for e in entries if _is_matched_set(e)] if isinstance(entries, list) else []
 

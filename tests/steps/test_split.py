@@ -95,6 +95,8 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
     assert set(excluded) == {"normal/normal_004.jpg", "osteoporosis/misfiled.jpg"}
     assert "mirrored+crop" in excluded["osteoporosis/misfiled.jpg"]
     frame, _ = usable_images(validation, settings)
+    group_of = dict(zip(frame["path"], frame["group"]))
+    assert all(group_of[source] == group_of[copy] for source, copy in planted)
     paths = frame["path"].to_numpy()
     for fold in group_folds(frame["label"].to_numpy(), frame["group"].to_numpy(), 3, 1, 0.2, 0):
         part = {path: name for name in ("train", "val", "test") for path in paths[getattr(fold, name)]}
