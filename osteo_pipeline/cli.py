@@ -339,8 +339,8 @@ def train(
     import yaml
 
     from osteo_pipeline.steps.refit import refit_and_evaluate
-    from osteo_pipeline.steps.train import TrainParams
     from osteo_pipeline.steps.tune import best_params
+    from osteo_pipeline.training.fit import TrainParams
 
     settings = _settings(config, set_, tune__study_name=study)
     split = _validated_split(data_dir, settings)

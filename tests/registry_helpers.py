@@ -14,7 +14,8 @@ from osteo_pipeline.io import tracking
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
 from osteo_pipeline.steps.split import SplitManifest
-from osteo_pipeline.steps.train import load_arrays, pixel_cache, predict_proba
+from osteo_pipeline.training.arrays import load_arrays, pixel_cache
+from osteo_pipeline.training.fit import predict_proba
 
 
 def brightness_model(size: int, skill: float) -> keras.Model:

@@ -44,15 +44,10 @@ from osteo_pipeline.core.splits import Fold, dataset_hash, group_folds
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.split import usable_images
-from osteo_pipeline.steps.train import (
-    Arrays,
-    TrainParams,
-    configure_runtime,
-    fit_two_phase,
-    pixel_cache,
-    predict_proba,
-)
 from osteo_pipeline.steps.validate import validate_folder
+from osteo_pipeline.training.arrays import Arrays, pixel_cache
+from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_proba
+from osteo_pipeline.training.runtime import configure_runtime
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.serving import load_classifier
 from osteo_pipeline.steps.seen import seen_images, training_images
-from osteo_pipeline.steps.train import Arrays
+from osteo_pipeline.training.arrays import Arrays
 
 GRID_IMAGES = 16
 

@@ -18,20 +18,12 @@ from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import fit_calibration
 from osteo_pipeline.io import tracking
+from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
-from osteo_pipeline.steps.split import SplitManifest
-from osteo_pipeline.steps.train import (
-    TrainParams,
-    build,
-    configure_runtime,
-    distribution,
-    fit_two_phase,
-    global_batch,
-    load_arrays,
-    pixel_cache,
-    predict_proba,
-)
+from osteo_pipeline.training.arrays import load_arrays, pixel_cache
+from osteo_pipeline.training.fit import TrainParams, build, fit_two_phase, predict_proba
+from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
 
 
 @dataclass

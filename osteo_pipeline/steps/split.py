@@ -2,68 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import pandas as pd
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import quality
-from osteo_pipeline.core.splits import SPLITS, assign_splits, dataset_hash
+from osteo_pipeline.core.splits import assign_splits, dataset_hash
 from osteo_pipeline.errors import CheckFailedError
-from osteo_pipeline.io.reports import write_json
+from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.steps.validate import ValidationResult
 
 
 class NotValidatedError(CheckFailedError):
     """Splitting was asked of data that failed validation."""
-
-
-@dataclass(frozen=True)
-class SplitManifest:
-    """The exact data a model sees: every file, its label and split, and the hash naming it all."""
-
-    data_dir: Path
-    files: pd.DataFrame  # path, label, split, sha256, group
-    dataset_hash: str
-    excluded: list[dict[str, str]]
-    seed: int
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        table = self.files.groupby(["split", "label"]).size()
-        return {s: {lab: int(n) for lab, n in table.get(s, pd.Series()).items()} for s in SPLITS}
-
-    def subset(self, split: str) -> pd.DataFrame:
-        return self.files[self.files["split"] == split].reset_index(drop=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset_hash": self.dataset_hash,
-            "data_dir": str(self.data_dir),
-            "seed": self.seed,
-            "counts": self.counts(),
-            "excluded": self.excluded,
-            "files": self.files.to_dict(orient="records"),
-        }
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> SplitManifest:
-        return cls(
-            data_dir=Path(payload["data_dir"]),
-            files=pd.DataFrame.from_records(payload["files"]),
-            dataset_hash=payload["dataset_hash"],
-            excluded=payload["excluded"],
-            seed=payload["seed"],
-        )
-
-    def save(self, path: Path) -> Path:
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: Path) -> SplitManifest:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def usable_images(validation: ValidationResult, settings: Settings) -> tuple[pd.DataFrame, list[dict[str, str]]]:

@@ -52,21 +52,17 @@ from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, with_head
 from osteo_pipeline.core.redact import redact, redact_url
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io import tracking
-from osteo_pipeline.io.activations import ActivationCache
-from osteo_pipeline.steps.split import SplitManifest
-from osteo_pipeline.steps.train import (
-    Arrays,
+from osteo_pipeline.io.split_manifest import SplitManifest
+from osteo_pipeline.training.activations import ActivationCache
+from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
+from osteo_pipeline.training.fit import (
     TrainParams,
-    configure_runtime,
-    distribution,
     fit_two_phase,
-    global_batch,
-    load_arrays,
     load_backbone,
     model_spec,
-    pixel_cache,
     predict_val,
 )
+from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
 
 log = logging.getLogger(__name__)
 STUDY_TAG = "osteo.study"

@@ -44,7 +44,7 @@ def test_a_dicom_batch_validates_splits_and_loads_for_training(tmp_path, train_s
     import numpy as np
 
     from osteo_pipeline.core.synth import generate
-    from osteo_pipeline.steps.train import load_arrays, pixel_cache
+    from osteo_pipeline.training.arrays import load_arrays, pixel_cache
     from tests.corpus import dicom_bytes
 
     for item in generate(["normal", "osteoporosis"], 8, 64, seed=3):

@@ -22,7 +22,6 @@ from osteo_pipeline.steps.evaluate import evaluate_model
 from osteo_pipeline.steps.explain import explain_image
 from osteo_pipeline.steps.refit import refit_and_evaluate
 from osteo_pipeline.steps.split import split_dataset
-from osteo_pipeline.steps.train import TrainParams, load_arrays, pixel_cache
 from osteo_pipeline.steps.tune import (
     StudyBackbone,
     TuneError,
@@ -32,6 +31,8 @@ from osteo_pipeline.steps.tune import (
     tune,
 )
 from osteo_pipeline.steps.validate import validate_folder
+from osteo_pipeline.training.arrays import load_arrays, pixel_cache
+from osteo_pipeline.training.fit import TrainParams
 
 pytestmark = pytest.mark.slow
 

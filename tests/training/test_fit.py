@@ -4,14 +4,9 @@ import pytest
 
 from osteo_pipeline.core.model import WeightsUnavailableError
 from osteo_pipeline.core.preprocess import model_input
-from osteo_pipeline.steps import train as train_step
-from osteo_pipeline.steps.train import (
-    RANDOM_INIT_FALLBACK,
-    Arrays,
-    TrainParams,
-    build,
-    fit_two_phase,
-)
+from osteo_pipeline.training import fit as train_step
+from osteo_pipeline.training.arrays import Arrays
+from osteo_pipeline.training.fit import RANDOM_INIT_FALLBACK, TrainParams, build, fit_two_phase
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +80,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from osteo_pipeline.config import load_settings
-from osteo_pipeline.steps.train import Arrays, TrainParams, build, distribution, fit_two_phase, global_batch, predict_proba
+from osteo_pipeline.training.arrays import Arrays
+from osteo_pipeline.training.fit import TrainParams, build, fit_two_phase, predict_proba
+from osteo_pipeline.training.runtime import distribution, global_batch
 
 rng = np.random.default_rng(0)
 pixels = rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)

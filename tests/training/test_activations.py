@@ -15,8 +15,9 @@ from osteo_pipeline.core.model import (
     set_unfrozen_blocks,
 )
 from osteo_pipeline.core.preprocess import model_input
-from osteo_pipeline.io.activations import ActivationCache, view_batches
-from osteo_pipeline.steps.train import Arrays, TrainParams, fit_two_phase, predict_val
+from osteo_pipeline.training.activations import ActivationCache, view_batches
+from osteo_pipeline.training.arrays import Arrays
+from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_val
 
 pytestmark = pytest.mark.slow
 SIZE, BATCH, VIEWS = 32, 16, 2

@@ -1,11 +1,11 @@
-"""Two-phase ResNet-50 fine-tuning on a split manifest: the shared core of tuning and refitting."""
+"""Two-phase fine-tuning (head, then top blocks) and prediction: what tuning, cross-validation,
+refitting and the comparison all train with."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import keras
@@ -21,10 +21,8 @@ from osteo_pipeline.core.model import (
     top_model,
     with_head,
 )
-from osteo_pipeline.io.activations import ActivationCache
-from osteo_pipeline.io.cachedir import cache_folder
-from osteo_pipeline.io.pixels import PixelCache
-from osteo_pipeline.steps.split import SplitManifest
+from osteo_pipeline.training.activations import ActivationCache
+from osteo_pipeline.training.arrays import Arrays
 
 log = logging.getLogger(__name__)
 RANDOM_INIT_FALLBACK = "random-init (ImageNet weights unavailable; demo fallback)"
@@ -59,79 +57,12 @@ class TrainParams:
 
 
 @dataclass
-class Arrays:
-    pixels: np.ndarray  # N x S x S x 3 uint8
-    labels: np.ndarray  # N class indices
-    paths: list[str] = field(default_factory=list)
-
-
-@dataclass
 class FitResult:
     history: dict[str, list[float]]  # per epoch run, both phases in sequence
     # Epochs up to each phase's best validation loss (all epochs run without validation): what a
     # refit replays. finetune_epochs is 0 when fine-tuning never beat the head phase.
     head_epochs: int
     finetune_epochs: int
-
-
-def configure_runtime(settings: Settings) -> dict[str, bool]:
-    """Seed everything; mixed precision and XLA when a GPU is present (or forced by config)."""
-    import tensorflow as tf
-
-    tf.get_logger().setLevel(logging.ERROR)  # retracing notices between trials are expected
-    keras.utils.set_random_seed(settings.seed)
-    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-    gpus = tf.config.list_physical_devices("GPU")
-    for device in gpus:  # take GPU memory as needed: local tune workers may share one GPU
-        try:
-            tf.config.experimental.set_memory_growth(device, True)
-        except RuntimeError:  # this process already initialised its GPUs
-            pass
-    gpu = bool(gpus)
-    mixed = settings.train.mixed_precision == "on" or (settings.train.mixed_precision == "auto" and gpu)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    xla = settings.train.xla == "on" or (settings.train.xla == "auto" and gpu)
-    return {"gpu": gpu, "mixed_precision": mixed, "xla": xla}
-
-
-def distribution(settings: Settings):  # noqa: ANN201 - tf.distribute.Strategy
-    """``tf.distribute.MirroredStrategy`` over this machine's GPUs when there are several
-    (``train.distribute: auto``), or over every logical device of one kind (``on``: GPUs, else
-    CPUs, which tests split into logical devices); otherwise TensorFlow's default strategy, whose
-    scope changes nothing. Build, compile and fit a model inside its ``scope()``."""
-    import tensorflow as tf
-
-    mode = settings.train.distribute
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    if mode == "off" or len(devices) < 2 or (mode == "auto" and len(gpus) < 2):
-        return tf.distribute.get_strategy()
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
-
-
-def global_batch(settings: Settings, strategy) -> Settings:  # noqa: ANN001 - tf.distribute.Strategy
-    """``settings`` with the global batch size: ``train.batch_size`` per replica, so a step sees
-    the same images per device however many devices share it."""
-    replicas = strategy.num_replicas_in_sync
-    if replicas == 1:
-        return settings
-    return settings.model_copy(update={"train": settings.train.model_copy(update={"batch_size": settings.train.batch_size * replicas})})
-
-
-def pixel_cache(settings: Settings, size: int | None = None) -> PixelCache:
-    """The decode-once cache at ``size`` (default: the model's input size)."""
-    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, cache_folder(settings.train.cache_dir, "pixels"))
-
-
-def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:
-    """Decoded pixels and label indices per split, decoding each image once."""
-    index = {c: i for i, c in enumerate(settings.data.classes)}
-    arrays = {}
-    for name in ("train", "val", "test"):
-        subset = split.subset(name)
-        paths = [split.data_dir / p for p in subset["path"]]
-        arrays[name] = Arrays(cache.load(paths, list(subset["sha256"])), subset["label"].map(index).to_numpy(dtype=np.int64), list(subset["path"]))
-    return arrays
 
 
 def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
