@@ -87,12 +87,12 @@ def tune_task(split: SplitManifest, settings: Settings, data_location: str, conf
     remote = _worker_flow_runs(deployment, data_location, config, overrides) if deployment else None
     result = tune(split, settings, start_remote_workers=remote)
     create_table_artifact(
-        [{"trial": result.best_trial, "val_loss": round(result.best_value, 4), "new_trials": result.new_trials, **result.best_params, **result.counts}],
+        [{"trial": result.best_trial, "objective": round(result.best_value, 4), "new_trials": result.new_trials, **result.best_params, **result.counts}],
         key="best-trial",
         description=f"Optuna study {result.study_name}",
     )
     best = result.best()
-    return {"params": best.params, "tags": best.tags()}
+    return {"params": best.params, "tags": best.tags(), "cv": best.cv}
 
 
 def _worker_flow_runs(deployment: str, data_location: str, config: str | None, overrides: list[str]):  # noqa: ANN202
@@ -113,7 +113,7 @@ def refit_task(split: SplitManifest, best: dict[str, Any], settings: Settings) -
     from osteo_pipeline.io.tracking import tracking_uri
     from osteo_pipeline.steps.refit import refit_and_evaluate
 
-    result = refit_and_evaluate(split, best["params"], settings, source="tuned", tags=best["tags"])
+    result = refit_and_evaluate(split, best["params"], settings, source="tuned", tags=best["tags"], cv=best.get("cv"))
     rows = "\n".join(
         f"| {k} | {v['value']:.3f} | " + (f"{v['low']:.3f} – {v['high']:.3f} |" if v["low"] == v["low"] else "- |")  # NaN: no CI (ECE)
         for k, v in result.metrics.items()

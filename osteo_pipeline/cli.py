@@ -281,7 +281,7 @@ def tune(
     console.print(
         f"study {result.study_name}: {result.new_trials} new finished trials, {result.counts['complete']} complete / "
         f"{result.counts['pruned']} pruned / {result.counts['fail']} failed in all, {result.seconds:.0f} s; best trial "
-        f"{result.best_trial} val_loss {result.best_value:.4f} params {result.best_params}",
+        f"{result.best_trial} objective {result.best_value:.4f} params {result.best_params}",
         highlight=False,
     )
     console.print(f"MLflow parent run {result.parent_run_id}; next: osteo train {data_dir} --params best")
@@ -345,9 +345,10 @@ def train(
     settings = _settings(config, set_, tune__study_name=study)
     split = _validated_split(data_dir, settings)
     tags: dict[str, str] = {}
+    cv = None
     if params == "best" or params.startswith("study:"):
         best = best_params(settings, split.dataset_hash, params.removeprefix("study:") if params != "best" else None, allow_other_data)
-        chosen, tags = best.params, best.tags()
+        chosen, tags, cv = best.params, best.tags(), best.cv
     elif params == "config":
         chosen = TrainParams.from_settings(settings).as_dict()
     else:
@@ -361,7 +362,7 @@ def train(
         if not isinstance(loaded, dict):
             raise InputError(f"--params file {file} must hold a mapping of parameter names to values")
         chosen = TrainParams.from_settings(settings).as_dict() | loaded
-    result = refit_and_evaluate(split, chosen, settings, source=params, tags=tags)
+    result = refit_and_evaluate(split, chosen, settings, source=params, tags=tags, cv=cv)
     console.print(_metrics_table(result.metrics, f"test metrics (n={sum(split.counts()['test'].values())})"))
     console.print(f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; {result.seconds:.0f} s")
     if register:
@@ -399,7 +400,7 @@ def promote(
 
     settings = _settings(config, set_)
     decision = run_promote(settings, version, data_dir)
-    style = "green" if decision.passed else "red"
+    style = {"passed": "green", "inconclusive": "yellow"}.get(decision.verdict, "red")
     console.print(f"[{style}]{decision.summary}[/]", highlight=False)
     if decision.passed:
         console.print(f"production -> version {decision.extra['candidate']} (previous: {decision.extra['production'] or 'none'})")
@@ -560,6 +561,41 @@ def evaluate(
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.left_out_kinds.items()))
         console.print(f"left out {len(result.skipped_seen)} images that are copies of images the model trained or was calibrated on ({kinds})")
     console.print(f"MLflow run {result.run_id} ({result.seconds:.0f} s): figures/reliability_diagram.png, figures/test_gradcam.png")
+
+
+@app.command()
+@handles_input_errors
+def crops(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG of the films with their knee boxes.")] = Path("knee_crops.png"),
+    limit: Annotated[int, typer.Option(help="Films shown (spread over the folder).", min=1)] = 24,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Draw the knee crops (model.roi: knees) on films of DATA_DIR, for a person to check them.
+    Written locally only: the figure shows patient images."""
+    from osteo_pipeline.core import plots
+    from osteo_pipeline.core.preprocess import ImageDecodeError, load_gray
+    from osteo_pipeline.core.quality import readable
+    from osteo_pipeline.core.roi import knee_boxes
+    from osteo_pipeline.io.manifest import scan_folder
+
+    settings = _settings(config, set_)
+    manifest = scan_folder(data_dir, settings.data.extensions, settings.validation.max_pixels).manifest
+    paths = sorted(readable(manifest)["path"])
+    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(limit, len(paths))).round().astype(int)] if paths else []
+    films = []
+    for path in chosen:
+        try:
+            gray = load_gray(Path(data_dir) / path, 768, settings.validation.max_pixels)
+        except ImageDecodeError as exc:
+            console.print(f"[yellow]{path}: skipped ({exc})[/]", highlight=False)
+            continue
+        films.append((path, gray, [(b.left, b.top, b.side) for b in knee_boxes(gray)]))
+    figure = plots.knee_crop_grid(films)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_file, dpi=100)
+    console.print(f"{out_file}: {len(films)} films, {sum(len(b) for _, _, b in films)} knee crops", highlight=False)
 
 
 @app.command()

@@ -156,8 +156,13 @@ class ModelSettings(_Section):
         description="Demo only: if ImageNet weights cannot be loaded, train from random init (tagged loudly).",
     )
     input_size: int = Field(default=224, ge=32, description="Square input side in px (bone texture needs resolution).")
-    head_units: int = Field(default=256, ge=1)
+    roi: Literal["image", "knees"] = Field(
+        default="image",
+        description="image: the whole film resized; knees: each knee cropped square around its joint line (two per film; the image's probability is their mean).",
+    )
+    head_units: int = Field(default=256, ge=0, description="Hidden units of the head; 0: a linear head (logistic regression on the pooled features).")
     dropout: float = Field(default=0.3, ge=0, lt=1)
+    l2: float = Field(default=0.0, ge=0, description="L2 penalty on the head's weights.")
     unfreeze_depth: int = Field(default=2, ge=0, le=16, description="Top residual blocks trained in phase 2 (0 = head only).")
 
     @property
@@ -244,13 +249,26 @@ class TuneSettings(_Section):
         if self.heartbeat_grace_s < 2 * self.heartbeat_interval_s:
             raise ValueError("tune.heartbeat_grace_s must be at least twice tune.heartbeat_interval_s, or a live trial could be failed")
         return self
+
     learning_rate: tuple[float, float] = (1e-5, 1e-3)
     unfreeze_depth: tuple[int, int] = (0, 6)
-    head_units: list[int] = [64, 128, 256, 512]
+    head_units: list[int] = Field(default=[0, 64, 128, 256], min_length=1, description="Head sizes searched; 0 is a linear head (a probe on the frozen features when unfreeze depth is 0).")
     dropout: tuple[float, float] = (0.1, 0.5)
+    l2: tuple[float, float] = Field(default=(1e-6, 1e-1), description="L2 penalty range of the head's weights (log scale).")
+    input_sizes: list[int] | None = Field(default=None, description="Input sizes searched (e.g. [224, 384, 512]); unset: model.input_size only.")
+    rois: list[Literal["image", "knees"]] | None = Field(default=None, description="Input modes searched (model.roi); unset: model.roi only.")
+    cv: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Score each trial by group-aware k-fold CV on train+val instead of the val split. auto: when train+val has fewer than cv_below_images images.",
+    )
+    cv_below_images: int = Field(default=500, ge=0, description="tune.cv auto: cross-validate when train+val has fewer images than this.")
+    cv_folds: int = Field(default=5, ge=2, description="k of the CV search's stratified group k-fold.")
+    objective: Literal["log_loss", "roc_auc", "balanced_accuracy"] = Field(
+        default="log_loss", description="CV search: the mean fold metric minimised (log loss) or maximised (the others)."
+    )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(
-        default=1, ge=0, description="Epoch index from which a trial can be pruned (1: hopeless trials stop after two epochs)."
+        default=1, ge=0, description="Step from which a trial can be pruned: epochs, or folds in a CV search (1: hopeless trials stop after two)."
     )
     pruner_startup_trials: int = Field(default=2, ge=0, description="Trials that always run to the end, to compare against.")
     activation_cache: bool = Field(
@@ -288,9 +306,13 @@ class RegistrySettings(_Section):
         description="Absolute minimums on the evaluation set (metric name -> value) a candidate must reach.",
     )
     compare_metric: str = Field(default="balanced_accuracy", description="Metric of the paired candidate-vs-production comparison.")
-    margin: float = Field(default=0.0, ge=0, description="Candidate may trail production by at most this much.")
-    require_ci_above_margin: bool = Field(
-        default=False, description="Also require the 95% CI of (candidate - production) to lie above -margin."
+    margin: float = Field(
+        default=0.0, ge=0, description="Promote when the 95% CI of candidate - production lies above -margin (0: the candidate must be shown better); a CI spanning it is inconclusive and keeps production."
+    )
+    min_paired_cases: int = Field(default=30, ge=1, description="Fewer paired held-out cases than this: the comparison with production is inconclusive.")
+    floors_on: Literal["cv_lower", "test"] = Field(
+        default="cv_lower",
+        description="Floors apply to the lower ends of a candidate's cross-validated estimate when it has one (cv_lower), or to its test metrics (test).",
     )
     bootstrap_resamples: int = Field(default=1000, ge=100)
 

@@ -25,7 +25,13 @@ from mlflow.types import ColSpec, Schema
 
 from osteo_pipeline.core.calibration import Calibration
 from osteo_pipeline.core.jsonable import dumps
-from osteo_pipeline.core.preprocess import ImageDecodeError, load_pixels, model_input
+from osteo_pipeline.core.preprocess import (
+    ImageDecodeError,
+    load_views,
+    model_input,
+    per_image,
+    views_per_image,
+)
 
 IMAGE_COLUMN = "image"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -53,8 +59,9 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int) -> np.ndarray:
-    """N x size x size x 3 uint8 pixels for the ``image`` column, or one error naming every bad row."""
+def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int, roi: str = "image") -> np.ndarray:
+    """(N x views) x size x size x 3 uint8 model inputs for the ``image`` column (each image's
+    views in a row: the film, or its knee crops), or one error naming every bad row."""
     if IMAGE_COLUMN not in frame.columns:
         raise _bad_request(f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); got columns {list(frame.columns)}")
     if len(frame) == 0:
@@ -72,13 +79,13 @@ def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int) -> np.ndarray:
                 raw = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise ImageDecodeError(f"not valid base64 ({exc})") from exc
-            pixels.append(load_pixels(raw, size, max_pixels))
+            pixels.append(load_views(raw, size, max_pixels, roi))
         except ImageDecodeError as exc:
             errors.append(f"row {row}: {exc}")
     if errors:
         listed = "; ".join(errors[:MAX_ERRORS_LISTED]) + (" …" if len(errors) > MAX_ERRORS_LISTED else "")
         raise _bad_request(f"{len(errors)} of {len(frame)} rows are not usable images: {listed}")
-    return np.stack(pixels)
+    return np.concatenate(pixels)
 
 
 def compiled_forward(model: Any) -> Any:
@@ -104,19 +111,22 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
         self.size: int = meta["input_size"]
         self.max_pixels: int = meta["max_pixels"]
         self.version: str = meta.get("version", "")
+        self.roi: str = meta.get("roi", "image")
+        self.views = views_per_image(self.roi)
         self.calibration = Calibration.from_dict(meta.get("calibration"))
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
         self._forward = compiled_forward(self.model)
         self._forward(model_input(np.zeros((1, self.size, self.size, 3), np.uint8)))  # trace before the first request
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """The network's own (uncalibrated) probabilities."""
-        return np.asarray(self._forward(model_input(pixels)), dtype=np.float64)
+        """The network's own (uncalibrated) probabilities per image, from its views' rows
+        (``decode_rows``' layout): the mean over each image's views."""
+        return per_image(np.asarray(self._forward(model_input(pixels)), dtype=np.float64), self.views)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Temperature-scaled probabilities and the label by the validation-chosen threshold."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        proba = self.calibration.probabilities(self.predict_pixels(decode_rows(frame, self.size, self.max_pixels)))
+        proba = self.calibration.probabilities(self.predict_pixels(decode_rows(frame, self.size, self.max_pixels, self.roi)))
         result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})
         result.insert(0, "label", [self.classes[i] for i in self.calibration.labels(proba)])
         result["model_version"] = self.version
@@ -141,6 +151,7 @@ def log_pyfunc(
     max_pixels: int,
     version: str,
     calibration: Calibration | None = None,
+    roi: str = "image",
 ) -> Any:
     """Log the model (no optimizer state) as the ``model`` pyfunc of the active run, with the
     calibration (temperature, threshold) fitted on validation. Its input example is a synthetic
@@ -152,7 +163,7 @@ def log_pyfunc(
         keras_path = Path(tmp) / "model.keras"
         inference_copy(keras_model).save(keras_path)
         meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict()}))
+        meta_path.write_text(dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict(), "roi": roi}))
         example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(input_size))]})
         return mlflow.pyfunc.log_model(
             name="model",

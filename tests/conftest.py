@@ -59,7 +59,8 @@ def train_settings(tiny_settings: Settings, tmp_path: Path) -> Settings:
                 update={"batch_size": 8, "head_epochs": 1, "finetune_epochs": 1, "cache_dir": tmp_path / "pixels"}
             ),
             "tune": tiny_settings.tune.model_copy(
-                update={"trials": 2, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "unfreeze_depth": (0, 1), "head_units": [4, 8]}
+                # A validation split, not CV: the lifecycle tests count epochs and trials (tests/training/test_cv.py covers CV).
+                update={"trials": 2, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "unfreeze_depth": (0, 1), "head_units": [4, 8], "cv": "off"}
             ),
             "tracking": tiny_settings.tracking.model_copy(
                 update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "mlruns")}

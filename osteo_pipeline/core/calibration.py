@@ -92,6 +92,20 @@ def fit_calibration(val_proba: np.ndarray, val_labels: np.ndarray, positive: int
     return Calibration(temperature, threshold, positive)
 
 
+def cross_fitted(proba: np.ndarray, labels: np.ndarray, folds: np.ndarray, positive: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities and labels of out-of-fold predictions, each fold's by the
+    temperature and threshold fitted on the *other* folds' predictions: an estimate that never
+    tunes its calibration on the cases it scores."""
+    calibrated = np.zeros_like(proba, dtype=np.float64)
+    predicted = np.zeros(len(proba), dtype=np.int64)
+    for fold in np.unique(folds):
+        here = folds == fold
+        calibration = fit_calibration(proba[~here], labels[~here], positive)
+        calibrated[here] = calibration.probabilities(proba[here])
+        predicted[here] = calibration.labels(calibrated[here])
+    return calibrated, predicted
+
+
 def reliability(proba: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
     """Per confidence bin (equal width): mean confidence, accuracy and count, for the top class."""
     confidence = proba.max(axis=1)

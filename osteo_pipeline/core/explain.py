@@ -11,23 +11,23 @@ import numpy as np
 import tensorflow as tf
 from matplotlib import colormaps
 
-from osteo_pipeline.core.model import BACKBONE_NAME, HEAD_LAYERS
+from osteo_pipeline.core.model import BACKBONE_NAME, REQUIRED_HEAD_LAYERS, head_layers
 from osteo_pipeline.core.preprocess import model_input
 
 
 def explainable(model: keras.Model) -> bool:
     """Whether ``model`` has the pipeline's layout (backbone, then the head layers)."""
     names = {layer.name for layer in model.layers}
-    return BACKBONE_NAME in names and set(HEAD_LAYERS) <= names
+    return BACKBONE_NAME in names and set(REQUIRED_HEAD_LAYERS) <= names
 
 
 def grad_cam(model: keras.Model, pixels: np.ndarray, class_index: int | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (N x S x S in [0, 1], S the input size) for ``class_index`` (default: each image's
     predicted class), and the model's probabilities. ``pixels``: N x S x S x 3 uint8."""
     if not explainable(model):
-        raise ValueError(f"cannot explain model {model.name!r}: Grad-CAM needs the pipeline's layout ({BACKBONE_NAME} backbone, then {', '.join(HEAD_LAYERS)})")
+        raise ValueError(f"cannot explain model {model.name!r}: Grad-CAM needs the pipeline's layout ({BACKBONE_NAME} backbone, then {', '.join(REQUIRED_HEAD_LAYERS)})")
     base = model.get_layer(BACKBONE_NAME)
-    head = [model.get_layer(name) for name in HEAD_LAYERS]
+    head = head_layers(model)
     inputs = tf.convert_to_tensor(model_input(pixels))
     with tf.GradientTape() as tape:
         features = base(inputs, training=False)

@@ -1,5 +1,11 @@
 """The promotion gate: absolute floors, then a paired comparison with production on the same
-held-out cases (bootstrap CI of the difference), never two numbers from different data."""
+held-out cases (bootstrap CI of the difference), never two numbers from different data.
+
+Three outcomes. **passed**: every floor met and, against production, the CI of candidate minus
+production lies above ``-margin`` (with margin 0: the candidate is shown better). **rejected**: a
+floor missed, or the CI lies wholly below ``-margin`` (shown worse). **inconclusive**: the CI
+spans the line, or there are fewer paired cases than ``min_paired_cases``; production is kept,
+and the reason says so. Equal models are inconclusive: nothing shows the candidate is better."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from osteo_pipeline.core.metrics import bootstrap_ci, classification_metrics
+
+PASSED, REJECTED, INCONCLUSIVE = "passed", "rejected", "inconclusive"
 
 
 @dataclass
@@ -20,13 +28,17 @@ class GateDecision:
     difference: dict[str, float] | None = None  # value, low, high of candidate - production
     n_cases: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    verdict: str = ""  # passed, rejected or inconclusive
+
+    def __post_init__(self) -> None:
+        self.verdict = self.verdict or (PASSED if self.passed else REJECTED)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def summary(self) -> str:
-        return ("PASSED: " if self.passed else "REJECTED: ") + "; ".join(self.reasons)
+        return f"{self.verdict.upper()}: " + "; ".join(self.reasons)
 
 
 def decide(
@@ -37,27 +49,30 @@ def decide(
     floors: dict[str, float],
     compare_metric: str,
     margin: float = 0.0,
-    require_ci_above_margin: bool = False,
+    min_paired_cases: int = 1,
     n_resamples: int = 1000,
     seed: int = 0,
     candidate_pred: np.ndarray | None = None,
     production_pred: np.ndarray | None = None,
+    floor_values: dict[str, float] | None = None,
+    floor_source: str = "test",
 ) -> GateDecision:
-    """Pass when every floor is met and, if production exists, the candidate is at least as good
-    (difference >= -margin; with ``require_ci_above_margin`` its CI's lower end too). Given
-    ``*_pred``, each model is scored on the labels it serves (its own validation-chosen
-    threshold) instead of the arg-max of its probabilities."""
+    """The gate's decision (see the module docstring). Floors apply to ``floor_values`` when
+    given (e.g. the lower bounds of a cross-validated estimate, named by ``floor_source``), else
+    to the candidate's metrics on these cases. Given ``*_pred``, each model is scored on the
+    labels it serves (its own calibrated threshold) instead of the arg-max of its probabilities."""
     y_true = np.asarray(y_true)
     candidate_pred = candidate_proba.argmax(axis=1) if candidate_pred is None else np.asarray(candidate_pred)
     candidate = classification_metrics(y_true, candidate_proba, positive, candidate_pred)
     reasons, passed = [], True
+    judged = floor_values if floor_values is not None else candidate
     for name, floor in sorted(floors.items()):
-        value = candidate[name]
+        value = judged.get(name, float("nan"))
         if not np.isfinite(value) or value < floor:
             passed = False
-            reasons.append(f"{name} {value:.3f} below floor {floor:.3f}")
+            reasons.append(f"{floor_source} {name} {value:.3f} below floor {floor:.3f}")
         else:
-            reasons.append(f"{name} {value:.3f} >= floor {floor:.3f}")
+            reasons.append(f"{floor_source} {name} {value:.3f} >= floor {floor:.3f}")
     if production_proba is None:
         reasons.append("no production model: floors decide")
         return GateDecision(passed, reasons, candidate, n_cases=len(y_true))
@@ -73,13 +88,18 @@ def decide(
 
     low, high = bootstrap_ci(len(y_true), paired, n_resamples, seed).get("diff", (float("nan"), float("nan")))
     diff = candidate[compare_metric] - production[compare_metric]
+    difference = {"value": diff, "low": low, "high": high}
     text = f"{compare_metric} candidate - production = {diff:+.3f} (95% CI {low:+.3f} to {high:+.3f}, n={len(y_true)} paired cases)"
-    if diff < -margin:
-        passed = False
+    verdict = PASSED if passed else REJECTED
+    if len(y_true) < min_paired_cases:
+        reasons.append(f"inconclusive: {len(y_true)} paired cases, fewer than registry.min_paired_cases={min_paired_cases}; production kept ({text})")
+        verdict = INCONCLUSIVE if passed else REJECTED
+    elif high < -margin:
         reasons.append(f"worse than production: {text}")
-    elif require_ci_above_margin and not low >= -margin:
-        passed = False
-        reasons.append(f"not shown at least as good (CI lower end below -{margin}): {text}")
+        verdict = REJECTED
+    elif low > -margin:
+        reasons.append(f"{'better than' if margin == 0 else f'within {margin} of'} production: {text}")
     else:
-        reasons.append(f"at least as good as production: {text}")
-    return GateDecision(passed, reasons, candidate, production, {"value": diff, "low": low, "high": high}, len(y_true))
+        reasons.append(f"inconclusive: the interval spans {-margin:+.3f}; production kept ({text})")
+        verdict = INCONCLUSIVE if passed else REJECTED
+    return GateDecision(verdict == PASSED, reasons, candidate, production, difference, len(y_true), verdict=verdict)

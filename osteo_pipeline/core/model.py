@@ -15,7 +15,9 @@ from osteo_pipeline.errors import OsteoError
 RESIDUAL_BLOCKS = [f"conv{stage}_block{b}" for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
 MAX_UNFREEZE_DEPTH = len(RESIDUAL_BLOCKS)
 BACKBONE_NAME = "resnet50"
+#: The head's layers in order; ``head_dense`` is absent from a linear head (``head_units`` 0).
 HEAD_LAYERS = ("gap", "head_dense", "head_dropout", "probabilities")
+REQUIRED_HEAD_LAYERS = ("gap", "head_dropout", "probabilities")
 _BLOCK = re.compile(r"^(conv\d_block\d+)_")
 
 
@@ -27,8 +29,9 @@ class WeightsUnavailableError(OsteoError, RuntimeError):
 class ModelSpec:
     classes: tuple[str, ...]
     input_size: int
-    head_units: int
+    head_units: int  # 0: a linear head on the pooled features
     dropout: float
+    l2: float = 0.0
 
 
 def backbone(weights: str | None, input_size: int) -> keras.Model:
@@ -44,14 +47,18 @@ def backbone(weights: str | None, input_size: int) -> keras.Model:
 
 def classifier(base: keras.Model, spec: ModelSpec, name: str, frozen_statistics: bool) -> keras.Model:
     """``base`` (a no-top feature extractor) + GAP + Dense(relu) + dropout + softmax: the head
-    every CNN here shares. ``frozen_statistics`` keeps BatchNorm in inference mode (pretrained
-    backbones); trained-from-scratch ones need their batch statistics."""
+    every CNN here shares; with ``head_units`` 0 the hidden layer is left out, a linear head (a
+    logistic regression on the pooled features: what a few dozen images can afford). ``l2``
+    penalises the head's weights. ``frozen_statistics`` keeps BatchNorm in inference mode
+    (pretrained backbones); trained-from-scratch ones need their batch statistics."""
     inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="image")
     features = base(inputs, training=False) if frozen_statistics else base(inputs)
+    penalty = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
-    x = keras.layers.Dense(spec.head_units, activation="relu", name=HEAD_LAYERS[1])(x)
+    if spec.head_units:
+        x = keras.layers.Dense(spec.head_units, activation="relu", kernel_regularizer=penalty, name=HEAD_LAYERS[1])(x)
     x = keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[2])(x)
-    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name=HEAD_LAYERS[3])(x)
+    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", kernel_regularizer=penalty, name=HEAD_LAYERS[3])(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -71,6 +78,12 @@ def with_head(base: keras.Model, spec: ModelSpec) -> keras.Model:
 
 def get_backbone(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
+
+
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The head's layers of ``model``, in order (a linear head has no hidden layer)."""
+    names = {layer.name for layer in model.layers}
+    return [model.get_layer(name) for name in HEAD_LAYERS if name in names]
 
 
 def set_unfrozen_blocks(model: keras.Model, depth: int) -> list[str]:
@@ -118,8 +131,8 @@ def top_model(model: keras.Model, depth: int) -> keras.Model:
     inputs = keras.Input(shape=tuple(boundary.shape[1:]), name="activation")
     features = keras.Model(boundary, base.output)(inputs, training=False) if depth else inputs
     x = features
-    for name in HEAD_LAYERS:
-        x = model.get_layer(name)(x)
+    for layer in head_layers(model):
+        x = layer(x)
     return keras.Model(inputs, x, name=f"top_{depth}")
 
 

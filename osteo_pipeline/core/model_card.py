@@ -15,6 +15,24 @@ def _number(value: float | None) -> str:
     return f"{value:.3f}" if _finite(value) else "-"
 
 
+def _cv_section(cv: dict[str, Any], n_test: int) -> str:
+    """The headline: the out-of-fold estimate with its interval, the test split's numbers beside it."""
+    rows = "\n".join(
+        f"| {metric} | {_number(v['value'])} | " + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
+        for metric, v in cv["metrics"].items()
+    )
+    return f"""
+## Headline: cross-validated estimate ({cv['folds']}-fold, n = {cv['n']} images)
+Out-of-fold predictions of the chosen parameters, each fold's labels from a calibration fitted on
+the other folds; mean over folds with the 95% corrected resampled t interval. The test split
+below (n = {n_test}) is the one untouched check; with so few images its interval is wider.
+
+| metric | CV estimate | 95% interval |
+|---|---|---|
+{rows}
+"""
+
+
 def render_model_card(
     name: str,
     version: str,
@@ -30,6 +48,8 @@ def render_model_card(
     input_size: int,
     calibration: dict[str, Any] | None = None,
     image_grids: str = "not logged",
+    roi: str = "image",
+    cv: dict[str, Any] | None = None,
 ) -> str:
     rows = "\n".join(
         f"| {split} | " + " | ".join(str(counts.get(split, {}).get(c, 0)) for c in classes) + f" | {sum(counts.get(split, {}).values())} |"
@@ -40,18 +60,21 @@ def render_model_card(
         for metric, v in metrics.items()
     )
     n_test = sum(counts.get("test", {}).values())
+    headline = _cv_section(cv, n_test) if cv else ""
+    calibrated_on = "out-of-fold predictions of the cross-validated search" if cv else "validation"
+    view = "each knee cropped square around its joint line (two crops per film; the image's probability is their mean)" if roi == "knees" else "the whole film"
     param_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
     calibration = calibration or {}
     threshold = calibration.get("threshold")
     decision = (
-        f"`{classes[calibration.get('positive', -1)]}` when its probability is at least {threshold:.3f} (chosen on validation for balanced accuracy)"
+        f"`{classes[calibration.get('positive', -1)]}` when its probability is at least {threshold:.3f} (chosen on {calibrated_on} for balanced accuracy)"
         if threshold is not None
         else "the most probable class"
     )
     return f"""# Model card: {name} version {version}
 
 Knee radiograph classifier ({', '.join(classes)}), ResNet-50 transfer learning. Training run `{run_id}`.
-
+{headline}
 ## Intended use
 Research and engineering of an MLOps pipeline; decision support experiments on labeled knee
 X-rays. **Not a diagnosis and not a medical device.** Osteoporosis is diagnosed by bone mineral
@@ -66,11 +89,11 @@ padded) are kept within one split; {excluded} label-conflicting copies were excl
 |---|{'---|' * len(classes)}---|
 {rows}
 
-The model trained on `train`; `val` chose the search's parameters and epochs, then the
-temperature and the threshold; `test` was scored once, at the end.
+{"The search scored each parameter set by cross-validation on `train` + `val`; the model trained on both for the epochs CV chose, and the temperature and threshold were fitted on the out-of-fold predictions." if cv else "The model trained on `train`; `val` chose the search's parameters and epochs, then the temperature and the threshold."}
+`test` was scored once, at the end.
 
 ## Model
-Backbone weights: `{weights}`; input {input_size} x {input_size} px, grayscale replicated to 3 channels,
+Backbone weights: `{weights}`; input: {view}, {input_size} x {input_size} px, grayscale replicated to 3 channels,
 ResNet-50 caffe preprocessing; augmentation on training data only.
 
 | parameter | value |
@@ -80,7 +103,7 @@ ResNet-50 caffe preprocessing; augmentation on training data only.
 ## Output contract
 Input: one image (PNG, JPEG, TIFF, BMP or DICOM; any size, mode and bit depth the validation
 allows). Output: `label` and `p_<class>` per class. Probabilities are temperature-scaled
-(T = {calibration.get('temperature', 1.0):.3f}, fitted on validation); the label is {decision}.
+(T = {calibration.get('temperature', 1.0):.3f}, fitted on {calibrated_on}); the label is {decision}.
 
 ## Privacy
 The model's input example (in its MLmodel files) is a synthetic radiograph drawn by the

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
@@ -111,5 +112,21 @@ def comparison_chart(rows: list[dict], metrics: list[str]) -> Figure:
         ax.set_title(metric, fontsize=9)
     axes[0][0].set_yticks(range(len(shown)), names)
     axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def knee_crop_grid(films: list[tuple[str, np.ndarray, list[tuple[int, int, int]]]], columns: int = 4) -> Figure:
+    """Films (name, gray pixels, knee boxes as left, top, side) with their boxes drawn: what a
+    person checks before trusting ``model.roi: knees``."""
+    rows = max(1, -(-len(films) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, gray, boxes) in zip(axes.ravel(), films):
+        ax.imshow(gray, cmap="gray")
+        for left, top, side in boxes:
+            ax.add_patch(matplotlib.patches.Rectangle((left, top), side, side, fill=False, edgecolor="red", linewidth=1.5))
+        ax.set_title(f"{name} ({len(boxes)} knee{'s' if len(boxes) > 1 else ''})", fontsize=8)
     fig.tight_layout()
     return fig

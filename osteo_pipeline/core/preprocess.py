@@ -18,10 +18,10 @@ from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = None  # callers enforce their own limit (see ``open_image``)
 
-#: Bump whenever ``load_pixels`` may return other pixels for the same file (decoding, resizing,
+#: Bump whenever ``load_gray_views`` may return other pixels for the same file (decoding, resizing,
 #: gray conversion): on-disk pixel caches are keyed by it, so training never reuses arrays made by
 #: older preprocessing while serving decodes with the new one.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 
 
 class ImageDecodeError(ValueError):
@@ -173,6 +173,41 @@ def load_pixels(source: str | Path | bytes, size: int, max_pixels: int) -> np.nd
     """``size`` x ``size`` x 3 uint8 pixels of ``source``: the model's view of one image."""
     gray = to_gray_array(open_image(source, max_pixels), size)
     return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+#: How an image becomes model inputs: ``image``, the whole film resized; ``knees``, each knee
+#: cropped around its joint line (``core.roi``).
+ROI_MODES = ("image", "knees")
+
+
+def views_per_image(roi: str) -> int:
+    """Model inputs per image: 1 for the whole film, ``core.roi.VIEWS`` for knee crops."""
+    from osteo_pipeline.core.roi import VIEWS
+
+    if roi not in ROI_MODES:
+        raise ValueError(f"unknown roi {roi!r}; one of {ROI_MODES}")
+    return 1 if roi == "image" else VIEWS
+
+
+def per_image(row_proba: np.ndarray, views: int) -> np.ndarray:
+    """Mean of each consecutive run of ``views`` rows: an image's probability from its views."""
+    return row_proba.reshape(-1, views, row_proba.shape[-1]).mean(axis=1) if views > 1 else row_proba
+
+
+def load_gray_views(source: str | Path | bytes, size: int, max_pixels: int, roi: str = "image") -> np.ndarray:
+    """``views_per_image(roi)`` x ``size`` x ``size`` uint8 gray: the one function that turns a file
+    into what the model sees, in training, serving and Grad-CAM alike. Knee crops are cut from a
+    decode at three times ``size`` (a knee spans about a third of a film)."""
+    from osteo_pipeline.core.roi import knee_crops
+
+    if views_per_image(roi) == 1:
+        return to_gray_array(open_image(source, max_pixels), size)[None]
+    return knee_crops(load_gray(source, 3 * size, max_pixels), size)
+
+
+def load_views(source: str | Path | bytes, size: int, max_pixels: int, roi: str = "image") -> np.ndarray:
+    """:func:`load_gray_views` replicated to three channels (V x size x size x 3)."""
+    return np.repeat(load_gray_views(source, size, max_pixels, roi)[..., None], 3, axis=3)
 
 
 def model_input(pixels):

@@ -99,6 +99,19 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, repeats: 
     return folds
 
 
+def cv_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group k-fold: (train, val) indices per fold; every group of copies lies in one
+    part, and every row is validated exactly once."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise SplitError(f"only {n_groups} distinct image groups: too few for {n_splits}-fold cross-validation (tune.cv_folds)")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [(train, val) for train, val in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
 def dataset_hash(frame: pd.DataFrame) -> str:
     """Identity of the exact data used: content hashes, labels and splits (not paths or order)."""
     lines = sorted(f"{r.sha256},{r.label},{r.split}" for r in frame.itertuples())

@@ -66,9 +66,9 @@ def evaluate_predictions(
     grids = settings.tracking.log_image_grids
     mlflow.set_tag("image_grids", "logged (tracking.log_image_grids)" if grids else "not logged: they would hold patient images (tracking.log_image_grids)")
     if grids:
-        figures["test_predictions.png"] = plots.prediction_grid(arrays.pixels, arrays.labels, proba, classes, predicted, GRID_IMAGES)
+        figures["test_predictions.png"] = plots.prediction_grid(arrays.first_views(), arrays.labels, proba, classes, predicted, GRID_IMAGES)
     if grids and model is not None and explainable(model) and len(arrays.pixels):
-        shown = arrays.pixels[:GRID_IMAGES]
+        shown = arrays.first_views()[:GRID_IMAGES]
         heatmaps, _ = grad_cam(model, shown, predicted[:GRID_IMAGES])  # the served label, which the threshold may move off the arg-max
         overlays = np.stack([overlay(image[..., 0], heat) for image, heat in zip(shown, heatmaps)])
         figures["test_gradcam.png"] = plots.prediction_grid(overlays, arrays.labels, proba, classes, predicted, GRID_IMAGES, title="Grad-CAM: evidence for the predicted class")
@@ -119,10 +119,11 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
     if frame.empty:
         raise ValueError(f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} are copies of images it trained or was calibrated on ({dict(kinds)})")
     index = {c: i for i, c in enumerate(classifier.classes)}
-    cache = PixelCache(classifier.size, classifier.max_pixels)
+    cache = PixelCache(classifier.size, classifier.max_pixels, roi_mode=classifier.roi)
     pixels = cache.load([validation.scan.root / p for p in frame["path"]], list(frame["sha256"]))
-    arrays = Arrays(pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]))
-    raw = np.concatenate([classifier.predict_pixels(pixels[i : i + 16]) for i in range(0, len(pixels), 16)])
+    arrays = Arrays(pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]), cache.views)
+    batch = 16 * cache.views  # whole images per batch
+    raw = np.concatenate([classifier.predict_pixels(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
     with mlflow.start_run(run_name=f"evaluate-{Path(data_dir).name}", tags={"osteo.kind": "evaluate", "model_uri": model_uri}) as run:
         mlflow.log_params({"data_dir": str(data_dir), "n_images": len(frame), "skipped_seen": len(skipped)})
         mlflow.log_dict({"left_out": sorted(why, key=lambda w: w["path"])}, "left_out.json")

@@ -1,11 +1,20 @@
-"""Refit chosen parameters on the training split, calibrate on validation, evaluate once on test,
-log the servable model.
+"""Refit chosen parameters, calibrate, evaluate once on test, log the servable model.
 
-Validation is kept out of the refit so that the temperature and the decision threshold are
-fitted on predictions the model did not train on; test stays untouched until the end."""
+Two protocols, by how the parameters were chosen:
+
+- **validation split**: train on train; temperature and threshold are fitted on val, which the
+  model did not train on.
+- **cross-validated search** (small data, ``training.cv``): train on train + val for the epochs CV
+  chose, a refit rather than the ensemble of the fold models (one network to serve, explain and
+  gate); temperature and threshold are fitted on the best trial's out-of-fold predictions, and
+  the run records the out-of-fold estimate with its interval (``cv_estimate.json``), the number
+  the model card leads with.
+
+Test stays untouched until the end either way."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +22,7 @@ from typing import Any
 import keras
 import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
@@ -21,9 +31,12 @@ from osteo_pipeline.io import tracking
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
-from osteo_pipeline.training.arrays import load_arrays, pixel_cache
-from osteo_pipeline.training.fit import TrainParams, build, fit_two_phase, predict_proba
+from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
+from osteo_pipeline.training.cv import CVResult, cv_arrays, oof_estimate
+from osteo_pipeline.training.fit import TrainParams, build, fit_two_phase, predict_images
 from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,23 +48,30 @@ class RefitResult:
     seconds: float
 
 
-def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: Settings, source: str = "config", tags: dict[str, str] | None = None) -> RefitResult:
-    """Train on train with ``params`` (epochs from the best trial when given), fit temperature
-    and threshold on val, test once. ``tags`` link the run to where the parameters came from
-    (the study and its best trial)."""
+def refit_and_evaluate(
+    split: SplitManifest, params: dict[str, Any], settings: Settings, source: str = "config", tags: dict[str, str] | None = None, cv: dict[str, Any] | None = None
+) -> RefitResult:
+    """Train with ``params`` (epochs from the best trial when given), calibrate, test once (see
+    the module docstring; ``cv`` is the best trial's cross-validation, when it had one). ``tags``
+    link the run to where the parameters came from (the study and its best trial)."""
     started = time.perf_counter()
     # The flow refits in the process that just ran the search: start from a clean Keras state, as
     # a standalone `osteo train` does.
     keras.backend.clear_session()
     runtime = configure_runtime(settings)
     tracking.configure(settings)
-    chosen = TrainParams.from_dict(params)
+    chosen = TrainParams.from_dict(params, settings)
+    settings = chosen.apply(settings)  # input size and roi as chosen: pixels, backbone and the logged model agree
     epochs = tuple(  # 0 fine-tune epochs is a result (fine-tuning did not help), not a missing value
         default if params.get(key) is None else int(params[key])
         for key, default in (("head_epochs", settings.train.head_epochs), ("finetune_epochs", settings.train.finetune_epochs))
     )
     arrays = load_arrays(split, settings, pixel_cache(settings))
     train = arrays["train"]
+    oof = _matching_cv(cv, split, arrays)
+    if oof is not None:
+        train, _ = cv_arrays(split, arrays)
+        epochs = (oof.head_epochs, oof.finetune_epochs)
     with mlflow.start_run(run_name=f"train-{split.dataset_hash[:8]}", tags={"osteo.kind": "train", "params_source": source, **(tags or {})}) as run:
         tracking.log_settings(settings)
         mlflow.log_params({f"chosen.{k}": v for k, v in chosen.as_dict().items()} | {"epochs.head": epochs[0], "epochs.finetune": epochs[1]} | {f"runtime.{k}": v for k, v in runtime.items()})
@@ -69,8 +89,42 @@ def refit_and_evaluate(split: SplitManifest, params: dict[str, Any], settings: S
         mlflow.log_figure(figure, "figures/training_curves.png")
         plt.close(figure)
         positive = settings.data.classes.index(settings.data.positive)
-        calibration = fit_calibration(predict_proba(model, arrays["val"].pixels, settings.train.batch_size), arrays["val"].labels, positive)
-        proba = predict_proba(model, arrays["test"].pixels, settings.train.batch_size)
+        if oof is None:
+            calibration = fit_calibration(predict_images(model, arrays["val"], settings.train.batch_size), arrays["val"].labels, positive)
+            mlflow.set_tag("calibrated_on", "val")
+        else:
+            calibration = fit_calibration(oof.oof, oof.labels, positive)
+            _log_cv_estimate(oof, positive, settings)
+        proba = predict_images(model, arrays["test"], settings.train.batch_size)
         report = evaluate_predictions(arrays["test"], proba, settings, calibration, model=model)
-        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, calibration)
+        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, calibration, settings.model.roi)
         return RefitResult(run.info.run_id, info.model_uri, report, weights_used, time.perf_counter() - started)
+
+
+def _matching_cv(cv: dict[str, Any] | None, split: SplitManifest, arrays: dict[str, Arrays]) -> CVResult | None:
+    """The cross-validation of the chosen trial when it was run on exactly these training images
+    (a study of other data, allowed by --allow-other-data, cannot calibrate this model)."""
+    if not cv:
+        return None
+    result = CVResult.from_dict(cv)
+    labels = np.concatenate([arrays["train"].labels, arrays["val"].labels])
+    if len(result.labels) != len(labels) or not np.array_equal(result.labels, labels):
+        log.warning("the chosen trial was cross-validated on other images: calibrating on val instead of its out-of-fold predictions")
+        return None
+    return result
+
+
+def _log_cv_estimate(result: CVResult, positive: int, settings: Settings) -> None:
+    """The out-of-fold estimate with its interval, as metrics and ``cv_estimate.json``."""
+    estimate = oof_estimate(result, positive)
+    flat = {}
+    for name, values in estimate.items():
+        for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high")):
+            if np.isfinite(values[key]):
+                flat[f"cv_{name}{suffix}"] = values[key]
+    mlflow.log_metrics(flat)
+    mlflow.set_tags({"calibrated_on": "out-of-fold predictions", "cv_folds": str(int(result.fold.max()) + 1)})
+    tracking.log_json(
+        {"metrics": estimate, "folds": int(result.fold.max()) + 1, "n": len(result.labels), "epochs": result.epochs, "objective": settings.tune.objective, "interval": "corrected resampled t (Nadeau & Bengio), 95%"},
+        "cv_estimate.json",
+    )

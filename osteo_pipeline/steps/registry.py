@@ -75,12 +75,21 @@ def register_run(run_id: str, settings: Settings) -> str:
     card = render_model_card(
         registry.name, version, run_id, classes, evaluation["positive_class"], split["dataset_hash"], split["counts"],
         len(split["excluded"]), metrics, params, run.data.tags.get("backbone_weights", "?"), int(run.data.params.get("model.input_size", 0)),
-        evaluation.get("calibration"), run.data.tags.get("image_grids", "not logged"),
+        evaluation.get("calibration"), run.data.tags.get("image_grids", "not logged"), run.data.params.get("model.roi", "image"), cv_estimate(run_id),
     )
     client.log_text(run_id, card, f"model_card_v{version}.md")
     registry.tag(version, {"model_card": f"runs:/{run_id}/model_card_v{version}.md"})
     registry.set_alias(STAGING, version)
     return version
+
+
+def cv_estimate(run_id: str) -> dict[str, Any] | None:
+    """The run's out-of-fold estimate (``cv_estimate.json``), when its parameters were chosen by
+    cross-validation."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/cv_estimate.json")
+    except (MlflowException, OSError):
+        return None
 
 
 def _logged_model_uri(run_id: str, experiment_id: str) -> str:
@@ -153,7 +162,8 @@ def predict_set(model_uri: str, data: EvaluationSet, batch: int = 16) -> tuple[n
 
 def promote(settings: Settings, version: str | None = None, data_dir: Path | None = None) -> GateDecision:
     """Gate ``version`` (default: ``staging``) against production on the candidate's test set;
-    move ``production`` only when it passes."""
+    move ``production`` only when it passes (``core.gate``: an inconclusive comparison keeps
+    production)."""
     registry = open_registry(settings)
     candidate = registry.version(version) if version else registry.by_alias(STAGING)
     if candidate is None:
@@ -168,9 +178,12 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
     candidate_proba, candidate_pred = predict_set(registry.uri(candidate.version), data)
     production_proba, production_pred = predict_set(registry.uri(production.version), data) if production else (None, None)
     r = settings.registry
+    estimate = cv_estimate(candidate.run_id) if r.floors_on == "cv_lower" else None
+    floor_values = {name: float(v["low"]) for name, v in estimate["metrics"].items()} if estimate else None
     decision = decide(
         data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin,
-        r.require_ci_above_margin, r.bootstrap_resamples, settings.seed, candidate_pred, production_pred,
+        r.min_paired_cases, r.bootstrap_resamples, settings.seed, candidate_pred, production_pred,
+        floor_values, f"CV lower bound ({estimate['folds']}-fold)" if estimate else "test",
     )
     gated_against = str(production.version) if production else None
     decision.extra = {"candidate": str(candidate.version), "production": gated_against, "evaluation_dataset": data.dataset_hash, "left_out": data.left_out}
@@ -186,10 +199,10 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
         if now == str(candidate.version):  # another attempt at this same promotion got there first
             return _already_promoted(registry.version(candidate.version))
         if not decision.passed:
-            registry.tag(candidate.version, gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]})
+            registry.tag(candidate.version, gate_tags | {"gate.decision": decision.verdict, "gate.reason": decision.summary[:5000]})
             return decision
         if now != gated_against:
-            decision.passed = False
+            decision.passed, decision.verdict = False, "rejected"
             decision.reasons.append(f"production moved from {gated_against or 'none'} to {now} while the gate ran: not promoted; run `osteo promote` again to gate against it")
             decision.extra["production"] = now
             registry.tag(candidate.version, gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]})

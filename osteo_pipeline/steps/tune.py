@@ -50,12 +50,15 @@ from osteo_pipeline.core.data import augmenter
 from osteo_pipeline.core.metrics import classification_metrics
 from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, with_head
 from osteo_pipeline.core.redact import redact, redact_url
+from osteo_pipeline.core.splits import cv_folds
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.training.activations import ActivationCache
 from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
+from osteo_pipeline.training.cv import cross_validate, cv_arrays, rows_of
 from osteo_pipeline.training.fit import (
+    FitResult,
     TrainParams,
     fit_two_phase,
     load_backbone,
@@ -105,8 +108,10 @@ class TuneResult:
     seconds: float
     dataset_hash: str
 
+    best_cv: dict[str, Any] | None = None  # the best trial's cross-validation (``training.cv.CVResult``), when it had one
+
     def best(self) -> BestTrial:
-        return BestTrial(self.best_params, self.study_name, self.best_trial, self.best_trial_run_id, self.dataset_hash)
+        return BestTrial(self.best_params, self.study_name, self.best_trial, self.best_trial_run_id, self.dataset_hash, self.best_cv)
 
 
 @dataclass
@@ -118,6 +123,7 @@ class BestTrial:
     number: int
     run_id: str
     dataset_hash: str
+    cv: dict[str, Any] | None = None  # its cross-validation: OOF predictions for calibration and the estimate
 
     def tags(self) -> dict[str, str]:
         return {STUDY_TAG: self.study_name, "osteo.study_trial": str(self.number), "osteo.study_trial_run_id": self.run_id, "osteo.study_dataset_hash": self.dataset_hash}
@@ -128,12 +134,17 @@ def study_name_for(base: str, dataset_hash: str) -> str:
     return f"{base}-{dataset_hash[:12]}"
 
 
-def suggest(trial: optuna.Trial, space: TuneSettings) -> TrainParams:
+def suggest(trial: optuna.Trial, settings: Settings) -> TrainParams:
+    """A trial's parameters; input size and roi are searched only when ``tune`` lists them."""
+    space, model = settings.tune, settings.model
     return TrainParams(
         learning_rate=trial.suggest_float("learning_rate", *space.learning_rate, log=True),
         unfreeze_depth=trial.suggest_int("unfreeze_depth", *space.unfreeze_depth),
         head_units=trial.suggest_categorical("head_units", space.head_units),
         dropout=trial.suggest_float("dropout", *space.dropout),
+        l2=trial.suggest_float("l2", *space.l2, log=True),
+        input_size=trial.suggest_categorical("input_size", space.input_sizes) if space.input_sizes else model.input_size,
+        roi=trial.suggest_categorical("roi", space.rois) if space.rois else model.roi,
     )
 
 
@@ -278,6 +289,9 @@ def _warm_start(study: optuna.Study, storage: RDBStorage, base: str, settings: S
             and space.unfreeze_depth[0] <= p.get("unfreeze_depth", -1) <= space.unfreeze_depth[1]
             and p.get("head_units") in space.head_units
             and space.dropout[0] <= p.get("dropout", -1) <= space.dropout[1]
+            and space.l2[0] <= p.get("l2", -1) <= space.l2[1]
+            and p.get("input_size", settings.model.input_size) in (space.input_sizes or [settings.model.input_size])
+            and p.get("roi", settings.model.roi) in (space.rois or [settings.model.roi])
         )
         if fits:
             origin = f"{previous.study_name}#{trial.number}"
@@ -310,7 +324,8 @@ def _set_up(study: optuna.Study, split: SplitManifest, settings: Settings) -> st
     the parent run id comes last and marks the set-up done. Idempotent: a set-up its creator left
     half done (killed) is finished by the next caller."""
     attrs = study.user_attrs
-    for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings)}.items():
+    objective = f"cv{settings.tune.cv_folds}_{settings.tune.objective}" if uses_cv(settings, split) else OBJECTIVE
+    for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings), "objective": objective}.items():
         if key not in attrs:
             study.set_user_attr(key, value)
     if "warm_started" not in attrs:
@@ -355,46 +370,90 @@ def prepare_study(split: SplitManifest, settings: Settings, new_trials: int) -> 
     return study, parent_id, target
 
 
-class Objective:
-    """One trial: a ResNet-50 built once per worker and reset each trial (``StudyBackbone``), the
-    activation cache filled on this worker's first trial, a nested MLflow run."""
+@dataclass
+class SearchData:
+    """What a worker's trials train on at one input (size, roi): the split's arrays, and with a
+    CV search the training images (train + val) and their folds; a frozen-prefix cache each."""
 
-    def __init__(self, settings: Settings, arrays: dict[str, Arrays], parent_run_id: str, worker: int, seed: int) -> None:
+    arrays: dict[str, Arrays]
+    folds: list[tuple[np.ndarray, np.ndarray]] | None
+    cache: ActivationCache | None = None
+    cache_made: bool = False
+
+    @property
+    def cv(self) -> Arrays:
+        return self.arrays["cv"]
+
+
+def uses_cv(settings: Settings, split: SplitManifest) -> bool:
+    """Whether trials are scored by cross-validation (``tune.cv``; auto: on small data)."""
+    if settings.tune.cv != "auto":
+        return settings.tune.cv == "on"
+    return int(split.files["split"].isin(["train", "val"]).sum()) < settings.tune.cv_below_images
+
+
+class Objective:
+    """One trial: a ResNet-50 built once per worker and input size and reset each trial
+    (``StudyBackbone``), pixels and activation cache made on the first trial that needs them, a
+    nested MLflow run. Small data: the trial is scored by cross-validation (``training.cv``)."""
+
+    def __init__(self, settings: Settings, split: SplitManifest, parent_run_id: str, worker: int, seed: int) -> None:
         self.settings = settings
-        self.arrays = arrays
+        self.split = split
+        self.cv = uses_cv(settings, split)
         self.parent_run_id = parent_run_id
         self.worker = worker
         self.sampler_seed = seed
         self.runtime = configure_runtime(settings)
         self.strategy = distribution(settings)
         self.fit_settings = global_batch(settings, self.strategy)
-        self.backbone = StudyBackbone(settings)
-        self.cache: ActivationCache | None = None
-        self._cache_made = False
+        self.backbones: dict[int, StudyBackbone] = {}
+        self.data: dict[tuple[int, str], SearchData] = {}
         self.ran = 0  # trials this worker ran to the end (complete or pruned)
 
-    def _activation_cache(self) -> ActivationCache | None:
-        if not self._cache_made:
-            self.cache = activation_cache(self.settings, self.arrays)
-            self._cache_made = True
-        return self.cache
+    def _data(self, params: TrainParams) -> SearchData:
+        key = (params.input_size or self.settings.model.input_size, params.roi or self.settings.model.roi)
+        if key not in self.data:
+            arrays = load_arrays(self.split, self.settings, pixel_cache(self.settings, *key))
+            folds = None
+            if self.cv:
+                arrays["cv"], groups = cv_arrays(self.split, arrays)
+                folds = cv_folds(arrays["cv"].labels, groups, self.settings.tune.cv_folds, self.settings.seed)
+            self.data[key] = SearchData(arrays, folds)
+        return self.data[key]
+
+    def _cache(self, data: SearchData, params: TrainParams) -> ActivationCache | None:
+        if params.unfreeze_depth >= MAX_UNFREEZE_DEPTH:  # depth 16 has no frozen prefix
+            return None
+        if not data.cache_made:
+            data.cache = activation_cache(self.settings, data.cv if self.cv else data.arrays["train"], None if self.cv else data.arrays["val"])
+            data.cache_made = True
+        return data.cache
+
+    def _backbone(self, params: TrainParams) -> StudyBackbone:
+        size = params.input_size or self.settings.model.input_size
+        if size not in self.backbones:
+            self.backbones[size] = StudyBackbone(params.apply(self.settings))
+        return self.backbones[size]
 
     def close(self) -> dict[str, float]:
-        report = self.cache.report() if self.cache is not None else {}
-        if self.cache is not None:
-            self.cache.close()
+        report: dict[str, float] = {}
+        for (size, roi), data in self.data.items():
+            if data.cache is not None:
+                suffix = "" if len(self.data) == 1 else f"_{size}_{roi}"
+                report |= {f"{k}{suffix}": v for k, v in data.cache.report().items()}
+                data.cache.close()
         return report
 
     def __call__(self, trial: optuna.Trial) -> float:
-        settings, arrays = self.settings, self.arrays
+        settings = self.settings
         target = int(trial.study.user_attrs["target_finished"])
         before = [t for t in trial.study.get_trials(deepcopy=False, states=CLAIMED) if t.number < trial.number]
         if len(before) >= target:  # another worker took the last slot between our check and ask
             trial.set_user_attr("over_budget", True)
             raise OverBudget(f"trial {trial.number}: the study's {target} trials are already claimed")
-        params = suggest(trial, settings.tune)
+        params = suggest(trial, settings)
         keras.backend.clear_session()  # Keras' global state from earlier trials must not reach this one
-        positive = settings.data.classes.index(settings.data.positive)
         where = f"{socket.gethostname()}:{os.getpid()}"
         trial.set_user_attr("worker", where)
         tags = {STUDY_TAG: trial.study.study_name, TRIAL_TAG: str(trial.number), "mlflow.parentRunId": self.parent_run_id, "osteo.worker": where}
@@ -403,33 +462,89 @@ class Objective:
         started = time.perf_counter()
         with mlflow.start_run(run_name=f"trial-{trial.number:03d}", tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            mlflow.log_params(params.as_dict() | {"trial": trial.number, "seed": settings.seed + trial.number, "worker": self.worker, "sampler_seed": self.sampler_seed, "runtime.replicas": self.strategy.num_replicas_in_sync} | {f"runtime.{k}": v for k, v in self.runtime.items()})
-            callbacks = [tracking.EpochLogger(label=f"trial {trial.number}"), KerasPruningCallback(trial, OBJECTIVE)]
+            mlflow.log_params(
+                params.as_dict()
+                | {"trial": trial.number, "seed": settings.seed + trial.number, "worker": self.worker, "sampler_seed": self.sampler_seed, "runtime.replicas": self.strategy.num_replicas_in_sync}
+                | {f"runtime.{k}": v for k, v in self.runtime.items()}
+                | {"objective": f"cv{settings.tune.cv_folds}_{settings.tune.objective}" if self.cv else OBJECTIVE}
+            )
             try:
                 with self.strategy.scope():
-                    model = self.backbone.model(params, seed=settings.seed + trial.number)
-                    _same_backbone(trial.study, self.backbone.weights_used)
-                    trial_cache = self._activation_cache() if params.unfreeze_depth < MAX_UNFREEZE_DEPTH else None  # depth 16 has no frozen prefix
-                    mlflow.set_tags({"backbone_weights": self.backbone.weights_used, "activation_cache": str(trial_cache is not None).lower()})
-                    fit = fit_two_phase(model, arrays["train"], arrays["val"], params, self.fit_settings, callbacks, jit=self.runtime["xla"], cache=trial_cache)
+                    data = self._data(params)
+                    backbone = self._backbone(params)
+                    value = self._cross_validate(trial, params, data, backbone) if self.cv else self._split_trial(trial, params, data, backbone)
             except optuna.TrialPruned:
                 mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
                 mlflow.end_run(status="KILLED")
                 log.info("trial %d (worker %d): pruned after %.0f s (%s)", trial.number, self.worker, time.perf_counter() - started, _describe(params))
                 self.ran += 1
                 raise
-            proba = predict_val(model, arrays["val"], params.unfreeze_depth, settings.train.batch_size, trial_cache)
-            val = classification_metrics(arrays["val"].labels, proba, positive)
-            value = float(min(fit.history[OBJECTIVE]))
-            mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
-            mlflow.log_params({"head_epochs_to_best": fit.head_epochs, "finetune_epochs_to_best": fit.finetune_epochs})
             mlflow.set_tag("optuna.state", "COMPLETE")
-            trial.set_user_attr("head_epochs", fit.head_epochs)
-            trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
-            trial.set_user_attr("val_balanced_accuracy", val["balanced_accuracy"])
-            log.info("trial %d (worker %d): val_loss %.4f in %.0f s (%s)", trial.number, self.worker, value, time.perf_counter() - started, _describe(params))
+            log.info("trial %d (worker %d): %s %.4f in %.0f s (%s)", trial.number, self.worker, _objective_name(settings, self.cv), value, time.perf_counter() - started, _describe(params))
             self.ran += 1
             return value
+
+    def _model(self, trial: optuna.Trial, params: TrainParams, backbone: StudyBackbone, seed: int) -> keras.Model:
+        model = backbone.model(params, seed=seed)
+        _same_backbone(trial.study, backbone.weights_used)
+        return model
+
+    def _split_trial(self, trial: optuna.Trial, params: TrainParams, data: SearchData, backbone: StudyBackbone) -> float:
+        """Train on train, early-stopped and scored on val: minimum val loss."""
+        settings, arrays = self.settings, data.arrays
+        model = self._model(trial, params, backbone, settings.seed + trial.number)
+        trial_cache = self._cache(data, params)
+        mlflow.set_tags({"backbone_weights": backbone.weights_used, "activation_cache": str(trial_cache is not None).lower()})
+        callbacks = [tracking.EpochLogger(label=f"trial {trial.number}"), KerasPruningCallback(trial, OBJECTIVE)]
+        fit = fit_two_phase(model, arrays["train"], arrays["val"], params, self.fit_settings, callbacks, jit=self.runtime["xla"], cache=trial_cache)
+        positive = settings.data.classes.index(settings.data.positive)
+        proba = predict_val(model, arrays["val"], params.unfreeze_depth, settings.train.batch_size, trial_cache)
+        val = classification_metrics(arrays["val"].labels, proba, positive)
+        value = float(min(fit.history[OBJECTIVE]))
+        mlflow.log_metrics({f"val_{k}": v for k, v in val.items() if np.isfinite(v)} | {"objective_val_loss": value})
+        mlflow.log_params({"head_epochs_to_best": fit.head_epochs, "finetune_epochs_to_best": fit.finetune_epochs})
+        trial.set_user_attr("head_epochs", fit.head_epochs)
+        trial.set_user_attr("finetune_epochs", fit.finetune_epochs)
+        trial.set_user_attr("val_balanced_accuracy", val["balanced_accuracy"])
+        return value
+
+    def _cross_validate(self, trial: optuna.Trial, params: TrainParams, data: SearchData, backbone: StudyBackbone) -> float:
+        """k folds of train+val on one shared activation cache, each from the same initial
+        weights; reported fold by fold for pruning. Keeps the OOF predictions on the trial."""
+        settings, cv, t = self.settings, data.cv, self.settings.tune
+        positive = settings.data.classes.index(settings.data.positive)
+        cache = self._cache(data, params)
+        mlflow.set_tags({"backbone_weights": backbone.weights_used, "activation_cache": str(cache is not None).lower(), "cv_folds": str(t.cv_folds)})
+
+        def fit_fold(fold: int, train: np.ndarray, val: np.ndarray) -> FitResult:
+            model = self._model(trial, params, backbone, settings.seed + trial.number)
+            fold_cache = cache.fold(rows_of(train, cv.views), rows_of(val, cv.views)) if cache is not None else None
+            logger = tracking.EpochLogger(prefix=f"fold{fold}_", label=f"trial {trial.number} fold {fold}")
+            return fit_two_phase(model, cv.select(train), cv.select(val), params, self.fit_settings, [logger], jit=self.runtime["xla"], cache=fold_cache, fixed_epochs=True)
+
+        def report(fold: int, value: float) -> None:
+            mlflow.log_metric(f"cv_running_{t.objective}", value, step=fold)
+            trial.report(value, fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {fold}")
+
+        result = cross_validate(cv, data.folds or [], fit_fold, settings.train.head_epochs, positive, t.objective, report)
+        value = result.objective(t.objective)
+        for fold, scores in enumerate(result.fold_scores):
+            mlflow.log_metrics({f"cv_fold_{k}": v for k, v in scores.items() if np.isfinite(v)}, step=fold)
+        means = {k: float(np.nanmean([s[k] for s in result.fold_scores])) for k in result.fold_scores[0]}
+        mlflow.log_metrics({f"cv_{k}": v for k, v in means.items() if np.isfinite(v)} | {"objective_cv": value})
+        mlflow.log_params({"head_epochs_to_best": result.head_epochs, "finetune_epochs_to_best": result.finetune_epochs})
+        tracking.log_json(result.as_dict() | {"paths": cv.paths}, "cv_oof.json")
+        trial.set_user_attr("head_epochs", result.head_epochs)
+        trial.set_user_attr("finetune_epochs", result.finetune_epochs)
+        trial.set_user_attr("cv", result.as_dict())
+        trial.set_user_attr("val_balanced_accuracy", means["balanced_accuracy"])
+        return value
+
+
+def _objective_name(settings: Settings, cv: bool) -> str:
+    return f"cv {settings.tune.objective}" if cv else OBJECTIVE
 
 
 def _same_backbone(study: optuna.Study, weights_used: str) -> None:
@@ -445,17 +560,24 @@ def _same_backbone(study: optuna.Study, weights_used: str) -> None:
 
 
 def _describe(params: TrainParams) -> str:
-    return f"lr {params.learning_rate:.1e}, unfreeze {params.unfreeze_depth}, {params.head_units} units, dropout {params.dropout:.2f}"
+    head = f"{params.head_units} units" if params.head_units else "linear head"
+    return f"lr {params.learning_rate:.1e}, unfreeze {params.unfreeze_depth}, {head}, dropout {params.dropout:.2f}, l2 {params.l2:.0e}, {params.input_size} px {params.roi}"
 
 
-def activation_cache(settings: Settings, arrays: dict[str, Arrays]) -> ActivationCache | None:
-    """The search's frozen-prefix cache, or ``None`` when disabled in config."""
+def activation_cache(settings: Settings, train: Arrays, val: Arrays | None = None) -> ActivationCache | None:
+    """The search's frozen-prefix cache, or ``None`` when disabled in config: augmented views of
+    ``train`` and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both
+    ways, for the folds to select from."""
     t = settings.tune
     if not t.activation_cache:
         return None
+    rows = np.arange(len(train.pixels))
+    pixels = train.pixels if val is None else np.concatenate([train.pixels, val.pixels])
+    val_rows = rows if val is None else np.arange(len(train.pixels), len(pixels))
     return ActivationCache(
-        arrays["train"].pixels,
-        arrays["val"].pixels,
+        pixels,
+        rows,
+        val_rows,
         views=min(t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs),  # epoch e uses view e mod K
         augment=augmenter(settings.train.augment, settings.seed),
         batch_size=settings.train.batch_size,
@@ -503,7 +625,7 @@ def run_worker(study_name: str, split: SplitManifest, settings: Settings, worker
     target = int(probe.user_attrs["target_finished"])
     t = settings.train
     study = _load(study_name, storage, sampler=make_sampler(settings, seed, target), pruner=make_pruner(settings.tune, t.head_epochs + t.finetune_epochs))
-    objective = Objective(settings, load_arrays(split, settings, pixel_cache(settings)), parent_id, worker, seed)
+    objective = Objective(settings, split, parent_id, worker, seed)
     deadline = time.monotonic() + (timeout_s or settings.tune.timeout_s or float("inf"))
     patience = max(600.0, 10.0 * settings.tune.heartbeat_grace_s)  # waiting on trials that never end
     last_change, last_counts = time.monotonic(), None
@@ -607,12 +729,13 @@ def summarize(study_name: str, settings: Settings, parent_id: str, finished_befo
         raise TuneError(f"study {study_name!r} has no completed trial yet ({counts['pruned']} pruned, {counts['fail']} failed): run more trials, or check the failed ones in MLflow")
     best = study.best_trial
     best_params = _params_of(best)
-    tracking.log_metrics_to(parent_id, {"best_val_loss": best.value, "trials_complete": counts["complete"], "trials_pruned": counts["pruned"], "trials_failed": counts["fail"]})
+    objective = str(study.user_attrs.get("objective", OBJECTIVE))
+    tracking.log_metrics_to(parent_id, {f"best_{objective}": best.value, "trials_complete": counts["complete"], "trials_pruned": counts["pruned"], "trials_failed": counts["fail"]})
     tracking.set_tags_on(parent_id, {"best_trial": str(best.number), "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
     tracking.log_json(best_params, "best_params.json", run_id=parent_id)
     return TuneResult(
         study_name, parent_id, best_params, float(best.value), best.number, best.user_attrs.get("mlflow_run_id", ""), counts,
-        _finished(counts) - finished_before, time.perf_counter() - started, str(study.user_attrs.get("dataset_hash", "")),
+        _finished(counts) - finished_before, time.perf_counter() - started, str(study.user_attrs.get("dataset_hash", "")), best.user_attrs.get("cv"),
     )
 
 
@@ -638,4 +761,4 @@ def best_params(settings: Settings, dataset_hash: str, study_name: str | None = 
         best = study.best_trial
     except ValueError as exc:
         raise TuneError(f"study {name!r} has no completed trial yet; run `osteo tune` first") from exc
-    return BestTrial(_params_of(best), name, best.number, best.user_attrs.get("mlflow_run_id", ""), recorded)
+    return BestTrial(_params_of(best), name, best.number, best.user_attrs.get("mlflow_run_id", ""), recorded, best.user_attrs.get("cv"))

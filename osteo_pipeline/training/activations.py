@@ -2,9 +2,11 @@
 
 A trial with unfreeze depth ``d`` never changes the backbone below its top ``d`` blocks, and every
 trial starts from the same backbone weights, so the output of that frozen prefix is the same in
-every trial. It is computed once, on ``K`` fixed augmented views of each training image and on the
-unaugmented validation images, and trials then train only the top blocks and the head on it (see
-``core.model.top_model``). Head-only trials train on the backbone's output and cost almost nothing.
+every trial and every cross-validation fold. It is computed once, on ``K`` fixed augmented views of
+each training image and on the unaugmented validation images (with cross-validation: every image
+both ways, each fold selecting its rows), and trials then train only the top blocks and the head
+on it (see ``core.model.top_model``). Head-only trials train on the backbone's output and cost
+almost nothing.
 
 Boundaries are filled lazily: the lowest one the search space can ask for is computed from the
 images (one pass of most of ResNet-50), every higher one from the nearest cached lower one (a few
@@ -24,24 +26,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from osteo_pipeline.core.data import XrayAugment, model_batch
+from osteo_pipeline.core.data import XrayAugment
 from osteo_pipeline.core.model import backbone_segment
+from osteo_pipeline.core.preprocess import gray_model_input
 
 
-def view_batches(pixels: np.ndarray, views: int, augment: XrayAugment | None, batch_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(view, first index, model input batch) for ``views`` augmented passes over ``pixels``. Each
-    batch is augmented as key (view, first index), so the same augmenter (same seed) reproduces
-    the same views in any order."""
+def view_batches(pixels: np.ndarray, rows: np.ndarray, views: int, augment: XrayAugment | None, batch_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(view, first position, model input batch) for ``views`` augmented passes over
+    ``pixels[rows]``. Each image is augmented as key (view, its row), so an image's views are the
+    same whichever rows it is cached with: a cache of one fold's rows holds exactly what a cache
+    of all rows holds for them."""
     for view in range(views):
-        for start in range(0, len(pixels), batch_size):
-            yield view, start, model_batch(pixels[start : start + batch_size, ..., :1], augment, (view, start))
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            gray = pixels[batch, ..., 0]
+            x = np.stack([augment(gray[i : i + 1], (view, int(row)))[0] for i, row in enumerate(batch)]) if augment is not None else gray.astype(np.float32)
+            yield view, start, gray_model_input(np.clip(x, 0.0, 255.0))
 
 
 class ActivationCache:
+    """Frozen-prefix activations of ``pixels``: ``views`` augmented views of ``train_rows`` (what
+    trials train on) and the plain ``val_rows`` (what they are scored on). Cross-validation caches
+    every row both ways once and hands each fold its rows (:meth:`fold`)."""
+
     def __init__(
         self,
-        train_pixels: np.ndarray,
-        val_pixels: np.ndarray,
+        pixels: np.ndarray,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
         *,
         views: int,
         augment: XrayAugment | None,
@@ -51,7 +63,9 @@ class ActivationCache:
         spill_dir: Path | None = None,
     ) -> None:
         self.views = views if augment is not None else 1  # without augmentation every view is the same
-        self._pixels = {"train": train_pixels, "val": val_pixels}
+        self._pixels = pixels
+        self._rows = {"train": np.asarray(train_rows, dtype=np.int64), "val": np.asarray(val_rows, dtype=np.int64)}
+        self._slots = {split: _slots(rows, len(pixels)) for split, rows in self._rows.items()}
         self._augment = augment
         self._batch_size = batch_size
         self.floor_depth = floor_depth
@@ -72,11 +86,18 @@ class ActivationCache:
             self._ensure(model, depth)
 
     def train(self, depth: int) -> np.ndarray:
-        """K x N x activation: view ``k`` of training image ``n`` at the boundary below ``depth``."""
+        """K x N x activation: view ``k`` of training row ``n`` at the boundary below ``depth``."""
         return self._store[depth]["train"]
 
     def val(self, depth: int) -> np.ndarray:
         return self._store[depth]["val"][0]
+
+    def fold(self, train_rows: np.ndarray, val_rows: np.ndarray) -> FoldActivations:
+        """The cache seen through one fold: its training rows' views and its validation rows."""
+        for split, rows in (("train", train_rows), ("val", val_rows)):
+            if (self._slots[split][rows] < 0).any():
+                raise ValueError(f"rows {np.asarray(rows)[self._slots[split][rows] < 0][:5].tolist()} are not cached for {split}")
+        return FoldActivations(self, self._slots["train"][train_rows], self._slots["val"][val_rows])
 
     def report(self) -> dict[str, float]:
         return {
@@ -111,7 +132,7 @@ class ActivationCache:
         entries: dict[int, dict[str, np.ndarray]] = {}
         for d, output in zip(depths, segment.outputs):
             dtype = keras.backend.standardize_dtype(output.dtype)
-            shapes = {"train": (self.views, len(self._pixels["train"]), *output.shape[1:]), "val": (1, len(self._pixels["val"]), *output.shape[1:])}
+            shapes = {"train": (self.views, len(self._rows["train"]), *output.shape[1:]), "val": (1, len(self._rows["val"]), *output.shape[1:])}
             nbytes = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(dtype).itemsize
             if d == depth or self.bytes_in_memory + nbytes <= self.budget_bytes:
                 entries[d] = {split: self._allocate(f"d{d}-{split}", shape, dtype) for split, shape in shapes.items()}
@@ -124,10 +145,10 @@ class ActivationCache:
         self.seconds += time.perf_counter() - started
 
     def _inputs(self, source: int | None, split: str, views: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(view, first index, batch) of what a segment starting at ``source`` reads: the images
-        (training ones augmented) or the cached boundary ``source``."""
+        """(view, first position, batch) of what a segment starting at ``source`` reads: the
+        images (training ones augmented) or the cached boundary ``source``."""
         if source is None:
-            yield from view_batches(self._pixels[split], views, self._augment if split == "train" else None, self._batch_size)
+            yield from view_batches(self._pixels, self._rows[split], views, self._augment if split == "train" else None, self._batch_size)
             return
         previous = self._store[source][split]
         for view in range(views):
@@ -145,3 +166,27 @@ class ActivationCache:
             self._spill = Path(tempfile.mkdtemp(prefix="osteo-activations-", dir=self._spill_parent))
         self.bytes_on_disk += nbytes
         return np.lib.format.open_memmap(self._spill / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+
+class FoldActivations:
+    """One fold's rows of an :class:`ActivationCache`, with the cache's trial-facing methods."""
+
+    def __init__(self, cache: ActivationCache, train_slots: np.ndarray, val_slots: np.ndarray) -> None:
+        self._cache, self._train, self._val = cache, train_slots, val_slots
+        self.views = cache.views
+
+    def attach(self, model: keras.Model, depths: list[int]) -> None:
+        self._cache.attach(model, depths)
+
+    def train(self, depth: int) -> np.ndarray:
+        return self._cache.train(depth)[:, self._train]
+
+    def val(self, depth: int) -> np.ndarray:
+        return self._cache.val(depth)[self._val]
+
+
+def _slots(rows: np.ndarray, n: int) -> np.ndarray:
+    """Position of each of ``n`` rows in ``rows`` (-1 where absent)."""
+    slots = np.full(n, -1, dtype=np.int64)
+    slots[rows] = np.arange(len(rows))
+    return slots

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from osteo_pipeline.config import Settings
+from osteo_pipeline.core.preprocess import per_image
 from osteo_pipeline.io.cachedir import cache_folder
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.io.split_manifest import SplitManifest
@@ -14,15 +15,37 @@ from osteo_pipeline.io.split_manifest import SplitManifest
 
 @dataclass
 class Arrays:
-    pixels: np.ndarray  # N x S x S x 3 uint8
+    """N labeled images as ``views`` model inputs each (``core.preprocess.views_per_image``):
+    pixel rows are image-major, so image ``i`` is rows ``i * views`` to ``(i + 1) * views``."""
+
+    pixels: np.ndarray  # (N x views) x S x S x 3 uint8
     labels: np.ndarray  # N class indices
     paths: list[str] = field(default_factory=list)
+    views: int = 1
+
+    @property
+    def row_labels(self) -> np.ndarray:
+        """The label of each pixel row (each view carries its image's label)."""
+        return np.repeat(self.labels, self.views)
+
+    def first_views(self) -> np.ndarray:
+        """One picture per image (its first view), for figures."""
+        return self.pixels[:: self.views]
+
+    def image_proba(self, row_proba: np.ndarray) -> np.ndarray:
+        """Per-image probabilities: the mean over each image's views."""
+        return per_image(row_proba, self.views)
+
+    def select(self, images: np.ndarray) -> Arrays:
+        """The images at ``images`` (indices), with their views."""
+        images = np.asarray(images, dtype=np.int64)
+        rows = (images[:, None] * self.views + np.arange(self.views)).ravel()
+        return Arrays(self.pixels[rows], self.labels[images], [self.paths[i] for i in images] if self.paths else [], self.views)
 
 
-
-def pixel_cache(settings: Settings, size: int | None = None) -> PixelCache:
-    """The decode-once cache at ``size`` (default: the model's input size)."""
-    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, cache_folder(settings.train.cache_dir, "pixels"))
+def pixel_cache(settings: Settings, size: int | None = None, roi: str | None = None) -> PixelCache:
+    """The decode-once cache at ``size`` and ``roi`` (default: the model's)."""
+    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, cache_folder(settings.train.cache_dir, "pixels"), roi or settings.model.roi)
 
 
 def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:
@@ -32,5 +55,5 @@ def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> 
     for name in ("train", "val", "test"):
         subset = split.subset(name)
         paths = [split.data_dir / p for p in subset["path"]]
-        arrays[name] = Arrays(cache.load(paths, list(subset["sha256"])), subset["label"].map(index).to_numpy(dtype=np.int64), list(subset["path"]))
+        arrays[name] = Arrays(cache.load(paths, list(subset["sha256"])), subset["label"].map(index).to_numpy(dtype=np.int64), list(subset["path"]), cache.views)
     return arrays

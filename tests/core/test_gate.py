@@ -22,27 +22,43 @@ def test_no_production_floors_decide():
 
 def test_better_candidate_passes_with_a_paired_ci():
     decision = _decide(GOOD, COIN)
-    assert decision.passed and decision.difference["value"] == pytest.approx(0.5)
+    assert decision.passed and decision.verdict == "passed" and decision.difference["value"] == pytest.approx(0.5)
     assert decision.difference["low"] > 0 and "95% CI" in decision.summary
 
 
 def test_worse_candidate_is_rejected_even_above_the_floors():
     decision = _decide(COIN, GOOD, floors={})
-    assert not decision.passed and "worse than production" in decision.summary
+    assert not decision.passed and decision.verdict == "rejected" and "worse than production" in decision.summary
 
 
-def test_equal_is_at_least_as_good_unless_the_ci_must_clear_the_margin():
-    assert _decide(GOOD, GOOD).passed
-    assert _decide(COIN, COIN, floors={}).passed
-    strict = _decide(GOOD, COIN, require_ci_above_margin=True)
-    assert strict.passed  # clearly better: CI above zero
+def test_two_equal_models_are_inconclusive_and_production_is_kept():
+    """Nothing shows the candidate is better: equal predictions, or equally good different ones."""
+    same = _decide(GOOD, GOOD)
+    assert not same.passed and same.verdict == "inconclusive" and "production kept" in same.summary
+    rng = np.random.default_rng(0)
+    flip_a, flip_b = rng.permutation(40)[:8], rng.permutation(40)[:8]  # each wrong on 8 different cases
+    a, b = GOOD.copy(), GOOD.copy()
+    a[flip_a], b[flip_b] = a[flip_a][:, ::-1], b[flip_b][:, ::-1]
+    equally_good = _decide(a, b, floors={})
+    assert equally_good.verdict == "inconclusive" and equally_good.difference["low"] < 0 < equally_good.difference["high"]
 
 
-def test_margin_allows_a_small_loss():
+def test_too_few_paired_cases_is_inconclusive_even_for_a_better_model():
+    decision = _decide(GOOD, COIN, min_paired_cases=100)
+    assert decision.verdict == "inconclusive" and "fewer than registry.min_paired_cases=100" in decision.summary
+
+
+def test_a_margin_is_a_non_inferiority_bound():
     slightly_worse = GOOD.copy()
     slightly_worse[0] = slightly_worse[0][::-1]  # one case wrong: 0.975 vs 1.0
-    assert not _decide(slightly_worse, GOOD).passed
-    assert _decide(slightly_worse, GOOD, margin=0.05).passed
+    assert _decide(slightly_worse, GOOD).verdict == "inconclusive"
+    assert _decide(slightly_worse, GOOD, margin=0.1).passed
+    assert _decide(GOOD, GOOD, margin=0.05).passed
+
+
+def test_floors_can_apply_to_a_cross_validated_lower_bound():
+    decision = _decide(GOOD, None, floor_values={"balanced_accuracy": 0.55, "recall": 0.9}, floor_source="CV lower bound")
+    assert not decision.passed and "CV lower bound balanced_accuracy 0.550 below floor 0.600" in decision.summary
 
 
 def test_models_are_scored_on_the_labels_they_serve():

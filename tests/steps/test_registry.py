@@ -16,6 +16,10 @@ GOOD, WORSE, CHANCE = 1.0, -1.0, 0.0
 
 @pytest.fixture
 def env(synth_dir, train_settings):
+    """Registry mechanics on a handful of test images: a non-inferiority gate (margin 0.05, any
+    number of paired cases), so that an equal candidate can pass; the default gate is tested in
+    ``test_equal_candidate_is_inconclusive_by_default``."""
+    train_settings = train_settings.model_copy(update={"registry": train_settings.registry.model_copy(update={"margin": 0.05, "min_paired_cases": 1})})
     split = split_dataset(validate_folder(synth_dir(per_class=12), train_settings), train_settings)
 
     def candidate(skill: float) -> str:
@@ -66,6 +70,19 @@ def test_equal_candidate_passes_and_rollback_restores(env):
         rollback(settings)
     rows = {r["version"]: r for r in list_versions(settings)}
     assert rows[first]["aliases"] == [PRODUCTION] and rows[second]["gate"] == "passed"
+
+
+def test_equal_candidate_is_inconclusive_by_default(env):
+    """The default gate promotes only a candidate shown better: an equal one keeps production."""
+    settings, candidate = env
+    first = candidate(GOOD)
+    promote(settings)
+    second = candidate(GOOD)
+    default_gate = settings.model_copy(update={"registry": settings.registry.model_copy(update={"margin": 0.0, "min_paired_cases": 30})})
+    decision = promote(default_gate, version=second)
+    assert decision.verdict == "inconclusive" and not decision.passed and "production kept" in decision.summary
+    assert _aliases(settings)[PRODUCTION] == first
+    assert MlflowClient().get_model_version(settings.registry.model_name, second).tags["gate.decision"] == "inconclusive"
 
 
 def test_chance_candidate_fails_the_floors_without_production(env):

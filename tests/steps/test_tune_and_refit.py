@@ -70,7 +70,7 @@ def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     storage = open_storage(settings)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     stale = study.ask()
-    suggest(stale, settings.tune)
+    suggest(stale, settings)
     storage.record_heartbeat(stale._trial_id)
     orphan = MlflowClient().create_run(trials[0].info.experiment_id, tags={"mlflow.parentRunId": result.parent_run_id})
     stale.set_user_attr("mlflow_run_id", orphan.info.run_id)
@@ -191,3 +191,39 @@ def test_study_backbone_is_built_once_reset_each_trial_and_heads_depend_only_on_
     for got, want in zip(_head(again), _head(second)):
         np.testing.assert_array_equal(got, want)
     assert not all(np.array_equal(a, b) for a, b in zip(_head(first), _head(second)))
+
+
+def test_small_data_search_cross_validates_and_the_refit_leads_with_the_oof_estimate(synth_dir, train_settings, tmp_path):
+    """tune.cv on: each trial is 3-fold CV on train+val over one shared activation cache (head
+    units, l2, input size and roi searched), the best trial's OOF predictions calibrate the refit
+    on train+val, and the registered model's card leads with the CV estimate and its interval."""
+    from osteo_pipeline.steps.registry import register_run
+
+    tune_settings = train_settings.tune.model_copy(update={"cv": "on", "cv_folds": 3, "head_units": [0, 4], "input_sizes": [32, 40], "rois": ["image", "knees"], "trials": 3})
+    settings = train_settings.model_copy(update={"tune": tune_settings})
+    data = split_dataset(validate_folder(synth_dir(per_class=9), settings), settings)
+    result = tune(data, settings)
+    assert result.best_cv is not None
+    study = optuna.load_study(study_name=result.study_name, storage=open_storage(settings))
+    assert study.user_attrs["objective"] == "cv3_log_loss"
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    n_cv = int(data.files["split"].isin(["train", "val"]).sum())
+    for trial in complete:
+        cv = trial.user_attrs["cv"]
+        assert len(cv["oof"]) == n_cv and sorted(set(cv["fold"])) == [0, 1, 2] and len(cv["fold_scores"]) == 3
+        assert {"l2", "input_size", "roi"} <= set(trial.params)
+    runs = _runs(settings, f"tags.`osteo.trial` = '{complete[0].number}'")
+    assert [m.step for m in MlflowClient().get_metric_history(runs[0].info.run_id, "cv_fold_log_loss")] == [0, 1, 2]
+
+    best = best_params(settings, data.dataset_hash)
+    refit = refit_and_evaluate(data, best.params, settings, source="best", tags=best.tags(), cv=best.cv)
+    run = MlflowClient().get_run(refit.run_id)
+    assert run.data.tags["calibrated_on"] == "out-of-fold predictions"
+    assert run.data.params["model.input_size"] == str(best.params["input_size"]) and run.data.params["model.roi"] == best.params["roi"]
+    estimate = mlflow.artifacts.load_dict(f"runs:/{refit.run_id}/cv_estimate.json")
+    assert estimate["folds"] == 3 and estimate["n"] == n_cv and "cv_balanced_accuracy" in run.data.metrics
+    version = register_run(refit.run_id, settings)
+    card = mlflow.artifacts.load_text(MlflowClient().get_model_version(settings.registry.model_name, version).tags["model_card"])
+    assert "Headline: cross-validated estimate (3-fold" in card and "out-of-fold predictions" in card
+    served = mlflow.pyfunc.load_model(refit.model_uri).predict(pd.DataFrame({"image": [encode_image(example_radiograph(64))]}))
+    assert served.shape[0] == 1  # one row per image, whatever the number of crops

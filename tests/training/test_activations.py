@@ -46,9 +46,10 @@ def _model(seed=0):
 
 def _cache(settings, data, budget=2**30, spill_dir=None, floor=2):
     train, val = data
+    pixels = np.concatenate([train.pixels, val.pixels])
     return ActivationCache(
-        train.pixels, val.pixels, views=VIEWS, augment=augmenter(settings.train.augment, settings.seed),
-        batch_size=BATCH, floor_depth=floor, budget_bytes=budget, spill_dir=spill_dir,
+        pixels, np.arange(len(train.pixels)), np.arange(len(train.pixels), len(pixels)), views=VIEWS,
+        augment=augmenter(settings.train.augment, settings.seed), batch_size=BATCH, floor_depth=floor, budget_bytes=budget, spill_dir=spill_dir,
     )
 
 
@@ -61,7 +62,7 @@ def test_cached_training_matches_the_full_model_on_the_same_views(settings, data
     fit_two_phase(cached, train, None, params, settings, epochs=(1, 1), cache=cache)  # no validation: both epochs stay
 
     # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
-    views = [np.asarray(x) for _, _, x in view_batches(train.pixels, VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
+    views = [np.asarray(x) for _, _, x in view_batches(train.pixels, np.arange(len(train.pixels)), VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
     weights = class_weights(train.labels, 2, "balanced")
     sample_weight = np.array([weights[c] for c in train.labels], np.float32)
     for epoch, (depth, lr) in enumerate(((0, settings.train.head_learning_rate), (2, params.learning_rate))):
@@ -106,3 +107,24 @@ def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings,
     np.testing.assert_array_equal(np.asarray(spilled.train(0)), in_memory.train(0))
     spilled.close()
     assert not any((tmp_path / "spill").iterdir())
+
+
+def test_a_shared_cache_gives_each_fold_what_a_cache_of_its_own_rows_gives(settings, data):
+    """Cross-validation caches every row once and folds select rows: the activations (so the
+    fold's training) equal those of a cache computed for that fold alone."""
+    train, val = data
+    pixels = np.concatenate([train.pixels, val.pixels])
+    rows = np.arange(len(pixels))
+    augment = augmenter(settings.train.augment, settings.seed)
+    shared = ActivationCache(pixels, rows, rows, views=VIEWS, augment=augment, batch_size=4, floor_depth=1, budget_bytes=2**30)
+    model = _model()
+    shared.attach(model, [1, 0])
+    fold_train, fold_val = np.array([0, 2, 3, 5, 7]), np.array([1, 4, 8])
+    own = ActivationCache(pixels, fold_train, fold_val, views=VIEWS, augment=augment, batch_size=3, floor_depth=1, budget_bytes=2**30)
+    own.attach(model, [1, 0])
+    fold = shared.fold(fold_train, fold_val)
+    for depth in (0, 1):
+        np.testing.assert_allclose(fold.train(depth), own.train(depth), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(fold.val(depth), own.val(depth), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not cached"):
+        own.fold(np.array([1]), fold_val)
