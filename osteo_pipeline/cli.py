@@ -517,7 +517,7 @@ def compare(
     set_: SetOption = None,
 ) -> None:
     """Run the paper's systems on identical folds: mean and 95% CI per metric, table and plot."""
-    from osteo_pipeline.steps.compare import HEADERS, REPORTED, table_rows
+    from osteo_pipeline.core.compare_report import HEADERS, REPORTED, table_rows
     from osteo_pipeline.steps.compare import compare as run_compare
 
     folds, repeats = _cv(cv)
@@ -587,7 +587,7 @@ def crops(
     films = []
     for path in chosen:
         try:
-            gray = load_gray(Path(data_dir) / path, 768, settings.validation.max_pixels)
+            gray = load_gray(Path(data_dir) / path, 3 * settings.model.input_size, settings.validation.max_pixels)  # as training decodes for crops
         except ImageDecodeError as exc:
             console.print(f"[yellow]{path}: skipped ({exc})[/]", highlight=False)
             continue

@@ -34,6 +34,7 @@ COMPARE_SYSTEMS = (
     "resnet18",
     "cnn3",
     "resnet50-probe",
+    "texture-probe",
     "metadata-probe",
 )
 
@@ -250,6 +251,20 @@ class TuneSettings(_Section):
             raise ValueError("tune.heartbeat_grace_s must be at least twice tune.heartbeat_interval_s, or a live trial could be failed")
         return self
 
+    @model_validator(mode="after")
+    def _search_space(self) -> TuneSettings:
+        for name in ("learning_rate", "l2"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}")
+        if any(units < 0 for units in self.head_units):
+            raise ValueError(f"tune.head_units must be >= 0 (0: a linear head), got {self.head_units}")
+        if self.input_sizes is not None and (not self.input_sizes or min(self.input_sizes) < 32):
+            raise ValueError(f"tune.input_sizes must list sizes of at least 32 px, got {self.input_sizes}")
+        if self.rois is not None and not self.rois:
+            raise ValueError("tune.rois must list at least one of image, knees (or be unset)")
+        return self
+
     learning_rate: tuple[float, float] = (1e-5, 1e-3)
     unfreeze_depth: tuple[int, int] = (0, 6)
     head_units: list[int] = Field(default=[0, 64, 128, 256], min_length=1, description="Head sizes searched; 0 is a linear head (a probe on the frozen features when unfreeze depth is 0).")
@@ -357,6 +372,10 @@ class CompareSettings(_Section):
         default="imagenet", description="VGG-16 weights: 'imagenet' (Keras download) or a local no-top .h5 (also OSTEO_VGG16_WEIGHTS); never random."
     )
     vgg16_finetune_blocks: int = Field(default=1, ge=1, le=5, description="Top VGG-16 convolution blocks trained by vgg16-ft.")
+    recipe: Literal["config", "best"] = Field(
+        default="config",
+        description="resnet50-tl's parameters: the config's, or the best trial of this data's study (its size, roi, head and epochs), as `osteo train --params best` refits.",
+    )
     probe_c: list[float] = Field(default=[0.001, 0.01, 0.1, 1.0], min_length=1, description="Logistic-regression C values; the probe keeps the best on val.")
 
     @model_validator(mode="after")

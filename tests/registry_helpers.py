@@ -42,3 +42,10 @@ def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str
         evaluate_predictions(arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration())
         log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id)
     return run.info.run_id
+
+
+def non_inferiority(settings):
+    """``settings`` with a gate that lets an equal candidate pass (margin 0.05, any number of
+    paired cases): for tests of promotion and alias mechanics, not of the gate's judgement (the
+    default gate calls two equal models inconclusive; tests/core/test_gate.py)."""
+    return settings.model_copy(update={"registry": settings.registry.model_copy(update={"margin": 0.05, "min_paired_cases": 1})})

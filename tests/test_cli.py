@@ -99,6 +99,7 @@ def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(data, st
         (["models", "--set", "tracking.uri=http://127.0.0.1:9", "--set", "tracking.http_retries=0"], 2, "unreachable"),
         (["predict", "models:/osteo-knee/1", str(tmp_path / "missing.jpg"), *store], 2, "missing.jpg"),
         (["compare", str(data), "--cv", "five"], 2, "--cv"),
+        (["crops", str(tmp_path / "missing")], 2, "data folder not found"),
         (["evaluate", "models:/nope/1", str(data), *store], 2, "nope"),
         (["explain", "models:/nope/1", str(a_file), *store], 2, "nope"),
         (["run", str(tmp_path / "missing")], 2, "data folder not found"),

@@ -24,7 +24,7 @@ from osteo_pipeline.steps.registry import open_registry, promote, register_run
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.tune import tune
 from osteo_pipeline.steps.validate import validate_folder
-from tests.registry_helpers import log_candidate
+from tests.registry_helpers import log_candidate, non_inferiority
 from tests.servers import BIN, free_port
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,7 @@ promote(settings)
 
 
 def test_killed_between_register_and_promote_leaves_production_alone(synth_dir, train_settings, tmp_path):
+    train_settings = non_inferiority(train_settings)  # the second, equal candidate must be promotable
     root = synth_dir(per_class=12)
     split = split_dataset(validate_folder(root, train_settings), train_settings)
     register_run(log_candidate(split, train_settings, 1.0), train_settings)

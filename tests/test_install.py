@@ -28,7 +28,7 @@ from osteo_pipeline.serving import encode_image
 from osteo_pipeline.steps.registry import promote, register_run, rollback
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.validate import validate_folder
-from tests.registry_helpers import log_candidate
+from tests.registry_helpers import log_candidate, non_inferiority
 from tests.servers import BIN, free_port
 
 pytestmark = pytest.mark.slow
@@ -107,6 +107,7 @@ def _until(condition, timeout: float, what: str, process: subprocess.Popen, log:
 
 
 def test_the_model_server_command_waits_for_production_then_follows_the_alias(installed, synth_dir, train_settings, tmp_path):
+    train_settings = non_inferiority(train_settings)  # the second, equal candidate must be promotable
     """The compose model-server's command, run by the installed package: no model yet (it waits,
     no restart loop), then version 1, a promotion to 2 and a rollback to 1, each served."""
     command = COMPOSE["services"]["model-server"]["command"]

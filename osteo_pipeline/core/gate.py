@@ -3,9 +3,10 @@ held-out cases (bootstrap CI of the difference), never two numbers from differen
 
 Three outcomes. **passed**: every floor met and, against production, the CI of candidate minus
 production lies above ``-margin`` (with margin 0: the candidate is shown better). **rejected**: a
-floor missed, or the CI lies wholly below ``-margin`` (shown worse). **inconclusive**: the CI
-spans the line, or there are fewer paired cases than ``min_paired_cases``; production is kept,
-and the reason says so. Equal models are inconclusive: nothing shows the candidate is better."""
+floor missed, or the CI lies wholly below ``-margin`` (shown worse, whatever the number of
+cases). **inconclusive**: floors met, but the CI spans the line or there are fewer paired cases
+than ``min_paired_cases``; production is kept, and the reason says so. Equal models are
+inconclusive: nothing shows the candidate is better."""
 
 from __future__ import annotations
 
@@ -57,22 +58,23 @@ def decide(
     floor_values: dict[str, float] | None = None,
     floor_source: str = "test",
 ) -> GateDecision:
-    """The gate's decision (see the module docstring). Floors apply to ``floor_values`` when
-    given (e.g. the lower bounds of a cross-validated estimate, named by ``floor_source``), else
-    to the candidate's metrics on these cases. Given ``*_pred``, each model is scored on the
+    """The gate's decision (see the module docstring). Floors apply to the candidate's metrics on
+    these cases and, when given, to ``floor_values`` too (e.g. the lower bounds of a
+    cross-validated estimate, named by ``floor_source``): a small-data model must clear both. Given ``*_pred``, each model is scored on the
     labels it serves (its own calibrated threshold) instead of the arg-max of its probabilities."""
     y_true = np.asarray(y_true)
     candidate_pred = candidate_proba.argmax(axis=1) if candidate_pred is None else np.asarray(candidate_pred)
     candidate = classification_metrics(y_true, candidate_proba, positive, candidate_pred)
     reasons, passed = [], True
-    judged = floor_values if floor_values is not None else candidate
-    for name, floor in sorted(floors.items()):
-        value = judged.get(name, float("nan"))
-        if not np.isfinite(value) or value < floor:
-            passed = False
-            reasons.append(f"{floor_source} {name} {value:.3f} below floor {floor:.3f}")
-        else:
-            reasons.append(f"{floor_source} {name} {value:.3f} >= floor {floor:.3f}")
+    judged = [("test", candidate)] + ([(floor_source, floor_values)] if floor_values is not None else [])
+    for source, values in judged:
+        for name, floor in sorted(floors.items()):
+            value = values.get(name, float("nan"))
+            if value is None or not np.isfinite(value) or value < floor:
+                passed = False
+                reasons.append(f"{source} {name} {float('nan') if value is None else value:.3f} below floor {floor:.3f}")
+            else:
+                reasons.append(f"{source} {name} {value:.3f} >= floor {floor:.3f}")
     if production_proba is None:
         reasons.append("no production model: floors decide")
         return GateDecision(passed, reasons, candidate, n_cases=len(y_true))
@@ -90,16 +92,18 @@ def decide(
     diff = candidate[compare_metric] - production[compare_metric]
     difference = {"value": diff, "low": low, "high": high}
     text = f"{compare_metric} candidate - production = {diff:+.3f} (95% CI {low:+.3f} to {high:+.3f}, n={len(y_true)} paired cases)"
-    verdict = PASSED if passed else REJECTED
-    if len(y_true) < min_paired_cases:
-        reasons.append(f"inconclusive: {len(y_true)} paired cases, fewer than registry.min_paired_cases={min_paired_cases}; production kept ({text})")
-        verdict = INCONCLUSIVE if passed else REJECTED
-    elif high < -margin:
+    if high < -margin:
         reasons.append(f"worse than production: {text}")
-        verdict = REJECTED
+        passed = False
+    elif not passed:
+        reasons.append(f"compared with production: {text}")
+    elif len(y_true) < min_paired_cases:
+        reasons.append(f"inconclusive: {len(y_true)} paired cases, fewer than registry.min_paired_cases={min_paired_cases}; production kept ({text})")
+        return GateDecision(False, reasons, candidate, production, difference, len(y_true), verdict=INCONCLUSIVE)
     elif low > -margin:
         reasons.append(f"{'better than' if margin == 0 else f'within {margin} of'} production: {text}")
     else:
         reasons.append(f"inconclusive: the interval spans {-margin:+.3f}; production kept ({text})")
-        verdict = INCONCLUSIVE if passed else REJECTED
+        return GateDecision(False, reasons, candidate, production, difference, len(y_true), verdict=INCONCLUSIVE)
+    verdict = PASSED if passed else REJECTED
     return GateDecision(verdict == PASSED, reasons, candidate, production, difference, len(y_true), verdict=verdict)

@@ -24,8 +24,9 @@ def _cv_section(cv: dict[str, Any], n_test: int) -> str:
     return f"""
 ## Headline: cross-validated estimate ({cv['folds']}-fold, n = {cv['n']} images)
 Out-of-fold predictions of the chosen parameters, each fold's labels from a calibration fitted on
-the other folds; mean over folds with the 95% corrected resampled t interval. The test split
-below (n = {n_test}) is the one untouched check; with so few images its interval is wider.
+the other folds; mean over folds with the 95% corrected resampled t interval. It leans
+optimistic: the same folds chose the parameters (best of the search's trials) and the epoch
+count. The test split below (n = {n_test}) is the one untouched check.
 
 | metric | CV estimate | 95% interval |
 |---|---|---|

@@ -1,4 +1,6 @@
-"""``osteo compare``: the seed paper's comparison run on the user's data under one protocol.
+"""``osteo compare``: the seed paper's comparison run on the user's data under one protocol: the
+cross-validation loop and its MLflow logging (systems in ``training.zoo`` and ``training.probes``,
+tables in ``core.compare_report``).
 
 Every system sees the same repeated stratified group folds (duplicate groups within one part,
 label conflicts excluded). In each fold a system trains on the training part, uses the val part
@@ -11,9 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,58 +22,36 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from osteo_pipeline.config import Settings
-from osteo_pipeline.core import baselines, plots
+from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import expected_calibration_error, fit_calibration
-from osteo_pipeline.core.data import make_dataset
-from osteo_pipeline.core.metrics import METRIC_NAMES, classification_metrics, fold_interval
-from osteo_pipeline.core.model import (
-    ModelSpec,
-    WeightsUnavailableError,
-    backbone,
-    build_model,
-    set_unfrozen_blocks,
-)
+from osteo_pipeline.core.compare_report import REPORTED, SYSTEMS, markdown_report
+from osteo_pipeline.core.metrics import classification_metrics, fold_interval
+from osteo_pipeline.core.model import WeightsUnavailableError
 from osteo_pipeline.core.splits import Fold, dataset_hash, group_folds
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.reports import write_json
-from osteo_pipeline.steps.split import usable_images
+from osteo_pipeline.steps.split import split_dataset, usable_images
+from osteo_pipeline.steps.tune import best_params
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import Arrays, pixel_cache
-from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_proba
+from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_images
+from osteo_pipeline.training.probes import (
+    TEXTURE_SIZE,
+    fit_forest,
+    fit_logistic,
+    knee_texture_features,
+    metadata_features,
+    resnet50_features,
+)
 from osteo_pipeline.training.runtime import configure_runtime
+from osteo_pipeline.training.zoo import keras_system, require_weights
 
 log = logging.getLogger(__name__)
 
-#: What each system is, as the table's footnote says it.
-SYSTEMS = {
-    "resnet50-tl": "the pipeline's model: ImageNet ResNet-50, head then top blocks fine-tuned (config params)",
-    "resnet50-scratch": "ResNet-50, random init, all layers trained",
-    "vgg16-ft": "ImageNet VGG-16, head then top conv block(s) fine-tuned",
-    "vgg16-frozen": "ImageNet VGG-16 frozen, head only",
-    "resnet18": "ResNet-18 built here, random init, all layers trained",
-    "cnn3": "3-layer CNN, random init",
-    "resnet50-probe": "frozen ImageNet ResNet-50 pooled features + logistic regression (C chosen on val)",
-    "metadata-probe": "random forest on file metadata only (width, height, aspect, bytes, bytes/pixel, mode, format): a shortcut detector",
-}
-SIZE_FREE = {"metadata-probe"}
-REPORTED = (*METRIC_NAMES, "ece")
-HEADERS = {
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced acc.",
-    "precision": "precision",
-    "recall": "sensitivity",
-    "specificity": "specificity",
-    "f1": "F1",
-    "roc_auc": "ROC AUC",
-    "ece": "ECE",
-}
+#: Systems with no input size of their own (one row, not one per size).
+SIZE_FREE = {"metadata-probe", "texture-probe"}
 
 
 @dataclass
@@ -85,10 +63,28 @@ class Data:
     labels: np.ndarray
     excluded: list[dict[str, str]]
     identity: str
-    pixels: dict[int, np.ndarray]  # by input size, filled on first use
+    pixels: dict[tuple[int, str], Arrays]  # every image by (input size, roi), filled on first use
+    validation: Any = None  # the folder's ValidationResult (the recipe's study is found from its split)
 
-    def arrays(self, size: int, rows: np.ndarray) -> Arrays:
-        return Arrays(self.pixels[size][rows], self.labels[rows], list(self.frame["path"].iloc[rows]))
+    def arrays(self, size: int, rows: np.ndarray, roi: str = "image") -> Arrays:
+        return self.pixels[(size, roi)].select(rows)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The pipeline's own tuned parameters for ``resnet50-tl``: the best trial of this data's study."""
+
+    params: TrainParams  # input size and roi included
+    epochs: tuple[int, int] | None  # (head, finetune) as the search chose them (run without early stopping)
+    source: str
+
+    @property
+    def size(self) -> int:
+        return int(self.params.input_size or 0)
+
+    @property
+    def roi(self) -> str:
+        return str(self.params.roi or "image")
 
 
 @dataclass
@@ -101,114 +97,23 @@ class CompareResult:
     seconds: float
 
 
-# Systems --------------------------------------------------------------------------------------
+# The run --------------------------------------------------------------------------------------
 
 
-def _spec(settings: Settings, size: int) -> ModelSpec:
-    return ModelSpec(tuple(settings.data.classes), size, settings.model.head_units, settings.model.dropout)
-
-
-def _pretrained(build: Callable[[], keras.Model], what: str) -> keras.Model:
-    """Build a model with pretrained weights; any failure to get them is 'unavailable', never a
-    silent random init."""
-    try:
-        return build()
-    except WeightsUnavailableError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failed download surfaces as many exception types
-        raise WeightsUnavailableError(f"{what} weights unavailable: {type(exc).__name__}: {str(exc)[:160]}") from exc
-
-
-def _keep_all_trainable(model: keras.Model, depth: int) -> None:
-    """Networks trained from scratch train every layer in every phase."""
-
-
-def keras_system(name: str, settings: Settings, size: int) -> tuple[keras.Model, TrainParams, tuple[int, int], Callable[[keras.Model, int], object]]:
-    """The network of a Keras system, the parameters and (head, finetune) epochs it trains with,
-    and how each phase sets what trains."""
-    spec, t, c = _spec(settings, size), settings.train, settings.compare
-    config = TrainParams.from_settings(settings)
-    scratch = (TrainParams(c.scratch_learning_rate, 0, spec.head_units, spec.dropout), (0, c.scratch_epochs), _keep_all_trainable)
-    if name == "resnet50-tl":
-        model = _pretrained(lambda: build_model(spec, settings.model.weights_source), "ResNet-50 ImageNet")
-        return model, config, (t.head_epochs, t.finetune_epochs), set_unfrozen_blocks
-    if name == "vgg16-ft":
-        model = _pretrained(lambda: baselines.vgg16(spec, c.vgg16_weights), "VGG-16")
-        params = TrainParams(t.learning_rate, c.vgg16_finetune_blocks, spec.head_units, spec.dropout)
-        return model, params, (t.head_epochs, t.finetune_epochs), baselines.set_trainable_vgg_blocks
-    if name == "vgg16-frozen":
-        model = _pretrained(lambda: baselines.vgg16(spec, c.vgg16_weights), "VGG-16")
-        return model, config, (t.head_epochs + t.finetune_epochs, 0), baselines.set_trainable_vgg_blocks
-    builders = {"resnet50-scratch": baselines.resnet50_scratch, "resnet18": baselines.resnet18, "cnn3": baselines.cnn3}
-    if name in builders:
-        return (builders[name](spec), *scratch)
-    raise ValueError(f"{name} is not a Keras system")
-
-
-def require_weights(name: str, settings: Settings) -> None:
-    """Fail fast, before any fold runs, when a pretrained system's weights cannot be had."""
-    if name.startswith("vgg16"):
-        _pretrained(lambda: baselines.vgg16(_spec(settings, 32), settings.compare.vgg16_weights), "VGG-16")
-    elif name.startswith("resnet50-") and name != "resnet50-scratch" and settings.model.weights_source is None:
-        raise WeightsUnavailableError(f"model.weights is 'none': {name} needs ImageNet weights")
-
-
-def fit_keras(name: str, data: Data, fold: Fold, size: int, settings: Settings, jit: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Train a Keras system on the fold's training part (early stopping on val); val and test
+def fit_keras(name: str, data: Data, fold: Fold, size: int, settings: Settings, jit: bool, recipe: Recipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train a Keras system on the fold's training part (early stopping on val; a recipe runs
+    the epochs its search chose, as the pipeline's refit does); per-image val and test
     probabilities."""
     keras.backend.clear_session()
     gc.collect()
     keras.utils.set_random_seed(settings.seed + 100 * fold.repeat + fold.fold)
-    model, params, epochs, unfreeze = keras_system(name, settings, size)
-    train, val = data.arrays(size, fold.train), data.arrays(size, fold.val)
-    fit_two_phase(model, train, val, params, settings, epochs=epochs, jit=jit, unfreeze=unfreeze)
+    roi = recipe.roi if recipe else "image"
+    model, params, epochs, unfreeze = keras_system(name, settings, size, recipe.params if recipe else None, recipe.epochs if recipe else None)
+    train, val = data.arrays(size, fold.train, roi), data.arrays(size, fold.val, roi)
+    fixed = recipe is not None and recipe.epochs is not None
+    fit_two_phase(model, train, None if fixed else val, params, settings, epochs=epochs, jit=jit, unfreeze=unfreeze)
     batch = settings.train.batch_size
-    return predict_proba(model, val.pixels, batch), predict_proba(model, data.pixels[size][fold.test], batch)
-
-
-def resnet50_features(pixels: np.ndarray, settings: Settings, size: int) -> np.ndarray:
-    """Globally pooled frozen ImageNet ResNet-50 features (N x 2048), computed once per size."""
-    base = _pretrained(lambda: backbone(settings.model.weights_source, size), "ResNet-50 ImageNet")
-    extractor = keras.Sequential([base, keras.layers.GlobalAveragePooling2D()])
-    dataset = make_dataset(pixels, None, 2, settings.train.batch_size)
-    return np.asarray(extractor.predict(dataset, verbose=0), dtype=np.float64)
-
-
-def metadata_features(frame: pd.DataFrame) -> np.ndarray:
-    """What a file says about its scanner and export path, nothing about the bone."""
-    numeric = pd.DataFrame(
-        {
-            "width": frame["width"].astype(float),
-            "height": frame["height"].astype(float),
-            "aspect": frame["width"].astype(float) / frame["height"].astype(float),
-            "log_bytes": np.log1p(frame["bytes"].astype(float)),
-            "bytes_per_pixel": frame["bytes"].astype(float) / (frame["width"].astype(float) * frame["height"].astype(float)),
-        }
-    )
-    categorical = pd.get_dummies(frame[["mode", "format"]].astype(str), dtype=float)
-    return pd.concat([numeric, categorical], axis=1).to_numpy(dtype=np.float64)
-
-
-def fit_logistic(features: np.ndarray, labels: np.ndarray, fold: Fold, c_values: list[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised, class-balanced logistic regression; C chosen on val log loss."""
-    best, best_loss = None, np.inf
-    n_classes = len(np.unique(labels))
-    for c in c_values:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed))
-        model.fit(features[fold.train], labels[fold.train])
-        loss = log_loss(labels[fold.val], model.predict_proba(features[fold.val]), labels=list(range(n_classes)))
-        if loss < best_loss:
-            best, best_loss = model, loss
-    return best.predict_proba(features[fold.val]), best.predict_proba(features[fold.test])
-
-
-def fit_forest(features: np.ndarray, labels: np.ndarray, fold: Fold, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    model = RandomForestClassifier(n_estimators=300, min_samples_leaf=2, class_weight="balanced", random_state=seed, n_jobs=-1)
-    model.fit(features[fold.train], labels[fold.train])
-    return model.predict_proba(features[fold.val]), model.predict_proba(features[fold.test])
-
-
-# The run --------------------------------------------------------------------------------------
+    return predict_images(model, val, batch), predict_images(model, data.arrays(size, fold.test, roi), batch)
 
 
 def load_data(data_dir: Path, settings: Settings) -> Data:
@@ -220,12 +125,29 @@ def load_data(data_dir: Path, settings: Settings) -> Data:
     index = {c: i for i, c in enumerate(settings.data.classes)}
     labels = frame["label"].map(index).to_numpy(dtype=np.int64)
     identity = dataset_hash(frame.assign(split="all"))
-    return Data(validation.scan.root, frame, labels, excluded, identity, {})
+    return Data(validation.scan.root, frame, labels, excluded, identity, {}, validation)
 
 
-def _ensure_pixels(data: Data, size: int, settings: Settings) -> None:
-    if size not in data.pixels:
-        data.pixels[size] = pixel_cache(settings, size).load([data.root / p for p in data.frame["path"]], list(data.frame["sha256"]))
+def _ensure_pixels(data: Data, size: int, settings: Settings, roi: str = "image") -> None:
+    if (size, roi) not in data.pixels:
+        cache = pixel_cache(settings, size, roi)
+        pixels = cache.load([data.root / p for p in data.frame["path"]], list(data.frame["sha256"]))
+        data.pixels[(size, roi)] = Arrays(pixels, data.labels, list(data.frame["path"]), cache.views)
+
+
+def resolve_recipe(data: Data, settings: Settings) -> Recipe | None:
+    """``compare.recipe: best``: the best trial of the study of this folder's split (what
+    ``osteo train --params best`` would refit); ``config``: None (the config's parameters). The
+    search saw the images the folds later test: the row is marked as tuned on this data."""
+    if settings.compare.recipe == "config" or "resnet50-tl" not in settings.compare.systems:
+        return None
+    split = split_dataset(data.validation, settings)
+    best = best_params(settings, split.dataset_hash)
+    params = TrainParams.from_dict(best.params, settings)
+    params = TrainParams(**(params.as_dict() | {"input_size": params.input_size or settings.model.input_size, "roi": params.roi or settings.model.roi}))
+    head, finetune = best.params.get("head_epochs"), best.params.get("finetune_epochs")
+    epochs = (int(head), int(finetune)) if head is not None and finetune is not None else None
+    return Recipe(params, epochs, f"study {best.study_name} trial {best.number}")
 
 
 def score_fold(val_proba: np.ndarray, test_proba: np.ndarray, data: Data, fold: Fold, positive: int) -> dict[str, float]:
@@ -238,11 +160,24 @@ def score_fold(val_proba: np.ndarray, test_proba: np.ndarray, data: Data, fold: 
     return scores | {"temperature": calibration.temperature, "threshold": calibration.threshold if calibration.threshold is not None else float("nan")}
 
 
-def run_system(name: str, size: int | None, data: Data, folds: list[Fold], settings: Settings, jit: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _recipe_text(recipe: Recipe) -> str:
+    p = recipe.params
+    head = f"{p.head_units}-unit head" if p.head_units else "linear head"
+    epochs = f"{recipe.epochs[0]}+{recipe.epochs[1]} epochs" if recipe.epochs else "config epochs"
+    return f"{p.input_size} px {p.roi}, unfreeze {p.unfreeze_depth}, {head}, lr {p.learning_rate:.1e}, dropout {p.dropout:.2f}, l2 {p.l2:.0e}, {epochs}"
+
+
+def run_system(
+    name: str, size: int | None, data: Data, folds: list[Fold], settings: Settings, jit: bool, recipe: Recipe | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All folds of one system at one size, each a nested MLflow run; the summary row."""
     label = name if size is None else f"{name}@{size}"
+    note = SYSTEMS[name]
+    if recipe is not None:
+        label += f" {recipe.roi} (tuned)"
+        note = f"the pipeline's recipe from {recipe.source}: {_recipe_text(recipe)}; tuned by CV on this data, so its folds are not fully unseen"
     positive = settings.data.classes.index(settings.data.positive)
-    row: dict[str, Any] = {"system": label, "name": name, "size": size, "available": True, "note": SYSTEMS[name]}
+    row: dict[str, Any] = {"system": label, "name": name, "size": size, "available": True, "note": note}
     fold_rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with mlflow.start_run(run_name=label, nested=True, tags={"osteo.kind": "compare-system", "system": name}):
@@ -254,17 +189,20 @@ def run_system(name: str, size: int | None, data: Data, folds: list[Fold], setti
                 features = metadata_features(data.frame)
             elif name == "resnet50-probe":
                 assert size is not None
-                features = resnet50_features(data.pixels[size], settings, size)
+                features = resnet50_features(data.pixels[(size, "image")].pixels, settings, size)
+            elif name == "texture-probe":
+                crops = pixel_cache(settings, TEXTURE_SIZE, "knees")
+                features = knee_texture_features(crops.load([data.root / p for p in data.frame["path"]], list(data.frame["sha256"])), crops.views)
             for fold in folds:
                 fold_started = time.perf_counter()
                 with mlflow.start_run(run_name=f"{label} {fold.name}", nested=True, tags={"osteo.kind": "compare-fold", "system": name, "fold": fold.name}):
                     if name == "metadata-probe":
                         val_proba, test_proba = fit_forest(features, data.labels, fold, settings.seed + fold.repeat)
-                    elif name == "resnet50-probe":
+                    elif name in ("resnet50-probe", "texture-probe"):
                         val_proba, test_proba = fit_logistic(features, data.labels, fold, settings.compare.probe_c, settings.seed)
                     else:
                         assert size is not None
-                        val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit)
+                        val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit, recipe)
                     scores = score_fold(val_proba, test_proba, data, fold, positive)
                     seconds = time.perf_counter() - fold_started
                     mlflow.log_params({"fold": fold.name, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test)})
@@ -285,60 +223,6 @@ def run_system(name: str, size: int | None, data: Data, folds: list[Fold], setti
     return row, fold_rows
 
 
-def _cell(summary: dict[str, float]) -> str:
-    if not np.isfinite(summary["mean"]):
-        return "-"
-    if not np.isfinite(summary["low"]):
-        return f"{summary['mean']:.2f}"
-    return f"{summary['mean']:.2f} [{summary['low']:.2f}, {summary['high']:.2f}]"
-
-
-def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Cells for the terminal and markdown tables: system, each metric as mean [CI], s/fold."""
-    cells = []
-    for row in rows:
-        if not row["available"]:
-            cells.append([row["system"], row["reason"], *[""] * len(REPORTED)])
-        else:
-            cells.append([row["system"], *(_cell(row[m]) for m in REPORTED), f"{row['seconds_per_fold']:.0f}"])
-    return cells
-
-
-def markdown_report(rows: list[dict[str, Any]], data: Data, folds: list[Fold], settings: Settings, command: str, seconds: float) -> str:
-    c = settings.compare
-    header = ["system", *(HEADERS[m] for m in REPORTED), "s / fold"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row, cells in zip(rows, table_rows(rows)):
-        if row["available"]:
-            lines.append("| " + " | ".join(cells) + " |")
-        else:
-            lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
-    counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
-    averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
-    trained = [name for name in c.systems if name not in ("resnet50-probe", "metadata-probe")]
-    epochs = (
-        f"Epochs: transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}, scratch {c.scratch_epochs} "
-        f"(early stopping on val, patience {settings.train.early_stopping_patience})."
-        if trained
-        else "Probes only: no network is trained."
-    )
-    notes = "\n".join(f"- `{name}`: {text}" for name, text in SYSTEMS.items() if name in c.systems)
-    notes += "".join(f"\n- `{row['system']}` {row['note']}" for row in rows if not row["available"])
-    return f"""## osteo compare: {', '.join(settings.data.classes)}
-
-`{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.
-{len(data.frame)} images ({counts}); {len(data.excluded)} label-conflicting copies excluded; dataset `{data.identity[:16]}`.
-{c.folds}-fold stratified group CV x {c.repeats} repeat(s) = {len(folds)} folds, duplicate groups kept within one part;
-each fold's training part gives {c.val_fraction:.0%} to val (early stopping, temperature, threshold). Positive class `{settings.data.positive}`;
-sensitivity, specificity and F1 {averaging}. Cells: mean over folds [95% corrected resampled t interval].
-{epochs}
-
-{chr(10).join(lines)}
-
-{notes}
-"""
-
-
 def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", out_dir: Path | None = None) -> CompareResult:
     """Run every configured system at every configured size on identical folds."""
     started = time.perf_counter()
@@ -353,11 +237,14 @@ def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", 
         tracking.log_environment()
         mlflow.log_params({"dataset_hash": data.identity, "n_images": len(data.frame), "cv": f"{c.folds}x{c.repeats}"})
         tracking.log_json({"files": data.frame[["path", "label", "sha256", "group"]].to_dict(orient="records"), "excluded": data.excluded, "folds": {f.name: {"train": f.train.tolist(), "val": f.val.tolist(), "test": f.test.tolist()} for f in folds}}, "compare_folds.json")
+        recipe = resolve_recipe(data, settings)
         for name in c.systems:
-            for size in [None] if name in SIZE_FREE else c.sizes:
+            tuned = recipe if name == "resnet50-tl" else None
+            sizes = [None] if name in SIZE_FREE else [tuned.size] if tuned else c.sizes
+            for size in sizes:
                 if size is not None:
-                    _ensure_pixels(data, size, settings)
-                row, per_fold = run_system(name, size, data, folds, settings, runtime["xla"])
+                    _ensure_pixels(data, size, settings, tuned.roi if tuned else "image")
+                row, per_fold = run_system(name, size, data, folds, settings, runtime["xla"], tuned)
                 rows.append(row)
                 fold_rows.extend(per_fold)
         seconds = time.perf_counter() - started

@@ -179,7 +179,7 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
     production_proba, production_pred = predict_set(registry.uri(production.version), data) if production else (None, None)
     r = settings.registry
     estimate = cv_estimate(candidate.run_id) if r.floors_on == "cv_lower" else None
-    floor_values = {name: float(v["low"]) for name, v in estimate["metrics"].items()} if estimate else None
+    floor_values = {name: _number(estimate["metrics"].get(name, {}).get("low")) for name in r.floors} if estimate else None
     decision = decide(
         data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin,
         r.min_paired_cases, r.bootstrap_resamples, settings.seed, candidate_pred, production_pred,
@@ -215,6 +215,11 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
         if (staged := registry.by_alias(STAGING)) is not None and staged.version == candidate.version:
             registry.drop_alias(STAGING)
     return decision
+
+
+def _number(value: Any) -> float:
+    """A metric read back from JSON, where a missing value (NaN when written) is null."""
+    return float("nan") if value is None else float(value)
 
 
 def _already_promoted(candidate: ModelVersion) -> GateDecision:

@@ -244,11 +244,19 @@ def _study_settings(settings: Settings) -> dict[str, Any]:
     return redact(shared)
 
 
-def _differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested settings dumps."""
+_ABSENT = object()
+
+
+def _differences(recorded: Any, current: Any, defaults: Any = None, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested settings dumps. A key the recorded
+    study lacks (a setting added since it was made) counts as unchanged while it holds its
+    default (``defaults``), which reproduces what that study computed."""
     if isinstance(recorded, dict) and isinstance(current, dict):
         keys = sorted(set(recorded) | set(current))
-        return [d for k in keys for d in _differences(recorded.get(k), current.get(k), f"{prefix}.{k}" if prefix else k)]
+        nested = defaults if isinstance(defaults, dict) else {}
+        return [d for k in keys for d in _differences(recorded.get(k, _ABSENT), current.get(k, _ABSENT), nested.get(k, _ABSENT), f"{prefix}.{k}" if prefix else k)]
+    if recorded is _ABSENT and current == defaults:
+        return []
     return [] if recorded == current else [prefix]
 
 
@@ -289,7 +297,7 @@ def _warm_start(study: optuna.Study, storage: RDBStorage, base: str, settings: S
             and space.unfreeze_depth[0] <= p.get("unfreeze_depth", -1) <= space.unfreeze_depth[1]
             and p.get("head_units") in space.head_units
             and space.dropout[0] <= p.get("dropout", -1) <= space.dropout[1]
-            and space.l2[0] <= p.get("l2", -1) <= space.l2[1]
+            and space.l2[0] <= p.get("l2", space.l2[0]) <= space.l2[1]  # absent (older studies): sampled
             and p.get("input_size", settings.model.input_size) in (space.input_sizes or [settings.model.input_size])
             and p.get("roi", settings.model.roi) in (space.rois or [settings.model.roi])
         )
@@ -324,8 +332,7 @@ def _set_up(study: optuna.Study, split: SplitManifest, settings: Settings) -> st
     the parent run id comes last and marks the set-up done. Idempotent: a set-up its creator left
     half done (killed) is finished by the next caller."""
     attrs = study.user_attrs
-    objective = f"cv{settings.tune.cv_folds}_{settings.tune.objective}" if uses_cv(settings, split) else OBJECTIVE
-    for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings), "objective": objective}.items():
+    for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings), "objective": study_objective(settings, split)}.items():
         if key not in attrs:
             study.set_user_attr(key, value)
     if "warm_started" not in attrs:
@@ -342,6 +349,10 @@ def prepare_study(split: SplitManifest, settings: Settings, new_trials: int) -> 
     target. A study resumed with settings that change what a trial computes is refused: its
     trials could not be compared."""
     tracking.configure(settings)
+    if uses_cv(settings, split):
+        groups = split.files.loc[split.files["split"].isin(["train", "val"]), "group"].nunique()
+        if groups < settings.tune.cv_folds:
+            raise TuneError(f"tune.cv_folds={settings.tune.cv_folds} but train + val hold only {groups} distinct images (groups of copies): lower tune.cv_folds or set tune.cv: off")
     storage = open_storage(settings)
     name = study_name_for(settings.tune.study_name, split.dataset_hash)
     try:
@@ -354,7 +365,13 @@ def prepare_study(split: SplitManifest, settings: Settings, new_trials: int) -> 
         recorded = study.user_attrs.get("dataset_hash", split.dataset_hash)
         if recorded != split.dataset_hash:
             raise TuneError(f"study {name!r} records dataset {str(recorded)[:12]}, not this data's {split.dataset_hash[:12]}") from None
-        changed = _differences(study.user_attrs.get("settings", _study_settings(settings)), _study_settings(settings))
+        changed = _differences(study.user_attrs.get("settings", _study_settings(settings)), _study_settings(settings), _study_settings(Settings()))
+        objective, recorded_objective = study_objective(settings, split), study.user_attrs.get("objective", OBJECTIVE)
+        if objective != recorded_objective:  # e.g. a study of a validation split, now small data is cross-validated
+            raise TuneError(
+                f"study {name!r} scored its trials by {recorded_objective}, these settings by {objective} (tune.cv): their trials cannot be compared; "
+                f"set tune.cv to match, or start a new study with another --study base name"
+            ) from None
         if changed:
             raise TuneError(
                 f"study {name!r} was run with other settings ({', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); resuming would mix "
@@ -383,6 +400,11 @@ class SearchData:
     @property
     def cv(self) -> Arrays:
         return self.arrays["cv"]
+
+
+def study_objective(settings: Settings, split: SplitManifest) -> str:
+    """What a study's trials minimise: ``val_loss``, or e.g. ``cv5_log_loss``."""
+    return f"cv{settings.tune.cv_folds}_{settings.tune.objective}" if uses_cv(settings, split) else OBJECTIVE
 
 
 def uses_cv(settings: Settings, split: SplitManifest) -> bool:
@@ -466,7 +488,7 @@ class Objective:
                 params.as_dict()
                 | {"trial": trial.number, "seed": settings.seed + trial.number, "worker": self.worker, "sampler_seed": self.sampler_seed, "runtime.replicas": self.strategy.num_replicas_in_sync}
                 | {f"runtime.{k}": v for k, v in self.runtime.items()}
-                | {"objective": f"cv{settings.tune.cv_folds}_{settings.tune.objective}" if self.cv else OBJECTIVE}
+                | {"objective": study_objective(settings, self.split)}
             )
             try:
                 with self.strategy.scope():
@@ -538,7 +560,7 @@ class Objective:
         tracking.log_json(result.as_dict() | {"paths": cv.paths}, "cv_oof.json")
         trial.set_user_attr("head_epochs", result.head_epochs)
         trial.set_user_attr("finetune_epochs", result.finetune_epochs)
-        trial.set_user_attr("cv", result.as_dict())
+        trial.set_user_attr("cv", result.as_dict() | {"dataset_hash": self.split.dataset_hash})
         trial.set_user_attr("val_balanced_accuracy", means["balanced_accuracy"])
         return value
 
@@ -624,7 +646,8 @@ def run_worker(study_name: str, split: SplitManifest, settings: Settings, worker
     seed = sampler_seed(settings.seed, len(probe.get_trials(deepcopy=False)), worker)
     target = int(probe.user_attrs["target_finished"])
     t = settings.train
-    study = _load(study_name, storage, sampler=make_sampler(settings, seed, target), pruner=make_pruner(settings.tune, t.head_epochs + t.finetune_epochs))
+    steps = settings.tune.cv_folds if uses_cv(settings, split) else t.head_epochs + t.finetune_epochs  # what trials report: folds or epochs
+    study = _load(study_name, storage, sampler=make_sampler(settings, seed, target), pruner=make_pruner(settings.tune, steps))
     objective = Objective(settings, split, parent_id, worker, seed)
     deadline = time.monotonic() + (timeout_s or settings.tune.timeout_s or float("inf"))
     patience = max(600.0, 10.0 * settings.tune.heartbeat_grace_s)  # waiting on trials that never end

@@ -178,11 +178,38 @@ class FoldActivations:
     def attach(self, model: keras.Model, depths: list[int]) -> None:
         self._cache.attach(model, depths)
 
-    def train(self, depth: int) -> np.ndarray:
-        return self._cache.train(depth)[:, self._train]
+    def train(self, depth: int) -> FoldViews:
+        """K x N_fold views, read batch by batch (never a copy of the fold's whole cache)."""
+        return FoldViews(self._cache.train(depth), self._train)
 
     def val(self, depth: int) -> np.ndarray:
         return self._cache.val(depth)[self._val]
+
+
+class FoldViews:
+    """``views[k][rows]`` of one fold's rows of a K x N cache array, reading only those rows: a
+    spilled (memory-mapped) cache stays on disk until a batch needs it."""
+
+    def __init__(self, views: np.ndarray, slots: np.ndarray) -> None:
+        self._views, self._slots = views, slots
+        self.shape = (views.shape[0], len(slots), *views.shape[2:])
+
+    def __len__(self) -> int:
+        return self._views.shape[0]
+
+    def __getitem__(self, view: int) -> _FoldRows:
+        return _FoldRows(self._views[view], self._slots)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001 - NumPy's protocol
+        return np.asarray(self._views[:, self._slots], dtype=dtype)
+
+
+class _FoldRows:
+    def __init__(self, rows: np.ndarray, slots: np.ndarray) -> None:
+        self._rows, self._slots = rows, slots
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return self._rows[self._slots[index]]
 
 
 def _slots(rows: np.ndarray, n: int) -> np.ndarray:

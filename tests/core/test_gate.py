@@ -69,3 +69,15 @@ def test_models_are_scored_on_the_labels_they_serve():
     served = (shy[:, 1] >= 0.25).astype(int)
     decision = _decide(shy, COIN, candidate_pred=served)
     assert decision.passed and decision.candidate["balanced_accuracy"] == 1.0
+
+
+def test_a_small_data_model_must_clear_the_floors_on_test_and_on_its_cv_lower_bound():
+    decision = _decide(COIN, None, floor_values={"balanced_accuracy": 0.9, "recall": 0.9}, floor_source="CV lower bound")
+    assert not decision.passed and "test balanced_accuracy 0.500 below floor" in decision.summary
+    missing = _decide(GOOD, None, floor_values={"balanced_accuracy": None, "recall": 0.9}, floor_source="CV lower bound")
+    assert not missing.passed and "CV lower bound balanced_accuracy nan below floor" in missing.summary
+
+
+def test_shown_worse_is_rejected_even_on_few_cases():
+    decision = _decide(BAD, GOOD, floors={}, min_paired_cases=100)
+    assert decision.verdict == "rejected" and "worse than production" in decision.summary

@@ -92,6 +92,41 @@ def test_cli_rejects_a_malformed_cv():
 
 def test_every_configurable_system_is_implemented():
     from osteo_pipeline.config import COMPARE_SYSTEMS
-    from osteo_pipeline.steps.compare import SYSTEMS
+    from osteo_pipeline.core.compare_report import SYSTEMS
 
     assert list(SYSTEMS) == list(COMPARE_SYSTEMS)
+
+
+@pytest.mark.slow
+def test_texture_probe_reads_knee_crops_and_separates_synthetic_bone(synth_dir, train_settings, tmp_path):
+    """Synthetic osteoporotic bone has sparser trabeculae and a thinner cortex: the texture probe
+    (LBP, GLCM and Hurst features of the knee crops, logistic regression) must see it."""
+    settings = _settings(train_settings, tmp_path, ["texture-probe"])
+    result = compare(synth_dir(per_class=9), settings, out_dir=tmp_path / "cmp")
+    (row,) = result.rows
+    assert row["system"] == "texture-probe" and row["available"]
+    assert row["roc_auc"]["mean"] > 0.7
+
+
+@pytest.mark.slow
+def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_settings, tmp_path, monkeypatch):
+    """compare.recipe: best takes the best trial of this data's study (here a CV search over
+    input size and roi), with its size, knee crops, head and epochs. (No ImageNet weights in
+    tests: the weights check is bypassed and the backbone is random.)"""
+    import osteo_pipeline.steps.compare as compare_step
+
+    monkeypatch.setattr(compare_step, "require_weights", lambda name, settings: None)
+    from osteo_pipeline.steps.split import split_dataset
+    from osteo_pipeline.steps.tune import tune
+    from osteo_pipeline.steps.validate import validate_folder
+
+    data_dir = synth_dir(per_class=8)
+    searched = train_settings.tune.model_copy(update={"cv": "on", "cv_folds": 3, "input_sizes": [40], "rois": ["knees"], "trials": 1})
+    settings = _settings(train_settings, tmp_path, ["resnet50-tl"]).model_copy(update={"tune": searched})
+    tune(split_dataset(validate_folder(data_dir, settings), settings), settings)
+    recipe = settings.model_copy(update={"compare": settings.compare.model_copy(update={"recipe": "best"})})
+    result = compare(data_dir, recipe, out_dir=tmp_path / "cmp")
+    (row,) = result.rows
+    assert row["system"] == "resnet50-tl@40 knees (tuned)" and row["available"]
+    assert "40 px knees" in row["note"] and "not fully unseen" in row["note"]
+    assert len([f for f in result.folds if f["system"] == row["system"]]) == 3

@@ -8,7 +8,7 @@ from osteo_pipeline.io.registry import PREVIOUS, PRODUCTION, STAGING, Registry, 
 from osteo_pipeline.steps.registry import list_versions, promote, register_run, rollback
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.validate import validate_folder
-from tests.registry_helpers import log_candidate
+from tests.registry_helpers import log_candidate, non_inferiority
 
 pytestmark = pytest.mark.slow
 GOOD, WORSE, CHANCE = 1.0, -1.0, 0.0
@@ -19,7 +19,7 @@ def env(synth_dir, train_settings):
     """Registry mechanics on a handful of test images: a non-inferiority gate (margin 0.05, any
     number of paired cases), so that an equal candidate can pass; the default gate is tested in
     ``test_equal_candidate_is_inconclusive_by_default``."""
-    train_settings = train_settings.model_copy(update={"registry": train_settings.registry.model_copy(update={"margin": 0.05, "min_paired_cases": 1})})
+    train_settings = non_inferiority(train_settings)
     split = split_dataset(validate_folder(synth_dir(per_class=12), train_settings), train_settings)
 
     def candidate(skill: float) -> str:

@@ -1,0 +1,90 @@
+"""``osteo compare``'s tables: the terminal rows and the markdown report (pure formatting)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from osteo_pipeline.config import Settings
+from osteo_pipeline.core.metrics import METRIC_NAMES
+from osteo_pipeline.core.splits import Fold
+
+#: What each system is, as the table's footnote says it.
+SYSTEMS = {
+    "resnet50-tl": "the pipeline's model: ImageNet ResNet-50, head then top blocks fine-tuned (config params)",
+    "resnet50-scratch": "ResNet-50, random init, all layers trained",
+    "vgg16-ft": "ImageNet VGG-16, head then top conv block(s) fine-tuned",
+    "vgg16-frozen": "ImageNet VGG-16 frozen, head only",
+    "resnet18": "ResNet-18 built here, random init, all layers trained",
+    "cnn3": "3-layer CNN, random init",
+    "resnet50-probe": "frozen ImageNet ResNet-50 pooled features + logistic regression (C chosen on val)",
+    "texture-probe": "bone texture of the knee crops (LBP histograms, GLCM statistics, Hurst exponents) + logistic regression (C chosen on val)",
+    "metadata-probe": "random forest on file metadata only (width, height, aspect, bytes, bytes/pixel, mode, format): a shortcut detector",
+}
+REPORTED = (*METRIC_NAMES, "ece")
+HEADERS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced acc.",
+    "precision": "precision",
+    "recall": "sensitivity",
+    "specificity": "specificity",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+    "ece": "ECE",
+}
+
+def _cell(summary: dict[str, float]) -> str:
+    if not np.isfinite(summary["mean"]):
+        return "-"
+    if not np.isfinite(summary["low"]):
+        return f"{summary['mean']:.2f}"
+    return f"{summary['mean']:.2f} [{summary['low']:.2f}, {summary['high']:.2f}]"
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Cells for the terminal and markdown tables: system, each metric as mean [CI], s/fold."""
+    cells = []
+    for row in rows:
+        if not row["available"]:
+            cells.append([row["system"], row["reason"], *[""] * len(REPORTED)])
+        else:
+            cells.append([row["system"], *(_cell(row[m]) for m in REPORTED), f"{row['seconds_per_fold']:.0f}"])
+    return cells
+
+
+def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], settings: Settings, command: str, seconds: float) -> str:
+    """The report: command, date, data (``steps.compare.Data``), protocol, the table, notes."""
+    c = settings.compare
+    header = ["system", *(HEADERS[m] for m in REPORTED), "s / fold"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, cells in zip(rows, table_rows(rows)):
+        if row["available"]:
+            lines.append("| " + " | ".join(cells) + " |")
+        else:
+            lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
+    counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
+    averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
+    trained = [name for name in c.systems if name not in ("resnet50-probe", "metadata-probe")]
+    epochs = (
+        f"Epochs: transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}, scratch {c.scratch_epochs} "
+        f"(early stopping on val, patience {settings.train.early_stopping_patience})."
+        if trained
+        else "Probes only: no network is trained."
+    )
+    notes = "\n".join(f"- `{name}`: {text}" for name, text in SYSTEMS.items() if name in c.systems)
+    notes += "".join(f"\n- `{row['system']}` {row['note']}" for row in rows if not row["available"])
+    return f"""## osteo compare: {', '.join(settings.data.classes)}
+
+`{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.
+{len(data.frame)} images ({counts}); {len(data.excluded)} label-conflicting copies excluded; dataset `{data.identity[:16]}`.
+{c.folds}-fold stratified group CV x {c.repeats} repeat(s) = {len(folds)} folds, duplicate groups kept within one part;
+each fold's training part gives {c.val_fraction:.0%} to val (early stopping, temperature, threshold). Positive class `{settings.data.positive}`;
+sensitivity, specificity and F1 {averaging}. Cells: mean over folds [95% corrected resampled t interval].
+{epochs}
+
+{chr(10).join(lines)}
+
+{notes}
+"""
