@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python bench/serving_load.py
 	$(BIN)/python bench/training_speed.py
 	$(BIN)/python bench/tune_workers.py
+	$(BIN)/python bench/cv_search.py
 	$(BIN)/python bench/copies.py
 
 lint: install

@@ -66,14 +66,17 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
             lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
     counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
     averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
-    trained = [name for name in c.systems if name not in ("resnet50-probe", "metadata-probe")]
+    trained = [name for name in c.systems if name not in ("resnet50-probe", "texture-probe", "metadata-probe")]
     epochs = (
         f"Epochs: transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}, scratch {c.scratch_epochs} "
         f"(early stopping on val, patience {settings.train.early_stopping_patience})."
         if trained
         else "Probes only: no network is trained."
     )
-    notes = "\n".join(f"- `{name}`: {text}" for name, text in SYSTEMS.items() if name in c.systems)
+    tuned = {row["name"]: row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]}  # e.g. resnet50-tl's recipe
+    if tuned:
+        epochs += " A tuned recipe runs its own epochs, without early stopping (see its note)."
+    notes = "\n".join(f"- `{name}`: {tuned[name]['note'] if name in tuned else text}" for name, text in SYSTEMS.items() if name in c.systems)
     notes += "".join(f"\n- `{row['system']}` {row['note']}" for row in rows if not row["available"])
     return f"""## osteo compare: {', '.join(settings.data.classes)}
 

@@ -130,3 +130,5 @@ def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_set
     assert row["system"] == "resnet50-tl@40 knees (tuned)" and row["available"]
     assert "40 px knees" in row["note"] and "not fully unseen" in row["note"]
     assert len([f for f in result.folds if f["system"] == row["system"]]) == 3
+    markdown = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "not fully unseen" in markdown and "its own epochs, without early stopping" in markdown
