@@ -43,7 +43,7 @@ def _config(work: Path, args: argparse.Namespace, variant: dict) -> Path:
         "train": {"batch_size": 16, "head_epochs": args.head_epochs, "finetune_epochs": args.finetune_epochs, "cache_dir": str(args.pixel_cache)},
         "tune": {
             "storage": f"sqlite:///{work / 'optuna.db'}", "study_name": "bench", "warm_start_trials": 0, "pruner": "none",
-            "unfreeze_depth": [0, 3], "head_units": [0, 64, 256], "cv_folds": args.folds, **variant,
+            "unfreeze_depth": [0, 3], "head_units": [0, 64, 256], "l2": [1e-6, 0.1], "cv_folds": args.folds, **variant,
         },
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlruns")},
         "output_dir": str(work / "outputs"),

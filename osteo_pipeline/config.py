@@ -254,6 +254,8 @@ class TuneSettings(_Section):
     @model_validator(mode="after")
     def _search_space(self) -> TuneSettings:
         for name in ("learning_rate", "l2"):
+            if getattr(self, name) is None:
+                continue
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}")
@@ -269,7 +271,7 @@ class TuneSettings(_Section):
     unfreeze_depth: tuple[int, int] = (0, 6)
     head_units: list[int] = Field(default=[0, 64, 128, 256], min_length=1, description="Head sizes searched; 0 is a linear head (a probe on the frozen features when unfreeze depth is 0).")
     dropout: tuple[float, float] = (0.1, 0.5)
-    l2: tuple[float, float] = Field(default=(1e-6, 1e-1), description="L2 penalty range of the head's weights (log scale).")
+    l2: tuple[float, float] | None = Field(default=None, description="L2 penalty range of the head's weights (log scale), e.g. [1e-6, 0.1]; unset: model.l2 only.")
     input_sizes: list[int] | None = Field(default=None, description="Input sizes searched (e.g. [224, 384, 512]); unset: model.input_size only.")
     rois: list[Literal["image", "knees"]] | None = Field(default=None, description="Input modes searched (model.roi); unset: model.roi only.")
     cv: Literal["auto", "on", "off"] = Field(
@@ -327,7 +329,7 @@ class RegistrySettings(_Section):
     min_paired_cases: int = Field(default=30, ge=1, description="Fewer paired held-out cases than this: the comparison with production is inconclusive.")
     floors_on: Literal["cv_lower", "test"] = Field(
         default="cv_lower",
-        description="Floors apply to the lower ends of a candidate's cross-validated estimate when it has one (cv_lower), or to its test metrics (test).",
+        description="Floors always apply to a candidate's test metrics; with cv_lower, also to the lower ends of its cross-validated estimate when it has one.",
     )
     bootstrap_resamples: int = Field(default=1000, ge=100)
 

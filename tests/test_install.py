@@ -107,9 +107,9 @@ def _until(condition, timeout: float, what: str, process: subprocess.Popen, log:
 
 
 def test_the_model_server_command_waits_for_production_then_follows_the_alias(installed, synth_dir, train_settings, tmp_path):
-    train_settings = non_inferiority(train_settings)  # the second, equal candidate must be promotable
     """The compose model-server's command, run by the installed package: no model yet (it waits,
     no restart loop), then version 1, a promotion to 2 and a rollback to 1, each served."""
+    train_settings = non_inferiority(train_settings)  # the second, equal candidate must be promotable
     command = COMPOSE["services"]["model-server"]["command"]
     port = free_port()
     args = [a if a not in ("0.0.0.0", "5055", "30") else {"0.0.0.0": "127.0.0.1", "5055": str(port), "30": "1"}[a] for a in command]

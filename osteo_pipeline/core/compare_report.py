@@ -66,18 +66,18 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
             lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
     counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
     averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
-    trained = [name for name in c.systems if name not in ("resnet50-probe", "texture-probe", "metadata-probe")]
-    epochs = (
-        f"Epochs: transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}, scratch {c.scratch_epochs} "
-        f"(early stopping on val, patience {settings.train.early_stopping_patience})."
-        if trained
-        else "Probes only: no network is trained."
-    )
     tuned = {row["name"]: row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]}  # e.g. resnet50-tl's recipe
+    probes = ("resnet50-probe", "texture-probe", "metadata-probe")
+    transfer = [name for name in c.systems if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned]
+    scratch = [name for name in c.systems if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")]
+    parts = [f"transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}"] if transfer else []
+    parts += [f"scratch {c.scratch_epochs}"] if scratch else []
+    epochs = f"Epochs: {', '.join(parts)} (early stopping on val, patience {settings.train.early_stopping_patience})." if parts else ""
     if tuned:
-        epochs += " A tuned recipe runs its own epochs, without early stopping (see its note)."
+        epochs += " A tuned recipe trains as its note says."
+    epochs = epochs.strip() or "Probes only: no network is trained."
     notes = "\n".join(f"- `{name}`: {tuned[name]['note'] if name in tuned else text}" for name, text in SYSTEMS.items() if name in c.systems)
-    notes += "".join(f"\n- `{row['system']}` {row['note']}" for row in rows if not row["available"])
+    notes += "".join(f"\n- `{row['system']}`: {row['note']}" for row in rows if not row["available"])
     return f"""## osteo compare: {', '.join(settings.data.classes)}
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.

@@ -29,6 +29,7 @@ from osteo_pipeline.core.calibration import expected_calibration_error, fit_cali
 from osteo_pipeline.core.compare_report import REPORTED, SYSTEMS, markdown_report
 from osteo_pipeline.core.metrics import classification_metrics, fold_interval
 from osteo_pipeline.core.model import WeightsUnavailableError
+from osteo_pipeline.core.preprocess import ImageDecodeError
 from osteo_pipeline.core.splits import Fold, dataset_hash, group_folds
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.reports import write_json
@@ -107,7 +108,7 @@ def fit_keras(name: str, data: Data, fold: Fold, size: int, settings: Settings, 
     keras.backend.clear_session()
     gc.collect()
     keras.utils.set_random_seed(settings.seed + 100 * fold.repeat + fold.fold)
-    roi = recipe.roi if recipe else "image"
+    roi = recipe.roi if recipe else settings.model.roi if name == "resnet50-tl" else "image"
     model, params, epochs, unfreeze = keras_system(name, settings, size, recipe.params if recipe else None, recipe.epochs if recipe else None)
     train, val = data.arrays(size, fold.train, roi), data.arrays(size, fold.val, roi)
     fixed = recipe is not None and recipe.epochs is not None
@@ -160,10 +161,14 @@ def score_fold(val_proba: np.ndarray, test_proba: np.ndarray, data: Data, fold: 
     return scores | {"temperature": calibration.temperature, "threshold": calibration.threshold if calibration.threshold is not None else float("nan")}
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _recipe_text(recipe: Recipe) -> str:
     p = recipe.params
     head = f"{p.head_units}-unit head" if p.head_units else "linear head"
-    epochs = f"{recipe.epochs[0]}+{recipe.epochs[1]} epochs" if recipe.epochs else "config epochs"
+    epochs = f"{recipe.epochs[0]}+{recipe.epochs[1]} epochs without early stopping" if recipe.epochs else "config epochs, early stopping on val"
     return f"{p.input_size} px {p.roi}, unfreeze {p.unfreeze_depth}, {head}, lr {p.learning_rate:.1e}, dropout {p.dropout:.2f}, l2 {p.l2:.0e}, {epochs}"
 
 
@@ -172,6 +177,8 @@ def run_system(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All folds of one system at one size, each a nested MLflow run; the summary row."""
     label = name if size is None else f"{name}@{size}"
+    if name == "resnet50-tl" and recipe is None and settings.model.roi != "image":
+        label += f" {settings.model.roi}"
     note = SYSTEMS[name]
     if recipe is not None:
         label += f" {recipe.roi} (tuned)"
@@ -210,8 +217,12 @@ def run_system(
                 fold_rows.append({"system": label, "fold": fold.name, **scores, "seconds": seconds})
                 log.info("%s %s: balanced accuracy %.3f (%.0f s)", label, fold.name, scores["balanced_accuracy"], seconds)
         except WeightsUnavailableError as exc:
-            row.update(available=False, note=f"unavailable: {exc}", reason="unavailable: no pretrained weights (see note)")
+            row.update(available=False, note=f"unavailable: {_one_line(exc)}", reason="unavailable: no pretrained weights (see note)")
             mlflow.set_tag("unavailable", str(exc)[:5000])
+            return row, []
+        except (ImageDecodeError, OSError) as exc:  # a file changed or went away after validation: this row fails, the others stand
+            row.update(available=False, note=f"failed: {_one_line(exc)}", reason="failed: an image could not be read (see note)")
+            mlflow.set_tag("failed", str(exc)[:5000])
             return row, []
         n_train = int(np.mean([len(f.train) + len(f.val) for f in folds]))
         n_test = int(np.mean([len(f.test) for f in folds]))
@@ -241,9 +252,10 @@ def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", 
         for name in c.systems:
             tuned = recipe if name == "resnet50-tl" else None
             sizes = [None] if name in SIZE_FREE else [tuned.size] if tuned else c.sizes
+            roi = tuned.roi if tuned else settings.model.roi if name == "resnet50-tl" else "image"  # the pipeline's model sees what it is configured to see
             for size in sizes:
                 if size is not None:
-                    _ensure_pixels(data, size, settings, tuned.roi if tuned else "image")
+                    _ensure_pixels(data, size, settings, roi)
                 row, per_fold = run_system(name, size, data, folds, settings, runtime["xla"], tuned)
                 rows.append(row)
                 fold_rows.extend(per_fold)

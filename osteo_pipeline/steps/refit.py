@@ -106,7 +106,7 @@ def _matching_cv(cv: dict[str, Any] | None, split: SplitManifest, arrays: dict[s
     (a study of other data, allowed by --allow-other-data, cannot calibrate this model)."""
     if not cv:
         return None
-    if cv.get("dataset_hash") != split.dataset_hash:
+    if cv.get("dataset_hash", split.dataset_hash) != split.dataset_hash:
         log.warning("the chosen trial was cross-validated on other data: calibrating on val instead of its out-of-fold predictions")
         return None
     result = CVResult.from_dict(cv)

@@ -179,6 +179,8 @@ def promote(settings: Settings, version: str | None = None, data_dir: Path | Non
     production_proba, production_pred = predict_set(registry.uri(production.version), data) if production else (None, None)
     r = settings.registry
     estimate = cv_estimate(candidate.run_id) if r.floors_on == "cv_lower" else None
+    if estimate is None and r.floors_on == "cv_lower" and registry.client.get_run(candidate.run_id).data.tags.get("calibrated_on") == "out-of-fold predictions":
+        raise RegistryError(f"run {candidate.run_id} was cross-validated but its cv_estimate.json cannot be read: the CV floors cannot be checked")
     floor_values = {name: _number(estimate["metrics"].get(name, {}).get("low")) for name in r.floors} if estimate else None
     decision = decide(
         data.y_true, candidate_proba, production_proba, data.positive, r.floors, r.compare_metric, r.margin,

@@ -142,7 +142,7 @@ def suggest(trial: optuna.Trial, settings: Settings) -> TrainParams:
         unfreeze_depth=trial.suggest_int("unfreeze_depth", *space.unfreeze_depth),
         head_units=trial.suggest_categorical("head_units", space.head_units),
         dropout=trial.suggest_float("dropout", *space.dropout),
-        l2=trial.suggest_float("l2", *space.l2, log=True),
+        l2=trial.suggest_float("l2", *space.l2, log=True) if space.l2 else model.l2,
         input_size=trial.suggest_categorical("input_size", space.input_sizes) if space.input_sizes else model.input_size,
         roi=trial.suggest_categorical("roi", space.rois) if space.rois else model.roi,
     )
@@ -250,7 +250,8 @@ _ABSENT = object()
 def _differences(recorded: Any, current: Any, defaults: Any = None, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested settings dumps. A key the recorded
     study lacks (a setting added since it was made) counts as unchanged while it holds its
-    default (``defaults``), which reproduces what that study computed."""
+    default (``defaults``): new settings default to the earlier behaviour (no L2, the whole
+    film, input size and roi not searched), and a change of objective is checked apart."""
     if isinstance(recorded, dict) and isinstance(current, dict):
         keys = sorted(set(recorded) | set(current))
         nested = defaults if isinstance(defaults, dict) else {}
@@ -297,7 +298,7 @@ def _warm_start(study: optuna.Study, storage: RDBStorage, base: str, settings: S
             and space.unfreeze_depth[0] <= p.get("unfreeze_depth", -1) <= space.unfreeze_depth[1]
             and p.get("head_units") in space.head_units
             and space.dropout[0] <= p.get("dropout", -1) <= space.dropout[1]
-            and space.l2[0] <= p.get("l2", space.l2[0]) <= space.l2[1]  # absent (older studies): sampled
+            and (space.l2 is None or space.l2[0] <= p.get("l2", space.l2[0]) <= space.l2[1])  # absent (older studies): sampled
             and p.get("input_size", settings.model.input_size) in (space.input_sizes or [settings.model.input_size])
             and p.get("roi", settings.model.roi) in (space.rois or [settings.model.roi])
         )
@@ -475,6 +476,7 @@ class Objective:
             trial.set_user_attr("over_budget", True)
             raise OverBudget(f"trial {trial.number}: the study's {target} trials are already claimed")
         params = suggest(trial, settings)
+        trial.set_user_attr("effective_params", params.as_dict())  # input size, roi and l2 as run, searched or not
         keras.backend.clear_session()  # Keras' global state from earlier trials must not reach this one
         where = f"{socket.gethostname()}:{os.getpid()}"
         trial.set_user_attr("worker", where)
@@ -763,7 +765,7 @@ def summarize(study_name: str, settings: Settings, parent_id: str, finished_befo
 
 
 def _params_of(trial: FrozenTrial) -> dict[str, Any]:
-    return trial.params | {"head_epochs": trial.user_attrs.get("head_epochs"), "finetune_epochs": trial.user_attrs.get("finetune_epochs")}
+    return trial.user_attrs.get("effective_params", {}) | trial.params | {"head_epochs": trial.user_attrs.get("head_epochs"), "finetune_epochs": trial.user_attrs.get("finetune_epochs")}
 
 
 def best_params(settings: Settings, dataset_hash: str, study_name: str | None = None, allow_other_data: bool = False) -> BestTrial:

@@ -131,4 +131,4 @@ def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_set
     assert "40 px knees" in row["note"] and "not fully unseen" in row["note"]
     assert len([f for f in result.folds if f["system"] == row["system"]]) == 3
     markdown = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "not fully unseen" in markdown and "its own epochs, without early stopping" in markdown
+    assert "not fully unseen" in markdown and "without early stopping" in markdown and "A tuned recipe trains as its note says" in markdown

@@ -199,7 +199,7 @@ def test_small_data_search_cross_validates_and_the_refit_leads_with_the_oof_esti
     on train+val, and the registered model's card leads with the CV estimate and its interval."""
     from osteo_pipeline.steps.registry import register_run
 
-    tune_settings = train_settings.tune.model_copy(update={"cv": "on", "cv_folds": 3, "head_units": [0, 4], "input_sizes": [32, 40], "rois": ["image", "knees"], "trials": 3})
+    tune_settings = train_settings.tune.model_copy(update={"cv": "on", "cv_folds": 3, "head_units": [0, 4], "l2": (1e-5, 1e-1), "input_sizes": [32, 40], "rois": ["image", "knees"], "trials": 3})
     settings = train_settings.model_copy(update={"tune": tune_settings})
     data = split_dataset(validate_folder(synth_dir(per_class=9), settings), settings)
     result = tune(data, settings)
