@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -126,6 +127,14 @@ def environment() -> dict[str, str]:
     facts["gpus"] = str(len(tf.config.list_physical_devices("GPU")))
     facts["keras_backend"] = keras.backend.backend()
     return facts
+
+
+def log_intervals(estimates: dict[str, dict[str, float]], prefix: str = "", extra: dict[str, float] | None = None) -> None:
+    """Log ``{metric: {value, low, high}}`` as ``{prefix}{metric}`` with ``_ci_low`` and
+    ``_ci_high`` (plus ``extra`` metrics), leaving out what is not finite (MLflow rejects NaN)."""
+    flat = {f"{prefix}{name}{suffix}": values[key] for name, values in estimates.items() for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high"))}
+    flat |= {f"{prefix}{name}": value for name, value in (extra or {}).items()}
+    mlflow.log_metrics({name: float(value) for name, value in flat.items() if value is not None and math.isfinite(value)})
 
 
 def log_json(payload: Any, artifact_file: str, run_id: str | None = None) -> None:

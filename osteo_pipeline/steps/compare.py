@@ -6,7 +6,13 @@ Every system sees the same repeated stratified group folds (duplicate groups wit
 label conflicts excluded). In each fold a system trains on the training part, uses the val part
 for early stopping, temperature scaling and the decision threshold, and is scored once on the
 test part. Results are the mean over folds with a corrected resampled t interval, logged to
-MLflow as one parent run, a nested run per system and, under it, one per fold."""
+MLflow as one parent run, a nested run per system and, under it, one per fold.
+
+The pipeline's own recipe from a cross-validated search (``compare.recipe: best``) trains in each
+fold as ``osteo run`` trains it: k group folds of the fold's whole training part (train + val) give
+out-of-fold predictions for the temperature and threshold, then the test part is scored both by a
+refit on the whole training part (what the pipeline serves) and by the ensemble of the k fold
+models, on one shared activation cache: the refit-or-ensemble choice, measured."""
 
 from __future__ import annotations
 
@@ -34,10 +40,11 @@ from osteo_pipeline.core.splits import Fold, dataset_hash, group_folds
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.split import split_dataset, usable_images
-from osteo_pipeline.steps.tune import best_params
+from osteo_pipeline.steps.tune import StudyBackbone, activation_cache, best_params
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import Arrays, pixel_cache
-from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_images
+from osteo_pipeline.training.cv import final_models, rows_of
+from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_images, predict_val
 from osteo_pipeline.training.probes import (
     TEXTURE_SIZE,
     fit_forest,
@@ -78,6 +85,7 @@ class Recipe:
     params: TrainParams  # input size and roi included
     epochs: tuple[int, int] | None  # (head, finetune) as the search chose them (run without early stopping)
     source: str
+    cv_folds: int | None = None  # the search's k when it cross-validated: each fold then trains as the pipeline does
 
     @property
     def size(self) -> int:
@@ -86,6 +94,14 @@ class Recipe:
     @property
     def roi(self) -> str:
         return str(self.params.roi or "image")
+
+
+#: How a nested recipe's test part is scored (see the module docstring): row suffix by variant.
+FINAL_MODELS = {"refit": "refit", "ensemble": "fold ensemble"}
+
+#: Per variant of a system (one, or a nested recipe's two): calibration probabilities, their
+#: labels, test probabilities.
+Predictions = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -144,20 +160,57 @@ def resolve_recipe(data: Data, settings: Settings) -> Recipe | None:
         return None
     split = split_dataset(data.validation, settings)
     best = best_params(settings, split.dataset_hash)
-    params = TrainParams.from_dict(best.params, settings)
-    params = TrainParams(**(params.as_dict() | {"input_size": params.input_size or settings.model.input_size, "roi": params.roi or settings.model.roi}))
     head, finetune = best.params.get("head_epochs"), best.params.get("finetune_epochs")
     epochs = (int(head), int(finetune)) if head is not None and finetune is not None else None
-    return Recipe(params, epochs, f"study {best.study_name} trial {best.number}")
+    k = int(np.max(best.cv["fold"])) + 1 if best.cv and epochs is not None else None
+    return Recipe(TrainParams.from_dict(best.params, settings), epochs, f"study {best.study_name} trial {best.number}", k)
 
 
-def score_fold(val_proba: np.ndarray, test_proba: np.ndarray, data: Data, fold: Fold, positive: int) -> dict[str, float]:
-    """Test metrics after temperature and threshold fitted on the fold's val part."""
-    calibration = fit_calibration(val_proba, data.labels[fold.val], positive)
+class NestedRecipe:
+    """A cross-validated recipe trained as the pipeline trains it (``training.cv.final_models``):
+    one backbone and one activation cache of every image, shared by all its fits in all folds, as
+    the search shares them between trials and folds."""
+
+    def __init__(self, data: Data, recipe: Recipe, settings: Settings, jit: bool) -> None:
+        assert recipe.epochs is not None and recipe.cv_folds is not None
+        self.recipe, self.epochs, self.k, self.jit = recipe, recipe.epochs, recipe.cv_folds, jit
+        self.settings = recipe.params.apply(settings)
+        self.arrays = data.pixels[(recipe.size, recipe.roi)]
+        self.cache = activation_cache(self.settings, self.arrays)
+        self.backbone = StudyBackbone(self.settings)
+        self.fits = 0
+
+    def fit_predict(self, train: np.ndarray, predict: list[np.ndarray]) -> list[np.ndarray]:
+        """One model from the backbone's weights on ``train`` for the recipe's epochs; its
+        per-image probabilities for each list of ``predict``."""
+        params, views, batch = self.recipe.params, self.arrays.views, self.settings.train.batch_size
+        model = self.backbone.model(params, self.settings.seed + self.fits)
+        self.fits += 1
+        targets = np.concatenate(predict)
+        fold = self.cache.fold(rows_of(train, views), rows_of(targets, views)) if self.cache is not None else None
+        fit_two_phase(model, self.arrays.select(train), None, params, self.settings, epochs=self.epochs, jit=self.jit, cache=fold)
+        depth = params.unfreeze_depth if self.epochs[1] else 0  # the cached boundary the trained top starts from
+        proba = predict_val(model, self.arrays.select(targets), depth, batch, fold) if fold is not None else predict_images(model, self.arrays.select(targets), batch)
+        return np.split(proba, np.cumsum([len(p) for p in predict])[:-1])
+
+    def predictions(self, data: Data, fold: Fold) -> Predictions:
+        outer = np.concatenate([fold.train, fold.val])
+        final = final_models(data.labels, data.frame["group"].to_numpy(), outer, fold.test, self.k, self.settings.seed + 100 * fold.repeat + fold.fold, self.fit_predict)
+        calibration = (final.oof, data.labels[outer])
+        return {"refit": (*calibration, final.refit), "ensemble": (*calibration, final.ensemble)}
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+def score_fold(calibration_proba: np.ndarray, calibration_labels: np.ndarray, test_proba: np.ndarray, test_labels: np.ndarray, positive: int) -> dict[str, float]:
+    """Test metrics after temperature and threshold fitted on the calibration predictions (the
+    fold's val part, or a nested recipe's out-of-fold predictions)."""
+    calibration = fit_calibration(calibration_proba, calibration_labels, positive)
     calibrated = calibration.probabilities(test_proba)
-    y_test = data.labels[fold.test]
-    scores = classification_metrics(y_test, calibrated, positive, calibration.labels(calibrated))
-    scores["ece"] = expected_calibration_error(calibrated, y_test)
+    scores = classification_metrics(test_labels, calibrated, positive, calibration.labels(calibrated))
+    scores["ece"] = expected_calibration_error(calibrated, test_labels)
     return scores | {"temperature": calibration.temperature, "threshold": calibration.threshold if calibration.threshold is not None else float("nan")}
 
 
@@ -169,13 +222,47 @@ def _recipe_text(recipe: Recipe) -> str:
     p = recipe.params
     head = f"{p.head_units}-unit head" if p.head_units else "linear head"
     epochs = f"{recipe.epochs[0]}+{recipe.epochs[1]} epochs without early stopping" if recipe.epochs else "config epochs, early stopping on val"
-    return f"{p.input_size} px {p.roi}, unfreeze {p.unfreeze_depth}, {head}, lr {p.learning_rate:.1e}, dropout {p.dropout:.2f}, l2 {p.l2:.0e}, {epochs}"
+    text = f"{p.input_size} px {p.roi}, unfreeze {p.unfreeze_depth}, {head}, lr {p.learning_rate:.1e}, dropout {p.dropout:.2f}, l2 {p.l2:.0e}, {epochs}"
+    if recipe.cv_folds:
+        text += (
+            f"; in each fold trained as `osteo run` trains it: {recipe.cv_folds}-fold CV of the fold's whole training part gives out-of-fold"
+            " predictions for temperature and threshold, then the test part is scored by a refit on the whole training part (what the"
+            f" pipeline serves) or by the mean of the {recipe.cv_folds} fold models"
+        )
+    return text
+
+
+def _fold_predictions(name: str, size: int | None, data: Data, fold: Fold, settings: Settings, jit: bool, recipe: Recipe | None, features: np.ndarray | None, nested: NestedRecipe | None) -> Predictions:
+    if nested is not None:
+        return nested.predictions(data, fold)
+    if name == "metadata-probe":
+        val_proba, test_proba = fit_forest(features, data.labels, fold, settings.seed + fold.repeat)
+    elif name in ("resnet50-probe", "texture-probe"):
+        val_proba, test_proba = fit_logistic(features, data.labels, fold, settings.compare.probe_c, settings.seed)
+    else:
+        assert size is not None
+        val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit, recipe)
+    return {"": (val_proba, data.labels[fold.val], test_proba)}
+
+
+def _paired_difference(fold_rows: list[dict[str, Any]], better: str, baseline: str, n_train: int, n_test: int) -> str:
+    """``better`` minus ``baseline`` on the same folds (ROC AUC and balanced accuracy), with the
+    corrected interval: whether the fold ensemble is worth k models at serving time."""
+    parts = []
+    for metric in ("roc_auc", "balanced_accuracy"):
+        a = np.array([r[metric] for r in fold_rows if r["system"] == better])
+        b = np.array([r[metric] for r in fold_rows if r["system"] == baseline])
+        d = fold_interval(a - b, n_train, n_test)
+        if np.isfinite(d["mean"]):
+            parts.append(f"{metric.replace('_', ' ')} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+    return f"paired on the same folds, fold ensemble minus refit: {'; '.join(parts)}" if parts else ""
 
 
 def run_system(
     name: str, size: int | None, data: Data, folds: list[Fold], settings: Settings, jit: bool, recipe: Recipe | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """All folds of one system at one size, each a nested MLflow run; the summary row."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """All folds of one system at one size, each a nested MLflow run; its summary rows (one, or
+    a nested recipe's refit and fold ensemble)."""
     label = name if size is None else f"{name}@{size}"
     if name == "resnet50-tl" and recipe is None and settings.model.roi != "image":
         label += f" {settings.model.roi}"
@@ -183,10 +270,12 @@ def run_system(
     if recipe is not None:
         label += f" {recipe.roi} (tuned)"
         note = f"the pipeline's recipe from {recipe.source}: {_recipe_text(recipe)}; tuned by CV on this data, so its folds are not fully unseen"
+    nested_protocol = recipe is not None and recipe.cv_folds is not None and recipe.epochs is not None
+    variants = {key: label.replace("(tuned)", f"(tuned, {text})") for key, text in FINAL_MODELS.items()} if nested_protocol else {"": label}
     positive = settings.data.classes.index(settings.data.positive)
-    row: dict[str, Any] = {"system": label, "name": name, "size": size, "available": True, "note": note}
     fold_rows: list[dict[str, Any]] = []
     started = time.perf_counter()
+    nested: NestedRecipe | None = None
     with mlflow.start_run(run_name=label, nested=True, tags={"osteo.kind": "compare-system", "system": name}):
         mlflow.log_params({"system": name, "input_size": size or "none", "description": SYSTEMS[name]})
         features: np.ndarray | None = None
@@ -200,38 +289,50 @@ def run_system(
             elif name == "texture-probe":
                 crops = pixel_cache(settings, TEXTURE_SIZE, "knees")
                 features = knee_texture_features(crops.load([data.root / p for p in data.frame["path"]], list(data.frame["sha256"])), crops.views)
+            elif nested_protocol:
+                assert recipe is not None
+                keras.backend.clear_session()
+                nested = NestedRecipe(data, recipe, settings, jit)
             for fold in folds:
                 fold_started = time.perf_counter()
                 with mlflow.start_run(run_name=f"{label} {fold.name}", nested=True, tags={"osteo.kind": "compare-fold", "system": name, "fold": fold.name}):
-                    if name == "metadata-probe":
-                        val_proba, test_proba = fit_forest(features, data.labels, fold, settings.seed + fold.repeat)
-                    elif name in ("resnet50-probe", "texture-probe"):
-                        val_proba, test_proba = fit_logistic(features, data.labels, fold, settings.compare.probe_c, settings.seed)
-                    else:
-                        assert size is not None
-                        val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit, recipe)
-                    scores = score_fold(val_proba, test_proba, data, fold, positive)
+                    predictions = _fold_predictions(name, size, data, fold, settings, jit, recipe, features, nested)
                     seconds = time.perf_counter() - fold_started
                     mlflow.log_params({"fold": fold.name, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test)})
-                    mlflow.log_metrics({k: v for k, v in scores.items() if np.isfinite(v)} | {"seconds": seconds})
-                fold_rows.append({"system": label, "fold": fold.name, **scores, "seconds": seconds})
-                log.info("%s %s: balanced accuracy %.3f (%.0f s)", label, fold.name, scores["balanced_accuracy"], seconds)
+                    for key, (calibration_proba, calibration_labels, test_proba) in predictions.items():
+                        scores = score_fold(calibration_proba, calibration_labels, test_proba, data.labels[fold.test], positive)
+                        prefix = f"{key}." if key else ""
+                        mlflow.log_metrics({f"{prefix}{k}": v for k, v in scores.items() if np.isfinite(v)} | {"seconds": seconds})
+                        fold_rows.append({"system": variants[key], "fold": fold.name, **scores, "seconds": seconds})
+                        log.info("%s %s: balanced accuracy %.3f (%.0f s)", variants[key], fold.name, scores["balanced_accuracy"], seconds)
         except WeightsUnavailableError as exc:
-            row.update(available=False, note=f"unavailable: {_one_line(exc)}", reason="unavailable: no pretrained weights (see note)")
             mlflow.set_tag("unavailable", str(exc)[:5000])
-            return row, []
+            return [_unavailable(label, name, size, f"unavailable: {_one_line(exc)}", "unavailable: no pretrained weights (see note)")], []
         except (ImageDecodeError, OSError) as exc:  # a file changed or went away after validation: this row fails, the others stand
-            row.update(available=False, note=f"failed: {_one_line(exc)}", reason="failed: an image could not be read (see note)")
             mlflow.set_tag("failed", str(exc)[:5000])
-            return row, []
+            return [_unavailable(label, name, size, f"failed: {_one_line(exc)}", "failed: an image could not be read (see note)")], []
+        finally:
+            if nested is not None:
+                nested.close()
         n_train = int(np.mean([len(f.train) + len(f.val) for f in folds]))
         n_test = int(np.mean([len(f.test) for f in folds]))
-        for metric in REPORTED:
-            row[metric] = fold_interval(np.array([r[metric] for r in fold_rows]), n_train, n_test, bounds=(0.0, 1.0))
-            mlflow.log_metrics({f"{metric}_{k}": v for k, v in row[metric].items() if k != "folds" and np.isfinite(v)})
-        row["seconds_per_fold"] = (time.perf_counter() - started) / len(folds)
-        mlflow.log_metric("seconds_per_fold", row["seconds_per_fold"])
-    return row, fold_rows
+        seconds_per_fold = (time.perf_counter() - started) / len(folds)
+        mlflow.log_metric("seconds_per_fold", seconds_per_fold)
+        rows = []
+        for key, system in variants.items():
+            row: dict[str, Any] = {"system": system, "name": name, "size": size, "available": True, "note": note, "seconds_per_fold": seconds_per_fold}
+            if key == "ensemble":
+                row["note"] = f"{note}; {_paired_difference(fold_rows, system, variants['refit'], n_train, n_test)}"
+            prefix = f"{key}." if key else ""
+            for metric in REPORTED:
+                row[metric] = fold_interval(np.array([r[metric] for r in fold_rows if r["system"] == system]), n_train, n_test, bounds=(0.0, 1.0))
+                mlflow.log_metrics({f"{prefix}{metric}_{k}": v for k, v in row[metric].items() if k != "folds" and np.isfinite(v)})
+            rows.append(row)
+    return rows, fold_rows
+
+
+def _unavailable(label: str, name: str, size: int | None, why: str, reason: str) -> dict[str, Any]:
+    return {"system": label, "name": name, "size": size, "available": False, "note": why, "reason": reason}
 
 
 def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", out_dir: Path | None = None) -> CompareResult:
@@ -256,8 +357,8 @@ def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", 
             for size in sizes:
                 if size is not None:
                     _ensure_pixels(data, size, settings, roi)
-                row, per_fold = run_system(name, size, data, folds, settings, runtime["xla"], tuned)
-                rows.append(row)
+                system_rows, per_fold = run_system(name, size, data, folds, settings, runtime["xla"], tuned)
+                rows.extend(system_rows)
                 fold_rows.extend(per_fold)
         seconds = time.perf_counter() - started
         markdown = markdown_report(rows, data, folds, settings, command, seconds)

@@ -48,12 +48,7 @@ def evaluate_predictions(
     predicted = calibration.labels(proba)
     report = metrics_with_ci(arrays.labels, proba, positive, predicted, seed=settings.seed)
     ece = {"ece": expected_calibration_error(proba, arrays.labels), "ece_uncalibrated": expected_calibration_error(raw_proba, arrays.labels)}
-    flat = {f"{prefix}{k}": v for k, v in ece.items() if np.isfinite(v)}
-    for name, values in report.items():
-        for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high")):
-            if np.isfinite(values[key]):
-                flat[f"{prefix}{name}{suffix}"] = values[key]
-    mlflow.log_metrics(flat)
+    tracking.log_intervals(report, prefix, extra=ece)
     mlflow.log_params({"calibration.temperature": round(calibration.temperature, 4), "calibration.threshold": calibration.threshold})
     figures = {
         "confusion_matrix.png": plots.confusion_matrix(arrays.labels, predicted, classes),

@@ -120,12 +120,7 @@ def _matching_cv(cv: dict[str, Any] | None, split: SplitManifest, arrays: dict[s
 def _log_cv_estimate(result: CVResult, positive: int, settings: Settings) -> None:
     """The out-of-fold estimate with its interval, as metrics and ``cv_estimate.json``."""
     estimate = oof_estimate(result, positive)
-    flat = {}
-    for name, values in estimate.items():
-        for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high")):
-            if np.isfinite(values[key]):
-                flat[f"cv_{name}{suffix}"] = values[key]
-    mlflow.log_metrics(flat)
+    tracking.log_intervals(estimate, "cv_")
     mlflow.set_tags({"calibrated_on": "out-of-fold predictions", "cv_folds": str(int(result.fold.max()) + 1)})
     tracking.log_json(
         {"metrics": estimate, "folds": int(result.fold.max()) + 1, "n": len(result.labels), "epochs": result.epochs, "objective": settings.tune.objective, "interval": "corrected resampled t (Nadeau & Bengio), 95%"},

@@ -23,6 +23,7 @@ from sklearn.metrics import log_loss
 
 from osteo_pipeline.core.calibration import cross_fitted
 from osteo_pipeline.core.metrics import METRIC_NAMES, classification_metrics, fold_interval
+from osteo_pipeline.core.splits import cv_folds
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.training.arrays import Arrays
 from osteo_pipeline.training.fit import FitResult
@@ -139,3 +140,37 @@ def oof_estimate(result: CVResult, positive: int) -> dict[str, dict[str, float]]
     n_train = len(labels) - n_val
     estimate = {name: fold_interval(np.array([s[name] for s in per_fold]), int(n_train), int(n_val), bounds=(0.0, 1.0)) for name in METRIC_NAMES}
     return {name: {"value": v["mean"], "low": v["low"], "high": v["high"]} for name, v in estimate.items()}
+
+
+#: ``fit_predict(training images, [images to predict, ...])``: train one model from scratch on
+#: the training images and return its per-image probabilities for each list.
+FitPredict = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class FinalModels:
+    """The two ways to end a cross-validated search, on the same folds: out-of-fold predictions
+    of the training images (for calibration and the threshold), and the test probabilities of a
+    refit on all training images and of the ensemble (mean) of the k fold models."""
+
+    oof: np.ndarray
+    refit: np.ndarray
+    ensemble: np.ndarray
+
+
+def final_models(labels: np.ndarray, groups: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, seed: int, fit_predict: FitPredict) -> FinalModels:
+    """The pipeline's protocol after a CV search, applied to one (``train``, ``test``) part of a
+    larger cross-validation (``osteo compare``): k group folds of ``train`` give the fold models
+    and the OOF predictions; a refit trains on all of ``train``. Both predict ``test``, which none
+    of the k + 1 models saw."""
+    train, test = np.asarray(train, dtype=np.int64), np.asarray(test, dtype=np.int64)
+    oof: np.ndarray | None = None
+    members = []
+    for inner_train, inner_val in cv_folds(labels[train], groups[train], k, seed):
+        val_proba, test_proba = fit_predict(train[inner_train], [train[inner_val], test])
+        oof = np.zeros((len(train), val_proba.shape[1])) if oof is None else oof
+        oof[inner_val] = val_proba
+        members.append(test_proba)
+    (refit,) = fit_predict(train, [test])
+    assert oof is not None  # cv_folds gives k >= 2 folds or raises
+    return FinalModels(oof, refit, np.mean(members, axis=0))

@@ -1,5 +1,7 @@
 """Where runs go: the user's MLFLOW_TRACKING_URI wins over tracking.uri, on every call."""
 
+import mlflow
+
 from osteo_pipeline.io import tracking
 
 
@@ -17,3 +19,13 @@ def test_the_users_tracking_uri_wins_on_every_configure_in_one_process(tiny_sett
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)  # the user changed it meanwhile
     tracking.configure(settings)
     assert tracking.tracking_uri(settings) == other
+
+
+def test_interval_metrics_are_logged_flat_and_nan_is_left_out(tiny_settings, tmp_path):
+    """{metric: {value, low, high}} becomes metric, metric_ci_low, metric_ci_high; NaN (a CI of
+    one class, an AUC of one label) is left out rather than rejected by MLflow."""
+    tracking.configure(tiny_settings.model_copy(update={"tracking": tiny_settings.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})}))
+    with mlflow.start_run() as run:
+        tracking.log_intervals({"roc_auc": {"value": 0.7, "low": 0.5, "high": float("nan")}}, "cv_", extra={"ece": 0.1, "ece_raw": float("nan")})
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged == {"cv_roc_auc": 0.7, "cv_roc_auc_ci_low": 0.5, "cv_ece": 0.1}

@@ -111,8 +111,10 @@ def test_texture_probe_reads_knee_crops_and_separates_synthetic_bone(synth_dir, 
 @pytest.mark.slow
 def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_settings, tmp_path, monkeypatch):
     """compare.recipe: best takes the best trial of this data's study (here a CV search over
-    input size and roi), with its size, knee crops, head and epochs. (No ImageNet weights in
-    tests: the weights check is bypassed and the backbone is random.)"""
+    input size and roi), with its size, knee crops, head and epochs, and trains it in each fold as
+    the pipeline does: inner CV for calibration, then a refit and the fold ensemble, both scored
+    on the same test parts. (No ImageNet weights in tests: the weights check is bypassed and the
+    backbone is random.)"""
     import osteo_pipeline.steps.compare as compare_step
 
     monkeypatch.setattr(compare_step, "require_weights", lambda name, settings: None)
@@ -125,10 +127,18 @@ def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_set
     settings = _settings(train_settings, tmp_path, ["resnet50-tl"]).model_copy(update={"tune": searched})
     tune(split_dataset(validate_folder(data_dir, settings), settings), settings)
     recipe = settings.model_copy(update={"compare": settings.compare.model_copy(update={"recipe": "best"})})
+    fits = []
+    fit_predict = compare_step.NestedRecipe.fit_predict
+    monkeypatch.setattr(compare_step.NestedRecipe, "fit_predict", lambda self, train, predict: fits.append(len(train)) or fit_predict(self, train, predict))
     result = compare(data_dir, recipe, out_dir=tmp_path / "cmp")
-    (row,) = result.rows
-    assert row["system"] == "resnet50-tl@40 knees (tuned)" and row["available"]
-    assert "40 px knees" in row["note"] and "not fully unseen" in row["note"]
-    assert len([f for f in result.folds if f["system"] == row["system"]]) == 3
+    refit, ensemble = result.rows
+    assert refit["system"] == "resnet50-tl@40 knees (tuned, refit)" and ensemble["system"] == "resnet50-tl@40 knees (tuned, fold ensemble)"
+    assert refit["available"] and ensemble["available"]
+    assert "40 px knees" in refit["note"] and "not fully unseen" in refit["note"] and "3-fold CV of the fold's whole training part" in refit["note"]
+    assert "fold ensemble minus refit: roc auc" in ensemble["note"]
+    folds = len([f for f in result.folds if f["system"] == refit["system"]])
+    assert folds == 3 and len([f for f in result.folds if f["system"] == ensemble["system"]]) == 3
+    assert len(fits) == folds * (3 + 1)  # per fold: 3 inner fold models and the refit
+    assert {f["fold"] for f in result.folds if f["system"] == refit["system"]} == {f["fold"] for f in result.folds if f["system"] == ensemble["system"]}
     markdown = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "not fully unseen" in markdown and "without early stopping" in markdown and "A tuned recipe trains as its note says" in markdown
