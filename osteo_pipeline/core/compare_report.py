@@ -66,9 +66,10 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
             lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
     counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
     averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
-    tuned = {row["name"]: row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]}  # e.g. resnet50-tl's recipe
+    tuned = [row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]]  # e.g. resnet50-tl's recipe: refit and fold ensemble
+    tuned_names = {row["name"] for row in tuned}
     probes = ("resnet50-probe", "texture-probe", "metadata-probe")
-    transfer = [name for name in c.systems if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned]
+    transfer = [name for name in c.systems if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned_names]
     scratch = [name for name in c.systems if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")]
     parts = [f"transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}"] if transfer else []
     parts += [f"scratch {c.scratch_epochs}"] if scratch else []
@@ -76,14 +77,19 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
     if tuned:
         epochs += " A tuned recipe trains as its note says."
     epochs = epochs.strip() or "Probes only: no network is trained."
-    notes = "\n".join(f"- `{name}`: {tuned[name]['note'] if name in tuned else text}" for name, text in SYSTEMS.items() if name in c.systems)
+    notes = "\n".join(
+        "\n".join(f"- `{row['system']}`: {row['note']}" for row in tuned if row["name"] == name) if name in tuned_names else f"- `{name}`: {text}"
+        for name, text in SYSTEMS.items()
+        if name in c.systems
+    )
+    nested = " (a tuned recipe's refit and fold-ensemble rows instead train on the whole training part and calibrate on its inner out-of-fold predictions)" if any("fold ensemble" in row["system"] for row in tuned) else ""
     notes += "".join(f"\n- `{row['system']}`: {row['note']}" for row in rows if not row["available"])
     return f"""## osteo compare: {', '.join(settings.data.classes)}
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.
 {len(data.frame)} images ({counts}); {len(data.excluded)} label-conflicting copies excluded; dataset `{data.identity[:16]}`.
 {c.folds}-fold stratified group CV x {c.repeats} repeat(s) = {len(folds)} folds, duplicate groups kept within one part;
-each fold's training part gives {c.val_fraction:.0%} to val (early stopping, temperature, threshold). Positive class `{settings.data.positive}`;
+each fold's training part gives {c.val_fraction:.0%} to val (early stopping, temperature, threshold){nested}. Positive class `{settings.data.positive}`;
 sensitivity, specificity and F1 {averaging}. Cells: mean over folds [95% corrected resampled t interval].
 {epochs}
 

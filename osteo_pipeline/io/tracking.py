@@ -131,7 +131,8 @@ def environment() -> dict[str, str]:
 
 def log_intervals(estimates: dict[str, dict[str, float]], prefix: str = "", extra: dict[str, float] | None = None) -> None:
     """Log ``{metric: {value, low, high}}`` as ``{prefix}{metric}`` with ``_ci_low`` and
-    ``_ci_high`` (plus ``extra`` metrics), leaving out what is not finite (MLflow rejects NaN)."""
+    ``_ci_high`` (plus ``extra`` metrics), leaving out what is not finite (an AUC of one class, a
+    CI of one fold): a missing metric, never a NaN that charts and comparisons would carry."""
     flat = {f"{prefix}{name}{suffix}": values[key] for name, values in estimates.items() for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high"))}
     flat |= {f"{prefix}{name}": value for name, value in (extra or {}).items()}
     mlflow.log_metrics({name: float(value) for name, value in flat.items() if value is not None and math.isfinite(value)})

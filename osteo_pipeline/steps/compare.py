@@ -9,10 +9,12 @@ test part. Results are the mean over folds with a corrected resampled t interval
 MLflow as one parent run, a nested run per system and, under it, one per fold.
 
 The pipeline's own recipe from a cross-validated search (``compare.recipe: best``) trains in each
-fold as ``osteo run`` trains it: k group folds of the fold's whole training part (train + val) give
+fold by the pipeline's protocol: k group folds of the fold's whole training part (train + val) give
 out-of-fold predictions for the temperature and threshold, then the test part is scored both by a
 refit on the whole training part (what the pipeline serves) and by the ensemble of the k fold
-models, on one shared activation cache: the refit-or-ensemble choice, measured."""
+models: the refit-or-ensemble choice, measured. Its fits share one activation cache, so they train
+on K fixed augmented views of each image as the search's folds do (``osteo run``'s refit augments
+afresh every epoch)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import expected_calibration_error, fit_calibration
 from osteo_pipeline.core.compare_report import REPORTED, SYSTEMS, markdown_report
 from osteo_pipeline.core.metrics import classification_metrics, fold_interval
-from osteo_pipeline.core.model import WeightsUnavailableError
+from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, WeightsUnavailableError
 from osteo_pipeline.core.preprocess import ImageDecodeError
 from osteo_pipeline.core.splits import Fold, dataset_hash, group_folds
 from osteo_pipeline.io import tracking
@@ -176,7 +178,10 @@ class NestedRecipe:
         self.recipe, self.epochs, self.k, self.jit = recipe, recipe.epochs, recipe.cv_folds, jit
         self.settings = recipe.params.apply(settings)
         self.arrays = data.pixels[(recipe.size, recipe.roi)]
-        self.cache = activation_cache(self.settings, self.arrays)
+        self.depth = recipe.params.unfreeze_depth if self.epochs[1] else 0  # the deepest part any fit trains
+        cached = self.settings.model_copy(update={"tune": self.settings.tune.model_copy(update={"unfreeze_depth": (self.depth, self.depth)})})
+        # Cached from the recipe's own boundary (depth 16 has no frozen prefix: full images then).
+        self.cache = activation_cache(cached, self.arrays) if self.depth < MAX_UNFREEZE_DEPTH else None
         self.backbone = StudyBackbone(self.settings)
         self.fits = 0
 
@@ -189,8 +194,7 @@ class NestedRecipe:
         targets = np.concatenate(predict)
         fold = self.cache.fold(rows_of(train, views), rows_of(targets, views)) if self.cache is not None else None
         fit_two_phase(model, self.arrays.select(train), None, params, self.settings, epochs=self.epochs, jit=self.jit, cache=fold)
-        depth = params.unfreeze_depth if self.epochs[1] else 0  # the cached boundary the trained top starts from
-        proba = predict_val(model, self.arrays.select(targets), depth, batch, fold) if fold is not None else predict_images(model, self.arrays.select(targets), batch)
+        proba = predict_val(model, self.arrays.select(targets), self.depth, batch, fold) if fold is not None else predict_images(model, self.arrays.select(targets), batch)
         return np.split(proba, np.cumsum([len(p) for p in predict])[:-1])
 
     def predictions(self, data: Data, fold: Fold) -> Predictions:
@@ -225,9 +229,9 @@ def _recipe_text(recipe: Recipe) -> str:
     text = f"{p.input_size} px {p.roi}, unfreeze {p.unfreeze_depth}, {head}, lr {p.learning_rate:.1e}, dropout {p.dropout:.2f}, l2 {p.l2:.0e}, {epochs}"
     if recipe.cv_folds:
         text += (
-            f"; in each fold trained as `osteo run` trains it: {recipe.cv_folds}-fold CV of the fold's whole training part gives out-of-fold"
-            " predictions for temperature and threshold, then the test part is scored by a refit on the whole training part (what the"
-            f" pipeline serves) or by the mean of the {recipe.cv_folds} fold models"
+            f"; in each fold by the pipeline's protocol: {recipe.cv_folds}-fold CV of the fold's whole training part gives out-of-fold"
+            " predictions for temperature and threshold, then a refit on the whole training part (what the pipeline serves) is scored"
+            " on the test part; trained on the search's cached augmented views"
         )
     return text
 
@@ -245,17 +249,21 @@ def _fold_predictions(name: str, size: int | None, data: Data, fold: Fold, setti
     return {"": (val_proba, data.labels[fold.val], test_proba)}
 
 
-def _paired_difference(fold_rows: list[dict[str, Any]], better: str, baseline: str, n_train: int, n_test: int) -> str:
-    """``better`` minus ``baseline`` on the same folds (ROC AUC and balanced accuracy), with the
-    corrected interval: whether the fold ensemble is worth k models at serving time."""
-    parts = []
-    for metric in ("roc_auc", "balanced_accuracy"):
-        a = np.array([r[metric] for r in fold_rows if r["system"] == better])
-        b = np.array([r[metric] for r in fold_rows if r["system"] == baseline])
-        d = fold_interval(a - b, n_train, n_test)
-        if np.isfinite(d["mean"]):
-            parts.append(f"{metric.replace('_', ' ')} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
-    return f"paired on the same folds, fold ensemble minus refit: {'; '.join(parts)}" if parts else ""
+def _paired_difference(fold_rows: list[dict[str, Any]], ensemble: str, refit: str, n_train: int, n_test: int) -> str:
+    """Fold ensemble minus refit ROC AUC on the same folds, with the corrected interval: whether
+    the ensemble is worth k models at serving time. ROC AUC only: both are calibrated on single
+    fold models' out-of-fold predictions, which suit the refit better than the flatter mean of k
+    models, so threshold metrics would be biased against the ensemble."""
+    a = np.array([r["roc_auc"] for r in fold_rows if r["system"] == ensemble])
+    b = np.array([r["roc_auc"] for r in fold_rows if r["system"] == refit])
+    d = fold_interval(a - b, n_train, n_test)
+    if not np.isfinite(d["mean"]):
+        return "no paired ROC AUC difference (too few folds with both classes)"
+    interval = f" [{d['low']:+.3f}, {d['high']:+.3f}]" if np.isfinite(d["low"]) else ""
+    return (
+        f"fold ensemble minus refit on the same folds: ROC AUC {d['mean']:+.3f}{interval}; the ensemble's temperature and threshold come"
+        " from single fold models' out-of-fold predictions, so its threshold metrics and ECE lean against it"
+    )
 
 
 def run_system(
@@ -298,7 +306,8 @@ def run_system(
                 with mlflow.start_run(run_name=f"{label} {fold.name}", nested=True, tags={"osteo.kind": "compare-fold", "system": name, "fold": fold.name}):
                     predictions = _fold_predictions(name, size, data, fold, settings, jit, recipe, features, nested)
                     seconds = time.perf_counter() - fold_started
-                    mlflow.log_params({"fold": fold.name, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test)})
+                    trained = {"n_train": len(fold.train) + len(fold.val), "n_val": 0, "inner_folds": nested.k} if nested else {"n_train": len(fold.train), "n_val": len(fold.val)}
+                    mlflow.log_params({"fold": fold.name, **trained, "n_test": len(fold.test)})
                     for key, (calibration_proba, calibration_labels, test_proba) in predictions.items():
                         scores = score_fold(calibration_proba, calibration_labels, test_proba, data.labels[fold.test], positive)
                         prefix = f"{key}." if key else ""
@@ -322,7 +331,8 @@ def run_system(
         for key, system in variants.items():
             row: dict[str, Any] = {"system": system, "name": name, "size": size, "available": True, "note": note, "seconds_per_fold": seconds_per_fold}
             if key == "ensemble":
-                row["note"] = f"{note}; {_paired_difference(fold_rows, system, variants['refit'], n_train, n_test)}"
+                assert recipe is not None and recipe.cv_folds is not None
+                row["note"] = f"the mean of the {recipe.cv_folds} fold models of the refit row's recipe, scored on the same test parts; {_paired_difference(fold_rows, system, variants['refit'], n_train, n_test)}"
             prefix = f"{key}." if key else ""
             for metric in REPORTED:
                 row[metric] = fold_interval(np.array([r[metric] for r in fold_rows if r["system"] == system]), n_train, n_test, bounds=(0.0, 1.0))

@@ -135,10 +135,38 @@ def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_set
     assert refit["system"] == "resnet50-tl@40 knees (tuned, refit)" and ensemble["system"] == "resnet50-tl@40 knees (tuned, fold ensemble)"
     assert refit["available"] and ensemble["available"]
     assert "40 px knees" in refit["note"] and "not fully unseen" in refit["note"] and "3-fold CV of the fold's whole training part" in refit["note"]
-    assert "fold ensemble minus refit: roc auc" in ensemble["note"]
+    assert "fold ensemble minus refit on the same folds: ROC AUC" in ensemble["note"] and "lean against it" in ensemble["note"]
     folds = len([f for f in result.folds if f["system"] == refit["system"]])
     assert folds == 3 and len([f for f in result.folds if f["system"] == ensemble["system"]]) == 3
-    assert len(fits) == folds * (3 + 1)  # per fold: 3 inner fold models and the refit
+    assert len(fits) == folds * (3 + 1)  # per fold: 3 inner fold models, then the refit on the whole training part
+    outer = [n for n in fits[3::4]]
+    inner = [n for i, n in enumerate(fits) if i % 4 != 3]
+    assert all(max(inner[3 * f : 3 * f + 3]) < outer[f] <= sum(inner[3 * f : 3 * f + 3]) for f in range(folds))
     assert {f["fold"] for f in result.folds if f["system"] == refit["system"]} == {f["fold"] for f in result.folds if f["system"] == ensemble["system"]}
     markdown = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "not fully unseen" in markdown and "without early stopping" in markdown and "A tuned recipe trains as its note says" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("epochs", "depth"), [((1, 0), 1), ((1, 1), 1), ((1, 1), 16)], ids=["head-only", "fine-tuned", "whole-network"])
+def test_a_nested_recipe_predicts_from_the_boundary_it_trained(synth_dir, train_settings, epochs, depth):
+    """Head-only, fine-tuned and whole-network recipes (the last has no frozen prefix to cache)
+    all give one probability row per image for the inner folds and the test part."""
+    from osteo_pipeline.core.splits import group_folds
+    from osteo_pipeline.steps.compare import NestedRecipe, Recipe, _ensure_pixels, load_data
+    from osteo_pipeline.training.fit import TrainParams
+
+    data = load_data(synth_dir(per_class=12), train_settings)
+    recipe = Recipe(TrainParams(1e-3, depth, 0, 0.1, 1e-4, 32, "image"), epochs, "test", cv_folds=2)
+    _ensure_pixels(data, 32, train_settings, "image")
+    fold = group_folds(data.labels, data.frame["group"].to_numpy(), 3, 1, 0.2, 0)[0]
+    nested = NestedRecipe(data, recipe, train_settings, jit=False)
+    try:
+        assert (nested.cache is None) == (depth == 16)
+        predictions = nested.predictions(data, fold)
+    finally:
+        nested.close()
+    assert set(predictions) == {"refit", "ensemble"} and nested.fits == 3
+    for oof, labels, test in predictions.values():
+        assert oof.shape == (len(fold.train) + len(fold.val), 2) and len(labels) == len(oof)
+        assert test.shape == (len(fold.test), 2) and np.allclose(test.sum(axis=1), 1.0, atol=1e-4)

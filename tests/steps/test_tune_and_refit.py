@@ -193,7 +193,7 @@ def test_study_backbone_is_built_once_reset_each_trial_and_heads_depend_only_on_
     assert not all(np.array_equal(a, b) for a, b in zip(_head(first), _head(second)))
 
 
-def test_small_data_search_cross_validates_and_the_refit_leads_with_the_oof_estimate(synth_dir, train_settings, tmp_path):
+def test_small_data_search_cross_validates_and_the_refit_leads_with_the_oof_estimate(synth_dir, train_settings, tmp_path, caplog):
     """tune.cv on: each trial is 3-fold CV on train+val over one shared activation cache (head
     units, l2, input size and roi searched), the best trial's OOF predictions calibrate the refit
     on train+val, and the registered model's card leads with the CV estimate and its interval."""
@@ -204,9 +204,12 @@ def test_small_data_search_cross_validates_and_the_refit_leads_with_the_oof_esti
     data = split_dataset(validate_folder(synth_dir(per_class=9), settings), settings)
     result = tune(data, settings)
     assert result.best_cv is not None
+    again = tune(data, settings, trials=2, workers=2)  # the second run, on two workers: each builds its own cache
+    assert again.study_name == result.study_name and again.new_trials == 2
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(settings))
     assert study.user_attrs["objective"] == "cv3_log_loss"
     complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert "exited with an error" not in caplog.text  # the spawned `osteo tune-worker` ran CV trials and ended cleanly
     n_cv = int(data.files["split"].isin(["train", "val"]).sum())
     for trial in complete:
         cv = trial.user_attrs["cv"]

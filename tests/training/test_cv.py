@@ -105,30 +105,32 @@ def test_the_estimate_has_a_corrected_interval_around_the_fold_mean():
 
 def test_fold_models_and_refit_never_train_on_what_they_predict():
     """final_models: each fold model predicts only its held-out fold and the test part, the refit
-    trains on all training images, no model sees the test part, groups stay whole, and the
-    ensemble is the mean of the fold models' test predictions."""
-    rng = np.random.default_rng(0)
+    trains on all training images, no model sees the test part, groups stay whole, each OOF row is
+    its own image's prediction, and the ensemble is the mean of the fold models' test predictions."""
     labels = np.repeat([0, 1], 20)
     groups = np.arange(40) // 2  # pairs of copies
-    train, test = np.arange(30), np.arange(30, 40)
+    order = np.random.default_rng(0).permutation(40)
+    train, test = order[:30], order[30:]  # not contiguous: local and global indices differ
     fits: list[tuple[set[int], list[np.ndarray]]] = []
     test_predictions: list[np.ndarray] = []
 
     def fit_predict(trained: np.ndarray, predict: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image's probability encodes its index (and, for the test part, which fit)."""
         fits.append((set(trained.tolist()), predict))
-        out = [np.column_stack([1 - (p := rng.random(len(images))), p]) for images in predict]
+        out = [np.column_stack([1 - (p := images / 100 + len(fits) / 1000), p]) for images in predict]
         test_predictions.append(out[-1])
         return out
 
     final = final_models(labels, groups, train, test, 3, 0, fit_predict)
     *members, refit = fits
-    assert len(members) == 3 and refit[0] == set(train.tolist())
+    assert len(members) == 3
+    assert refit[0] == set(train.tolist()) and len(refit[1]) == 1 and np.array_equal(refit[1][0], test)
     held_out = [set(val.tolist()) for _, (val, _) in members]
     assert set().union(*held_out) == set(train.tolist()) and sum(map(len, held_out)) == len(train)
-    for (trained, (val, predicted_test)), _ in zip(members, held_out):
+    for trained, (val, predicted_test) in members:
         assert not trained & set(val.tolist()) and not trained & set(test.tolist())
         assert {groups[i] for i in trained}.isdisjoint({groups[i] for i in val})
         assert np.array_equal(predicted_test, test)
-    assert final.oof.shape == (30, 2) and np.all(final.oof.sum(axis=1) > 0)  # every training image predicted out of fold
+    assert np.allclose(np.round(final.oof[:, 1] * 100), train)  # row i of the OOF is image train[i]
     assert np.array_equal(final.refit, test_predictions[-1])
     assert np.allclose(final.ensemble, np.mean(test_predictions[:3], axis=0))
