@@ -42,11 +42,18 @@ from osteo_pipeline.core.splits import Fold, dataset_hash, group_folds
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.split import split_dataset, usable_images
-from osteo_pipeline.steps.tune import StudyBackbone, activation_cache, best_params
+from osteo_pipeline.steps.tune import best_params
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import Arrays, pixel_cache
 from osteo_pipeline.training.cv import final_models, rows_of
-from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_images, predict_val
+from osteo_pipeline.training.fit import (
+    StudyBackbone,
+    TrainParams,
+    activation_cache,
+    fit_two_phase,
+    predict_images,
+    predict_val,
+)
 from osteo_pipeline.training.probes import (
     TEXTURE_SIZE,
     fit_forest,

@@ -46,9 +46,8 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 
 from osteo_pipeline.config import Settings, TuneSettings, settings_to_yaml
-from osteo_pipeline.core.data import augmenter
 from osteo_pipeline.core.metrics import classification_metrics
-from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH, with_head
+from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH
 from osteo_pipeline.core.redact import redact, redact_url
 from osteo_pipeline.core.splits import cv_folds
 from osteo_pipeline.errors import OsteoError
@@ -59,10 +58,10 @@ from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
 from osteo_pipeline.training.cv import cross_validate, cv_arrays, rows_of
 from osteo_pipeline.training.fit import (
     FitResult,
+    StudyBackbone,
     TrainParams,
+    activation_cache,
     fit_two_phase,
-    load_backbone,
-    model_spec,
     predict_val,
 )
 from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
@@ -586,51 +585,6 @@ def _same_backbone(study: optuna.Study, weights_used: str) -> None:
 def _describe(params: TrainParams) -> str:
     head = f"{params.head_units} units" if params.head_units else "linear head"
     return f"lr {params.learning_rate:.1e}, unfreeze {params.unfreeze_depth}, {head}, dropout {params.dropout:.2f}, l2 {params.l2:.0e}, {params.input_size} px {params.roi}"
-
-
-def activation_cache(settings: Settings, train: Arrays, val: Arrays | None = None) -> ActivationCache | None:
-    """The search's frozen-prefix cache, or ``None`` when disabled in config: augmented views of
-    ``train`` and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both
-    ways, for the folds to select from."""
-    t = settings.tune
-    if not t.activation_cache:
-        return None
-    rows = np.arange(len(train.pixels))
-    pixels = train.pixels if val is None else np.concatenate([train.pixels, val.pixels])
-    val_rows = rows if val is None else np.arange(len(train.pixels), len(pixels))
-    return ActivationCache(
-        pixels,
-        rows,
-        val_rows,
-        views=min(t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs),  # epoch e uses view e mod K
-        augment=augmenter(settings.train.augment, settings.seed),
-        batch_size=settings.train.batch_size,
-        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1),
-        budget_bytes=int(t.cache_memory_mb * 2**20),
-        spill_dir=t.cache_spill_dir,
-    )
-
-
-class StudyBackbone:
-    """The study's one ResNet-50, built and its weights read on the first trial only (about 2 s
-    a trial). Each trial gets it back reset to those weights, under a new head initialised from the
-    trial's own seed: trials stay independent of each other and of their order, and every trial
-    starts from the backbone weights the activation cache was computed with."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._base: keras.Model | None = None
-        self._weights: list[np.ndarray] = []
-        self.weights_used = ""  # where the weights came from, for each trial's tags
-
-    def model(self, params: TrainParams, seed: int) -> keras.Model:
-        if self._base is None:
-            self._base, self.weights_used = load_backbone(self._settings)
-            self._weights = self._base.get_weights()
-        else:
-            self._base.set_weights(self._weights)
-        keras.utils.set_random_seed(seed)
-        return with_head(self._base, model_spec(self._settings, params))
 
 
 def run_worker(study_name: str, split: SplitManifest, settings: Settings, worker: int = 0, timeout_s: float | None = None) -> int:

@@ -81,7 +81,7 @@ class ActivationCache:
     def attach(self, model: keras.Model, depths: list[int]) -> None:
         """Make sure the boundaries for ``depths`` are cached, computing missing ones with
         ``model``'s backbone. Every model attached must carry the backbone weights the first one
-        had: ``steps.tune.StudyBackbone`` gives each trial the same backbone, reset to them."""
+        had: ``training.fit.StudyBackbone`` gives each trial the same backbone, reset to them."""
         for depth in sorted(set(depths), reverse=True):
             self._ensure(model, depth)
 

@@ -14,6 +14,7 @@ import numpy as np
 from osteo_pipeline.config import ConfigError, Settings
 from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset, one_hot
 from osteo_pipeline.core.model import (
+    MAX_UNFREEZE_DEPTH,
     ModelSpec,
     WeightsUnavailableError,
     backbone,
@@ -274,3 +275,48 @@ def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
     dataset = make_dataset(pixels, None, model.output_shape[-1], batch_size)
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+
+
+def activation_cache(settings: Settings, train: Arrays, val: Arrays | None = None) -> ActivationCache | None:
+    """The search's frozen-prefix cache, or ``None`` when disabled in config: augmented views of
+    ``train`` and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both
+    ways, for the folds to select from."""
+    t = settings.tune
+    if not t.activation_cache:
+        return None
+    rows = np.arange(len(train.pixels))
+    pixels = train.pixels if val is None else np.concatenate([train.pixels, val.pixels])
+    val_rows = rows if val is None else np.arange(len(train.pixels), len(pixels))
+    return ActivationCache(
+        pixels,
+        rows,
+        val_rows,
+        views=min(t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs),  # epoch e uses view e mod K
+        augment=augmenter(settings.train.augment, settings.seed),
+        batch_size=settings.train.batch_size,
+        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1),
+        budget_bytes=int(t.cache_memory_mb * 2**20),
+        spill_dir=t.cache_spill_dir,
+    )
+
+
+class StudyBackbone:
+    """The study's one ResNet-50, built and its weights read on the first trial only (about 2 s
+    a trial). Each trial gets it back reset to those weights, under a new head initialised from the
+    trial's own seed: trials stay independent of each other and of their order, and every trial
+    starts from the backbone weights the activation cache was computed with."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._base: keras.Model | None = None
+        self._weights: list[np.ndarray] = []
+        self.weights_used = ""  # where the weights came from, for each trial's tags
+
+    def model(self, params: TrainParams, seed: int) -> keras.Model:
+        if self._base is None:
+            self._base, self.weights_used = load_backbone(self._settings)
+            self._weights = self._base.get_weights()
+        else:
+            self._base.set_weights(self._weights)
+        keras.utils.set_random_seed(seed)
+        return with_head(self._base, model_spec(self._settings, params))

@@ -23,7 +23,6 @@ from osteo_pipeline.steps.explain import explain_image
 from osteo_pipeline.steps.refit import refit_and_evaluate
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.tune import (
-    StudyBackbone,
     TuneError,
     best_params,
     open_storage,
@@ -32,7 +31,7 @@ from osteo_pipeline.steps.tune import (
 )
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import load_arrays, pixel_cache
-from osteo_pipeline.training.fit import TrainParams
+from osteo_pipeline.training.fit import StudyBackbone, TrainParams
 
 pytestmark = pytest.mark.slow
 
