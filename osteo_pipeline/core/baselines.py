@@ -8,10 +8,13 @@ from pathlib import Path
 
 import keras
 
-from osteo_pipeline.core.model import ModelSpec, WeightsUnavailableError, classifier
+from osteo_pipeline.core.model import BlockLayout, ModelSpec, WeightsUnavailableError, classifier
 
 VGG_NAME = "vgg16"
 VGG_BLOCKS = 5
+#: VGG-16's cut points: each convolution block ends in its pooling layer. Depth 5 trains every
+#: block, so it has no frozen prefix.
+VGG16_LAYOUT = BlockLayout(VGG_NAME, tuple(f"block{VGG_BLOCKS - d}_pool" for d in range(VGG_BLOCKS)))
 
 
 def _input_scale(inputs: keras.KerasTensor) -> keras.KerasTensor:

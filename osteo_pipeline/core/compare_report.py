@@ -71,7 +71,10 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
     probes = ("resnet50-probe", "texture-probe", "metadata-probe")
     transfer = [name for name in c.systems if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned_names]
     scratch = [name for name in c.systems if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")]
-    parts = [f"transfer {settings.train.head_epochs}+{settings.train.finetune_epochs}"] if transfer else []
+    t = settings.train
+    views = min(settings.tune.cache_views, t.head_epochs + t.finetune_epochs)
+    seen = f"{views} cached augmented views per image" if settings.tune.activation_cache else "freshly augmented images"
+    parts = [f"transfer {t.head_epochs}+{t.finetune_epochs} on {seen}"] if transfer else []
     parts += [f"scratch {c.scratch_epochs}"] if scratch else []
     epochs = f"Epochs: {', '.join(parts)} (early stopping on val, patience {settings.train.early_stopping_patience})." if parts else ""
     if tuned:

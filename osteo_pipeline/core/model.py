@@ -105,29 +105,42 @@ def set_unfrozen_blocks(model: keras.Model, depth: int) -> list[str]:
     return trainable
 
 
-def boundary_layer(depth: int) -> str:
-    """The backbone layer whose output feeds the top ``depth`` residual blocks (0: the backbone's
-    own output, the input of the head). Depth 16 also trains the stem, so it has no frozen prefix."""
-    if not 0 <= depth < MAX_UNFREEZE_DEPTH:
-        raise ValueError(f"no frozen prefix for unfreeze_depth {depth} (0..{MAX_UNFREEZE_DEPTH - 1} have one)")
-    return f"{RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - 1 - depth]}_out"
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where a pretrained backbone nested in a classifier can be cut into a frozen prefix and the
+    part a fit trains: ``boundaries[d]`` is the backbone layer whose output feeds its top ``d``
+    trainable blocks (0: the backbone's own output, the input of the head). A depth with no entry
+    trains the first layers too, so it has no frozen prefix."""
+
+    backbone: str  # the nested backbone's layer name in the classifier
+    boundaries: tuple[str, ...]
+
+    def boundary_layer(self, depth: int) -> str:
+        if not 0 <= depth < len(self.boundaries):
+            raise ValueError(f"no frozen prefix for unfreeze depth {depth} of {self.backbone} (0..{len(self.boundaries) - 1} have one)")
+        return self.boundaries[depth]
 
 
-def backbone_segment(model: keras.Model, from_depth: int | None, to_depths: list[int]) -> keras.Model:
+#: ResNet-50's cut points: the output of each residual block, top down. Depth 16 also trains the
+#: stem, so it has no frozen prefix.
+RESNET50_LAYOUT = BlockLayout(BACKBONE_NAME, tuple(f"{RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - 1 - d]}_out" for d in range(MAX_UNFREEZE_DEPTH)))
+
+
+def backbone_segment(model: keras.Model, from_depth: int | None, to_depths: list[int], layout: BlockLayout = RESNET50_LAYOUT) -> keras.Model:
     """The backbone layers from one block boundary (or the image, for ``None``) up to others, with
     one output per depth in ``to_depths`` (in that order), sharing weights with ``model``: computes
     the frozen prefix a trial never updates."""
-    base = get_backbone(model)
-    start = base.input if from_depth is None else base.get_layer(boundary_layer(from_depth)).output
-    outputs = [base.get_layer(boundary_layer(depth)).output for depth in to_depths]
+    base = model.get_layer(layout.backbone)
+    start = base.input if from_depth is None else base.get_layer(layout.boundary_layer(from_depth)).output
+    outputs = [base.get_layer(layout.boundary_layer(depth)).output for depth in to_depths]
     return keras.Model(start, outputs, name=f"segment_{from_depth}_{'_'.join(map(str, to_depths))}")
 
 
-def top_model(model: keras.Model, depth: int) -> keras.Model:
+def top_model(model: keras.Model, depth: int, layout: BlockLayout = RESNET50_LAYOUT) -> keras.Model:
     """The top ``depth`` blocks plus the head, as a model on the boundary activation: the part of
     ``model`` a trial with that unfreeze depth trains. Layers (and weights) are shared with ``model``."""
-    base = get_backbone(model)
-    boundary = base.get_layer(boundary_layer(depth)).output
+    base = model.get_layer(layout.backbone)
+    boundary = base.get_layer(layout.boundary_layer(depth)).output
     inputs = keras.Input(shape=tuple(boundary.shape[1:]), name="activation")
     features = keras.Model(boundary, base.output)(inputs, training=False) if depth else inputs
     x = features

@@ -5,7 +5,9 @@ tables in ``core.compare_report``).
 Every system sees the same repeated stratified group folds (duplicate groups within one part,
 label conflicts excluded). In each fold a system trains on the training part, uses the val part
 for early stopping, temperature scaling and the decision threshold, and is scored once on the
-test part. Results are the mean over folds with a corrected resampled t interval, logged to
+test part. Pretrained networks (ResNet-50, VGG-16) train on cached outputs of their frozen part,
+computed once per image and augmented view for all folds (``SystemCache``), as the search's folds
+do. Results are the mean over folds with a corrected resampled t interval, logged to
 MLflow as one parent run, a nested run per system and, under it, one per fold.
 
 The pipeline's own recipe from a cross-validated search (``compare.recipe: best``) trains in each
@@ -44,6 +46,7 @@ from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.split import split_dataset, usable_images
 from osteo_pipeline.steps.tune import best_params
 from osteo_pipeline.steps.validate import validate_folder
+from osteo_pipeline.training.activations import ActivationCache, FoldActivations
 from osteo_pipeline.training.arrays import Arrays, pixel_cache
 from osteo_pipeline.training.cv import final_models, rows_of
 from osteo_pipeline.training.fit import (
@@ -63,7 +66,7 @@ from osteo_pipeline.training.probes import (
     resnet50_features,
 )
 from osteo_pipeline.training.runtime import configure_runtime
-from osteo_pipeline.training.zoo import keras_system, require_weights
+from osteo_pipeline.training.zoo import KerasSystem, keras_system, require_weights
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +129,59 @@ class CompareResult:
 # The run --------------------------------------------------------------------------------------
 
 
-def fit_keras(name: str, data: Data, fold: Fold, size: int, settings: Settings, jit: bool, recipe: Recipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+def system_roi(name: str, recipe: Recipe | None, settings: Settings) -> str:
+    """What a system sees: the pipeline's model what it is configured (or tuned) to see, the
+    paper's networks the whole film."""
+    return recipe.roi if recipe else settings.model.roi if name == "resnet50-tl" else "image"
+
+
+class SystemCache:
+    """One activation cache of every image for all folds of a pretrained system, cut at its
+    deepest trained boundary: the frozen prefix (most of ResNet-50 or VGG-16) runs once per image
+    and augmented view instead of every epoch of every fold, as the search's folds share one.
+    Made on the first fold, when the system's network says where it can be cut; ``None`` for
+    folds of networks with nothing frozen, or when ``tune.activation_cache`` is off."""
+
+    def __init__(self, arrays: Arrays, settings: Settings) -> None:
+        self.arrays, self.settings = arrays, settings
+        self.cache: ActivationCache | None = None
+
+    def fold(self, system: KerasSystem, train: np.ndarray, predict: np.ndarray) -> FoldActivations | None:
+        """The cache's view of a fold: ``train`` images' augmented views, ``predict`` images plain."""
+        if not system.frozen_prefix or not self.settings.tune.activation_cache:
+            return None
+        if self.cache is None:
+            self.cache = activation_cache(self.settings, self.arrays, floor_depth=system.depth, layout=system.layout)
+        assert self.cache is not None
+        views = self.arrays.views
+        return self.cache.fold(rows_of(train, views), rows_of(predict, views))
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+def fit_keras(
+    name: str, data: Data, fold: Fold, size: int, settings: Settings, jit: bool, recipe: Recipe | None = None, shared: SystemCache | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Train a Keras system on the fold's training part (early stopping on val; a recipe runs
-    the epochs its search chose, as the pipeline's refit does); per-image val and test
-    probabilities."""
+    the epochs its search chose, as the pipeline's refit does), on ``shared``'s cached views where
+    the network has a frozen prefix; per-image val and test probabilities."""
     keras.backend.clear_session()
     gc.collect()
     keras.utils.set_random_seed(settings.seed + 100 * fold.repeat + fold.fold)
-    roi = recipe.roi if recipe else settings.model.roi if name == "resnet50-tl" else "image"
-    model, params, epochs, unfreeze = keras_system(name, settings, size, recipe.params if recipe else None, recipe.epochs if recipe else None)
-    train, val = data.arrays(size, fold.train, roi), data.arrays(size, fold.val, roi)
+    roi = system_roi(name, recipe, settings)
+    system = keras_system(name, settings, size, recipe.params if recipe else None, recipe.epochs if recipe else None)
+    train, val, test = (data.arrays(size, rows, roi) for rows in (fold.train, fold.val, fold.test))
     fixed = recipe is not None and recipe.epochs is not None
-    fit_two_phase(model, train, None if fixed else val, params, settings, epochs=epochs, jit=jit, unfreeze=unfreeze)
+    cache = shared.fold(system, fold.train, fold.val) if shared is not None else None
+    fit_two_phase(system.model, train, None if fixed else val, system.params, settings, epochs=system.epochs, jit=jit, unfreeze=system.unfreeze, cache=cache)
     batch = settings.train.batch_size
-    return predict_images(model, val, batch), predict_images(model, data.arrays(size, fold.test, roi), batch)
+    if cache is None:
+        return predict_images(system.model, val, batch), predict_images(system.model, test, batch)
+    assert shared is not None
+    test_cache = shared.fold(system, fold.train, fold.test)
+    return predict_val(system.model, val, system.depth, batch, cache), predict_val(system.model, test, system.depth, batch, test_cache)
 
 
 def load_data(data_dir: Path, settings: Settings) -> Data:
@@ -186,9 +228,8 @@ class NestedRecipe:
         self.settings = recipe.params.apply(settings)
         self.arrays = data.pixels[(recipe.size, recipe.roi)]
         self.depth = recipe.params.unfreeze_depth if self.epochs[1] else 0  # the deepest part any fit trains
-        cached = self.settings.model_copy(update={"tune": self.settings.tune.model_copy(update={"unfreeze_depth": (self.depth, self.depth)})})
         # Cached from the recipe's own boundary (depth 16 has no frozen prefix: full images then).
-        self.cache = activation_cache(cached, self.arrays) if self.depth < MAX_UNFREEZE_DEPTH else None
+        self.cache = activation_cache(self.settings, self.arrays, floor_depth=self.depth) if self.depth < MAX_UNFREEZE_DEPTH else None
         self.backbone = StudyBackbone(self.settings)
         self.fits = 0
 
@@ -243,7 +284,9 @@ def _recipe_text(recipe: Recipe) -> str:
     return text
 
 
-def _fold_predictions(name: str, size: int | None, data: Data, fold: Fold, settings: Settings, jit: bool, recipe: Recipe | None, features: np.ndarray | None, nested: NestedRecipe | None) -> Predictions:
+def _fold_predictions(
+    name: str, size: int | None, data: Data, fold: Fold, settings: Settings, jit: bool, recipe: Recipe | None, features: np.ndarray | None, nested: NestedRecipe | None, shared: SystemCache | None
+) -> Predictions:
     if nested is not None:
         return nested.predictions(data, fold)
     if name == "metadata-probe":
@@ -252,7 +295,7 @@ def _fold_predictions(name: str, size: int | None, data: Data, fold: Fold, setti
         val_proba, test_proba = fit_logistic(features, data.labels, fold, settings.compare.probe_c, settings.seed)
     else:
         assert size is not None
-        val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit, recipe)
+        val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit, recipe, shared)
     return {"": (val_proba, data.labels[fold.val], test_proba)}
 
 
@@ -291,6 +334,7 @@ def run_system(
     fold_rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     nested: NestedRecipe | None = None
+    shared: SystemCache | None = None
     with mlflow.start_run(run_name=label, nested=True, tags={"osteo.kind": "compare-system", "system": name}):
         mlflow.log_params({"system": name, "input_size": size or "none", "description": SYSTEMS[name]})
         features: np.ndarray | None = None
@@ -308,10 +352,13 @@ def run_system(
                 assert recipe is not None
                 keras.backend.clear_session()
                 nested = NestedRecipe(data, recipe, settings, jit)
+            else:
+                assert size is not None
+                shared = SystemCache(data.pixels[(size, system_roi(name, recipe, settings))], settings)
             for fold in folds:
                 fold_started = time.perf_counter()
                 with mlflow.start_run(run_name=f"{label} {fold.name}", nested=True, tags={"osteo.kind": "compare-fold", "system": name, "fold": fold.name}):
-                    predictions = _fold_predictions(name, size, data, fold, settings, jit, recipe, features, nested)
+                    predictions = _fold_predictions(name, size, data, fold, settings, jit, recipe, features, nested, shared)
                     seconds = time.perf_counter() - fold_started
                     trained = {"n_train": len(fold.train) + len(fold.val), "n_val": 0, "inner_folds": nested.k} if nested else {"n_train": len(fold.train), "n_val": len(fold.val)}
                     mlflow.log_params({"fold": fold.name, **trained, "n_test": len(fold.test)})
@@ -328,8 +375,9 @@ def run_system(
             mlflow.set_tag("failed", str(exc)[:5000])
             return [_unavailable(label, name, size, f"failed: {_one_line(exc)}", "failed: an image could not be read (see note)")], []
         finally:
-            if nested is not None:
-                nested.close()
+            for cache in (nested, shared):
+                if cache is not None:
+                    cache.close()
         n_train = int(np.mean([len(f.train) + len(f.val) for f in folds]))
         n_test = int(np.mean([len(f.test) for f in folds]))
         seconds_per_fold = (time.perf_counter() - started) / len(folds)
@@ -370,7 +418,7 @@ def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", 
         for name in c.systems:
             tuned = recipe if name == "resnet50-tl" else None
             sizes = [None] if name in SIZE_FREE else [tuned.size] if tuned else c.sizes
-            roi = tuned.roi if tuned else settings.model.roi if name == "resnet50-tl" else "image"  # the pipeline's model sees what it is configured to see
+            roi = system_roi(name, tuned, settings)
             for size in sizes:
                 if size is not None:
                     _ensure_pixels(data, size, settings, roi)

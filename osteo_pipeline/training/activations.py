@@ -8,8 +8,10 @@ both ways, each fold selecting its rows), and trials then train only the top blo
 on it (see ``core.model.top_model``). Head-only trials train on the backbone's output and cost
 almost nothing.
 
-Boundaries are filled lazily: the lowest one the search space can ask for is computed from the
-images (one pass of most of ResNet-50), every higher one from the nearest cached lower one (a few
+The backbone is ResNet-50, or any other whose cut points a ``core.model.BlockLayout`` names
+(``osteo compare`` caches VGG-16 this way). Boundaries are filled lazily: the lowest one the
+search space can ask for is computed from the images (one pass of most of the backbone), every
+higher one from the nearest cached lower one (a few
 blocks), keeping the boundaries that pass goes through on the way while they fit in memory.
 Arrays are held in memory up to ``budget_bytes`` and then spill to ``.npy`` memory maps in a
 private temporary folder, removed by ``close``."""
@@ -27,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from osteo_pipeline.core.data import XrayAugment
-from osteo_pipeline.core.model import backbone_segment
+from osteo_pipeline.core.model import RESNET50_LAYOUT, BlockLayout, backbone_segment
 from osteo_pipeline.core.preprocess import gray_model_input
 
 
@@ -61,7 +63,9 @@ class ActivationCache:
         floor_depth: int,
         budget_bytes: int,
         spill_dir: Path | None = None,
+        layout: BlockLayout = RESNET50_LAYOUT,
     ) -> None:
+        self.layout = layout
         self.views = views if augment is not None else 1  # without augmentation every view is the same
         self._pixels = pixels
         self._rows = {"train": np.asarray(train_rows, dtype=np.int64), "val": np.asarray(val_rows, dtype=np.int64)}
@@ -127,7 +131,7 @@ class ActivationCache:
         # A pass up from a cached boundary goes through every boundary in between: keep those
         # while they fit in memory (a later trial may ask for them), never spill them to disk.
         depths = [depth] if source is None else list(range(depth, source))
-        segment = backbone_segment(model, source, depths)
+        segment = backbone_segment(model, source, depths, self.layout)
         forward = tf.function(lambda x: tf.nest.flatten(segment(x, training=False)), reduce_retracing=True)
         entries: dict[int, dict[str, np.ndarray]] = {}
         for d, output in zip(depths, segment.outputs):
@@ -173,7 +177,7 @@ class FoldActivations:
 
     def __init__(self, cache: ActivationCache, train_slots: np.ndarray, val_slots: np.ndarray) -> None:
         self._cache, self._train, self._val = cache, train_slots, val_slots
-        self.views = cache.views
+        self.views, self.layout = cache.views, cache.layout
 
     def attach(self, model: keras.Model, depths: list[int]) -> None:
         self._cache.attach(model, depths)

@@ -15,6 +15,8 @@ from osteo_pipeline.config import ConfigError, Settings
 from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset, one_hot
 from osteo_pipeline.core.model import (
     MAX_UNFREEZE_DEPTH,
+    RESNET50_LAYOUT,
+    BlockLayout,
     ModelSpec,
     WeightsUnavailableError,
     backbone,
@@ -198,7 +200,7 @@ def fit_two_phase(
         if cache is None:
             trained, data, validation, class_weight = model, train_ds, val_ds, weights
         else:
-            trained = top_model(model, depth)
+            trained = top_model(model, depth, cache.layout)
             data = ViewBatches(cache.train(depth), train_labels, n_classes, t.batch_size, weights, settings.seed, first_epoch=start)
             validation = (cache.val(depth), one_hot(val_labels, n_classes)) if has_val else None
             class_weight = None  # carried by ViewBatches as sample weights
@@ -259,7 +261,7 @@ def predict_val(model: keras.Model, val: Arrays, depth: int, batch_size: int, ca
     than tracing ``predict``, about 1 s)."""
     if cache is None:
         return predict_images(model, val, batch_size)
-    top, x = top_model(model, depth), cache.val(depth)
+    top, x = top_model(model, depth, cache.layout), cache.val(depth)
     batches = [keras.ops.convert_to_numpy(top(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
     rows = np.concatenate(batches).astype(np.float32) if batches else np.zeros((0, model.output_shape[-1]), np.float32)
     return val.image_proba(rows)
@@ -277,10 +279,13 @@ def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
 
 
-def activation_cache(settings: Settings, train: Arrays, val: Arrays | None = None) -> ActivationCache | None:
-    """The search's frozen-prefix cache, or ``None`` when disabled in config: augmented views of
-    ``train`` and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both
-    ways, for the folds to select from."""
+def activation_cache(
+    settings: Settings, train: Arrays, val: Arrays | None = None, *, floor_depth: int | None = None, layout: BlockLayout = RESNET50_LAYOUT
+) -> ActivationCache | None:
+    """The frozen-prefix cache, or ``None`` when disabled in config: augmented views of ``train``
+    and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both ways, for
+    the folds to select from. ``floor_depth`` is the deepest boundary its fits will ask for
+    (default: the search space's deepest with a frozen prefix), ``layout`` the backbone's cut points."""
     t = settings.tune
     if not t.activation_cache:
         return None
@@ -294,9 +299,10 @@ def activation_cache(settings: Settings, train: Arrays, val: Arrays | None = Non
         views=min(t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs),  # epoch e uses view e mod K
         augment=augmenter(settings.train.augment, settings.seed),
         batch_size=settings.train.batch_size,
-        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1),
+        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1) if floor_depth is None else floor_depth,
         budget_bytes=int(t.cache_memory_mb * 2**20),
         spill_dir=t.cache_spill_dir,
+        layout=layout,
     )
 
 

@@ -67,6 +67,37 @@ def test_systems_share_folds_and_unavailable_ones_say_why(synth_dir, train_setti
     assert len(folds_logged["folds"]) == 3
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "fresh-augmentation"])
+def test_pretrained_systems_train_every_fold_on_one_activation_cache(synth_dir, train_settings, tmp_path, monkeypatch, cached):
+    """vgg16-ft and vgg16-frozen (here from a local file of random weights: no download) run the
+    frozen part of VGG-16 once per image and view for all their folds, cut at the deepest block
+    they train; with ``tune.activation_cache`` off, every epoch sees freshly augmented images."""
+    import keras
+
+    import osteo_pipeline.steps.compare as compare_step
+
+    weights = tmp_path / "vgg16_notop.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    settings = _settings(train_settings, tmp_path, ["vgg16-ft", "vgg16-frozen"])
+    settings = settings.model_copy(
+        update={"compare": settings.compare.model_copy(update={"vgg16_weights": str(weights)}), "tune": settings.tune.model_copy(update={"activation_cache": cached})}
+    )
+    made = []
+    real = compare_step.activation_cache
+    monkeypatch.setattr(compare_step, "activation_cache", lambda *args, **kwargs: made.append((kwargs["layout"].backbone, kwargs["floor_depth"])) or real(*args, **kwargs))
+    result = compare(synth_dir(per_class=8), settings, out_dir=tmp_path / "cmp")
+
+    assert [(row["system"], row["available"]) for row in result.rows] == [("vgg16-ft@32", True), ("vgg16-frozen@32", True)]
+    assert made == ([("vgg16", 1), ("vgg16", 0)] if cached else [])  # one cache per system for its 3 folds, or none
+    for row in result.rows:
+        folds = [f for f in result.folds if f["system"] == row["system"]]
+        assert [f["fold"] for f in folds] == ["r0f0", "r0f1", "r0f2"]
+        assert all(0 <= f["balanced_accuracy"] <= 1 for f in folds)
+    seen = "transfer 1+1 on 2 cached augmented views per image" if cached else "transfer 1+1 on freshly augmented images"
+    assert seen in result.markdown
+
+
 def test_metadata_probe_finds_a_planted_scanner_shortcut(train_settings, tmp_path):
     """One class exported as large PNGs, the other as small JPEGs: the metadata alone separates
     them, which is what the probe is there to reveal."""

@@ -1,12 +1,15 @@
-"""The search's activation cache: training on cached frozen-prefix outputs must be the same
-computation as training the whole model on the same augmented views."""
+"""The activation cache (the search's, and ``osteo compare``'s for pretrained systems): training
+on cached frozen-prefix outputs must be the same computation as training the whole model on the
+same augmented views."""
 
 import keras
 import numpy as np
 import pytest
 
+from osteo_pipeline.core import baselines
 from osteo_pipeline.core.data import augmenter, class_weights
 from osteo_pipeline.core.model import (
+    RESNET50_LAYOUT,
     ModelSpec,
     backbone_segment,
     build_model,
@@ -44,33 +47,53 @@ def _model(seed=0):
     return build_model(ModelSpec(("normal", "osteoporosis"), SIZE, 8, 0.0), None)
 
 
-def _cache(settings, data, budget=2**30, spill_dir=None, floor=2):
+def _cache(settings, data, budget=2**30, spill_dir=None, floor=2, layout=RESNET50_LAYOUT):
     train, val = data
     pixels = np.concatenate([train.pixels, val.pixels])
     return ActivationCache(
         pixels, np.arange(len(train.pixels)), np.arange(len(train.pixels), len(pixels)), views=VIEWS,
-        augment=augmenter(settings.train.augment, settings.seed), batch_size=BATCH, floor_depth=floor, budget_bytes=budget, spill_dir=spill_dir,
+        augment=augmenter(settings.train.augment, settings.seed), batch_size=BATCH, floor_depth=floor, budget_bytes=budget, spill_dir=spill_dir, layout=layout,
     )
 
 
-def test_cached_training_matches_the_full_model_on_the_same_views(settings, data):
+def _vgg16(tmp_path, seed=0):
+    """VGG-16 as ``osteo compare`` builds it, from a local file of random weights (no download)."""
+    path = tmp_path / "vgg16_notop.weights.h5"
+    if not path.exists():
+        keras.utils.set_random_seed(123)
+        keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)).save_weights(path)
+    keras.utils.set_random_seed(seed)
+    return baselines.vgg16(ModelSpec(("normal", "osteoporosis"), SIZE, 8, 0.0), str(path))
+
+
+BACKBONES = {
+    # name: (build(tmp_path, seed), how a phase sets what trains, cut points)
+    "resnet50": (lambda tmp_path, seed=0: _model(seed), set_unfrozen_blocks, RESNET50_LAYOUT),
+    "vgg16": (_vgg16, baselines.set_trainable_vgg_blocks, baselines.VGG16_LAYOUT),
+}
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_cached_training_matches_the_full_model_on_the_same_views(settings, data, tmp_path, backbone):
+    """ResNet-50 (the search) and VGG-16 (``osteo compare``): the same computation either way."""
+    build, unfreeze, layout = BACKBONES[backbone]
     train, val = data
     params = TrainParams(learning_rate=1e-3, unfreeze_depth=2, head_units=8, dropout=0.0)
-    cached = _model()
+    cached = build(tmp_path)
     reference = inference_copy(cached)
-    cache = _cache(settings, data)
-    fit_two_phase(cached, train, None, params, settings, epochs=(1, 1), cache=cache)  # no validation: both epochs stay
+    cache = _cache(settings, data, layout=layout)
+    fit_two_phase(cached, train, None, params, settings, epochs=(1, 1), cache=cache, unfreeze=unfreeze)  # no validation: both epochs stay
 
     # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
     views = [np.asarray(x) for _, _, x in view_batches(train.pixels, np.arange(len(train.pixels)), VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
     weights = class_weights(train.labels, 2, "balanced")
     sample_weight = np.array([weights[c] for c in train.labels], np.float32)
     for epoch, (depth, lr) in enumerate(((0, settings.train.head_learning_rate), (2, params.learning_rate))):
-        set_unfrozen_blocks(reference, depth)
+        unfreeze(reference, depth)
         reference.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy")
         reference.fit(views[epoch], np.eye(2)[train.labels], sample_weight=sample_weight, batch_size=BATCH, shuffle=False, verbose=0)
 
-    changed = [not np.allclose(a, b) for a, b in zip(cached.get_weights(), _model().get_weights())]
+    changed = [not np.allclose(a, b) for a, b in zip(cached.get_weights(), build(tmp_path).get_weights())]
     assert any(changed), "training changed nothing"
     for got, want in zip(cached.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
