@@ -290,7 +290,7 @@ class TuneSettings(_Section):
     pruner_startup_trials: int = Field(default=2, ge=0, description="Trials that always run to the end, to compare against.")
     activation_cache: bool = Field(
         default=True,
-        description="Trials train on cached frozen-backbone outputs of fixed augmented views (fast); false: full images every epoch.",
+        description="Search trials and osteo compare's pretrained systems train on cached frozen-backbone outputs of fixed augmented views (fast); false: full images every epoch.",
     )
     cache_views: int = Field(default=8, ge=1, description="Augmented views of each training image in the activation cache.")
     cache_memory_mb: float = Field(default=4096, gt=0, description="Activation cache held in memory up to this; the rest spills to disk.")

@@ -54,6 +54,16 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return cells
 
 
+def trained_on(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """What the named systems trained on (cached views or fresh images), once when they agree."""
+    seen = {row["name"]: row["seen"] for row in rows if row["available"] and row["name"] in names and row.get("seen")}
+    if not seen:
+        return ""
+    if len(set(seen.values())) == 1:
+        return f" on {next(iter(seen.values()))}"
+    return " (" + "; ".join(f"{name} on {text}" for name, text in seen.items()) + ")"
+
+
 def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], settings: Settings, command: str, seconds: float) -> str:
     """The report: command, date, data (``steps.compare.Data``), protocol, the table, notes."""
     c = settings.compare
@@ -72,9 +82,7 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
     transfer = [name for name in c.systems if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned_names]
     scratch = [name for name in c.systems if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")]
     t = settings.train
-    views = min(settings.tune.cache_views, t.head_epochs + t.finetune_epochs)
-    seen = f"{views} cached augmented views per image" if settings.tune.activation_cache else "freshly augmented images"
-    parts = [f"transfer {t.head_epochs}+{t.finetune_epochs} on {seen}"] if transfer else []
+    parts = [f"transfer {t.head_epochs}+{t.finetune_epochs}{trained_on(rows, transfer)}"] if transfer else []
     parts += [f"scratch {c.scratch_epochs}"] if scratch else []
     epochs = f"Epochs: {', '.join(parts)} (early stopping on val, patience {settings.train.early_stopping_patience})." if parts else ""
     if tuned:

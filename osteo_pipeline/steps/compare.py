@@ -130,8 +130,8 @@ class CompareResult:
 
 
 def system_roi(name: str, recipe: Recipe | None, settings: Settings) -> str:
-    """What a system sees: the pipeline's model what it is configured (or tuned) to see, the
-    paper's networks the whole film."""
+    """What a system sees: the pipeline's model sees what it is configured (or tuned) to see,
+    the paper's networks the whole film."""
     return recipe.roi if recipe else settings.model.roi if name == "resnet50-tl" else "image"
 
 
@@ -139,8 +139,10 @@ class SystemCache:
     """One activation cache of every image for all folds of a pretrained system, cut at its
     deepest trained boundary: the frozen prefix (most of ResNet-50 or VGG-16) runs once per image
     and augmented view instead of every epoch of every fold, as the search's folds share one.
-    Made on the first fold, when the system's network says where it can be cut; ``None`` for
-    folds of networks with nothing frozen, or when ``tune.activation_cache`` is off."""
+    Made on the first fold, when the system's network says where it can be cut, and valid for
+    later folds because every fold builds the same network from the same weights file. ``fold``
+    gives ``None`` (full images) for networks with nothing frozen or no epochs, or when
+    ``tune.activation_cache`` is off."""
 
     def __init__(self, arrays: Arrays, settings: Settings) -> None:
         self.arrays, self.settings = arrays, settings
@@ -148,7 +150,7 @@ class SystemCache:
 
     def fold(self, system: KerasSystem, train: np.ndarray, predict: np.ndarray) -> FoldActivations | None:
         """The cache's view of a fold: ``train`` images' augmented views, ``predict`` images plain."""
-        if not system.frozen_prefix or not self.settings.tune.activation_cache:
+        if not system.frozen_prefix or not sum(system.epochs) or not self.settings.tune.activation_cache:
             return None
         if self.cache is None:
             self.cache = activation_cache(self.settings, self.arrays, floor_depth=system.depth, layout=system.layout)
@@ -156,9 +158,20 @@ class SystemCache:
         views = self.arrays.views
         return self.cache.fold(rows_of(train, views), rows_of(predict, views))
 
+    @property
+    def seen(self) -> str:
+        return _seen(self.cache, self.settings)
+
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+def _seen(cache: ActivationCache | None, settings: Settings) -> str:
+    """What a system's fits trained on, for the report."""
+    if cache is not None:
+        return cache.describe()
+    return "freshly augmented images" if settings.train.augment.enabled else "unaugmented images"
 
 
 def fit_keras(
@@ -251,6 +264,10 @@ class NestedRecipe:
         calibration = (final.oof, data.labels[outer])
         return {"refit": (*calibration, final.refit), "ensemble": (*calibration, final.ensemble)}
 
+    @property
+    def seen(self) -> str:
+        return _seen(self.cache, self.settings)
+
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
@@ -279,7 +296,7 @@ def _recipe_text(recipe: Recipe) -> str:
         text += (
             f"; in each fold by the pipeline's protocol: {recipe.cv_folds}-fold CV of the fold's whole training part gives out-of-fold"
             " predictions for temperature and threshold, then a refit on the whole training part (what the pipeline serves) is scored"
-            " on the test part; trained on the search's cached augmented views"
+            " on the test part"
         )
     return text
 
@@ -373,18 +390,23 @@ def run_system(
             return [_unavailable(label, name, size, f"unavailable: {_one_line(exc)}", "unavailable: no pretrained weights (see note)")], []
         except (ImageDecodeError, OSError) as exc:  # a file changed or went away after validation: this row fails, the others stand
             mlflow.set_tag("failed", str(exc)[:5000])
-            return [_unavailable(label, name, size, f"failed: {_one_line(exc)}", "failed: an image could not be read (see note)")], []
+            return [_unavailable(label, name, size, f"failed: {_one_line(exc)}", "failed: a file could not be read or written (see note)")], []
         finally:
-            for cache in (nested, shared):
-                if cache is not None:
-                    cache.close()
+            for holder in (nested, shared):
+                if holder is not None:
+                    if holder.cache is not None:
+                        mlflow.log_metrics(holder.cache.report())  # on the system's run: the cache's size and cost
+                    holder.close()
         n_train = int(np.mean([len(f.train) + len(f.val) for f in folds]))
         n_test = int(np.mean([len(f.test) for f in folds]))
         seconds_per_fold = (time.perf_counter() - started) / len(folds)
         mlflow.log_metric("seconds_per_fold", seconds_per_fold)
+        seen = nested.seen if nested else shared.seen if shared else None  # what a network trained on; probes: None
         rows = []
         for key, system in variants.items():
-            row: dict[str, Any] = {"system": system, "name": name, "size": size, "available": True, "note": note, "seconds_per_fold": seconds_per_fold}
+            row: dict[str, Any] = {"system": system, "name": name, "size": size, "available": True, "note": note, "seconds_per_fold": seconds_per_fold, "seen": seen}
+            if recipe is not None:
+                row["note"] += f"; trained on {seen}"
             if key == "ensemble":
                 assert recipe is not None and recipe.cv_folds is not None
                 row["note"] = f"the mean of the {recipe.cv_folds} fold models of the refit row's recipe, scored on the same test parts; {_paired_difference(fold_rows, system, variants['refit'], n_train, n_test)}"

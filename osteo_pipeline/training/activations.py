@@ -1,4 +1,4 @@
-"""Frozen-prefix activation cache for the search.
+"""Frozen-prefix activation cache for the search and ``osteo compare``'s pretrained systems.
 
 A trial with unfreeze depth ``d`` never changes the backbone below its top ``d`` blocks, and every
 trial starts from the same backbone weights, so the output of that frozen prefix is the same in
@@ -102,6 +102,12 @@ class ActivationCache:
             if (self._slots[split][rows] < 0).any():
                 raise ValueError(f"rows {np.asarray(rows)[self._slots[split][rows] < 0][:5].tolist()} are not cached for {split}")
         return FoldActivations(self, self._slots["train"][train_rows], self._slots["val"][val_rows])
+
+    def describe(self) -> str:
+        """What fits on this cache train on, in words for reports."""
+        if self._augment is None:
+            return "cached unaugmented images"
+        return f"{self.views} cached augmented view{'s' if self.views > 1 else ''} per image"
 
     def report(self) -> dict[str, float]:
         return {

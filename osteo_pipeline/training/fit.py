@@ -162,7 +162,7 @@ def fit_two_phase(
     keeps its best weights, and the model ends on the head phase's best when fine-tuning never
     beat it; without, ``epochs`` (head, finetune) are run as given.
 
-    With ``cache`` (the search), each phase trains only its trainable top of ``model`` on cached
+    With ``cache`` (the search, and ``osteo compare``'s pretrained systems), each phase trains only its trainable top of ``model`` on cached
     frozen-prefix outputs of fixed augmented views instead of running the whole backbone on
     freshly augmented images; the weights it updates are ``model``'s own.
 

@@ -94,8 +94,38 @@ def test_pretrained_systems_train_every_fold_on_one_activation_cache(synth_dir, 
         folds = [f for f in result.folds if f["system"] == row["system"]]
         assert [f["fold"] for f in folds] == ["r0f0", "r0f1", "r0f2"]
         assert all(0 <= f["balanced_accuracy"] <= 1 for f in folds)
-    seen = "transfer 1+1 on 2 cached augmented views per image" if cached else "transfer 1+1 on freshly augmented images"
-    assert seen in result.markdown
+    seen = "2 cached augmented views per image" if cached else "freshly augmented images"
+    assert [row["seen"] for row in result.rows] == [seen, seen]
+    assert f"transfer 1+1 on {seen}" in result.markdown
+    systems = _runs(settings, f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    boundaries = {r.info.run_name: r.data.metrics.get("activation_cache_boundaries", 0) for r in systems}
+    # logged on each system's run: the head's cut, and for vgg16-ft also the top block's
+    assert boundaries == ({"vgg16-ft@32": 2, "vgg16-frozen@32": 1} if cached else {"vgg16-ft@32": 0, "vgg16-frozen@32": 0})
+
+
+def test_a_system_without_epochs_or_frozen_prefix_gets_no_cache(train_settings):
+    """A network that trains nothing (0+0 epochs) or everything (no frozen prefix) predicts from
+    full images: there is nothing its cache could save, and a cache would never be attached."""
+    from types import SimpleNamespace
+
+    from osteo_pipeline.steps.compare import SystemCache
+
+    shared = SystemCache(None, train_settings)  # never reaches the arrays: no cache is made
+    rows = np.arange(4)
+    assert shared.fold(SimpleNamespace(frozen_prefix=True, epochs=(0, 0)), rows, rows) is None
+    assert shared.fold(SimpleNamespace(frozen_prefix=False, epochs=(1, 1)), rows, rows) is None
+    assert shared.cache is None and shared.seen == "freshly augmented images"
+
+
+def test_the_report_says_once_what_transfer_systems_trained_on_or_each_when_they_differ():
+    from osteo_pipeline.core.compare_report import trained_on
+
+    row = {"available": True, "seen": "8 cached augmented views per image"}
+    same = [row | {"name": "vgg16-ft"}, row | {"name": "vgg16-frozen"}, {"name": "resnet50-tl", "available": False}]
+    assert trained_on(same, ["vgg16-ft", "vgg16-frozen", "resnet50-tl"]) == " on 8 cached augmented views per image"
+    mixed = [row | {"name": "vgg16-frozen"}, {"name": "resnet50-tl", "available": True, "seen": "freshly augmented images"}]
+    assert trained_on(mixed, ["vgg16-frozen", "resnet50-tl"]) == " (vgg16-frozen on 8 cached augmented views per image; resnet50-tl on freshly augmented images)"
+    assert trained_on([{"name": "vgg16-ft", "available": False}], ["vgg16-ft"]) == ""
 
 
 def test_metadata_probe_finds_a_planted_scanner_shortcut(train_settings, tmp_path):
@@ -166,6 +196,7 @@ def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(synth_dir, train_set
     assert refit["system"] == "resnet50-tl@40 knees (tuned, refit)" and ensemble["system"] == "resnet50-tl@40 knees (tuned, fold ensemble)"
     assert refit["available"] and ensemble["available"]
     assert "40 px knees" in refit["note"] and "not fully unseen" in refit["note"] and "3-fold CV of the fold's whole training part" in refit["note"]
+    assert refit["note"].endswith("; trained on " + refit["seen"]) and "cached" in refit["seen"]
     assert "fold ensemble minus refit on the same folds: ROC AUC" in ensemble["note"] and "lean against it" in ensemble["note"]
     folds = len([f for f in result.folds if f["system"] == refit["system"]])
     assert folds == 3 and len([f for f in result.folds if f["system"] == ensemble["system"]]) == 3
