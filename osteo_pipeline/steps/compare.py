@@ -147,20 +147,25 @@ class SystemCache:
     def __init__(self, arrays: Arrays, settings: Settings) -> None:
         self.arrays, self.settings = arrays, settings
         self.cache: ActivationCache | None = None
+        self.trained = False
 
     def fold(self, system: KerasSystem, train: np.ndarray, predict: np.ndarray) -> FoldActivations | None:
         """The cache's view of a fold: ``train`` images' augmented views, ``predict`` images plain."""
+        self.trained |= sum(system.epochs) > 0
         if not system.frozen_prefix or not sum(system.epochs) or not self.settings.tune.activation_cache:
             return None
         if self.cache is None:
             self.cache = activation_cache(self.settings, self.arrays, floor_depth=system.depth, layout=system.layout)
         assert self.cache is not None
+        if self.cache.layout != system.layout:
+            raise ValueError(f"this cache holds {self.cache.layout.backbone}'s activations, not {system.layout and system.layout.backbone}'s")
         views = self.arrays.views
         return self.cache.fold(rows_of(train, views), rows_of(predict, views))
 
     @property
-    def seen(self) -> str:
-        return _seen(self.cache, self.settings)
+    def seen(self) -> str | None:
+        """What the system's fits trained on; ``None`` when they trained nothing (0 epochs)."""
+        return _seen(self.cache, self.settings) if self.trained else None
 
     def close(self) -> None:
         if self.cache is not None:
@@ -394,9 +399,11 @@ def run_system(
         finally:
             for holder in (nested, shared):
                 if holder is not None:
-                    if holder.cache is not None:
-                        mlflow.log_metrics(holder.cache.report())  # on the system's run: the cache's size and cost
-                    holder.close()
+                    try:
+                        if holder.cache is not None:
+                            mlflow.log_metrics(holder.cache.report())  # on the system's run: the cache's size and cost
+                    finally:
+                        holder.close()
         n_train = int(np.mean([len(f.train) + len(f.val) for f in folds]))
         n_test = int(np.mean([len(f.test) for f in folds]))
         seconds_per_fold = (time.perf_counter() - started) / len(folds)
@@ -405,7 +412,7 @@ def run_system(
         rows = []
         for key, system in variants.items():
             row: dict[str, Any] = {"system": system, "name": name, "size": size, "available": True, "note": note, "seconds_per_fold": seconds_per_fold, "seen": seen}
-            if recipe is not None:
+            if recipe is not None and seen:
                 row["note"] += f"; trained on {seen}"
             if key == "ensemble":
                 assert recipe is not None and recipe.cv_folds is not None

@@ -103,6 +103,38 @@ def test_pretrained_systems_train_every_fold_on_one_activation_cache(synth_dir, 
     assert boundaries == ({"vgg16-ft@32": 2, "vgg16-frozen@32": 1} if cached else {"vgg16-ft@32": 0, "vgg16-frozen@32": 0})
 
 
+@pytest.mark.slow
+def test_a_cached_system_predicts_val_and_test_as_its_whole_model_would(synth_dir, train_settings, tmp_path, monkeypatch):
+    """resnet50-tl on knee crops (two views of each radiograph, averaged) trains on its cache;
+    its val and test probabilities from cached activations then equal the whole trained model's
+    on those very images: each fold reads its own rows of the shared cache. (A local file of
+    random weights: every fold's network starts from it, as from ImageNet's.)"""
+    import keras
+
+    import osteo_pipeline.steps.compare as compare_step
+
+    weights = tmp_path / "resnet50_notop.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    settings = _settings(train_settings, tmp_path, ["resnet50-tl"])
+    settings = settings.model_copy(update={"model": settings.model.model_copy(update={"weights": str(weights), "roi": "knees", "unfreeze_depth": 1})})
+    checked = []
+    predict_val = compare_step.predict_val
+
+    def checked_predict_val(model, arrays, depth, batch, cache):
+        proba = predict_val(model, arrays, depth, batch, cache)
+        assert cache is not None and arrays.views == 2 and proba.shape == (len(arrays.labels), 2)
+        np.testing.assert_allclose(proba, compare_step.predict_images(model, arrays, batch), atol=1e-4)
+        checked.append(float(np.ptp(proba[:, 1])))
+        return proba
+
+    monkeypatch.setattr(compare_step, "predict_val", checked_predict_val)
+    result = compare(synth_dir(per_class=8), settings, out_dir=tmp_path / "cmp")
+
+    assert result.rows[0]["system"] == "resnet50-tl@32 knees" and result.rows[0]["seen"] == "2 cached augmented views per image"
+    assert len(checked) == 2 * 3  # val and test of each of 3 folds
+    assert max(checked) > 1e-3  # the images get different probabilities: swapped rows would show
+
+
 def test_a_system_without_epochs_or_frozen_prefix_gets_no_cache(train_settings):
     """A network that trains nothing (0+0 epochs) or everything (no frozen prefix) predicts from
     full images: there is nothing its cache could save, and a cache would never be attached."""
@@ -113,6 +145,7 @@ def test_a_system_without_epochs_or_frozen_prefix_gets_no_cache(train_settings):
     shared = SystemCache(None, train_settings)  # never reaches the arrays: no cache is made
     rows = np.arange(4)
     assert shared.fold(SimpleNamespace(frozen_prefix=True, epochs=(0, 0)), rows, rows) is None
+    assert shared.cache is None and shared.seen is None  # the report says what it trained on only when it trained
     assert shared.fold(SimpleNamespace(frozen_prefix=False, epochs=(1, 1)), rows, rows) is None
     assert shared.cache is None and shared.seen == "freshly augmented images"
 
