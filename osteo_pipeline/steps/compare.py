@@ -151,8 +151,9 @@ class SystemCache:
 
     def fold(self, system: KerasSystem, train: np.ndarray, predict: np.ndarray) -> FoldActivations | None:
         """The cache's view of a fold: ``train`` images' augmented views, ``predict`` images plain."""
-        self.trained |= sum(system.epochs) > 0
-        if not system.frozen_prefix or not sum(system.epochs) or not self.settings.tune.activation_cache:
+        trains = sum(system.epochs) > 0
+        self.trained |= trains
+        if not (trains and system.frozen_prefix and self.settings.tune.activation_cache):
             return None
         if self.cache is None:
             self.cache = activation_cache(self.settings, self.arrays, floor_depth=system.depth, layout=system.layout)

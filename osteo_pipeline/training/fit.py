@@ -162,9 +162,10 @@ def fit_two_phase(
     keeps its best weights, and the model ends on the head phase's best when fine-tuning never
     beat it; without, ``epochs`` (head, finetune) are run as given.
 
-    With ``cache`` (the search, and ``osteo compare``'s pretrained systems), each phase trains only its trainable top of ``model`` on cached
-    frozen-prefix outputs of fixed augmented views instead of running the whole backbone on
-    freshly augmented images; the weights it updates are ``model``'s own.
+    With ``cache`` (the search, and ``osteo compare``'s pretrained systems), each phase trains
+    only its trainable top of ``model`` on cached frozen-prefix outputs of fixed augmented views
+    instead of running the whole backbone on freshly augmented images; the weights it updates
+    are ``model``'s own.
 
     ``unfreeze(model, depth)`` sets what trains in each phase (ResNet-50 residual blocks by
     default; ``steps.compare`` passes VGG-16's, or a no-op for networks trained from scratch).
