@@ -39,6 +39,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+PIPE_WIDTH = 400  # columns for tables sent to a pipe or file: wider than any table here, so none is cut
 
 
 @app.callback()
@@ -61,6 +62,8 @@ def _logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.osteo_cli = True  # type: ignore[attr-defined]
+    if not out.is_terminal and "COLUMNS" not in os.environ:  # rich would squeeze tables into 80 columns, cutting cells
+        out.width = PIPE_WIDTH
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     progress.propagate = False

@@ -184,6 +184,20 @@ def test_cli_rejects_a_malformed_cv():
     assert result.exit_code == 2 and "FOLDSxREPEATS" in result.output
 
 
+def test_the_cli_table_keeps_every_cell_whole_through_a_pipe(synth_dir, train_settings, tmp_path, monkeypatch):
+    """``osteo compare ... | cat`` (stdout not a terminal) prints each interval whole; rich alone
+    would squeeze the table into 80 columns and cut cells to "[0.2…"."""
+    from osteo_pipeline.config import settings_to_yaml
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(settings_to_yaml(train_settings))
+    result = CliRunner().invoke(app, ["compare", str(synth_dir(per_class=8)), "-c", str(config), "--cv", "3x1", "--systems", "metadata-probe", "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "metadata-probe" in line)
+    assert "…" not in result.stdout and row.count("[") == 8 and row.count("]") == 8, result.stdout
+
+
 def test_every_configurable_system_is_implemented():
     from osteo_pipeline.config import COMPARE_SYSTEMS
     from osteo_pipeline.core.compare_report import SYSTEMS
