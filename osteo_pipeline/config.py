@@ -1,6 +1,6 @@
 """One typed settings model for every step.
 
-Precedence, lowest to highest: the model's defaults (mirrored in ``configs/default.yaml``), a YAML
+Precedence, lowest to highest: the model's defaults (mirrored in ``osteo_pipeline/configs/default.yaml``), a YAML
 file, ``OSTEO_*`` environment variables (``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by
 ``__``), then CLI overrides (``--set validation.min_width=512``). Values from the environment and
 the CLI are parsed as YAML scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types.
@@ -113,7 +113,7 @@ class ValidationSettings(_Section):
         default=False, description="Copies of one radiograph (identical or derived) with one label are reported; fail the batch too?"
     )
     suites_dir: Path | None = Field(
-        default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (edited in the project's expectations/)."
+        default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (osteo_pipeline/expectations)."
     )
 
     @model_validator(mode="after")

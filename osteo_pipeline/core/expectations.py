@@ -1,5 +1,5 @@
-"""Great Expectations suite definitions: the committed JSON suites in ``expectations/`` (shipped
-in the package as ``osteo_pipeline.expectations``), the custom class-balance expectation they use,
+"""Great Expectations suite definitions: the committed JSON suites in the
+``osteo_pipeline.expectations`` package, the custom class-balance expectation they use,
 and the parameters they take from the settings."""
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""The Great Expectations suites (JSON), edited here and shipped as ``osteo_pipeline.expectations``."""

@@ -1,0 +1,1 @@
+"""The Great Expectations suites (JSON), package data read with ``importlib.resources``."""
