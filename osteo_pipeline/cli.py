@@ -707,5 +707,34 @@ def schedule(
     )
 
 
+weights_app = typer.Typer(help="Backbone weights for machines that cannot download them.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("install")
+@handles_input_errors
+def weights_install(
+    source: Annotated[str, typer.Argument(help="A ResNet-50 no-top .h5 file, or its URL on a mirror (http(s)://, file://).")],
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of a file built elsewhere (default: Keras's own file, by its MD5).")] = None,
+) -> None:
+    """Check ResNet-50 ImageNet weights (hash, and that they load) and put them in Keras's cache,
+    where `model.weights: imagenet` finds them from then on."""
+    from osteo_pipeline.io.weights import from_file, install
+
+    installed = from_file(install(source, sha256), "imagenet")
+    out.print(f"installed {installed.path}\nmodel.weights imagenet now means {installed.described}", highlight=False)
+
+
+@weights_app.command("show")
+@handles_input_errors
+def weights_show(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Which backbone weights a run would use on this machine (downloading ImageNet's if missing)."""
+    from osteo_pipeline.io.weights import resolve
+
+    settings = _settings(config, set_)
+    weights = resolve(settings.model.weights, settings.model.allow_random_init_fallback)
+    out.print(f"{weights.described}\nidentity {weights.identity}" + (f"\nfile {weights.path}" if weights.path else ""), highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

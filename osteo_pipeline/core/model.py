@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from osteo_pipeline.errors import OsteoError
 
@@ -15,8 +16,9 @@ from osteo_pipeline.errors import OsteoError
 RESIDUAL_BLOCKS = [f"conv{stage}_block{b}" for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
 MAX_UNFREEZE_DEPTH = len(RESIDUAL_BLOCKS)
 BACKBONE_NAME = "resnet50"
-#: The head's layers in order; ``head_dense`` is absent from a linear head (``head_units`` 0).
-HEAD_LAYERS = ("gap", "head_dense", "head_dropout", "probabilities")
+#: The head's layers in order; ``head_dense`` is absent from a linear head (``head_units`` 0),
+#: ``feature_standardization`` from a head on a pretrained backbone (see ``FeatureStatistics``).
+HEAD_LAYERS = ("gap", "feature_standardization", "head_dense", "head_dropout", "probabilities")
 REQUIRED_HEAD_LAYERS = ("gap", "head_dropout", "probabilities")
 _BLOCK = re.compile(r"^(conv\d_block\d+)_")
 
@@ -34,6 +36,33 @@ class ModelSpec:
     l2: float = 0.0
 
 
+@dataclass(frozen=True)
+class FeatureStatistics:
+    """Per-channel mean and variance of a backbone's pooled features on training images.
+
+    A randomly initialised ResNet-50 keeps BatchNorm in inference mode with its initial statistics
+    (mean 0, variance 1), so its pooled features share a large common offset and the class signal
+    is a small variation around it: a head trained on them with Adam oscillates instead of
+    learning. Standardised, the same features are linearly separable on the demo set. A
+    pretrained backbone's features are already on ImageNet's scale and get no standardisation."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+def pooled_feature_statistics(base: keras.Model, pixels: np.ndarray, batch_size: int) -> FeatureStatistics:
+    """``FeatureStatistics`` of ``base`` on ``pixels`` (uint8 model inputs, not augmented). The
+    variance is floored at a thousandth of the mean variance, so that a channel nearly constant
+    on these images does not blow up on others."""
+    from osteo_pipeline.core.preprocess import model_input
+
+    pooled = np.concatenate(
+        [np.asarray(base(model_input(pixels[i : i + batch_size]), training=False)).mean(axis=(1, 2)) for i in range(0, len(pixels), batch_size)]
+    ).astype(np.float64)
+    variance = pooled.var(axis=0)
+    return FeatureStatistics(pooled.mean(axis=0), np.maximum(variance, 1e-3 * variance.mean() + 1e-12))
+
+
 def backbone(weights: str | None, input_size: int) -> keras.Model:
     """ResNet-50 without its top: ``imagenet`` (Keras download), a local ``.h5`` path, or ``None``."""
     shape = (input_size, input_size, 3)
@@ -45,20 +74,25 @@ def backbone(weights: str | None, input_size: int) -> keras.Model:
     return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=shape, name=BACKBONE_NAME)
 
 
-def classifier(base: keras.Model, spec: ModelSpec, name: str, frozen_statistics: bool) -> keras.Model:
+def classifier(
+    base: keras.Model, spec: ModelSpec, name: str, frozen_statistics: bool, standardize: FeatureStatistics | None = None
+) -> keras.Model:
     """``base`` (a no-top feature extractor) + GAP + Dense(relu) + dropout + softmax: the head
     every CNN here shares; with ``head_units`` 0 the hidden layer is left out, a linear head (a
     logistic regression on the pooled features: what a few dozen images can afford). ``l2``
     penalises the head's weights. ``frozen_statistics`` keeps BatchNorm in inference mode
-    (pretrained backbones); trained-from-scratch ones need their batch statistics."""
+    (pretrained backbones); trained-from-scratch ones need their batch statistics. ``standardize``
+    puts a fixed standardisation of the pooled features in front of the dense layers."""
     inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="image")
     features = base(inputs, training=False) if frozen_statistics else base(inputs)
     penalty = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
+    if standardize is not None:
+        x = keras.layers.Normalization(mean=standardize.mean, variance=standardize.variance, name=HEAD_LAYERS[1])(x)
     if spec.head_units:
-        x = keras.layers.Dense(spec.head_units, activation="relu", kernel_regularizer=penalty, name=HEAD_LAYERS[1])(x)
-    x = keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[2])(x)
-    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", kernel_regularizer=penalty, name=HEAD_LAYERS[3])(x)
+        x = keras.layers.Dense(spec.head_units, activation="relu", kernel_regularizer=penalty, name=HEAD_LAYERS[2])(x)
+    x = keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[3])(x)
+    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", kernel_regularizer=penalty, name=HEAD_LAYERS[4])(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -68,10 +102,10 @@ def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
     return with_head(backbone(weights, spec.input_size), spec)
 
 
-def with_head(base: keras.Model, spec: ModelSpec) -> keras.Model:
+def with_head(base: keras.Model, spec: ModelSpec, standardize: FeatureStatistics | None = None) -> keras.Model:
     """``build_model`` on an existing ResNet-50 ``base`` (its layers and weights are shared, not
     copied): a new head, head-only trainable."""
-    model = classifier(base, spec, "osteo_resnet50", frozen_statistics=True)
+    model = classifier(base, spec, "osteo_resnet50", frozen_statistics=True, standardize=standardize)
     set_unfrozen_blocks(model, 0)
     return model
 

@@ -249,7 +249,7 @@ class NestedRecipe:
         self.depth = recipe.params.unfreeze_depth if self.epochs[1] else 0  # the deepest part any fit trains
         # Cached from the recipe's own boundary (depth 16 has no frozen prefix: full images then).
         self.cache = activation_cache(self.settings, self.arrays, floor_depth=self.depth) if self.depth < MAX_UNFREEZE_DEPTH else None
-        self.backbone = StudyBackbone(self.settings)
+        self.backbone = StudyBackbone(self.settings, self.arrays.pixels)
         self.fits = 0
 
     def fit_predict(self, train: np.ndarray, predict: list[np.ndarray]) -> list[np.ndarray]:

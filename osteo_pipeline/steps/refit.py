@@ -80,11 +80,11 @@ def refit_and_evaluate(
         strategy = distribution(settings)
         mlflow.log_param("runtime.replicas", strategy.num_replicas_in_sync)
         with strategy.scope():
-            model, weights_used = build(settings, chosen)
+            model, weights = build(settings, chosen, train.pixels)
             fit = fit_two_phase(model, train, None, chosen, global_batch(settings, strategy), [tracking.EpochLogger(label="refit")], epochs=epochs, jit=runtime["xla"])
-        mlflow.set_tag("backbone_weights", weights_used)
-        if weights_used.startswith("random-init"):
-            mlflow.set_tag("WARNING", "backbone trained from RANDOM INIT: ImageNet weights were unavailable (demo fallback)")
+        mlflow.set_tags({"backbone_weights": weights.described, "backbone_identity": weights.identity})
+        if weights.random_init:
+            mlflow.set_tag("WARNING", f"backbone trained from RANDOM INIT: {weights.described}")
         figure = plots.training_curves(fit.history, phase_boundary=fit.head_epochs)
         mlflow.log_figure(figure, "figures/training_curves.png")
         plt.close(figure)
@@ -98,7 +98,7 @@ def refit_and_evaluate(
         proba = predict_images(model, arrays["test"], settings.train.batch_size)
         report = evaluate_predictions(arrays["test"], proba, settings, calibration, model=model)
         info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, calibration, settings.model.roi)
-        return RefitResult(run.info.run_id, info.model_uri, report, weights_used, time.perf_counter() - started)
+        return RefitResult(run.info.run_id, info.model_uri, report, weights.described, time.perf_counter() - started)
 
 
 def _matching_cv(cv: dict[str, Any] | None, split: SplitManifest, arrays: dict[str, Arrays]) -> CVResult | None:

@@ -1,9 +1,12 @@
 """Optuna search over learning rate, unfreeze depth, head size and dropout, on one or many workers.
 
-**A study belongs to one dataset version**: it is named ``<tune.study_name>-<dataset hash[:12]>``
-and records the hash, so a retrain on new data starts a new study (warm-started with the best
-trials of the previous one) and a retrain on the same data resumes its own. ``best_params`` refuses
-a study run on other data unless told otherwise.
+**A study belongs to one dataset version and one backbone**: it is named
+``<tune.study_name>-<dataset hash[:12]>-<backbone>`` (``random`` for a random init, else the first
+12 hex digits of the weights file's sha256) and records both, so a retrain on new data or with other
+weights starts a new study (warm-started with the best trials of the previous one) and a retrain on
+the same data and weights resumes its own. ``best_params`` refuses a study run on other data unless
+told otherwise. A study made before backbones named studies (``<base>-<dataset hash[:12]>``) is still
+resumed and read when its recorded kind of backbone (random init or pretrained) matches.
 
 **Budget**: each ``tune`` call adds ``trials`` *new* finished trials (complete or pruned) to the
 study, capped by ``tune.max_trials`` over the study's life. The target lives in the study, so
@@ -53,6 +56,8 @@ from osteo_pipeline.core.splits import cv_folds
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.split_manifest import SplitManifest
+from osteo_pipeline.io.weights import BackboneWeights
+from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.training.activations import ActivationCache
 from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
 from osteo_pipeline.training.cv import cross_validate, cv_arrays, rows_of
@@ -128,9 +133,26 @@ class BestTrial:
         return {STUDY_TAG: self.study_name, "osteo.study_trial": str(self.number), "osteo.study_trial_run_id": self.run_id, "osteo.study_dataset_hash": self.dataset_hash}
 
 
-def study_name_for(base: str, dataset_hash: str) -> str:
-    """The study of one dataset version: a retrain on new data never resumes another's search."""
-    return f"{base}-{dataset_hash[:12]}"
+def study_name_for(base: str, dataset_hash: str, backbone: BackboneWeights) -> str:
+    """The study of one dataset version and backbone: a retrain on new data or from other weights
+    never resumes another's search."""
+    key = "random" if backbone.random_init else backbone.identity.removeprefix("sha256:")[:12]
+    return f"{base}-{dataset_hash[:12]}-{key}"
+
+
+def _backbone_kind(backbone: BackboneWeights) -> str:
+    return "random-init" if backbone.random_init else "pretrained"
+
+
+def existing_study_name(storage: RDBStorage, base: str, dataset_hash: str, backbone: BackboneWeights) -> str:
+    """This data's and backbone's study name; a study made before backbones named studies when
+    there is one for this data, of the same kind of backbone, and none under the new name."""
+    name = study_name_for(base, dataset_hash, backbone)
+    names = {s.study_name: s.user_attrs for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    legacy = f"{base}-{dataset_hash[:12]}"
+    if name not in names and legacy in names and names[legacy].get("backbone", _backbone_kind(backbone)) == _backbone_kind(backbone):
+        return legacy
+    return name
 
 
 def suggest(trial: optuna.Trial, settings: Settings) -> TrainParams:
@@ -332,7 +354,8 @@ def _set_up(study: optuna.Study, split: SplitManifest, settings: Settings) -> st
     the parent run id comes last and marks the set-up done. Idempotent: a set-up its creator left
     half done (killed) is finished by the next caller."""
     attrs = study.user_attrs
-    for key, value in {"dataset_hash": split.dataset_hash, "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings), "objective": study_objective(settings, split)}.items():
+    backbone = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
+    for key, value in {"dataset_hash": split.dataset_hash, "backbone_identity": backbone.identity, "backbone": _backbone_kind(backbone), "base_name": settings.tune.study_name, "data_dir": str(split.data_dir), "settings": _study_settings(settings), "objective": study_objective(settings, split)}.items():
         if key not in attrs:
             study.set_user_attr(key, value)
     if "warm_started" not in attrs:
@@ -354,11 +377,12 @@ def prepare_study(split: SplitManifest, settings: Settings, new_trials: int) -> 
         if groups < settings.tune.cv_folds:
             raise TuneError(f"tune.cv_folds={settings.tune.cv_folds} but train + val hold only {groups} distinct images (groups of copies): lower tune.cv_folds or set tune.cv: off")
     storage = open_storage(settings)
-    name = study_name_for(settings.tune.study_name, split.dataset_hash)
+    backbone = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
+    name = existing_study_name(storage, settings.tune.study_name, split.dataset_hash, backbone)
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=False)
         parent_id = _set_up(study, split, settings)
-        log.info("new study %s for dataset %s", name, split.dataset_hash[:12])
+        log.info("new study %s for dataset %s, backbone %s", name, split.dataset_hash[:12], backbone.described)
     except optuna.exceptions.DuplicatedStudyError:
         parent_id = _parent_run(name, storage)  # waits for a creator that is still setting it up
         study = _load(name, storage)
@@ -429,7 +453,7 @@ class Objective:
         self.runtime = configure_runtime(settings)
         self.strategy = distribution(settings)
         self.fit_settings = global_batch(settings, self.strategy)
-        self.backbones: dict[int, StudyBackbone] = {}
+        self.backbones: dict[tuple[int, str], StudyBackbone] = {}
         self.data: dict[tuple[int, str], SearchData] = {}
         self.ran = 0  # trials this worker ran to the end (complete or pruned)
 
@@ -452,11 +476,12 @@ class Objective:
             data.cache_made = True
         return data.cache
 
-    def _backbone(self, params: TrainParams) -> StudyBackbone:
-        size = params.input_size or self.settings.model.input_size
-        if size not in self.backbones:
-            self.backbones[size] = StudyBackbone(params.apply(self.settings))
-        return self.backbones[size]
+    def _backbone(self, params: TrainParams, data: SearchData) -> StudyBackbone:
+        key = (params.input_size or self.settings.model.input_size, params.roi or self.settings.model.roi)
+        if key not in self.backbones:
+            train = data.cv if self.cv else data.arrays["train"]
+            self.backbones[key] = StudyBackbone(params.apply(self.settings), train.pixels)
+        return self.backbones[key]
 
     def close(self) -> dict[str, float]:
         report: dict[str, float] = {}
@@ -494,7 +519,7 @@ class Objective:
             try:
                 with self.strategy.scope():
                     data = self._data(params)
-                    backbone = self._backbone(params)
+                    backbone = self._backbone(params, data)
                     value = self._cross_validate(trial, params, data, backbone) if self.cv else self._split_trial(trial, params, data, backbone)
             except optuna.TrialPruned:
                 mlflow.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
@@ -509,7 +534,7 @@ class Objective:
 
     def _model(self, trial: optuna.Trial, params: TrainParams, backbone: StudyBackbone, seed: int) -> keras.Model:
         model = backbone.model(params, seed=seed)
-        _same_backbone(trial.study, backbone.weights_used)
+        _same_backbone(trial.study, backbone.weights)
         return model
 
     def _split_trial(self, trial: optuna.Trial, params: TrainParams, data: SearchData, backbone: StudyBackbone) -> float:
@@ -517,7 +542,7 @@ class Objective:
         settings, arrays = self.settings, data.arrays
         model = self._model(trial, params, backbone, settings.seed + trial.number)
         trial_cache = self._cache(data, params)
-        mlflow.set_tags({"backbone_weights": backbone.weights_used, "activation_cache": str(trial_cache is not None).lower()})
+        mlflow.set_tags({"backbone_weights": backbone.weights.described, "activation_cache": str(trial_cache is not None).lower()})
         callbacks = [tracking.EpochLogger(label=f"trial {trial.number}"), KerasPruningCallback(trial, OBJECTIVE)]
         fit = fit_two_phase(model, arrays["train"], arrays["val"], params, self.fit_settings, callbacks, jit=self.runtime["xla"], cache=trial_cache)
         positive = settings.data.classes.index(settings.data.positive)
@@ -537,7 +562,7 @@ class Objective:
         settings, cv, t = self.settings, data.cv, self.settings.tune
         positive = settings.data.classes.index(settings.data.positive)
         cache = self._cache(data, params)
-        mlflow.set_tags({"backbone_weights": backbone.weights_used, "activation_cache": str(cache is not None).lower(), "cv_folds": str(t.cv_folds)})
+        mlflow.set_tags({"backbone_weights": backbone.weights.described, "activation_cache": str(cache is not None).lower(), "cv_folds": str(t.cv_folds)})
 
         def fit_fold(fold: int, train: np.ndarray, val: np.ndarray) -> FitResult:
             model = self._model(trial, params, backbone, settings.seed + trial.number)
@@ -570,16 +595,21 @@ def _objective_name(settings: Settings, cv: bool) -> str:
     return f"cv {settings.tune.objective}" if cv else OBJECTIVE
 
 
-def _same_backbone(study: optuna.Study, weights_used: str) -> None:
-    """Every trial of a study starts from the same kind of backbone: a worker whose machine lacks
-    the pretrained weights (and fell back to a random init) must not add its trials to a study of
-    pretrained ones, or the other way round."""
-    kind = "random-init" if weights_used.startswith("random-init") or weights_used == "none" else "pretrained"
-    recorded = study.user_attrs.get("backbone")
-    if recorded is None:
+def _same_backbone(study: optuna.Study, weights: BackboneWeights) -> None:
+    """Every trial of a study starts from the same backbone: a worker whose machine has other
+    weights (or fell back to a random init) must not add its trials to the study. Studies made
+    before backbones had an identity record only their kind (random init or pretrained)."""
+    recorded = study.user_attrs.get("backbone_identity")
+    if recorded is not None and recorded != weights.identity:
+        raise TuneError(
+            f"this worker's backbone is {weights.described} but study {study.study_name!r} was run with "
+            f"{recorded[:19]}: give this machine the same weights (model.weights, `osteo weights install`)"
+        )
+    kind, recorded_kind = _backbone_kind(weights), study.user_attrs.get("backbone")
+    if recorded_kind is None:
         study.set_user_attr("backbone", kind)
-    elif recorded != kind:
-        raise TuneError(f"this worker's backbone is {kind} ({weights_used}) but study {study.study_name!r} was run with a {recorded} one: set model.weights on this machine")
+    elif recorded_kind != kind:
+        raise TuneError(f"this worker's backbone is {weights.described} but study {study.study_name!r} was run with a {recorded_kind} one")
 
 
 def _describe(params: TrainParams) -> str:
@@ -723,10 +753,13 @@ def _params_of(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def best_params(settings: Settings, dataset_hash: str, study_name: str | None = None, allow_other_data: bool = False) -> BestTrial:
-    """The best completed trial of the study of this dataset (or of ``study_name``), refusing a
-    study that was run on other data unless ``allow_other_data``."""
+    """The best completed trial of the study of this dataset and this machine's backbone (or of
+    ``study_name``), refusing a study that was run on other data unless ``allow_other_data``."""
     storage = open_storage(settings)
-    name = study_name or study_name_for(settings.tune.study_name, dataset_hash)
+    if study_name is None:
+        backbone = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
+        study_name = existing_study_name(storage, settings.tune.study_name, dataset_hash, backbone)
+    name = study_name
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:

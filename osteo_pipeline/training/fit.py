@@ -18,18 +18,21 @@ from osteo_pipeline.core.model import (
     RESNET50_LAYOUT,
     BlockLayout,
     ModelSpec,
+    FeatureStatistics,
     WeightsUnavailableError,
     backbone,
+    pooled_feature_statistics,
     set_unfrozen_blocks,
     top_model,
     with_head,
 )
 from osteo_pipeline.core.preprocess import ROI_MODES
+from osteo_pipeline.io.weights import BackboneWeights
+from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.training.activations import ActivationCache, FoldActivations
 from osteo_pipeline.training.arrays import Arrays
 
 log = logging.getLogger(__name__)
-RANDOM_INIT_FALLBACK = "random-init (ImageNet weights unavailable; demo fallback)"
 
 
 @dataclass(frozen=True)
@@ -100,33 +103,36 @@ def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
     return ModelSpec(tuple(settings.data.classes), params.input_size or settings.model.input_size, params.head_units, params.dropout, params.l2)
 
 
-def build(settings: Settings, params: TrainParams) -> tuple[keras.Model, str]:
-    """The model with its backbone weights; returns what weights were actually used."""
-    base, source = load_backbone(params.apply(settings))
-    return with_head(base, model_spec(settings, params)), source
+def build(settings: Settings, params: TrainParams, train_pixels: np.ndarray) -> tuple[keras.Model, BackboneWeights]:
+    """The model with its backbone weights, and which weights those are. ``train_pixels`` (model
+    inputs of training images) standardise a random-init backbone's features (``FeatureStatistics``)."""
+    settings = params.apply(settings)
+    base, weights = load_backbone(settings)
+    return with_head(base, model_spec(settings, params), feature_statistics(base, weights, train_pixels, settings)), weights
 
 
-def load_backbone(settings: Settings) -> tuple[keras.Model, str]:
-    """ResNet-50 with the configured weights, and what weights were actually used: a clear error
-    when they cannot be loaded, or random init where the config allows that fallback (demo)."""
-    source = settings.model.weights_source
-    size = settings.model.input_size
+def load_backbone(settings: Settings) -> tuple[keras.Model, BackboneWeights]:
+    """ResNet-50 with the configured weights (``io.weights.resolve``), and which weights those are."""
+    weights = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
     try:
-        return backbone(source, size), source or "none"
+        return backbone(None if weights.random_init else str(weights.path), settings.model.input_size), weights
     except WeightsUnavailableError:
         raise
-    except Exception as exc:
-        if source != "imagenet":
-            raise WeightsUnavailableError(f"cannot load backbone weights from {source}: {exc}") from exc
-        if not settings.model.allow_random_init_fallback:
-            raise WeightsUnavailableError(
-                "cannot download the ResNet-50 ImageNet weights "
-                f"({type(exc).__name__}: {str(exc)[:200]}). Set model.weights (or OSTEO_BACKBONE_WEIGHTS) "
-                "to a local no-top .h5 file (../shared/tools/resnet50-weights/fetch.sh builds one), or "
-                "'none'; the demo config may allow model.allow_random_init_fallback."
-            ) from exc
-        log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", exc)
-        return backbone(None, size), RANDOM_INIT_FALLBACK
+    except Exception as exc:  # a truncated or foreign .h5 file
+        raise WeightsUnavailableError(f"cannot load backbone weights {weights.described}: {str(exc)[:200]}") from exc
+
+
+#: Training images a random-init backbone's feature statistics are measured on, at most.
+STATISTICS_SAMPLE = 512
+
+
+def feature_statistics(base: keras.Model, weights: BackboneWeights, train_pixels: np.ndarray, settings: Settings) -> FeatureStatistics | None:
+    """The standardisation a random-init backbone's head needs, from (up to ``STATISTICS_SAMPLE``)
+    training images spread over the set; none for pretrained weights."""
+    if not weights.random_init:
+        return None
+    rows = np.linspace(0, len(train_pixels) - 1, min(len(train_pixels), STATISTICS_SAMPLE)).round().astype(int)
+    return pooled_feature_statistics(base, train_pixels[rows], settings.train.batch_size)
 
 
 def _compile(model: keras.Model, learning_rate: float, jit: bool, eager: bool = False) -> None:
@@ -311,19 +317,23 @@ class StudyBackbone:
     """The study's one ResNet-50, built and its weights read on the first trial only (about 2 s
     a trial). Each trial gets it back reset to those weights, under a new head initialised from the
     trial's own seed: trials stay independent of each other and of their order, and every trial
-    starts from the backbone weights the activation cache was computed with."""
+    starts from the backbone weights the activation cache was computed with. ``train_pixels``
+    standardise a random-init backbone's features, once for every trial."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, train_pixels: np.ndarray) -> None:
         self._settings = settings
+        self._train_pixels = train_pixels
         self._base: keras.Model | None = None
         self._weights: list[np.ndarray] = []
-        self.weights_used = ""  # where the weights came from, for each trial's tags
+        self._statistics: FeatureStatistics | None = None
+        self.weights: BackboneWeights | None = None  # which weights, for each trial's tags
 
     def model(self, params: TrainParams, seed: int) -> keras.Model:
         if self._base is None:
-            self._base, self.weights_used = load_backbone(self._settings)
+            self._base, self.weights = load_backbone(self._settings)
             self._weights = self._base.get_weights()
+            self._statistics = feature_statistics(self._base, self.weights, self._train_pixels, self._settings)
         else:
             self._base.set_weights(self._weights)
         keras.utils.set_random_seed(seed)
-        return with_head(self._base, model_spec(self._settings, params))
+        return with_head(self._base, model_spec(self._settings, params), self._statistics)

@@ -175,7 +175,8 @@ def _head(model):
 
 def test_study_backbone_is_built_once_reset_each_trial_and_heads_depend_only_on_the_seed(train_settings):
     params = TrainParams(1e-3, 1, 8, 0.0)
-    backbones = StudyBackbone(train_settings)
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    backbones = StudyBackbone(train_settings, pixels)
     first = backbones.model(params, seed=1)
     start = [w.copy() for w in get_backbone(first).get_weights()]
     set_unfrozen_blocks(first, 1)
@@ -186,7 +187,7 @@ def test_study_backbone_is_built_once_reset_each_trial_and_heads_depend_only_on_
     for got, want in zip(get_backbone(second).get_weights(), start):
         np.testing.assert_array_equal(got, want)
     assert not get_backbone(second).trainable  # head-only again until a phase unfreezes blocks
-    again = StudyBackbone(train_settings).model(params, seed=2)
+    again = StudyBackbone(train_settings, pixels).model(params, seed=2)
     for got, want in zip(_head(again), _head(second)):
         np.testing.assert_array_equal(got, want)
     assert not all(np.array_equal(a, b) for a, b in zip(_head(first), _head(second)))

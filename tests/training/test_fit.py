@@ -6,35 +6,34 @@ from osteo_pipeline.core.model import WeightsUnavailableError
 from osteo_pipeline.core.preprocess import model_input
 from osteo_pipeline.training import fit as train_step
 from osteo_pipeline.training.arrays import Arrays
-from osteo_pipeline.training.fit import RANDOM_INIT_FALLBACK, TrainParams, build, fit_two_phase
+from osteo_pipeline.training.fit import TrainParams, build, fit_two_phase
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def offline(monkeypatch):
-    """Keras' ImageNet download fails as it does without network."""
-    real = keras.applications.ResNet50
+def offline(monkeypatch, tmp_path):
+    """An empty Keras cache, and Keras' download fails as it does without network."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
 
-    def fake(*args, weights=None, **kwargs):
-        if weights == "imagenet":
-            raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
-        return real(*args, weights=weights, **kwargs)
+    def fake(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
 
-    monkeypatch.setattr(keras.applications, "ResNet50", fake)
+    monkeypatch.setattr(keras.utils, "get_file", fake)
 
 
 def test_imagenet_unavailable_fails_clearly(train_settings, offline):
     settings = train_settings.model_copy(update={"model": train_settings.model.model_copy(update={"weights": "imagenet"})})
     with pytest.raises(WeightsUnavailableError, match="OSTEO_BACKBONE_WEIGHTS"):
-        build(settings, TrainParams.from_settings(settings))
+        build(settings, TrainParams.from_settings(settings), np.zeros((2, 32, 32, 3), np.uint8))
 
 
 def test_random_init_fallback_only_when_allowed(train_settings, offline):
     model_settings = train_settings.model.model_copy(update={"weights": "imagenet", "allow_random_init_fallback": True})
     settings = train_settings.model_copy(update={"model": model_settings})
-    model, used = build(settings, TrainParams.from_settings(settings))
-    assert used == RANDOM_INIT_FALLBACK and model.output_shape == (None, 2)
+    model, used = build(settings, TrainParams.from_settings(settings), np.zeros((2, 32, 32, 3), np.uint8))
+    assert used.random_init and used.identity == "random-init" and "demo fallback" in used.described
+    assert model.output_shape == (None, 2)
 
 
 def test_augmentation_is_applied_to_training_data_only(train_settings, monkeypatch):
@@ -49,7 +48,7 @@ def test_augmentation_is_applied_to_training_data_only(train_settings, monkeypat
     rng = np.random.default_rng(0)
     train = Arrays(rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), np.array([0, 1] * 3))
     val = Arrays(rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), np.array([0, 1, 0]))
-    model, _ = build(train_settings, TrainParams.from_settings(train_settings))
+    model, _ = build(train_settings, TrainParams.from_settings(train_settings), train.pixels)
     fit = fit_two_phase(model, train, val, TrainParams.from_settings(train_settings), train_settings)
     assert calls == [{"n": 6, "augment": True, "shuffle": True}, {"n": 3, "augment": False, "shuffle": False}]
     assert fit.head_epochs == 1 and fit.finetune_epochs in (0, 1)  # 0: the fine-tune epoch did not help
@@ -100,7 +99,7 @@ for mode, per_device in (("off", 32), ("on", 16)):
     strategy = distribution(settings)
     params = TrainParams(1e-3, 1, 8, 0.0)
     with strategy.scope():
-        model, _ = build(settings, params)
+        model, _ = build(settings, params, train.pixels)
         fit = fit_two_phase(model, train, None, params, global_batch(settings, strategy))
     results[mode] = {
         "replicas": strategy.num_replicas_in_sync,

