@@ -27,12 +27,11 @@ test: install
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
 
-# Fetched ImageNet weights (../shared/tools/resnet50-weights/fetch.sh) are used when present.
-WEIGHTS ?= $(wildcard $(HOME)/.cache/osteo/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)
-
+# ImageNet weights come from Keras's cache (a download, or `osteo weights install`); without them
+# the demo trains a random-init backbone and says so.
 demo: install
 	test -d $(DEMO_DIR) || $(BIN)/osteo synth $(DEMO_DIR) --seed 42
-	$(if $(WEIGHTS),OSTEO_BACKBONE_WEIGHTS=$(WEIGHTS)) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/osteo run $(DEMO_DIR) --config configs/demo.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/osteo run $(DEMO_DIR) --config configs/demo.yaml
 	@echo
 	@echo "Compare runs:   $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -p 5000"
 	@echo "Serve:          $(BIN)/osteo serve   (follows models:/osteo-knee@production on 127.0.0.1:5055)"

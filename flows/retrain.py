@@ -4,6 +4,7 @@ splitting, training), where a retry would only repeat the same failure."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,25 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NONE as NO_CACHE
 
 from osteo_pipeline.config import Settings, cli_overrides, load_settings
-from osteo_pipeline.errors import CheckFailedError
+from osteo_pipeline.errors import CheckFailedError, OsteoError
 from osteo_pipeline.io.reports import write_validation_report
 from osteo_pipeline.steps.split import SplitManifest, split_dataset
 from osteo_pipeline.steps.validate import MAX_LISTED, ValidationResult, validate_folder
 
 TRANSIENT = {"retries": 3, "retry_delay_seconds": [5, 20, 60]}
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task's exception with its traceback. An error the user caused (an
+    ``OsteoError``: the data, the settings, the weights) is one line, said once by whoever ran the
+    flow (the CLI, the flow run's state); the engine's traceback in front of it says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], OsteoError))
+
+
+for _engine_log in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_engine_log).addFilter(_NoUserErrorTracebacks())
 
 
 class ValidationFailed(CheckFailedError):

