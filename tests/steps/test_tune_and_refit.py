@@ -18,6 +18,8 @@ from PIL import Image
 from osteo_pipeline.core.calibration import Calibration
 from osteo_pipeline.core.model import HEAD_LAYERS, get_backbone, set_unfrozen_blocks
 from osteo_pipeline.core.synth import example_radiograph
+from osteo_pipeline.io.weights import BackboneWeights
+from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.serving import encode_image, load_classifier
 from osteo_pipeline.steps.evaluate import evaluate_model
 from osteo_pipeline.steps.explain import explain_image
@@ -32,8 +34,6 @@ from osteo_pipeline.steps.tune import (
     suggest,
     tune,
 )
-from osteo_pipeline.io.weights import BackboneWeights
-from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import load_arrays, pixel_cache
 from osteo_pipeline.training.fit import StudyBackbone, TrainParams
