@@ -148,8 +148,8 @@ class ModelSettings(_Section):
     weights: str = Field(
         default="imagenet",
         description=(
-            "Backbone weights: 'imagenet' (Keras download), 'none' (random init) or a local no-top "
-            ".h5 path (also OSTEO_BACKBONE_WEIGHTS)."
+            "Backbone weights: 'imagenet' (Keras's cache: downloaded, or `osteo weights install`), "
+            "'none' (random init) or a local no-top .h5 path (also OSTEO_BACKBONE_WEIGHTS)."
         ),
     )
     allow_random_init_fallback: bool = Field(
@@ -165,10 +165,6 @@ class ModelSettings(_Section):
     dropout: float = Field(default=0.3, ge=0, lt=1)
     l2: float = Field(default=0.0, ge=0, description="L2 penalty on the head's weights.")
     unfreeze_depth: int = Field(default=2, ge=0, le=16, description="Top residual blocks trained in phase 2 (0 = head only).")
-
-    @property
-    def weights_source(self) -> str | None:
-        return None if self.weights.lower() == "none" else self.weights
 
 
 class AugmentSettings(_Section):

@@ -193,3 +193,14 @@ def resolve(weights: str | None, allow_random_init_fallback: bool) -> BackboneWe
             ) from exc
         log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", str(exc)[:200])
         return random_init("ImageNet weights unavailable; demo fallback")
+
+
+def pretrained_file(weights: str) -> str:
+    """The weights file of a system that must start pretrained (``osteo compare``'s ResNet-50
+    rows): ``model.weights`` resolved with no random-init fallback, and 'none' refused."""
+    from osteo_pipeline.core.model import WeightsUnavailableError
+
+    resolved = resolve(weights, allow_random_init_fallback=False)
+    if resolved.path is None:
+        raise WeightsUnavailableError("model.weights is 'none': this system needs ImageNet weights")
+    return str(resolved.path)

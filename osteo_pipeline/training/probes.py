@@ -18,6 +18,7 @@ from osteo_pipeline.core.model import backbone
 from osteo_pipeline.core.preprocess import per_image
 from osteo_pipeline.core.splits import Fold
 from osteo_pipeline.core.texture import texture_features
+from osteo_pipeline.io.weights import pretrained_file
 from osteo_pipeline.training.zoo import pretrained
 
 #: Knee crops the texture probe reads (px): the bone's texture needs resolution.
@@ -26,7 +27,7 @@ TEXTURE_SIZE = 256
 
 def resnet50_features(pixels: np.ndarray, settings: Settings, size: int) -> np.ndarray:
     """Globally pooled frozen ImageNet ResNet-50 features (N x 2048), computed once per size."""
-    base = pretrained(lambda: backbone(settings.model.weights_source, size), "ResNet-50 ImageNet")
+    base = pretrained(lambda: backbone(pretrained_file(settings.model.weights), size), "ResNet-50 ImageNet")
     extractor = keras.Sequential([base, keras.layers.GlobalAveragePooling2D()])
     dataset = make_dataset(pixels, None, 2, settings.train.batch_size)
     return np.asarray(extractor.predict(dataset, verbose=0), dtype=np.float64)

@@ -18,6 +18,7 @@ from osteo_pipeline.core.model import (
     build_model,
     set_unfrozen_blocks,
 )
+from osteo_pipeline.io.weights import pretrained_file
 from osteo_pipeline.training.fit import TrainParams
 
 
@@ -71,7 +72,7 @@ def keras_system(name: str, settings: Settings, size: int, recipe: TrainParams |
     if name == "resnet50-tl":
         params = recipe or config
         tuned = ModelSpec(spec.classes, size, params.head_units, params.dropout, params.l2)
-        model = pretrained(lambda: build_model(tuned, settings.model.weights_source), "ResNet-50 ImageNet")
+        model = pretrained(lambda: build_model(tuned, pretrained_file(settings.model.weights)), "ResNet-50 ImageNet")
         return KerasSystem(model, params, recipe_epochs or (t.head_epochs, t.finetune_epochs), set_unfrozen_blocks, RESNET50_LAYOUT)
     if name == "vgg16-ft":
         model = pretrained(lambda: baselines.vgg16(spec, c.vgg16_weights), "VGG-16")
@@ -91,5 +92,5 @@ def require_weights(name: str, settings: Settings) -> None:
     """Fail fast, before any fold runs, when a pretrained system's weights cannot be had."""
     if name.startswith("vgg16"):
         pretrained(lambda: baselines.vgg16(_spec(settings, 32), settings.compare.vgg16_weights), "VGG-16")
-    elif name.startswith("resnet50-") and name != "resnet50-scratch" and settings.model.weights_source is None:
-        raise WeightsUnavailableError(f"model.weights is 'none': {name} needs ImageNet weights")
+    elif name.startswith("resnet50-") and name != "resnet50-scratch":
+        pretrained_file(settings.model.weights)
