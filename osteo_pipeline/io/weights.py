@@ -11,6 +11,7 @@ of what an Optuna study means."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -29,6 +30,9 @@ RESNET50_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/re
 #: The MD5 Keras checks its downloaded no-top file against (keras.applications.resnet).
 RESNET50_KERAS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 RANDOM_INIT = "random-init"
+#: Keras cache file -> why ImageNet weights could not be downloaded into it, in this process: each
+#: later resolution (every trial's backbone, the refit) falls back at once, without trying again.
+_UNAVAILABLE: dict[Path, str] = {}
 
 
 class WeightsInstallError(OsteoError, ValueError):
@@ -64,7 +68,14 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def weights_digest(path: Path) -> str:
-    """sha256 over every tensor of an HDF5 weights file (name, dtype, shape, bytes; by name)."""
+    """sha256 over every tensor of an HDF5 weights file (name, dtype, shape, bytes; by name),
+    read once per process and version of the file."""
+    stat = path.stat()
+    return _tensor_digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _tensor_digest(path: str, mtime_ns: int, size: int) -> str:
     import h5py
 
     digest = hashlib.sha256()
@@ -182,17 +193,20 @@ def resolve(weights: str | None, allow_random_init_fallback: bool) -> BackboneWe
     cached = keras_cache_file()
     if cached.is_file():
         return from_file(cached, "imagenet")
-    try:
-        return from_file(download_imagenet(), "imagenet")
-    except Exception as exc:  # no network, a proxy's error page, a full disk: all mean unavailable
-        if not allow_random_init_fallback:
-            raise WeightsUnavailableError(
-                f"cannot download the ResNet-50 ImageNet weights ({type(exc).__name__}: {str(exc)[:200]}). "
-                "Install them from a file or a mirror with `osteo weights install SOURCE`, set "
-                "model.weights (or OSTEO_BACKBONE_WEIGHTS) to a local no-top .h5 file, or 'none'"
-            ) from exc
-        log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", str(exc)[:200])
-        return random_init("ImageNet weights unavailable; demo fallback")
+    if cached not in _UNAVAILABLE:
+        try:
+            return from_file(download_imagenet(), "imagenet")
+        except Exception as exc:  # no network, a proxy's error page, a full disk: all mean unavailable
+            _UNAVAILABLE[cached] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if allow_random_init_fallback:
+                log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", _UNAVAILABLE[cached])
+    if not allow_random_init_fallback:
+        raise WeightsUnavailableError(
+            f"cannot download the ResNet-50 ImageNet weights ({_UNAVAILABLE[cached]}). "
+            "Install them from a file or a mirror with `osteo weights install SOURCE`, set "
+            "model.weights (or OSTEO_BACKBONE_WEIGHTS) to a local no-top .h5 file, or 'none'"
+        )
+    return random_init("ImageNet weights unavailable; demo fallback")
 
 
 def pretrained_file(weights: str) -> str:
