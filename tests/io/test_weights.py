@@ -5,7 +5,13 @@ import keras
 import pytest
 
 from osteo_pipeline.core.model import WeightsUnavailableError
-from osteo_pipeline.io.weights import WeightsInstallError, install, keras_cache_file, resolve, weights_digest
+from osteo_pipeline.io.weights import (
+    WeightsInstallError,
+    install,
+    keras_cache_file,
+    resolve,
+    weights_digest,
+)
 
 
 @pytest.fixture
