@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
 
-.PHONY: install lock test test-fast demo bench lint clean
+.PHONY: install lock test test-fast demo bench lint clean image
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
+
+# The pipeline image (docker/Dockerfile) on python:3.11-slim, or, where Docker Hub is unreachable,
+# on a base made from Debian's packages (docker/local-base.sh picks or builds it; BASE=... wins).
+# A Docker engine must answer: docker/engine.sh installs and starts one (root).
+IMAGE ?= osteo-pipeline:latest
+image:
+	base="$(or $(BASE),$$(docker/local-base.sh))" && docker build -q -f docker/Dockerfile --build-arg BASE="$$base" -t $(IMAGE) .
 
 # Fetched ImageNet weights (../shared/tools/resnet50-weights/fetch.sh) are used when present.
 WEIGHTS ?= $(wildcard $(HOME)/.cache/osteo/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)

@@ -58,7 +58,11 @@ def test_wiring():
 
 def test_the_image_installs_the_lock_and_owns_every_path_it_writes_or_mounts():
     dockerfile = (DOCKER / "Dockerfile").read_text()
-    assert "COPY requirements.lock" in dockerfile and "pip install -c requirements.lock ." in dockerfile
+    # The locked dependencies install in a layer before any source is copied (a source change
+    # rebuilds in seconds); the package itself then installs against the same lock.
+    lock_layer = dockerfile.index("-c requirements.lock -r pyproject.toml")
+    assert dockerfile.index("COPY requirements.lock pyproject.toml") < lock_layer < dockerfile.index("COPY osteo_pipeline")
+    assert dockerfile.index("COPY osteo_pipeline") < dockerfile.index("pip install -q -c requirements.lock .")
     created = set(re.findall(r"mkdir -p ([^&]+)", dockerfile)[0].split())
     assert "chown -R osteo:osteo /var/lib/osteo /app" in dockerfile and "USER osteo" in dockerfile
     for name, service in SERVICES.items():
