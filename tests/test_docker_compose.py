@@ -41,6 +41,9 @@ def test_wiring():
     mlflow_cmd = " ".join(SERVICES["mlflow"]["command"])
     assert "--backend-store-uri postgresql://" in mlflow_cmd and "@postgres:5432/mlflow" in mlflow_cmd
     assert "--artifacts-destination s3://" in mlflow_cmd
+    # MLflow answers 403 to a Host header it does not allow: the other services call it mlflow:5000.
+    allowed = mlflow_cmd.split("--allowed-hosts ")[1].split()[0].strip('"').split(",")
+    assert "mlflow:5000" in allowed and "127.0.0.1:*" in allowed
     assert _env("mlflow")["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     for client in ("prefect-worker", "model-server"):
         env = _env(client)
