@@ -138,8 +138,9 @@ def test_the_stack_retrains_through_its_deployment_and_serves_each_promotion(sta
     experiment = client.get_run(first.run_id).info.experiment_id
     workers = {run.data.tags["osteo.worker"].split(":")[0] for run in client.search_runs([experiment], max_results=500) if "osteo.worker" in run.data.tags}
     assert tune_host in workers and len(workers) == 2, (tune_host, workers)  # the tune-worker ran trials of the study
-    listing = "import boto3; print(*(o['Key'] for o in boto3.client('s3', endpoint_url='http://localhost:9000').list_objects_v2(Bucket='osteo', Prefix='mlflow/')['Contents']))"
-    keys = stack.compose("exec", "-T", "minio", "python", "-c", listing).stdout.split()
+    # The bucket, listed with the stack's own S3 credentials and endpoint (the MLflow server's).
+    listing = "import boto3, os; print(*(o['Key'] for o in boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL']).list_objects_v2(Bucket='osteo', Prefix='mlflow/')['Contents']))"
+    keys = stack.compose("exec", "-T", "mlflow", "python", "-c", listing).stdout.split()
     assert any(key.endswith("/MLmodel") for key in keys) and any(first.run_id in key for key in keys)
     runs_in_postgres = stack.compose("exec", "-T", "postgres", "psql", "-U", "osteo", "-d", "mlflow", "-tAc", "select count(*) from runs").stdout.strip()
     assert int(runs_in_postgres) >= 4  # the study, its trials and the refit
