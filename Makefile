@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
 
-.PHONY: install lock test test-fast demo bench lint clean
+.PHONY: install lock test test-fast demo bench lint clean image stack stack-down stack-test
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,29 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
+
+# The pipeline image (docker/Dockerfile) on python:3.11-slim, or, where Docker Hub is unreachable,
+# on a base made from Debian's packages (docker/local-base.sh picks or builds it; BASE=... wins).
+# A Docker engine must answer: docker/engine.sh installs and starts one (root).
+IMAGE ?= osteo-pipeline:latest
+image:
+	base="$(or $(BASE),$$(docker/local-base.sh))" && docker build -q -f docker/Dockerfile --build-arg BASE="$$base" -t $(IMAGE) .
+
+# The compose stack with local stand-ins for what it pulls from Docker Hub (docker/compose.local.yaml:
+# PostgreSQL from Debian, moto's S3 server for MinIO, optuna-dashboard from PyPI). Secrets from
+# docker/.env (cp docker/.env.example docker/.env). `make stack-test` brings up a throw-away copy
+# of its own (tests/test_stack.py: two retrains through the deployment, the model server following).
+COMPOSE = docker compose -f docker/compose.yaml -f docker/compose.local.yaml --env-file docker/.env
+stack: image
+	@test -f docker/.env || { echo "docker/.env missing: cp docker/.env.example docker/.env and set its secrets" >&2; exit 1; }
+	$(COMPOSE) build postgres minio optuna-dashboard
+	$(COMPOSE) up -d
+
+stack-down:
+	$(COMPOSE) down
+
+stack-test: install image
+	$(BIN)/pytest -q -m stack tests/test_stack.py
 
 # ImageNet weights come from Keras's cache (a download, or `osteo weights install`); without them
 # the demo trains a random-init backbone and says so.
