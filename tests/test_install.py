@@ -160,7 +160,7 @@ def test_installed_demo_with_weights_from_the_npm_registry_promotes_on_imagenet_
     result = _demo(installed, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "version 1 promoted to production" in result.stdout + result.stderr, result.stderr[-4000:]
-    assert "backbone weights: imagenet (weights sha256 235e56167263)" in result.stdout + result.stderr
+    assert "backbone weights: imagenet (weights sha256 bf8af0d404ec)" in result.stdout + result.stderr
 
 
 def _predicted_version(port: int, image: str) -> str | None:

