@@ -117,3 +117,7 @@ def test_a_batch_that_fails_validation_stops_split_tune_and_compare_with_exit_1(
     for command in (["split", str(data)], ["tune", str(data), *store], ["compare", str(data), "--systems", "metadata-probe"]):
         result = runner.invoke(app, [*command, *SMALL])
         assert result.exit_code == 1 and "normal/broken.jpg" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_an_out_of_bounds_setting_is_one_line_naming_the_field():
+    _one_line_error(runner.invoke(app, ["config", "--set", "model.input_size=100000"]), 2, "model.input_size", "less than or equal to 1024")
