@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from osteo_pipeline.core.image_bounds import ImageBounds
 from osteo_pipeline.errors import OsteoError
 
 ENV_PREFIX = "OSTEO_"
@@ -133,6 +134,11 @@ class ValidationSettings(_Section):
     suites_dir: Path | None = Field(
         default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (osteo_pipeline/expectations)."
     )
+
+    @property
+    def image_bounds(self) -> ImageBounds:
+        """The size and mode every image must have, for the GX suite and the model's door."""
+        return ImageBounds(self.min_width, self.min_height, tuple(self.allowed_modes))
 
     @model_validator(mode="after")
     def _share_bounds(self) -> ValidationSettings:
