@@ -426,26 +426,32 @@ def rollback(config: ConfigOption = None, set_: SetOption = None) -> None:
 @app.command()
 @handles_input_errors
 def models(
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Only this registered model (default: every one).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON (metrics and versions as numbers).")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """List registered versions with their aliases and key test metrics."""
-    from osteo_pipeline.steps.registry import list_versions
+    """List the versions of every registered model (or of --model) with their aliases and key
+    test metrics."""
+    from osteo_pipeline.steps.registry import LISTED_METRICS, list_versions, registered_models
 
-    rows = list_versions(_settings(config, set_))
+    settings = _settings(config, set_)
+    names = registered_models(settings)
+    if model is not None and model not in names:
+        raise InputError(f"no registered model named {model!r}; registered: {', '.join(names) or 'none yet'}")
+    rows = list_versions(settings, [model] if model else names) if names else []
     if json_:
         _print_json(rows)
         return
     if not rows:
-        console.print("no registered versions yet")
+        console.print("no registered models yet" if not names else f"no registered versions yet of {', '.join(names)}")
         return
     short = {"version": "ver", "balanced_accuracy": "bal_acc", "recall": "sens", "specificity": "spec", "roc_auc": "auc", "dataset_hash": "dataset"}
     table = Table(*(short.get(k, k) for k in rows[0]))
     for row in rows:
-        cells = {**row, "run_id": row["run_id"][:8], "aliases": ", ".join(row["aliases"])}
-        for metric in ("balanced_accuracy", "recall", "specificity", "roc_auc"):
-            cells[metric] = f"{float(row[metric]):.3f}" if row[metric] not in (None, "", "nan") else "-"
+        cells = {**row, "run_id": (row["run_id"] or "")[:8], "aliases": ", ".join(row["aliases"])}
+        for metric in LISTED_METRICS:
+            cells[metric] = f"{row[metric]:.3f}" if row[metric] is not None else "-"
         table.add_row(*(str(v or "") for v in cells.values()))
     out.print(table)
 

@@ -68,7 +68,7 @@ def test_equal_candidate_passes_and_rollback_restores(env):
     assert _aliases(settings) == {PRODUCTION: first}
     with pytest.raises(RegistryError, match="nothing to roll back"):
         rollback(settings)
-    rows = {r["version"]: r for r in list_versions(settings)}
+    rows = {str(r["version"]): r for r in list_versions(settings)}
     assert rows[first]["aliases"] == [PRODUCTION] and rows[second]["gate"] == "passed"
 
 
