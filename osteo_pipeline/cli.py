@@ -13,11 +13,13 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from osteo_pipeline.config import (
     Settings,
     cli_overrides,
+    config_file,
     load_settings,
     merge_overrides,
     settings_to_yaml,
@@ -75,7 +77,10 @@ def _logging() -> None:
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (default: built-in defaults, or $OSTEO_CONFIG).")
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config file, or a packaged one by name: knee-binary, knee-3class, demo (default: built-in defaults, or $OSTEO_CONFIG)."
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -100,7 +105,7 @@ def handles_input_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except OsteoError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # [a, b] in a message is text
             raise typer.Exit(EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -182,6 +187,8 @@ def _print_validation(summary: dict[str, Any]) -> None:
         console.print(f"[red]unreadable[/] {item['path']}: {item['reason']}", highlight=False)
     for conflict in summary["label_conflicts"]:
         console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})", highlight=False)
+    for hint in summary["suggestions"]:
+        console.print(f"[cyan]to fit[/] {escape(hint)}", highlight=False)  # its [a, b] lists are text, not markup
     copies = summary["derived_copies"]
     console.print(
         f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies "
@@ -660,7 +667,7 @@ def run(
     _prefect_environment()
     from flows.retrain import retrain_flow
 
-    result = retrain_flow(location, str(config.resolve()) if config else None, list(set_ or []))
+    result = retrain_flow(location, str(config_file(config).resolve()) if config else None, list(set_ or []))
     verdict = "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
     console.print(f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False)
     console.print(f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}")
@@ -708,7 +715,7 @@ def schedule(
     retrain_flow.serve(
         name=settings.schedule.deployment,
         schedule=Cron(settings.schedule.cron, timezone=settings.schedule.timezone),
-        parameters={"data_dir": target, "config": str(config.resolve()) if config else None, "overrides": list(set_ or [])},
+        parameters={"data_dir": target, "config": str(config_file(config).resolve()) if config else None, "overrides": list(set_ or [])},
         pause_on_shutdown=False,
     )
 

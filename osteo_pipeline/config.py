@@ -1,7 +1,7 @@
 """One typed settings model for every step.
 
 Precedence, lowest to highest: the model's defaults (mirrored in ``osteo_pipeline/configs/default.yaml``), a YAML
-file, ``OSTEO_*`` environment variables (``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by
+file (or a packaged example config by name: ``knee-3class``), ``OSTEO_*`` environment variables (``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by
 ``__``), then CLI overrides (``--set validation.min_width=512``). Values from the environment and
 the CLI are parsed as YAML scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types; a field
 that expects text keeps the words as typed (``tune.cv=off`` stays ``"off"``, not false).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import types
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -22,6 +23,7 @@ from osteo_pipeline.core.image_bounds import ImageBounds
 from osteo_pipeline.errors import OsteoError
 
 ENV_PREFIX = "OSTEO_"
+CONFIGS_PACKAGE = "osteo_pipeline.configs"  # the example configs, shipped as package data
 #: Short environment names documented for users, mapped onto their nested keys.
 ENV_ALIASES = {
     "OSTEO_BACKBONE_WEIGHTS": "model.weights",
@@ -538,6 +540,25 @@ def _known_top_level(overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if k in Settings.model_fields}
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The example configs shipped in the package, by name (``knee-3class``: its file)."""
+    folder = resources.files(CONFIGS_PACKAGE)
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def config_file(path: str | Path) -> Path:
+    """The config file ``path`` names: a file, else a packaged example config by name
+    (``--config knee-3class``), so a message can name one that works from an installed wheel."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    packaged = packaged_configs()
+    found = packaged.get(file.name.removesuffix(".yaml")) if file.name == str(path) else None
+    if found is None:
+        raise ConfigError(f"config file not found: {file} (packaged configs by name: {', '.join(sorted(packaged))})")
+    return found
+
+
 def load_settings(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -548,9 +569,7 @@ def load_settings(
     path = path or environ.get("OSTEO_CONFIG")
     data: dict[str, Any] = {}
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {file}")
+        file = config_file(path)
         try:
             loaded = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -145,3 +145,14 @@ def test_models_lists_every_registered_model_with_numbers_as_numbers(store, tmp_
     one = json.loads(runner.invoke(app, ["models", "--json", "--model", "osteo-knee-binary", *store]).stdout)
     assert [row["model"] for row in one] == ["osteo-knee-binary"]
     _one_line_error(runner.invoke(app, ["models", "--model", "nope", *store]), 2, "'nope'", "registered: osteo-knee-3class, osteo-knee-binary")
+
+
+def test_validate_prints_the_settings_that_fit_and_config_takes_a_packaged_name(tmp_path):
+    data = tmp_path / "d"
+    runner.invoke(app, ["synth", str(data), "--per-class", "6", "--size", "64", "--classes", "normal,osteopenia,osteoporosis"])
+    result = runner.invoke(app, ["validate", str(data), "--report-dir", str(tmp_path / "r"), *SMALL])
+    assert result.exit_code == 1
+    assert "to fit class folder 'osteopenia' is not in data.classes [normal, osteoporosis]: add it (--set 'data.classes=[normal, osteopenia, osteoporosis]', or --config knee-3class)" in result.output, result.output
+    assert "Settings that would fit" in (tmp_path / "r" / "validation.html").read_text()
+    three = runner.invoke(app, ["validate", str(data), "--config", "knee-3class", "--report-dir", str(tmp_path / "r3"), *SMALL])
+    assert three.exit_code == 0, three.output

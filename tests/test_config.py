@@ -111,3 +111,14 @@ def test_overrides_of_other_fields_keep_their_yaml_types_and_null_clears_optiona
     settings = load_settings(overrides=cli_overrides(overrides), environ={})
     assert settings.train.augment.enabled is False and settings.tune.timeout_s == 60
     assert settings.data.positive_class is None and settings.tune.l2 == (0.001, 0.1)
+
+
+def test_a_packaged_example_config_loads_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the names come from the package
+    assert load_settings("knee-3class", environ={}).registry.model_name == "osteo-knee-3class"
+    assert load_settings("knee-binary.yaml", environ={}).data.ignore_unlisted_classes is True
+    assert load_settings(environ={"OSTEO_CONFIG": "demo"}).model.input_size == 64
+    (tmp_path / "knee-3class").write_text("seed: 3\n")  # a file of that name wins
+    assert load_settings("knee-3class", environ={}).seed == 3
+    with pytest.raises(ConfigError, match=r"config file not found: nope \(packaged configs by name: default, demo, knee-3class, knee-binary\)"):
+        load_settings("nope", environ={})
