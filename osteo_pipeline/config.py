@@ -53,6 +53,7 @@ MAX_TRIALS = 10_000
 MAX_WORKERS = 256
 MAX_FOLDS = 50
 MAX_HEAD_UNITS = 8192
+MAX_UNFREEZE_DEPTH = 16  # ResNet-50's residual blocks
 
 
 class ConfigError(OsteoError, ValueError):
@@ -190,7 +191,7 @@ class ModelSettings(_Section):
     head_units: int = Field(default=256, ge=0, le=MAX_HEAD_UNITS, description="Hidden units of the head; 0: a linear head (logistic regression on the pooled features).")
     dropout: float = Field(default=0.3, ge=0, lt=1)
     l2: float = Field(default=0.0, ge=0, description="L2 penalty on the head's weights.")
-    unfreeze_depth: int = Field(default=2, ge=0, le=16, description="Top residual blocks trained in phase 2 (0 = head only).")
+    unfreeze_depth: int = Field(default=2, ge=0, le=MAX_UNFREEZE_DEPTH, description="Top residual blocks trained in phase 2 (0 = head only).")
 
     @property
     def weights_source(self) -> str | None:
@@ -285,6 +286,9 @@ class TuneSettings(_Section):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}")
+        low, high = self.unfreeze_depth
+        if not 0 <= low <= high <= MAX_UNFREEZE_DEPTH:
+            raise ValueError(f"tune.unfreeze_depth must be a range 0 <= low <= high <= {MAX_UNFREEZE_DEPTH} (ResNet-50's blocks), got {[low, high]}")
         if any(units < 0 for units in self.head_units):
             raise ValueError(f"tune.head_units must be >= 0 (0: a linear head), got {self.head_units}")
         if self.input_sizes is not None and (not self.input_sizes or not _sizes_in_bounds(self.input_sizes)):

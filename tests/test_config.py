@@ -91,6 +91,11 @@ def test_sizes_and_counts_have_upper_bounds(override):
         load_settings(overrides=cli_overrides([override]), environ={})
 
 
+def test_the_searched_unfreeze_depth_stays_within_the_backbone():
+    with pytest.raises(ConfigError, match=r"tune\.unfreeze_depth must be a range 0 <= low <= high <= 16"):
+        load_settings(overrides=cli_overrides(["tune.unfreeze_depth=[0, 60]"]), environ={})
+
+
 @pytest.mark.parametrize("field", ["tune.input_sizes", "compare.sizes"])
 def test_searched_and_compared_sizes_have_the_input_size_bounds(field):
     with pytest.raises(ConfigError, match=rf"{re.escape(field)} must (list sizes of|be) 32 to 1024 px"):
