@@ -1,10 +1,11 @@
 """One typed settings model for every step.
 
 Precedence, lowest to highest: the model's defaults (mirrored in ``osteo_pipeline/configs/default.yaml``), a YAML
-file (or a packaged example config by name: ``knee-3class``), ``OSTEO_*`` environment variables (``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by
-``__``), then CLI overrides (``--set validation.min_width=512``). Values from the environment and
-the CLI are parsed as YAML scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types; a field
-that expects text keeps the words as typed (``tune.cv=off`` stays ``"off"``, not false).
+file (or a packaged example config by name: ``knee-3class``), ``OSTEO_*`` environment variables
+(``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by ``__``), then CLI overrides
+(``--set validation.min_width=512``). Values from the environment and the CLI are parsed as YAML
+scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types; a field that expects text keeps the
+words as typed (``tune.cv=off`` stays ``"off"``, not false).
 """
 
 from __future__ import annotations

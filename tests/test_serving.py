@@ -157,3 +157,13 @@ def test_predict_refuses_an_image_below_the_minimum_naming_the_file(logged_model
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{tiny}: 1x1 px is below the 64x64 minimum" in errors[0], result.output
+
+
+def test_explain_refuses_what_the_server_refuses(logged_model, train_settings, tmp_path):
+    from osteo_pipeline.core.preprocess import ImageDecodeError
+    from osteo_pipeline.steps.explain import explain_image
+
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(png_bytes(Image.new("L", (1, 1))))
+    with pytest.raises(ImageDecodeError, match=r"1x1 px is below the 64x64 minimum"):
+        explain_image(logged_model, tiny, tmp_path / "out.png", None, train_settings)
