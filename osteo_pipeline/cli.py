@@ -79,7 +79,12 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="YAML config file, or a packaged one by name: knee-binary, knee-3class, demo (default: built-in defaults, or $OSTEO_CONFIG)."
+        "--config",
+        "-c",
+        help=(
+            "YAML config file, or a packaged one by name: knee-binary, knee-3class, demo "
+            "(default: built-in defaults, or $OSTEO_CONFIG)."
+        ),
     ),
 ]
 SetOption = Annotated[
@@ -105,7 +110,8 @@ def handles_input_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except OsteoError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # [a, b] in a message is text
+            # escaped: a message's [a, b] lists are text, not rich markup
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -188,7 +194,7 @@ def _print_validation(summary: dict[str, Any]) -> None:
     for conflict in summary["label_conflicts"]:
         console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})", highlight=False)
     for hint in summary["suggestions"]:
-        console.print(f"[cyan]to fit[/] {escape(hint)}", highlight=False)  # its [a, b] lists are text, not markup
+        console.print(f"[cyan]to fit[/] {escape(hint)}", highlight=False)
     copies = summary["derived_copies"]
     console.print(
         f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies "
@@ -433,8 +439,12 @@ def rollback(config: ConfigOption = None, set_: SetOption = None) -> None:
 @app.command()
 @handles_input_errors
 def models(
-    model: Annotated[str | None, typer.Option("--model", help="Only this registered model (default: every one).")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON (metrics and versions as numbers).")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Only this registered model (default: every one).")
+    ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print JSON (metrics and versions as numbers).")
+    ] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -445,13 +455,16 @@ def models(
     settings = _settings(config, set_)
     names = registered_models(settings)
     if model is not None and model not in names:
-        raise InputError(f"no registered model named {model!r}; registered: {', '.join(names) or 'none yet'}")
+        registered = ", ".join(names) or "none yet"
+        raise InputError(f"no registered model named {model!r}; registered: {registered}")
     rows = list_versions(settings, [model] if model else names) if names else []
     if json_:
         _print_json(rows)
         return
     if not rows:
-        console.print("no registered models yet" if not names else f"no registered versions yet of {', '.join(names)}")
+        console.print(
+            f"no registered versions yet of {', '.join(names)}" if names else "no registered models yet"
+        )
         return
     short = {"version": "ver", "balanced_accuracy": "bal_acc", "recall": "sens", "specificity": "spec", "roc_auc": "auc", "dataset_hash": "dataset"}
     table = Table(*(short.get(k, k) for k in rows[0]))

@@ -289,11 +289,17 @@ class TuneSettings(_Section):
                 raise ValueError(f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}")
         low, high = self.unfreeze_depth
         if not 0 <= low <= high <= MAX_UNFREEZE_DEPTH:
-            raise ValueError(f"tune.unfreeze_depth must be a range 0 <= low <= high <= {MAX_UNFREEZE_DEPTH} (ResNet-50's blocks), got {[low, high]}")
+            raise ValueError(
+                f"tune.unfreeze_depth must be a range 0 <= low <= high <= {MAX_UNFREEZE_DEPTH} "
+                f"(ResNet-50's blocks), got {[low, high]}"
+            )
         if any(units < 0 for units in self.head_units):
             raise ValueError(f"tune.head_units must be >= 0 (0: a linear head), got {self.head_units}")
-        if self.input_sizes is not None and (not self.input_sizes or not _sizes_in_bounds(self.input_sizes)):
-            raise ValueError(f"tune.input_sizes must list sizes of 32 to {MAX_INPUT_SIZE} px, got {self.input_sizes}")
+        sizes = self.input_sizes
+        if sizes is not None and (not sizes or not _sizes_in_bounds(sizes)):
+            raise ValueError(
+                f"tune.input_sizes must list sizes of 32 to {MAX_INPUT_SIZE} px, got {sizes}"
+            )
         if any(units > MAX_HEAD_UNITS for units in self.head_units):
             raise ValueError(f"tune.head_units must be at most {MAX_HEAD_UNITS}, got {self.head_units}")
         if self.rois is not None and not self.rois:
@@ -548,7 +554,11 @@ def _known_top_level(overrides: dict[str, Any]) -> dict[str, Any]:
 def packaged_configs() -> dict[str, Path]:
     """The example configs shipped in the package, by name (``knee-3class``: its file)."""
     folder = resources.files(CONFIGS_PACKAGE)
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
 
 
 def config_file(path: str | Path) -> Path:
@@ -560,7 +570,8 @@ def config_file(path: str | Path) -> Path:
     packaged = packaged_configs()
     found = packaged.get(file.name.removesuffix(".yaml")) if file.name == str(path) else None
     if found is None:
-        raise ConfigError(f"config file not found: {file} (packaged configs by name: {', '.join(sorted(packaged))})")
+        names = ", ".join(sorted(packaged))
+        raise ConfigError(f"config file not found: {file} (packaged configs by name: {names})")
     return found
 
 

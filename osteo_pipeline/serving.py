@@ -65,7 +65,11 @@ def _bad_request(message: str) -> MlflowException:
 
 
 def decode_rows(
-    frame: pd.DataFrame, size: int, max_pixels: int, roi: str = "image", bounds: ImageBounds | None = None
+    frame: pd.DataFrame,
+    size: int,
+    max_pixels: int,
+    roi: str = "image",
+    bounds: ImageBounds | None = None,
 ) -> np.ndarray:
     """(N x views) x size x size x 3 uint8 model inputs for the ``image`` column (each image's
     views in a row: the film, or its knee crops), or one error naming every bad row: unreadable,
@@ -135,7 +139,8 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Temperature-scaled probabilities and the label by the validation-chosen threshold."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        proba = self.calibration.probabilities(self.predict_pixels(decode_rows(frame, self.size, self.max_pixels, self.roi, self.bounds)))
+        pixels = decode_rows(frame, self.size, self.max_pixels, self.roi, self.bounds)
+        proba = self.calibration.probabilities(self.predict_pixels(pixels))
         result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})
         result.insert(0, "label", [self.classes[i] for i in self.calibration.labels(proba)])
         result["model_version"] = self.version
@@ -176,7 +181,8 @@ def log_pyfunc(
         inference_copy(keras_model).save(keras_path)
         meta_path = Path(tmp) / "meta.json"
         meta_path.write_text(dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict(), "roi": roi, "image_bounds": bounds.as_dict()}))
-        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(max(input_size, bounds.min_width, bounds.min_height)))]})
+        example_side = max(input_size, bounds.min_width, bounds.min_height)  # an example it accepts
+        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(example_side))]})
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=OsteoClassifier(),

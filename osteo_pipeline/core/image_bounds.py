@@ -24,12 +24,18 @@ class ImageBounds:
                 "(validation.min_width/min_height)"
             )
         if mode not in self.allowed_modes:
-            return f"mode {mode} is not in validation.allowed_modes [{', '.join(self.allowed_modes)}]"
+            return (
+                f"mode {mode} is not in validation.allowed_modes [{', '.join(self.allowed_modes)}]"
+            )
         return None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, keyed as the settings and the suites' parameters are."""
-        return {"min_width": self.min_width, "min_height": self.min_height, "allowed_modes": list(self.allowed_modes)}
+        return {
+            "min_width": self.min_width,
+            "min_height": self.min_height,
+            "allowed_modes": list(self.allowed_modes),
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ImageBounds | None:
@@ -37,4 +43,6 @@ class ImageBounds:
         bounds were recorded with them)."""
         if values is None:
             return None
-        return cls(int(values["min_width"]), int(values["min_height"]), tuple(values["allowed_modes"]))
+        return cls(
+            int(values["min_width"]), int(values["min_height"]), tuple(values["allowed_modes"])
+        )

@@ -120,7 +120,9 @@ def multi_frame_refusal(image: Image.Image) -> str | None:
     return f"multi-frame image ({frames} frames): one radiograph per file" if frames > 1 else None
 
 
-def _check_bounds(bounds: ImageBounds | None, width: int, height: int, mode: str, image: Image.Image | None = None) -> None:
+def _check_bounds(
+    bounds: ImageBounds | None, width: int, height: int, mode: str, image: Image.Image | None = None
+) -> None:
     """With ``bounds`` (the model's door), refuse what validation would refuse from the header."""
     if bounds is None:
         return
@@ -129,13 +131,16 @@ def _check_bounds(bounds: ImageBounds | None, width: int, height: int, mode: str
         raise ImageDecodeError(refusal)
 
 
-def open_image(source: str | Path | bytes, max_pixels: int, bounds: ImageBounds | None = None) -> Image.Image:
+def open_image(
+    source: str | Path | bytes, max_pixels: int, bounds: ImageBounds | None = None
+) -> Image.Image:
     """Open ``source`` and check its pixel count (and its size and mode against ``bounds``, when
     given) from the header before any decoding. DICOM is converted to an 8-bit gray image here
     (after the same checks on Rows x Columns)."""
     if is_dicom(source):
         dataset = read_dicom(source)  # read once: pixels decode only after the checks
-        _check_bounds(bounds, int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), dicom_mode(dataset))
+        width, height = int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
+        _check_bounds(bounds, width, height, dicom_mode(dataset))
         return dicom_image(dataset, max_pixels)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
@@ -186,7 +191,9 @@ def to_gray_array(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def load_gray(source: str | Path | bytes, longest: int, max_pixels: int, bounds: ImageBounds | None = None) -> np.ndarray:
+def load_gray(
+    source: str | Path | bytes, longest: int, max_pixels: int, bounds: ImageBounds | None = None
+) -> np.ndarray:
     """8-bit gray pixels of ``source`` at its own aspect, the longer side at most ``longest``."""
     gray = decode_gray(open_image(source, max_pixels, bounds), longest)
     scale = longest / max(gray.size)
@@ -221,7 +228,11 @@ def per_image(row_proba: np.ndarray, views: int) -> np.ndarray:
 
 
 def load_gray_views(
-    source: str | Path | bytes, size: int, max_pixels: int, roi: str = "image", bounds: ImageBounds | None = None
+    source: str | Path | bytes,
+    size: int,
+    max_pixels: int,
+    roi: str = "image",
+    bounds: ImageBounds | None = None,
 ) -> np.ndarray:
     """``views_per_image(roi)`` x ``size`` x ``size`` uint8 gray: the one function that turns a file
     into what the model sees, in training, serving and Grad-CAM alike. Knee crops are cut from a
@@ -235,7 +246,11 @@ def load_gray_views(
 
 
 def load_views(
-    source: str | Path | bytes, size: int, max_pixels: int, roi: str = "image", bounds: ImageBounds | None = None
+    source: str | Path | bytes,
+    size: int,
+    max_pixels: int,
+    roi: str = "image",
+    bounds: ImageBounds | None = None,
 ) -> np.ndarray:
     """:func:`load_gray_views` replicated to three channels (V x size x size x 3)."""
     return np.repeat(load_gray_views(source, size, max_pixels, roi, bounds)[..., None], 3, axis=3)

@@ -48,7 +48,9 @@ def _fits_folders(data: DataSettings, class_dirs: list[str]) -> bool:
 
 def _naming(configs: list[str], before: str, after: str = "") -> str:
     """``configs`` as ``--config NAME`` options between ``before`` and ``after``; "" for none."""
-    return f"{before}{' or '.join(f'--config {name}' for name in configs)}{after}" if configs else ""
+    if not configs:
+        return ""
+    return f"{before}{' or '.join(f'--config {name}' for name in configs)}{after}"
 
 
 def suggestions(failed_checks: set[str], class_dirs: list[str], settings: Settings) -> list[str]:
@@ -56,19 +58,26 @@ def suggestions(failed_checks: set[str], class_dirs: list[str], settings: Settin
     naming the packaged example configs (``--config NAME``) that fit these class folders."""
     if not failed_checks & {"label_set", "label_conflicts"}:
         return []
-    examples = {name: load_settings(path, environ={}) for name, path in sorted(packaged_configs().items()) if name != "default"}
-    fitting = {name: example for name, example in examples.items() if _fits_folders(example.data, class_dirs)}
+    examples = {
+        name: load_settings(path, environ={})
+        for name, path in sorted(packaged_configs().items())
+        if name != "default"
+    }
+    fitting = {
+        name: example for name, example in examples.items() if _fits_folders(example.data, class_dirs)
+    }
     hints = []
     unlisted = [name for name in class_dirs if name not in settings.data.classes]
     if "label_set" in failed_checks and unlisted:
-        listed = ", ".join(repr(name) for name in unlisted)
+        several = len(unlisted) > 1
         adding = [name for name, example in fitting.items() if set(example.data.classes) == set(class_dirs)]
         ignoring = [name for name, example in fitting.items() if example.data.ignore_unlisted_classes]
         hints.append(
-            f"class folder{'s' if len(unlisted) > 1 else ''} {listed} {'are' if len(unlisted) > 1 else 'is'} not in "
-            f"data.classes [{', '.join(settings.data.classes)}]: add {'them' if len(unlisted) > 1 else 'it'} "
-            f"(--set 'data.classes=[{', '.join(class_dirs)}]'{_naming(adding, ', or ')}) or set "
-            f"data.ignore_unlisted_classes=true{_naming(ignoring, ' (', ')')}"
+            f"class folder{'s' if several else ''} {', '.join(repr(name) for name in unlisted)} "
+            f"{'are' if several else 'is'} not in data.classes "
+            f"[{', '.join(settings.data.classes)}]: add {'them' if several else 'it'} "
+            f"(--set 'data.classes=[{', '.join(class_dirs)}]'{_naming(adding, ', or ')}) "
+            f"or set data.ignore_unlisted_classes=true{_naming(ignoring, ' (', ')')}"
         )
     if "label_conflicts" in failed_checks:
         lenient = [name for name, example in fitting.items() if not example.validation.fail_on_label_conflicts]
