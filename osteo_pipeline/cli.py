@@ -462,9 +462,9 @@ def models(
         _print_json(rows)
         return
     if not rows:
-        console.print(
-            f"no registered versions yet of {', '.join(names)}" if names else "no registered models yet"
-        )
+        listed = ", ".join(names)
+        empty = f"no registered versions yet of {listed}" if names else "no registered models yet"
+        console.print(empty)
         return
     short = {"version": "ver", "balanced_accuracy": "bal_acc", "recall": "sens", "specificity": "spec", "roc_auc": "auc", "dataset_hash": "dataset"}
     table = Table(*(short.get(k, k) for k in rows[0]))
@@ -680,7 +680,8 @@ def run(
     _prefect_environment()
     from flows.retrain import retrain_flow
 
-    result = retrain_flow(location, str(config_file(config).resolve()) if config else None, list(set_ or []))
+    config_path = str(config_file(config).resolve()) if config else None  # a packaged name too
+    result = retrain_flow(location, config_path, list(set_ or []))
     verdict = "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
     console.print(f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False)
     console.print(f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}")
@@ -724,11 +725,12 @@ def schedule(
     from flows.retrain import retrain_flow
 
     target = _data_location(data_dir or settings.schedule.data_dir)
+    config_path = str(config_file(config).resolve()) if config else None  # a packaged name too
     console.print(f"serving deployment retrain/{settings.schedule.deployment}: cron '{settings.schedule.cron}' ({settings.schedule.timezone}) on {target}")
     retrain_flow.serve(
         name=settings.schedule.deployment,
         schedule=Cron(settings.schedule.cron, timezone=settings.schedule.timezone),
-        parameters={"data_dir": target, "config": str(config_file(config).resolve()) if config else None, "overrides": list(set_ or [])},
+        parameters={"data_dir": target, "config": config_path, "overrides": list(set_ or [])},
         pause_on_shutdown=False,
     )
 

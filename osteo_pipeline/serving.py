@@ -180,7 +180,16 @@ def log_pyfunc(
         keras_path = Path(tmp) / "model.keras"
         inference_copy(keras_model).save(keras_path)
         meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict(), "roi": roi, "image_bounds": bounds.as_dict()}))
+        meta = {
+            "classes": classes,
+            "input_size": input_size,
+            "max_pixels": max_pixels,
+            "version": version,
+            "calibration": (calibration or Calibration()).as_dict(),
+            "roi": roi,
+            "image_bounds": bounds.as_dict(),
+        }
+        meta_path.write_text(dumps(meta))
         example_side = max(input_size, bounds.min_width, bounds.min_height)  # an example it accepts
         example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(example_side))]})
         return mlflow.pyfunc.log_model(

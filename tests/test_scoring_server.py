@@ -48,8 +48,10 @@ def test_served_production_model_answers_images_and_rejects_garbage(synth_dir, t
         second_row = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[image], ["%%%"]]}}, timeout=30)
         assert second_row.status_code == 400 and "row 1" in second_row.json()["message"]
         tiny = base64.b64encode(png_bytes(Image.new("L", (1, 1)))).decode()
-        refused = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[tiny]]}}, timeout=30)
-        assert refused.status_code == 400 and "row 0: 1x1 px is below the 32x32 minimum (validation.min_width/min_height)" in refused.json()["message"]
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[tiny]]}}
+        refused = requests.post(url, json=payload, timeout=30)  # validation's minimum is 32 px here
+        assert refused.status_code == 400
+        assert "row 0: 1x1 px is below the 32x32 minimum" in refused.json()["message"]
         assert requests.post(url, data="garbage", headers={"Content-Type": "application/json"}, timeout=30).status_code == 400
         again = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[image]]}}, timeout=30)
         assert again.status_code == 200  # still serving after every bad request

@@ -17,7 +17,8 @@ class ImageBounds:
     allowed_modes: tuple[str, ...]
 
     def refusal(self, width: int, height: int, mode: str) -> str | None:
-        """Why validation would refuse a ``width`` x ``height`` image of Pillow ``mode``, or None."""
+        """Why validation would refuse a ``width`` x ``height`` image of Pillow ``mode``, or
+        None."""
         if width < self.min_width or height < self.min_height:
             return (
                 f"{width}x{height} px is below the {self.min_width}x{self.min_height} minimum "

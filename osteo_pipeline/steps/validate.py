@@ -64,14 +64,22 @@ def suggestions(failed_checks: set[str], class_dirs: list[str], settings: Settin
         if name != "default"
     }
     fitting = {
-        name: example for name, example in examples.items() if _fits_folders(example.data, class_dirs)
+        name: example
+        for name, example in examples.items()
+        if _fits_folders(example.data, class_dirs)
     }
     hints = []
     unlisted = [name for name in class_dirs if name not in settings.data.classes]
     if "label_set" in failed_checks and unlisted:
         several = len(unlisted) > 1
-        adding = [name for name, example in fitting.items() if set(example.data.classes) == set(class_dirs)]
-        ignoring = [name for name, example in fitting.items() if example.data.ignore_unlisted_classes]
+        adding = [
+            name
+            for name, example in fitting.items()
+            if set(example.data.classes) == set(class_dirs)
+        ]
+        ignoring = [
+            name for name, example in fitting.items() if example.data.ignore_unlisted_classes
+        ]
         hints.append(
             f"class folder{'s' if several else ''} {', '.join(repr(name) for name in unlisted)} "
             f"{'are' if several else 'is'} not in data.classes "
@@ -80,10 +88,15 @@ def suggestions(failed_checks: set[str], class_dirs: list[str], settings: Settin
             f"or set data.ignore_unlisted_classes=true{_naming(ignoring, ' (', ')')}"
         )
     if "label_conflicts" in failed_checks:
-        lenient = [name for name, example in fitting.items() if not example.validation.fail_on_label_conflicts]
+        lenient = [
+            name
+            for name, example in fitting.items()
+            if not example.validation.fail_on_label_conflicts
+        ]
         hints.append(
-            "copies of one radiograph are filed under different classes: correct their labels, or set "
-            "validation.fail_on_label_conflicts=false to leave them out of the split and report them"
+            "copies of one radiograph are filed under different classes: correct their labels, "
+            "or set validation.fail_on_label_conflicts=false to leave them out of the split and "
+            "report them"
             + _naming(lenient, " (", ", which fit these class folders)")
         )
     return hints

@@ -195,7 +195,9 @@ def test_suites_run_as_gx_checkpoints_that_build_data_docs_and_a_second_run_reus
     assert validate_folder(root, tiny_settings).summary["data_docs"] is None  # no report folder: in memory only
 
 
-def test_a_failed_validation_names_the_settings_and_packaged_configs_that_fit(synth_dir, tiny_settings):
+def test_a_failed_validation_names_the_settings_and_packaged_configs_that_fit(
+    synth_dir, tiny_settings
+):
     """The real three-class set's failure on the default classes: an unlisted class folder and
     copies filed under two labels. The message names the settings (and the example configs that
     fit these folders), and those settings make the same data pass."""
@@ -209,8 +211,9 @@ def test_a_failed_validation_names_the_settings_and_packaged_configs_that_fit(sy
         "data.ignore_unlisted_classes=true (--config knee-binary)"
     ) in message
     assert (
-        "to fit: copies of one radiograph are filed under different classes: correct their labels, or set "
-        "validation.fail_on_label_conflicts=false to leave them out of the split and report them "
+        "to fit: copies of one radiograph are filed under different classes: correct their "
+        "labels, or set validation.fail_on_label_conflicts=false to leave them out of the split "
+        "and report them "
         "(--config knee-3class or --config knee-binary, which fit these class folders)"
     ) in message
     fitted = tiny_settings.model_copy(deep=True)
