@@ -25,6 +25,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
+from osteo_pipeline.config import ValidationSettings  # noqa: E402
 from osteo_pipeline.core.model import ModelSpec, build_model  # noqa: E402
 from osteo_pipeline.core.preprocess import load_pixels, model_input  # noqa: E402
 from osteo_pipeline.core.synth import generate  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     jpeg = buffer.getvalue()
     pixels = load_pixels(jpeg, args.size, 10**8)[None]
     with mlflow.start_run() as run:
-        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id)
+        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id, bounds=ValidationSettings().image_bounds)
 
     forward = compiled_forward(model)
     results: dict[str, dict] = {"image": {"side_px": args.size, "jpeg_bytes": len(jpeg)}}

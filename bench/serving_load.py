@@ -1,5 +1,5 @@
 """Serving under load: 8 concurrent clients for 30 s against `mlflow models serve` (127.0.0.1),
-half valid images (single, batch of 4, DICOM), half bad payloads of 14 kinds. Must hold: zero
+half valid images (single, batch of 4, DICOM), half bad payloads of 15 kinds. Must hold: zero
 5xx, every bad payload a 4xx with a reason, every valid request answered; reports throughput and
 p50/p99 of the valid requests.
 
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow  # noqa: E402
 
+from osteo_pipeline.config import ValidationSettings  # noqa: E402
 from osteo_pipeline.core.model import ModelSpec, build_model  # noqa: E402
 from osteo_pipeline.core.synth import generate  # noqa: E402
 from osteo_pipeline.serving import log_pyfunc  # noqa: E402
@@ -49,7 +50,7 @@ def main() -> None:
         images.append(buffer.getvalue())
     with mlflow.start_run() as run:
         model = build_model(ModelSpec(("normal", "osteoporosis"), args.size, 256, 0.3), None)
-        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id)
+        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id, bounds=ValidationSettings().image_bounds)
     port = free_port()
     with model_server(info.model_uri, port, uri, log=work / "serve.log", workers=args.workers):
         report = run_load(f"http://127.0.0.1:{port}/invocations", valid_payloads(images), clients=args.clients, seconds=args.seconds)

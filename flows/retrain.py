@@ -52,6 +52,7 @@ def _validation_markdown(summary: dict[str, Any], report: Path) -> str:
         lines.append(f"- unreadable `{item['path']}`: {item['reason']}")
     for conflict in summary["label_conflicts"]:
         lines.append(f"- label conflict: {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})")
+    lines += [f"- to fit: {hint}" for hint in summary["suggestions"]]
     lines += ["", f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies ({summary['derived_copies']['links']} derived-copy links).", f"Full report: `{report}`"]
     return "\n".join(lines)
 

@@ -13,11 +13,13 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from osteo_pipeline.config import (
     Settings,
     cli_overrides,
+    config_file,
     load_settings,
     merge_overrides,
     settings_to_yaml,
@@ -75,7 +77,15 @@ def _logging() -> None:
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (default: built-in defaults, or $OSTEO_CONFIG).")
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help=(
+            "YAML config file, or a packaged one by name: knee-binary, knee-3class, demo "
+            "(default: built-in defaults, or $OSTEO_CONFIG)."
+        ),
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -100,7 +110,8 @@ def handles_input_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except OsteoError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            # escaped: a message's [a, b] lists are text, not rich markup
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -182,6 +193,8 @@ def _print_validation(summary: dict[str, Any]) -> None:
         console.print(f"[red]unreadable[/] {item['path']}: {item['reason']}", highlight=False)
     for conflict in summary["label_conflicts"]:
         console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})", highlight=False)
+    for hint in summary["suggestions"]:
+        console.print(f"[cyan]to fit[/] {escape(hint)}", highlight=False)
     copies = summary["derived_copies"]
     console.print(
         f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies "
@@ -426,26 +439,39 @@ def rollback(config: ConfigOption = None, set_: SetOption = None) -> None:
 @app.command()
 @handles_input_errors
 def models(
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Only this registered model (default: every one).")
+    ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print JSON (metrics and versions as numbers).")
+    ] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """List registered versions with their aliases and key test metrics."""
-    from osteo_pipeline.steps.registry import list_versions
+    """List the versions of every registered model (or of --model) with their aliases and key
+    test metrics."""
+    from osteo_pipeline.steps.registry import LISTED_METRICS, list_versions, registered_models
 
-    rows = list_versions(_settings(config, set_))
+    settings = _settings(config, set_)
+    names = registered_models(settings)
+    if model is not None and model not in names:
+        registered = ", ".join(names) or "none yet"
+        raise InputError(f"no registered model named {model!r}; registered: {registered}")
+    rows = list_versions(settings, [model] if model else names) if names else []
     if json_:
         _print_json(rows)
         return
     if not rows:
-        console.print("no registered versions yet")
+        listed = ", ".join(names)
+        empty = f"no registered versions yet of {listed}" if names else "no registered models yet"
+        console.print(empty)
         return
     short = {"version": "ver", "balanced_accuracy": "bal_acc", "recall": "sens", "specificity": "spec", "roc_auc": "auc", "dataset_hash": "dataset"}
     table = Table(*(short.get(k, k) for k in rows[0]))
     for row in rows:
-        cells = {**row, "run_id": row["run_id"][:8], "aliases": ", ".join(row["aliases"])}
-        for metric in ("balanced_accuracy", "recall", "specificity", "roc_auc"):
-            cells[metric] = f"{float(row[metric]):.3f}" if row[metric] not in (None, "", "nan") else "-"
+        cells = {**row, "run_id": (row["run_id"] or "")[:8], "aliases": ", ".join(row["aliases"])}
+        for metric in LISTED_METRICS:
+            cells[metric] = f"{row[metric]:.3f}" if row[metric] is not None else "-"
         table.add_row(*(str(v or "") for v in cells.values()))
     out.print(table)
 
@@ -654,7 +680,8 @@ def run(
     _prefect_environment()
     from flows.retrain import retrain_flow
 
-    result = retrain_flow(location, str(config.resolve()) if config else None, list(set_ or []))
+    config_path = str(config_file(config).resolve()) if config else None  # a packaged name too
+    result = retrain_flow(location, config_path, list(set_ or []))
     verdict = "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
     console.print(f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False)
     console.print(f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}")
@@ -698,11 +725,12 @@ def schedule(
     from flows.retrain import retrain_flow
 
     target = _data_location(data_dir or settings.schedule.data_dir)
+    config_path = str(config_file(config).resolve()) if config else None  # a packaged name too
     console.print(f"serving deployment retrain/{settings.schedule.deployment}: cron '{settings.schedule.cron}' ({settings.schedule.timezone}) on {target}")
     retrain_flow.serve(
         name=settings.schedule.deployment,
         schedule=Cron(settings.schedule.cron, timezone=settings.schedule.timezone),
-        parameters={"data_dir": target, "config": str(config.resolve()) if config else None, "overrides": list(set_ or [])},
+        parameters={"data_dir": target, "config": config_path, "overrides": list(set_ or [])},
         pause_on_shutdown=False,
     )
 

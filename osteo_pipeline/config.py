@@ -1,24 +1,30 @@
 """One typed settings model for every step.
 
 Precedence, lowest to highest: the model's defaults (mirrored in ``osteo_pipeline/configs/default.yaml``), a YAML
-file, ``OSTEO_*`` environment variables (``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by
-``__``), then CLI overrides (``--set validation.min_width=512``). Values from the environment and
-the CLI are parsed as YAML scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types.
+file (or a packaged example config by name: ``knee-3class``), ``OSTEO_*`` environment variables
+(``OSTEO_VALIDATION__MIN_WIDTH=512``; nested keys joined by ``__``), then CLI overrides
+(``--set validation.min_width=512``). Values from the environment and the CLI are parsed as YAML
+scalars, so ``true``, ``0.2`` and ``[a, b]`` keep their types; a field that expects text keeps the
+words as typed (``tune.cv=off`` stays ``"off"``, not false).
 """
 
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from osteo_pipeline.core.image_bounds import ImageBounds
 from osteo_pipeline.errors import OsteoError
 
 ENV_PREFIX = "OSTEO_"
+CONFIGS_PACKAGE = "osteo_pipeline.configs"  # the example configs, shipped as package data
 #: Short environment names documented for users, mapped onto their nested keys.
 ENV_ALIASES = {
     "OSTEO_BACKBONE_WEIGHTS": "model.weights",
@@ -39,12 +45,29 @@ COMPARE_SYSTEMS = (
 )
 
 
+#: Upper bounds that keep a typo (an extra zero or three) from reaching training as an hours-long
+#: run or an out-of-memory traceback: config loading names the field instead.
+MAX_INPUT_SIZE = 1024  # px per side; knee crops decode films at three times this
+MAX_BATCH_SIZE = 1024
+MAX_EPOCHS = 1000
+MAX_TRIALS = 10_000
+MAX_WORKERS = 256
+MAX_FOLDS = 50
+MAX_HEAD_UNITS = 8192
+MAX_UNFREEZE_DEPTH = 16  # ResNet-50's residual blocks
+
+
 class ConfigError(OsteoError, ValueError):
     """A config file, variable or override is invalid; the message names the field."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _sizes_in_bounds(sizes: list[int]) -> bool:
+    """Every input size is one the model accepts (``model.input_size``'s bounds)."""
+    return all(32 <= size <= MAX_INPUT_SIZE for size in sizes)
 
 
 class DataSettings(_Section):
@@ -116,6 +139,11 @@ class ValidationSettings(_Section):
         default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (osteo_pipeline/expectations)."
     )
 
+    @property
+    def image_bounds(self) -> ImageBounds:
+        """The size and mode every image must have, for the GX suite and the model's door."""
+        return ImageBounds(self.min_width, self.min_height, tuple(self.allowed_modes))
+
     @model_validator(mode="after")
     def _share_bounds(self) -> ValidationSettings:
         if self.min_class_share > self.max_class_share:
@@ -140,8 +168,8 @@ class SplitSettings(_Section):
 
 
 class SynthSettings(_Section):
-    per_class: int = Field(default=24, ge=1)
-    size: int = Field(default=256, ge=32, description="Shortest side in px; images vary up to +15%/+40%.")
+    per_class: int = Field(default=24, ge=1, le=100_000)
+    size: int = Field(default=256, ge=32, le=4 * MAX_INPUT_SIZE, description="Shortest side in px; images vary up to +15%/+40%.")
 
 
 class ModelSettings(_Section):
@@ -156,15 +184,15 @@ class ModelSettings(_Section):
         default=False,
         description="Demo only: if ImageNet weights cannot be loaded, train from random init (tagged loudly).",
     )
-    input_size: int = Field(default=224, ge=32, description="Square input side in px (bone texture needs resolution).")
+    input_size: int = Field(default=224, ge=32, le=MAX_INPUT_SIZE, description="Square input side in px (bone texture needs resolution).")
     roi: Literal["image", "knees"] = Field(
         default="image",
         description="image: the whole film resized; knees: each knee cropped square around its joint line (two per film; the image's probability is their mean).",
     )
-    head_units: int = Field(default=256, ge=0, description="Hidden units of the head; 0: a linear head (logistic regression on the pooled features).")
+    head_units: int = Field(default=256, ge=0, le=MAX_HEAD_UNITS, description="Hidden units of the head; 0: a linear head (logistic regression on the pooled features).")
     dropout: float = Field(default=0.3, ge=0, lt=1)
     l2: float = Field(default=0.0, ge=0, description="L2 penalty on the head's weights.")
-    unfreeze_depth: int = Field(default=2, ge=0, le=16, description="Top residual blocks trained in phase 2 (0 = head only).")
+    unfreeze_depth: int = Field(default=2, ge=0, le=MAX_UNFREEZE_DEPTH, description="Top residual blocks trained in phase 2 (0 = head only).")
 
 
 class AugmentSettings(_Section):
@@ -180,12 +208,12 @@ class AugmentSettings(_Section):
 
 
 class TrainSettings(_Section):
-    batch_size: int = Field(default=16, ge=1)
-    head_epochs: int = Field(default=4, ge=0, description="Phase 1: head only, backbone frozen.")
-    finetune_epochs: int = Field(default=8, ge=0, description="Phase 2: top unfreeze_depth blocks + head.")
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)
+    head_epochs: int = Field(default=4, ge=0, le=MAX_EPOCHS, description="Phase 1: head only, backbone frozen.")
+    finetune_epochs: int = Field(default=8, ge=0, le=MAX_EPOCHS, description="Phase 2: top unfreeze_depth blocks + head.")
     head_learning_rate: float = Field(default=1e-3, gt=0)
     learning_rate: float = Field(default=1e-4, gt=0, description="Phase 2 learning rate (searched by tune).")
-    early_stopping_patience: int = Field(default=3, ge=1)
+    early_stopping_patience: int = Field(default=3, ge=1, le=MAX_EPOCHS)
     class_weight: Literal["balanced", "none"] = "balanced"
     mixed_precision: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
     xla: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
@@ -204,9 +232,9 @@ class TrainSettings(_Section):
 
 
 class TuneSettings(_Section):
-    trials: int = Field(default=8, ge=1, description="New trials each `osteo tune` call (and each retrain) adds to its study.")
+    trials: int = Field(default=8, ge=1, le=MAX_TRIALS, description="New trials each `osteo tune` call (and each retrain) adds to its study.")
     max_trials: int | None = Field(
-        default=None, ge=1, description="Cap on the finished (complete or pruned) trials of one study, over all calls and workers."
+        default=None, ge=1, le=MAX_TRIALS, description="Cap on the finished (complete or pruned) trials of one study, over all calls and workers."
     )
     timeout_s: float | None = Field(default=None, gt=0, description="A worker starts no new trial after this many seconds.")
     study_name: str = Field(
@@ -221,9 +249,9 @@ class TuneSettings(_Section):
         description="Optuna RDB storage URL (SQLite on one machine; PostgreSQL for workers on several). Passwords are never logged.",
     )
     n_startup_trials: int = Field(
-        default=4, ge=1, description="Random trials before TPE models the results (capped below the study's budget)."
+        default=4, ge=1, le=MAX_TRIALS, description="Random trials before TPE models the results (capped below the study's budget)."
     )
-    workers: int = Field(default=1, ge=1, description="Local worker processes running trials of the one study at once.")
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Local worker processes running trials of the one study at once.")
     worker_deployment: str | None = Field(
         default=None,
         description=(
@@ -237,7 +265,7 @@ class TuneSettings(_Section):
     )
     max_retries: int = Field(default=2, ge=0, description="Times a trial whose worker died is run again by another worker.")
     warm_start_trials: int = Field(
-        default=2, ge=0, description="Best trials of the previous study (same base name, other data) enqueued first in a new study."
+        default=2, ge=0, le=MAX_TRIALS, description="Best trials of the previous study (same base name, other data) enqueued first in a new study."
     )
     poll_s: float = Field(default=5.0, gt=0, description="How often an idle worker checks whether the study's budget is reached.")
 
@@ -255,10 +283,21 @@ class TuneSettings(_Section):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}")
+        low, high = self.unfreeze_depth
+        if not 0 <= low <= high <= MAX_UNFREEZE_DEPTH:
+            raise ValueError(
+                f"tune.unfreeze_depth must be a range 0 <= low <= high <= {MAX_UNFREEZE_DEPTH} "
+                f"(ResNet-50's blocks), got {[low, high]}"
+            )
         if any(units < 0 for units in self.head_units):
             raise ValueError(f"tune.head_units must be >= 0 (0: a linear head), got {self.head_units}")
-        if self.input_sizes is not None and (not self.input_sizes or min(self.input_sizes) < 32):
-            raise ValueError(f"tune.input_sizes must list sizes of at least 32 px, got {self.input_sizes}")
+        sizes = self.input_sizes
+        if sizes is not None and (not sizes or not _sizes_in_bounds(sizes)):
+            raise ValueError(
+                f"tune.input_sizes must list sizes of 32 to {MAX_INPUT_SIZE} px, got {sizes}"
+            )
+        if any(units > MAX_HEAD_UNITS for units in self.head_units):
+            raise ValueError(f"tune.head_units must be at most {MAX_HEAD_UNITS}, got {self.head_units}")
         if self.rois is not None and not self.rois:
             raise ValueError("tune.rois must list at least one of image, knees (or be unset)")
         return self
@@ -275,7 +314,7 @@ class TuneSettings(_Section):
         description="Score each trial by group-aware k-fold CV on train+val instead of the val split. auto: when train+val has fewer than cv_below_images images.",
     )
     cv_below_images: int = Field(default=500, ge=0, description="tune.cv auto: cross-validate when train+val has fewer images than this.")
-    cv_folds: int = Field(default=5, ge=2, description="k of the CV search's stratified group k-fold.")
+    cv_folds: int = Field(default=5, ge=2, le=MAX_FOLDS, description="k of the CV search's stratified group k-fold.")
     objective: Literal["log_loss", "roc_auc", "balanced_accuracy"] = Field(
         default="log_loss", description="CV search: the mean fold metric minimised (log loss) or maximised (the others)."
     )
@@ -288,7 +327,7 @@ class TuneSettings(_Section):
         default=True,
         description="Search trials and osteo compare's pretrained systems train on cached frozen-backbone outputs of fixed augmented views (fast); false: full images every epoch.",
     )
-    cache_views: int = Field(default=8, ge=1, description="Augmented views of each training image in the activation cache.")
+    cache_views: int = Field(default=8, ge=1, le=100, description="Augmented views of each training image in the activation cache.")
     cache_memory_mb: float = Field(default=4096, gt=0, description="Activation cache held in memory up to this; the rest spills to disk.")
     cache_spill_dir: Path | None = Field(default=None, description="Where spilled activations go (a private temp folder inside; default: system temp).")
 
@@ -327,7 +366,7 @@ class RegistrySettings(_Section):
         default="cv_lower",
         description="Floors always apply to a candidate's test metrics; with cv_lower, also to the lower ends of its cross-validated estimate when it has one.",
     )
-    bootstrap_resamples: int = Field(default=1000, ge=100)
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=1_000_000)
 
     @model_validator(mode="after")
     def _known_metrics(self) -> RegistrySettings:
@@ -345,7 +384,7 @@ class ServingSettings(_Section):
     alias: str = Field(default="production", description="Registry alias whose version is served; the server follows it when it moves.")
     host: str = "127.0.0.1"
     port: int = Field(default=5055, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, description="Scoring-server worker processes.")
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Scoring-server worker processes.")
     poll_s: float = Field(default=30.0, gt=0, description="How often the alias is checked; a move restarts the server on the new version.")
 
 
@@ -360,11 +399,11 @@ class CompareSettings(_Section):
     """``osteo compare``: every system on the same repeated stratified group folds."""
 
     systems: list[str] = Field(default=list(COMPARE_SYSTEMS), min_length=1, description=f"Systems to run, from {list(COMPARE_SYSTEMS)}.")
-    folds: int = Field(default=5, ge=2, description="k of the stratified group k-fold.")
-    repeats: int = Field(default=3, ge=1, description="Repeats of the k-fold, each with a new shuffle.")
+    folds: int = Field(default=5, ge=2, le=MAX_FOLDS, description="k of the stratified group k-fold.")
+    repeats: int = Field(default=3, ge=1, le=100, description="Repeats of the k-fold, each with a new shuffle.")
     sizes: list[int] = Field(default=[224], min_length=1, description="Input sizes (px) each system runs at (the metadata probe needs none).")
     val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Share of each fold's training part kept for early stopping, calibration and the threshold.")
-    scratch_epochs: int = Field(default=10, ge=1, description="Epochs of the networks trained from scratch (early stopping on val).")
+    scratch_epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="Epochs of the networks trained from scratch (early stopping on val).")
     scratch_learning_rate: float = Field(default=1e-3, gt=0)
     vgg16_weights: str = Field(
         default="imagenet", description="VGG-16 weights: 'imagenet' (Keras download) or a local no-top .h5 (also OSTEO_VGG16_WEIGHTS); never random."
@@ -381,8 +420,8 @@ class CompareSettings(_Section):
         unknown = sorted(set(self.systems) - set(COMPARE_SYSTEMS))
         if unknown:
             raise ValueError(f"unknown compare systems {unknown}; choose from {list(COMPARE_SYSTEMS)}")
-        if any(size < 32 for size in self.sizes):
-            raise ValueError(f"compare.sizes must be at least 32 px, got {self.sizes}")
+        if not _sizes_in_bounds(self.sizes):
+            raise ValueError(f"compare.sizes must be 32 to {MAX_INPUT_SIZE} px, got {self.sizes}")
         return self
 
 
@@ -431,6 +470,48 @@ def _parse_scalar(raw: str) -> Any:
         return raw
 
 
+def _field_type(dotted_key: str) -> Any:
+    """The declared type of the settings field ``dotted_key`` names, or None for an unknown key."""
+    section: Any = Settings
+    annotation = None
+    for part in dotted_key.split("."):
+        fields = getattr(section, "model_fields", None)
+        if not isinstance(section, type) or fields is None or part not in fields:
+            return None
+        annotation = section = fields[part].annotation
+    return annotation
+
+
+def _holds_text(annotation: Any) -> bool:
+    """Whether a field of this type takes words as typed: text, a path, a Literal of strings, a
+    list of those, or one of them or None."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation in (str, Path):
+        return True
+    if origin is Literal:
+        return all(isinstance(arg, str) for arg in args)
+    if origin is list:
+        return _holds_text(args[0])
+    if origin in (Union, types.UnionType):
+        options = [arg for arg in args if arg is not type(None)]
+        return bool(options) and all(_holds_text(arg) for arg in options)
+    return False
+
+
+def _parse_value(dotted_key: str, raw: str) -> Any:
+    """``raw`` parsed as YAML, except that a field expecting text keeps words YAML would turn into
+    booleans or numbers (``tune.cv=off``, ``model.weights=none``, ``data.classes=[no, yes]``);
+    ``null`` still clears a field that may be None."""
+    value = _parse_scalar(raw)
+    annotation = _field_type(dotted_key)
+    if not _holds_text(annotation) or (value is None and type(None) in get_args(annotation)):
+        return value
+    try:
+        return yaml.load(raw, Loader=yaml.BaseLoader)  # YAML's structure, every scalar a string
+    except yaml.YAMLError:
+        return raw
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Nested overrides from ``OSTEO_*`` variables (``OSTEO_SPLIT__TEST=0.2``)."""
     environ = os.environ if environ is None else environ
@@ -439,8 +520,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name == "OSTEO_CONFIG":
             continue
         dotted = ENV_ALIASES.get(name) or name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        value = raw if dotted in ("model.weights", "compare.vgg16_weights") else _parse_scalar(raw)
-        result = _deep_merge(result, _nest(dotted, value))
+        result = _deep_merge(result, _nest(dotted, _parse_value(dotted, raw)))
     return result
 
 
@@ -451,7 +531,7 @@ def cli_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise ConfigError(f"override {pair!r} is not of the form key.sub=value")
-        result = _deep_merge(result, _nest(key.strip(), _parse_scalar(raw)))
+        result = _deep_merge(result, _nest(key.strip(), _parse_value(key.strip(), raw)))
     return result
 
 
@@ -467,6 +547,30 @@ def _known_top_level(overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if k in Settings.model_fields}
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The example configs shipped in the package, by name (``knee-3class``: its file)."""
+    folder = resources.files(CONFIGS_PACKAGE)
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def config_file(path: str | Path) -> Path:
+    """The config file ``path`` names: a file, else a packaged example config by name
+    (``--config knee-3class``), so a message can name one that works from an installed wheel."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    packaged = packaged_configs()
+    found = packaged.get(file.name.removesuffix(".yaml")) if file.name == str(path) else None
+    if found is None:
+        names = ", ".join(sorted(packaged))
+        raise ConfigError(f"config file not found: {file} (packaged configs by name: {names})")
+    return found
+
+
 def load_settings(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -477,9 +581,7 @@ def load_settings(
     path = path or environ.get("OSTEO_CONFIG")
     data: dict[str, Any] = {}
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {file}")
+        file = config_file(path)
         try:
             loaded = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -2,7 +2,11 @@
 
 It reuses ``core.preprocess`` (the function training used), so the served model and the trainer
 cannot disagree about preprocessing. Bad rows raise an MLflow INVALID_PARAMETER_VALUE error that
-names each row and reason, which the scoring server turns into HTTP 400, not 500."""
+names each row and reason, which the scoring server turns into HTTP 400, not 500. A model records
+the image bounds its training data was validated with (``meta.json``'s ``image_bounds``) and
+refuses an image below its minimum size or of a mode validation does not allow; versions logged
+before the bounds were recorded have none (their bundled code never checked) and load as they
+are."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 from osteo_pipeline.core.calibration import Calibration
+from osteo_pipeline.core.image_bounds import ImageBounds
 from osteo_pipeline.core.jsonable import dumps
 from osteo_pipeline.core.preprocess import (
     ImageDecodeError,
@@ -59,9 +64,16 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int, roi: str = "image") -> np.ndarray:
+def decode_rows(
+    frame: pd.DataFrame,
+    size: int,
+    max_pixels: int,
+    roi: str = "image",
+    bounds: ImageBounds | None = None,
+) -> np.ndarray:
     """(N x views) x size x size x 3 uint8 model inputs for the ``image`` column (each image's
-    views in a row: the film, or its knee crops), or one error naming every bad row."""
+    views in a row: the film, or its knee crops), or one error naming every bad row: unreadable,
+    over ``max_pixels``, or (with ``bounds``) one that validation would refuse for size or mode."""
     if IMAGE_COLUMN not in frame.columns:
         raise _bad_request(f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); got columns {list(frame.columns)}")
     if len(frame) == 0:
@@ -79,7 +91,7 @@ def decode_rows(frame: pd.DataFrame, size: int, max_pixels: int, roi: str = "ima
                 raw = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise ImageDecodeError(f"not valid base64 ({exc})") from exc
-            pixels.append(load_views(raw, size, max_pixels, roi))
+            pixels.append(load_views(raw, size, max_pixels, roi, bounds))
         except ImageDecodeError as exc:
             errors.append(f"row {row}: {exc}")
     if errors:
@@ -112,6 +124,7 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
         self.max_pixels: int = meta["max_pixels"]
         self.version: str = meta.get("version", "")
         self.roi: str = meta.get("roi", "image")
+        self.bounds = ImageBounds.from_dict(meta.get("image_bounds"))
         self.views = views_per_image(self.roi)
         self.calibration = Calibration.from_dict(meta.get("calibration"))
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
@@ -126,7 +139,8 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Temperature-scaled probabilities and the label by the validation-chosen threshold."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        proba = self.calibration.probabilities(self.predict_pixels(decode_rows(frame, self.size, self.max_pixels, self.roi)))
+        pixels = decode_rows(frame, self.size, self.max_pixels, self.roi, self.bounds)
+        proba = self.calibration.probabilities(self.predict_pixels(pixels))
         result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})
         result.insert(0, "label", [self.classes[i] for i in self.calibration.labels(proba)])
         result["model_version"] = self.version
@@ -152,9 +166,12 @@ def log_pyfunc(
     version: str,
     calibration: Calibration | None = None,
     roi: str = "image",
+    *,
+    bounds: ImageBounds,
 ) -> Any:
     """Log the model (no optimizer state) as the ``model`` pyfunc of the active run, with the
-    calibration (temperature, threshold) fitted on validation. Its input example is a synthetic
+    calibration (temperature, threshold) fitted on validation and the image ``bounds`` its data
+    was validated with (requests outside them are refused). Its input example is a synthetic
     radiograph (``core.synth``), never one of the training or test images."""
     from osteo_pipeline.core.model import inference_copy
     from osteo_pipeline.core.synth import example_radiograph
@@ -163,8 +180,18 @@ def log_pyfunc(
         keras_path = Path(tmp) / "model.keras"
         inference_copy(keras_model).save(keras_path)
         meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(dumps({"classes": classes, "input_size": input_size, "max_pixels": max_pixels, "version": version, "calibration": (calibration or Calibration()).as_dict(), "roi": roi}))
-        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(input_size))]})
+        meta = {
+            "classes": classes,
+            "input_size": input_size,
+            "max_pixels": max_pixels,
+            "version": version,
+            "calibration": (calibration or Calibration()).as_dict(),
+            "roi": roi,
+            "image_bounds": bounds.as_dict(),
+        }
+        meta_path.write_text(dumps(meta))
+        example_side = max(input_size, bounds.min_width, bounds.min_height)  # an example it accepts
+        example = pd.DataFrame({IMAGE_COLUMN: [encode_image(example_radiograph(example_side))]})
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=OsteoClassifier(),

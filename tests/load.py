@@ -42,6 +42,7 @@ BAD_PAYLOADS: dict[str, tuple[str, str]] = {
     "empty string": (_split(""), "application/json"),
     "null image": (_split(None), "application/json"),
     "number, not a string": (_split(12345), "application/json"),
+    "1x1 image, below validation's minimum": (_split(_b64(jpeg_bytes(1))), "application/json"),
     "50-megapixel header": (_split(_b64(png_header_only(10_000, 5_000))), "application/json"),
     "empty batch": (json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}), "application/json"),
     "corrupt dicom": (_split(_b64(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")), "application/json"),

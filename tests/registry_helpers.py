@@ -40,7 +40,11 @@ def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str
         tracking.log_settings(settings)
         tracking.log_dataset(split)
         evaluate_predictions(arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration())
-        log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id)
+        v = settings.validation
+        log_pyfunc(
+            model, list(settings.data.classes), settings.model.input_size, v.max_pixels,
+            run.info.run_id, bounds=v.image_bounds,
+        )
     return run.info.run_id
 
 

@@ -117,3 +117,96 @@ def test_a_batch_that_fails_validation_stops_split_tune_and_compare_with_exit_1(
     for command in (["split", str(data)], ["tune", str(data), *store], ["compare", str(data), "--systems", "metadata-probe"]):
         result = runner.invoke(app, [*command, *SMALL])
         assert result.exit_code == 1 and "normal/broken.jpg" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_an_out_of_bounds_setting_is_one_line_naming_the_field():
+    _one_line_error(
+        runner.invoke(app, ["config", "--set", "model.input_size=100000"]),
+        2,
+        "model.input_size",
+        "less than or equal to 1024",
+    )
+
+
+def test_models_lists_every_registered_model_with_numbers_as_numbers(store, tmp_path):
+    """Not only registry.model_name: a store holding other models' versions lists them all
+    (registry locks left out), and --json gives versions and metrics as numbers."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    for name in ("osteo-knee-binary", "osteo-knee-3class"):
+        client.create_registered_model(name)
+        client.create_model_version(
+            name,
+            (tmp_path / "model").as_uri(),
+            tags={"metric.test_balanced_accuracy": "0.75", "metric.test_roc_auc": "nan"},
+        )
+    client.create_registered_model("osteo-knee-binary.lock.promote")
+    listed = runner.invoke(app, ["models", "--json", *store])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(row["model"], row["version"]) for row in rows] == [
+        ("osteo-knee-3class", 1),
+        ("osteo-knee-binary", 1),
+    ]
+    assert (
+        rows[0]["balanced_accuracy"] == 0.75
+        and rows[0]["roc_auc"] is None
+        and rows[0]["recall"] is None
+    )
+    table = runner.invoke(app, ["models", *store])
+    assert (
+        table.exit_code == 0 and "osteo-knee-binary" in table.stdout and "0.750" in table.stdout
+    ), table.output
+    one = json.loads(
+        runner.invoke(app, ["models", "--json", "--model", "osteo-knee-binary", *store]).stdout
+    )
+    assert [row["model"] for row in one] == ["osteo-knee-binary"]
+    _one_line_error(
+        runner.invoke(app, ["models", "--model", "nope", *store]),
+        2,
+        "'nope'",
+        "registered: osteo-knee-3class, osteo-knee-binary",
+    )
+
+
+def test_validate_prints_the_settings_that_fit_and_config_takes_a_packaged_name(tmp_path):
+    data = tmp_path / "d"
+    runner.invoke(
+        app,
+        [
+            "synth",
+            str(data),
+            "--per-class",
+            "6",
+            "--size",
+            "64",
+            "--classes",
+            "normal,osteopenia,osteoporosis",
+        ],
+    )
+    result = runner.invoke(
+        app, ["validate", str(data), "--report-dir", str(tmp_path / "r"), *SMALL]
+    )
+    assert result.exit_code == 1
+    assert (
+        "to fit class folder 'osteopenia' is not in data.classes [normal, osteoporosis]: add it "
+        "(--set 'data.classes=[normal, osteopenia, osteoporosis]', or --config knee-3class)"
+        in result.output
+    ), result.output
+    assert "Settings that would fit" in (tmp_path / "r" / "validation.html").read_text()
+    three = runner.invoke(
+        app,
+        [
+            "validate",
+            str(data),
+            "--config",
+            "knee-3class",
+            "--report-dir",
+            str(tmp_path / "r3"),
+            *SMALL,
+        ],
+    )
+    assert three.exit_code == 0, three.output

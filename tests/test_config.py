@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,97 @@ def test_empty_mapping_override_clears_a_dict_setting():
     assert load_settings(overrides=cli_overrides(["registry.floors={}"]), environ={}).registry.floors == {}
     replaced = load_settings(overrides=cli_overrides(["registry.floors={recall: 0.7}"]), environ={})
     assert replaced.registry.floors == {"recall": 0.7}  # a dict setting given anew replaces the default
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.input_size=100000",
+        "train.batch_size=1000000",
+        "train.finetune_epochs=100000",
+        "tune.trials=10000000",
+        "tune.workers=100000",
+        "compare.folds=1000",
+        "synth.per_class=10000000",
+    ],
+)
+def test_sizes_and_counts_have_upper_bounds(override):
+    field = re.escape(override.partition("=")[0])
+    with pytest.raises(ConfigError, match=rf"{field}: Input should be less than or equal to"):
+        load_settings(overrides=cli_overrides([override]), environ={})
+
+
+def test_the_searched_unfreeze_depth_stays_within_the_backbone():
+    with pytest.raises(
+        ConfigError, match=r"tune\.unfreeze_depth must be a range 0 <= low <= high <= 16"
+    ):
+        load_settings(overrides=cli_overrides(["tune.unfreeze_depth=[0, 60]"]), environ={})
+
+
+@pytest.mark.parametrize("field", ["tune.input_sizes", "compare.sizes"])
+def test_searched_and_compared_sizes_have_the_input_size_bounds(field):
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(field)} must (list sizes of|be) 32 to 1024 px"
+    ):
+        load_settings(overrides=cli_overrides([f"{field}=[224, 5000]"]), environ={})
+
+
+def test_overrides_of_text_fields_keep_the_words_yaml_would_turn_into_booleans():
+    overrides = [
+        "tune.cv=off",
+        "train.xla=on",
+        "data.classes=[no, yes]",
+        "model.weights=none",
+        "tune.rois=[knees]",
+        "tracking.experiment=yes",
+    ]
+    settings = load_settings(overrides=cli_overrides(overrides), environ={})
+    assert (settings.tune.cv, settings.train.xla, settings.data.classes) == (
+        "off",
+        "on",
+        ["no", "yes"],
+    )
+    assert (settings.model.weights, settings.tune.rois, settings.tracking.experiment) == (
+        "none",
+        ["knees"],
+        "yes",
+    )
+    from_env = load_settings(
+        environ={
+            "OSTEO_TUNE__CV": "off",
+            "OSTEO_TRAIN__MIXED_PRECISION": "on",
+            "OSTEO_VGG16_WEIGHTS": "none",
+        }
+    )
+    assert (from_env.tune.cv, from_env.train.mixed_precision, from_env.compare.vgg16_weights) == (
+        "off",
+        "on",
+        "none",
+    )
+
+
+def test_overrides_of_other_fields_keep_their_yaml_types_and_null_clears_optional_text():
+    overrides = [
+        "train.augment.enabled=off",
+        "tune.timeout_s=60",
+        "data.positive_class=null",
+        "tune.l2=[0.001, 0.1]",
+    ]
+    settings = load_settings(overrides=cli_overrides(overrides), environ={})
+    assert settings.train.augment.enabled is False and settings.tune.timeout_s == 60
+    assert settings.data.positive_class is None and settings.tune.l2 == (0.001, 0.1)
+
+
+def test_a_packaged_example_config_loads_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the names come from the package
+    assert load_settings("knee-3class", environ={}).registry.model_name == "osteo-knee-3class"
+    assert load_settings("knee-binary.yaml", environ={}).data.ignore_unlisted_classes is True
+    assert load_settings(environ={"OSTEO_CONFIG": "demo"}).model.input_size == 64
+    (tmp_path / "knee-3class").write_text("seed: 3\n")  # a file of that name wins
+    assert load_settings("knee-3class", environ={}).seed == 3
+    with pytest.raises(
+        ConfigError,
+        match=r"config file not found: nope \(packaged configs by name: "
+        r"default, demo, knee-3class, knee-binary\)",
+    ):
+        load_settings("nope", environ={})

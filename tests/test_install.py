@@ -91,6 +91,12 @@ def test_the_wheel_holds_the_package_its_suites_and_flows(installed, tmp_path):
     assert suites == "['classes.json', 'contents.json', 'files.json']"
     docker_cmd = subprocess.run([str(installed / "osteo"), "--help"], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
     assert docker_cmd.returncode == 0 and "tune-worker" in docker_cmd.stdout and "serve" in docker_cmd.stdout  # the image's CMD
+    by_name = subprocess.run(  # the example configs ship in the wheel, loaded by name
+        [str(installed / "osteo"), "config", "--config", "knee-3class"],
+        capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120,
+    )
+    assert by_name.returncode == 0, by_name.stderr[-2000:]
+    assert "model_name: osteo-knee-3class" in by_name.stdout
 
 
 def test_installed_synth_and_validate_report_failures_as_plain_json_through_a_pipe(installed, tmp_path):

@@ -4,11 +4,12 @@ import base64
 
 import pytest
 import requests
+from PIL import Image
 
 from osteo_pipeline.steps.registry import promote, register_run
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.validate import validate_folder
-from tests.corpus import jpeg_bytes, png_header_only
+from tests.corpus import jpeg_bytes, png_bytes, png_header_only
 from tests.registry_helpers import log_candidate
 from tests.servers import free_port, model_server
 
@@ -46,6 +47,11 @@ def test_served_production_model_answers_images_and_rejects_garbage(synth_dir, t
             assert response.json()["message"], kind
         second_row = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[image], ["%%%"]]}}, timeout=30)
         assert second_row.status_code == 400 and "row 1" in second_row.json()["message"]
+        tiny = base64.b64encode(png_bytes(Image.new("L", (1, 1)))).decode()
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[tiny]]}}
+        refused = requests.post(url, json=payload, timeout=30)  # validation's minimum is 32 px here
+        assert refused.status_code == 400
+        assert "row 0: 1x1 px is below the 32x32 minimum" in refused.json()["message"]
         assert requests.post(url, data="garbage", headers={"Content-Type": "application/json"}, timeout=30).status_code == 400
         again = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[image]]}}, timeout=30)
         assert again.status_code == 200  # still serving after every bad request

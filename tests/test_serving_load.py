@@ -1,5 +1,5 @@
 """A short load test of the real scoring server (the 30 s version is bench/serving_load.py):
-8 concurrent clients mixing valid images with 14 kinds of bad payloads."""
+8 concurrent clients mixing valid images with 15 kinds of bad payloads."""
 
 import pytest
 

@@ -34,9 +34,7 @@ def suite_parameters(settings: Settings) -> dict[str, Any]:
     v = settings.validation
     return {
         "classes": list(settings.data.classes),
-        "min_width": v.min_width,
-        "min_height": v.min_height,
-        "allowed_modes": list(v.allowed_modes),
+        **v.image_bounds.as_dict(),
         "min_class_share": v.min_class_share,
         "max_class_share": v.max_class_share,
         "min_images_per_class": v.min_images_per_class,

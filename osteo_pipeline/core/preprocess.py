@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from osteo_pipeline.core.image_bounds import ImageBounds
+
 Image.MAX_IMAGE_PIXELS = None  # callers enforce their own limit (see ``open_image``)
 
 #: Bump whenever ``load_gray_views`` may return other pixels for the same file (decoding, resizing,
@@ -89,6 +91,11 @@ def _first(value) -> float:  # noqa: ANN001 - a DICOM DS or multi-valued DS
     return float(value[0] if isinstance(value, MultiValue) else value)
 
 
+def dicom_mode(dataset) -> str:  # noqa: ANN001 - pydicom.Dataset
+    """The Pillow mode a DICOM radiograph counts as: 8-bit or 16-bit gray by its BitsAllocated."""
+    return "L" if int(dataset.get("BitsAllocated", 8)) <= 8 else "I;16"
+
+
 def dicom_image(dataset, max_pixels: int) -> Image.Image:  # noqa: ANN001 - pydicom.Dataset
     """The radiograph as an 8-bit gray image, after checking Rows x Columns against the limit
     (pixel data is only decoded after that check)."""
@@ -107,11 +114,34 @@ def dicom_pixel_spacing(dataset) -> str | None:  # noqa: ANN001
     return None
 
 
-def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
-    """Open ``source`` and check its pixel count from the header before any decoding. DICOM is
-    converted to an 8-bit gray image here (after the same check on Rows x Columns)."""
+def multi_frame_refusal(image: Image.Image) -> str | None:
+    """Why validation refuses an animation or a stack of several images, or None for one image."""
+    frames = getattr(image, "n_frames", 1)
+    return f"multi-frame image ({frames} frames): one radiograph per file" if frames > 1 else None
+
+
+def _check_bounds(
+    bounds: ImageBounds | None, width: int, height: int, mode: str, image: Image.Image | None = None
+) -> None:
+    """With ``bounds`` (the model's door), refuse what validation would refuse from the header."""
+    if bounds is None:
+        return
+    refusal = bounds.refusal(width, height, mode) or (multi_frame_refusal(image) if image else None)
+    if refusal:
+        raise ImageDecodeError(refusal)
+
+
+def open_image(
+    source: str | Path | bytes, max_pixels: int, bounds: ImageBounds | None = None
+) -> Image.Image:
+    """Open ``source`` and check its pixel count (and its size and mode against ``bounds``, when
+    given) from the header before any decoding. DICOM is converted to an 8-bit gray image here
+    (after the same checks on Rows x Columns)."""
     if is_dicom(source):
-        return dicom_image(read_dicom(source), max_pixels)  # read once: pixels decode only after the size check
+        dataset = read_dicom(source)  # read once: pixels decode only after the checks
+        width, height = int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
+        _check_bounds(bounds, width, height, dicom_mode(dataset))
+        return dicom_image(dataset, max_pixels)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:
@@ -121,6 +151,7 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(
             f"image is {width}x{height} = {width * height:,} px, over the {max_pixels:,} px limit"
         )
+    _check_bounds(bounds, width, height, image.mode, image)
     return image
 
 
@@ -160,9 +191,11 @@ def to_gray_array(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def load_gray(source: str | Path | bytes, longest: int, max_pixels: int) -> np.ndarray:
+def load_gray(
+    source: str | Path | bytes, longest: int, max_pixels: int, bounds: ImageBounds | None = None
+) -> np.ndarray:
     """8-bit gray pixels of ``source`` at its own aspect, the longer side at most ``longest``."""
-    gray = decode_gray(open_image(source, max_pixels), longest)
+    gray = decode_gray(open_image(source, max_pixels, bounds), longest)
     scale = longest / max(gray.size)
     if scale < 1:
         gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BILINEAR, reducing_gap=3.0)
@@ -194,20 +227,33 @@ def per_image(row_proba: np.ndarray, views: int) -> np.ndarray:
     return row_proba.reshape(-1, views, row_proba.shape[-1]).mean(axis=1) if views > 1 else row_proba
 
 
-def load_gray_views(source: str | Path | bytes, size: int, max_pixels: int, roi: str = "image") -> np.ndarray:
+def load_gray_views(
+    source: str | Path | bytes,
+    size: int,
+    max_pixels: int,
+    roi: str = "image",
+    bounds: ImageBounds | None = None,
+) -> np.ndarray:
     """``views_per_image(roi)`` x ``size`` x ``size`` uint8 gray: the one function that turns a file
     into what the model sees, in training, serving and Grad-CAM alike. Knee crops are cut from a
-    decode at three times ``size`` (a knee spans about a third of a film)."""
+    decode at three times ``size`` (a knee spans about a third of a film). With ``bounds`` (the
+    serving door), an image validation would refuse for its size or mode is refused."""
     from osteo_pipeline.core.roi import knee_crops
 
     if views_per_image(roi) == 1:
-        return to_gray_array(open_image(source, max_pixels), size)[None]
-    return knee_crops(load_gray(source, 3 * size, max_pixels), size)
+        return to_gray_array(open_image(source, max_pixels, bounds), size)[None]
+    return knee_crops(load_gray(source, 3 * size, max_pixels, bounds), size)
 
 
-def load_views(source: str | Path | bytes, size: int, max_pixels: int, roi: str = "image") -> np.ndarray:
+def load_views(
+    source: str | Path | bytes,
+    size: int,
+    max_pixels: int,
+    roi: str = "image",
+    bounds: ImageBounds | None = None,
+) -> np.ndarray:
     """:func:`load_gray_views` replicated to three channels (V x size x size x 3)."""
-    return np.repeat(load_gray_views(source, size, max_pixels, roi)[..., None], 3, axis=3)
+    return np.repeat(load_gray_views(source, size, max_pixels, roi, bounds)[..., None], 3, axis=3)
 
 
 def model_input(pixels):

@@ -17,8 +17,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from osteo_pipeline.core.preprocess import (
     ImageDecodeError,
     dicom_image,
+    dicom_mode,
     dicom_pixel_spacing,
     is_dicom,
+    multi_frame_refusal,
     read_dicom,
 )
 
@@ -70,7 +72,7 @@ def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> Imag
         facts |= {
             "width": int(dataset.get("Columns", 0)),
             "height": int(dataset.get("Rows", 0)),
-            "mode": "L" if int(dataset.get("BitsAllocated", 8)) <= 8 else "I;16",
+            "mode": dicom_mode(dataset),
             "channels": int(dataset.get("SamplesPerPixel", 1)),
             "pixel_spacing_mm": dicom_pixel_spacing(dataset),
         }
@@ -122,9 +124,9 @@ def inspect_image(path: Path, max_pixels: int) -> ImageFacts:
                             f"exceeds validation.max_pixels={max_pixels:,}; not decoded"
                         ),
                     )
-                if getattr(image, "n_frames", 1) > 1:
+                if multi_frame := multi_frame_refusal(image):
                     header["format"] = f"{image.format} ({image.n_frames} frames)"
-                    return ImageFacts(**base, **header, error=f"multi-frame image ({image.n_frames} frames): one radiograph per file")
+                    return ImageFacts(**base, **header, error=multi_frame)
                 _decode_small(image)
     except UnidentifiedImageError:
         return ImageFacts(**base, error="not an image: no decoder recognises its content")

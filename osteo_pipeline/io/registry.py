@@ -19,6 +19,7 @@ from osteo_pipeline.errors import OsteoError
 
 STAGING, PRODUCTION, PREVIOUS = "staging", "production", "previous"
 REPLACED_TAG = "osteo.replaced_version"  # set on a version when it becomes production
+LOCK_INFIX = ".lock."  # a registry lock is the registered model <name>.lock.<purpose>
 
 
 class RegistryError(OsteoError, RuntimeError):
@@ -35,6 +36,17 @@ def _exists(exc: MlflowException) -> bool:
 
 class RegistryBusyError(RegistryError):
     """Another process holds the registry lock longer than we were willing to wait."""
+
+
+def model_names(client: MlflowClient) -> list[str]:
+    """Every registered model's name, sorted, leaving out registry locks (``Registry.lock``)."""
+    names, token = [], None
+    while True:
+        page = client.search_registered_models(page_token=token)
+        names += [model.name for model in page if LOCK_INFIX not in model.name]
+        token = page.token
+        if not token:
+            return sorted(names)
 
 
 @dataclass
@@ -78,7 +90,7 @@ class Registry:
         for ``stale_after_s`` of our own waiting was left by a killed process and is broken
         (measured on this machine's clock, so clock skew does not matter). Not for MLflow's file
         store, whose model creation is not atomic."""
-        name = f"{self.name}.lock.{purpose}"
+        name = f"{self.name}{LOCK_INFIX}{purpose}"
         token = f"{socket.gethostname()} pid {os.getpid()} token {uuid.uuid4().hex}"
         deadline = time.monotonic() + wait_s
         seen: tuple[str, float] | None = None  # (holder, when we first saw it)

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 PACKAGES = ("tensorflow", "keras", "mlflow", "optuna", "optuna-integration", "great-expectations", "numpy", "pillow", "scikit-learn", "osteo-pipeline")
 
 
+#: MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds model
+#: training; with it, the pipeline's experiments open on their runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
 _configured_uri: str | None = None  # what ``configure`` last set (MLflow copies it into the environment)
 _user_uri: str | None = None  # the user's MLFLOW_TRACKING_URI, as it was before MLflow overwrote it
 
@@ -75,8 +79,9 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def configure(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id. Called
-    before any work, so a dead tracking server fails the run before anything is trained."""
+    """Point MLflow at the configured store and experiment (created, or an existing one tagged, as
+    a model-training experiment); returns the experiment id. Called before any work, so a dead
+    tracking server fails the run before anything is trained."""
     global _configured_uri, _user_uri
     _user_uri = _user_tracking_uri()
     uri = _user_uri or settings.tracking.uri
@@ -96,10 +101,14 @@ def configure(settings: Settings) -> str:
         ) from exc
     if experiment is None:
         experiment_id = mlflow.create_experiment(
-            settings.tracking.experiment, artifact_location=_artifact_location(settings, uri)
+            settings.tracking.experiment,
+            artifact_location=_artifact_location(settings, uri),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
         )
     else:
         experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -32,7 +32,10 @@ def explain_image(model_uri: str, image: Path, out_file: Path, target: str | Non
         raise ValueError(f"--class {target!r} is not one of the model's classes {classifier.classes}")
     if not image.is_file():
         raise ValueError(f"no such image file: {image}")
-    pixels = load_views(image, classifier.size, classifier.max_pixels, classifier.roi)  # each knee crop, or the film
+    # each knee crop, or the film; refused as the server refuses it
+    pixels = load_views(
+        image, classifier.size, classifier.max_pixels, classifier.roi, classifier.bounds
+    )
     proba = classifier.calibration.probabilities(classifier.predict_pixels(pixels))
     predicted = int(classifier.calibration.labels(proba)[0])
     explained = classifier.classes.index(target) if target else predicted

@@ -97,7 +97,16 @@ def refit_and_evaluate(
             _log_cv_estimate(oof, positive, settings)
         proba = predict_images(model, arrays["test"], settings.train.batch_size)
         report = evaluate_predictions(arrays["test"], proba, settings, calibration, model=model)
-        info = log_pyfunc(model, list(settings.data.classes), settings.model.input_size, settings.validation.max_pixels, run.info.run_id, calibration, settings.model.roi)
+        info = log_pyfunc(
+            model,
+            list(settings.data.classes),
+            settings.model.input_size,
+            settings.validation.max_pixels,
+            run.info.run_id,
+            calibration,
+            settings.model.roi,
+            bounds=settings.validation.image_bounds,
+        )
         return RefitResult(run.info.run_id, info.model_uri, report, weights.described, time.perf_counter() - started)
 
 

@@ -36,6 +36,7 @@ from osteo_pipeline.io.registry import (
     STAGING,
     Registry,
     RegistryError,
+    model_names,
 )
 from osteo_pipeline.serving import IMAGE_COLUMN, probability_column
 from osteo_pipeline.steps.seen import seen_images, training_images
@@ -258,20 +259,44 @@ def rollback(settings: Settings) -> tuple[str, str]:
     return str(production.version), str(previous.version)
 
 
-def list_versions(settings: Settings) -> list[dict[str, Any]]:
-    registry = open_registry(settings)
-    by_version: dict[str, list[str]] = {}
-    for alias, version in registry.aliases().items():
-        by_version.setdefault(str(version), []).append(alias)
-    return [
-        {
-            "version": str(v.version),
-            "aliases": sorted(by_version.get(str(v.version), [])),
-            "run_id": v.run_id,
-            **{m: v.tags.get(f"metric.test_{m}") for m in ("balanced_accuracy", "recall", "specificity", "roc_auc")},
-            "dataset_hash": (v.tags.get("dataset_hash") or "")[:12],
-            "gate": v.tags.get("gate.decision", ""),
-            "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M"),
-        }
-        for v in registry.versions()
-    ]
+LISTED_METRICS = ("balanced_accuracy", "recall", "specificity", "roc_auc")
+
+
+def registered_models(settings: Settings) -> list[str]:
+    """The names of every model registered in the configured store."""
+    return model_names(open_registry(settings).client)
+
+
+def _number(tag: str | None) -> float | None:
+    """A metric tag's value as a number; None when missing or not a finite number."""
+    try:
+        value = float(tag) if tag is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and np.isfinite(value) else None
+
+
+def list_versions(settings: Settings, models: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per version of ``models`` (default: ``registry.model_name``), by model then
+    version: its aliases, run, test metrics (numbers), data, gate decision and creation time."""
+    client = open_registry(settings).client
+    rows = []
+    for name in models or [settings.registry.model_name]:
+        registry = Registry(name, client)
+        by_version: dict[str, list[str]] = {}
+        for alias, version in registry.aliases().items():
+            by_version.setdefault(str(version), []).append(alias)
+        rows += [
+            {
+                "model": name,
+                "version": int(v.version),
+                "aliases": sorted(by_version.get(str(v.version), [])),
+                "run_id": v.run_id,
+                **{m: _number(v.tags.get(f"metric.test_{m}")) for m in LISTED_METRICS},
+                "dataset_hash": (v.tags.get("dataset_hash") or "")[:12],
+                "gate": v.tags.get("gate.decision", ""),
+                "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M"),
+            }
+            for v in registry.versions()
+        ]
+    return rows

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from osteo_pipeline.config import Settings
+from osteo_pipeline.config import DataSettings, Settings, load_settings, packaged_configs
 from osteo_pipeline.core import quality
 from osteo_pipeline.core.expectations import SUITE_NAMES, load_suite, suite_parameters
 from osteo_pipeline.io.copies import Content, CopyLinks, copy_finder
@@ -29,12 +29,77 @@ class ValidationResult:
     copy_groups: list[dict[str, Any]]  # files holding copies of one radiograph, by raw path
 
     def failure(self, listed: int = 5) -> str:
-        """One line saying which checks failed and on which files (the first ``listed``)."""
+        """One line saying which checks failed and on which files (the first ``listed``), and
+        which settings would fit the data."""
         parts = []
         for failed in self.summary["failed_expectations"]:
             ids = [str(u["id"]) for u in failed["unexpected"][:listed]]
             parts.append(f"{failed['check']} ({', '.join(ids)}{', ...' if len(failed['unexpected']) > listed else ''})" if ids else f"{failed['check']} ({failed['observed']})")
-        return f"{self.summary['data_dir']} failed validation: {'; '.join(parts)}"
+        fixes = "".join(f"; to fit: {hint}" for hint in self.summary["suggestions"])
+        return f"{self.summary['data_dir']} failed validation: {'; '.join(parts)}{fixes}"
+
+
+def _fits_folders(data: DataSettings, class_dirs: list[str]) -> bool:
+    """Whether ``data``'s classes are the class folders found (or some of them, the others left
+    out by ``ignore_unlisted_classes``)."""
+    classes, folders = set(data.classes), set(class_dirs)
+    return classes == folders or (data.ignore_unlisted_classes and classes <= folders)
+
+
+def _naming(configs: list[str], before: str, after: str = "") -> str:
+    """``configs`` as ``--config NAME`` options between ``before`` and ``after``; "" for none."""
+    if not configs:
+        return ""
+    return f"{before}{' or '.join(f'--config {name}' for name in configs)}{after}"
+
+
+def suggestions(failed_checks: set[str], class_dirs: list[str], settings: Settings) -> list[str]:
+    """Settings that would let the data pass the failed class and label checks, one line each,
+    naming the packaged example configs (``--config NAME``) that fit these class folders."""
+    if not failed_checks & {"label_set", "label_conflicts"}:
+        return []
+    examples = {
+        name: load_settings(path, environ={})
+        for name, path in sorted(packaged_configs().items())
+        if name != "default"
+    }
+    fitting = {
+        name: example
+        for name, example in examples.items()
+        if _fits_folders(example.data, class_dirs)
+    }
+    hints = []
+    unlisted = [name for name in class_dirs if name not in settings.data.classes]
+    if "label_set" in failed_checks and unlisted:
+        several = len(unlisted) > 1
+        adding = [
+            name
+            for name, example in fitting.items()
+            if set(example.data.classes) == set(class_dirs)
+        ]
+        ignoring = [
+            name for name, example in fitting.items() if example.data.ignore_unlisted_classes
+        ]
+        hints.append(
+            f"class folder{'s' if several else ''} {', '.join(repr(name) for name in unlisted)} "
+            f"{'are' if several else 'is'} not in data.classes "
+            f"[{', '.join(settings.data.classes)}]: add {'them' if several else 'it'} "
+            f"(--set 'data.classes=[{', '.join(class_dirs)}]'{_naming(adding, ', or ')}) "
+            f"or set data.ignore_unlisted_classes=true{_naming(ignoring, ' (', ')')}"
+        )
+    if "label_conflicts" in failed_checks:
+        lenient = [
+            name
+            for name, example in fitting.items()
+            if not example.validation.fail_on_label_conflicts
+        ]
+        hints.append(
+            "copies of one radiograph are filed under different classes: correct their labels, "
+            "or set validation.fail_on_label_conflicts=false to leave them out of the split and "
+            "report them"
+            + _naming(lenient, " (", ", which fit these class folders)")
+        )
+    return hints
 
 
 DOCS_SITE = "osteo"  # the Data Docs site a validation with a report folder builds
@@ -199,7 +264,8 @@ def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | N
         "contents": quality.content_table(manifest),
     }
     failures, data_docs = run_suites(tables, settings, docs_dir)
-    passed = not any(f["severity"] == "critical" for f in failures)
+    critical = {f["check"] for f in failures if f["severity"] == "critical"}
+    passed = not critical
     summary = {
         "passed": passed,
         "data_dir": str(scan.root),
@@ -224,6 +290,7 @@ def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | N
         },
         "failed_expectations": [f for f in failures if f["severity"] == "critical"],
         "warnings": [f for f in failures if f["severity"] == "warning"],
+        "suggestions": suggestions(critical, scan.class_dirs, settings),
         "ignored": ignored,
         "data_docs": data_docs,
         "formats": {str(k): int(n) for k, n in in_scope["format"].value_counts().items()},

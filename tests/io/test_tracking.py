@@ -29,3 +29,32 @@ def test_interval_metrics_are_logged_flat_and_nan_is_left_out(tiny_settings, tmp
         tracking.log_intervals({"roc_auc": {"value": 0.7, "low": 0.5, "high": float("nan")}}, "cv_", extra={"ece": 0.1, "ece_raw": float("nan")})
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged == {"cv_roc_auc": 0.7, "cv_roc_auc_ci_low": 0.5, "cv_ece": 0.1}
+
+
+def test_the_pipelines_experiments_open_on_their_training_runs(tiny_settings, tmp_path):
+    """MLflow 3's UI opens an experiment on its GenAI overview unless ``mlflow.experimentKind``
+    says model development: set on the experiment configure creates and on one that existed."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = tiny_settings.model_copy(
+        update={
+            "tracking": tiny_settings.tracking.model_copy(
+                update={"uri": uri, "artifact_root": str(tmp_path / "mlruns")}
+            )
+        }
+    )
+    created = tracking.configure(settings)
+    mlflow.set_tracking_uri(uri)
+    older = mlflow.create_experiment(
+        "made-before", artifact_location=(tmp_path / "older").as_uri()
+    )  # no kind, as earlier versions left it
+    existing = tracking.configure(
+        settings.model_copy(
+            update={"tracking": settings.tracking.model_copy(update={"experiment": "made-before"})}
+        )
+    )
+    assert existing == older
+    for experiment_id in (created, older):
+        assert (
+            mlflow.get_experiment(experiment_id).tags["mlflow.experimentKind"]
+            == "custom_model_development"
+        )

@@ -68,7 +68,7 @@ def test_equal_candidate_passes_and_rollback_restores(env):
     assert _aliases(settings) == {PRODUCTION: first}
     with pytest.raises(RegistryError, match="nothing to roll back"):
         rollback(settings)
-    rows = {r["version"]: r for r in list_versions(settings)}
+    rows = {str(r["version"]): r for r in list_versions(settings)}
     assert rows[first]["aliases"] == [PRODUCTION] and rows[second]["gate"] == "passed"
 
 
@@ -227,6 +227,11 @@ def test_evaluation_stops_when_the_training_manifest_cannot_be_read(train_settin
 
     tracking.configure(train_settings)
     with mlflow.start_run() as run:  # a model logged without its split manifest
-        info = log_pyfunc(brightness_model(train_settings.model.input_size, GOOD), list(train_settings.data.classes), train_settings.model.input_size, train_settings.validation.max_pixels, run.info.run_id)
+        size = train_settings.model.input_size
+        info = log_pyfunc(
+            brightness_model(size, GOOD), list(train_settings.data.classes), size,
+            train_settings.validation.max_pixels, run.info.run_id,
+            bounds=train_settings.validation.image_bounds,
+        )
     with pytest.raises(TrainingManifestError, match="cannot read the training split manifest"):
         evaluate_model(info.model_uri, synth_dir(per_class=4, seed=3), train_settings)

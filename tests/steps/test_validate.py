@@ -193,3 +193,34 @@ def test_suites_run_as_gx_checkpoints_that_build_data_docs_and_a_second_run_reus
     context = gx.get_context(mode="file", project_root_dir=str(docs))
     assert {c.name for c in context.checkpoints.all()} == {"osteo-files", "osteo-classes", "osteo-contents"}
     assert validate_folder(root, tiny_settings).summary["data_docs"] is None  # no report folder: in memory only
+
+
+def test_a_failed_validation_names_the_settings_and_packaged_configs_that_fit(
+    synth_dir, tiny_settings
+):
+    """The real three-class set's failure on the default classes: an unlisted class folder and
+    copies filed under two labels. The message names the settings (and the example configs that
+    fit these folders), and those settings make the same data pass."""
+    root = synth_dir(classes=("normal", "osteopenia", "osteoporosis"))
+    shutil.copy(root / "normal" / "normal_000.jpg", root / "osteopenia" / "copy.jpg")
+    result = validate_folder(root, tiny_settings)
+    message = result.failure()
+    assert (
+        "to fit: class folder 'osteopenia' is not in data.classes [normal, osteoporosis]: add it "
+        "(--set 'data.classes=[normal, osteopenia, osteoporosis]', or --config knee-3class) or set "
+        "data.ignore_unlisted_classes=true (--config knee-binary)"
+    ) in message
+    assert (
+        "to fit: copies of one radiograph are filed under different classes: correct their "
+        "labels, or set validation.fail_on_label_conflicts=false to leave them out of the split "
+        "and report them "
+        "(--config knee-3class or --config knee-binary, which fit these class folders)"
+    ) in message
+    fitted = tiny_settings.model_copy(deep=True)
+    fitted.data.classes = ["normal", "osteopenia", "osteoporosis"]
+    fitted.validation.fail_on_label_conflicts = False
+    assert validate_folder(root, fitted).passed
+
+
+def test_a_passing_validation_suggests_nothing(synth_dir, tiny_settings):
+    assert validate_folder(synth_dir(), tiny_settings).summary["suggestions"] == []
