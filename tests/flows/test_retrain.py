@@ -108,3 +108,22 @@ def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_setti
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 4 and {t.user_attrs["worker"].rsplit(":", 1)[1] for t in finished} == {str(started[0].pid)}
     assert best["tags"]["osteo.study"] == study.study_name and best["params"]["head_epochs"] is not None
+
+
+def test_prefect_logs_no_traceback_for_an_error_the_user_caused():
+    """A task or flow that fails on bad input (an OsteoError) ends the run with the CLI's one line:
+    the engine's record of it, traceback and all, is dropped; a bug's traceback is kept."""
+    import logging
+    import sys
+
+    import flows.retrain  # noqa: F401 - installs the filter
+    from osteo_pipeline.core.model import WeightsUnavailableError
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        engine = logging.getLogger(name)
+        for error, shown in ((WeightsUnavailableError("backbone weights file not found: w.h5"), False), (RuntimeError("a bug"), True)):
+            try:
+                raise error
+            except Exception:
+                record = engine.makeRecord(name, logging.ERROR, __file__, 1, "Task run failed with exception: %r", (error,), sys.exc_info())
+            assert bool(engine.filter(record)) is shown, (name, error)
