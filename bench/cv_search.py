@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from osteo_pipeline.io.weights import cached_or_none
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "knee-xray"
-WEIGHTS = Path.home() / ".cache" / "osteo" / "weights" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 OSTEO = Path(sys.executable).parent / "osteo"
 VARIANTS = {
     "naive single split": {"cv": "off", "activation_cache": False},
@@ -39,7 +40,7 @@ def _config(work: Path, args: argparse.Namespace, variant: dict) -> Path:
     config = {
         "data": {"classes": ["normal", "osteoporosis"], "ignore_unlisted_classes": True},
         "validation": {"fail_on_label_conflicts": False, "min_class_share": 0.05, "min_width": 64, "min_height": 64},
-        "model": {"input_size": args.size, "weights": str(WEIGHTS) if WEIGHTS.is_file() else "none"},
+        "model": {"input_size": args.size, "weights": cached_or_none()},
         "train": {"batch_size": 16, "head_epochs": args.head_epochs, "finetune_epochs": args.finetune_epochs, "cache_dir": str(args.pixel_cache)},
         "tune": {
             "storage": f"sqlite:///{work / 'optuna.db'}", "study_name": "bench", "warm_start_trials": 0, "pruner": "none",

@@ -37,8 +37,18 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from osteo_pipeline.io.weights import cached_or_none  # noqa: E402 - after the checkout is on the path
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "knee-xray"
-WEIGHTS = Path.home() / ".cache" / "osteo" / "weights" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+
+def _weights_file(settings) -> str | None:  # noqa: ANN001 - Settings, imported late
+    """The backbone weights file ``model.weights`` resolves to here (``None``: random init)."""
+    from osteo_pipeline.io.weights import resolve
+
+    weights = resolve(settings.model.weights, settings.model.allow_random_init_fallback)
+    return None if weights.random_init else str(weights.path)
 
 
 def _settings(args: argparse.Namespace, work: Path, **overrides):
@@ -47,7 +57,7 @@ def _settings(args: argparse.Namespace, work: Path, **overrides):
     base = {
         "data": {"classes": args.classes, "ignore_unlisted_classes": True},
         "validation": {"fail_on_label_conflicts": False, "min_class_share": 0.05, "min_width": 64, "min_height": 64},
-        "model": {"input_size": args.size, "weights": str(WEIGHTS) if WEIGHTS.is_file() else "none"},
+        "model": {"input_size": args.size, "weights": cached_or_none()},
         "train": {"batch_size": 16, "head_epochs": 2, "finetune_epochs": 3, "cache_dir": str(args.pixel_cache)},
         "tune": {"storage": f"sqlite:///{work / 'optuna.db'}", "trials": args.trials, "study_name": "bench"},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlruns")},
@@ -119,7 +129,7 @@ def decode_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
     with_model = name.endswith("+model")
     model = None
     if with_model:
-        model = build_model(ModelSpec(tuple(args.classes), args.size, 128, 0.3), settings.model.weights_source)
+        model = build_model(ModelSpec(tuple(args.classes), args.size, 128, 0.3), _weights_file(settings))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
 
     if name.startswith("keras-from-directory"):
@@ -213,7 +223,7 @@ def throughput_variant(args: argparse.Namespace, work: Path, name: str) -> dict:
     pixels = PixelCache(args.size, settings.validation.max_pixels, args.pixel_cache / "throughput").load(paths, [f"{p.stat().st_size}-{p.name}" for p in paths])
     n_classes, batch = len(args.classes), settings.train.batch_size
     keras.utils.set_random_seed(0)
-    model = build_model(ModelSpec(tuple(args.classes), args.size, 128, 0.3), settings.model.weights_source)
+    model = build_model(ModelSpec(tuple(args.classes), args.size, 128, 0.3), _weights_file(settings))
     set_unfrozen_blocks(model, 2)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", metrics=["accuracy"])
     weights = class_weights(labels, n_classes, "balanced")
@@ -331,7 +341,7 @@ def main() -> None:
         args.data = synthetic_native(Path(tempfile.gettempdir()) / "osteo-bench-native", args.classes)
         data_note = f"synthetic 2,600 px ({args.data})"
     results: dict = {
-        "data": data_note, "classes": args.classes, "input_size": args.size, "weights": "imagenet (local file)" if WEIGHTS.is_file() else "random init",
+        "data": data_note, "classes": args.classes, "input_size": args.size, "weights": cached_or_none(),
         "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
     }
     for group in args.only.split(","):

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from osteo_pipeline.io.weights import cached_or_none
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "knee-xray"
-WEIGHTS = Path.home() / ".cache" / "osteo" / "weights" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 OSTEO = Path(sys.executable).parent / "osteo"
 
 
@@ -34,7 +35,7 @@ def _config(work: Path, args: argparse.Namespace) -> Path:
     config = {
         "data": {"classes": ["normal", "osteoporosis"], "ignore_unlisted_classes": True},
         "validation": {"fail_on_label_conflicts": False, "min_class_share": 0.05, "min_width": 64, "min_height": 64},
-        "model": {"input_size": args.size, "weights": str(WEIGHTS) if WEIGHTS.is_file() else "none"},
+        "model": {"input_size": args.size, "weights": cached_or_none()},
         "train": {"batch_size": 16, "head_epochs": 2, "finetune_epochs": 3, "cache_dir": str(args.pixel_cache)},
         "tune": {"storage": f"sqlite:///{work / 'optuna.db'}", "study_name": "bench", "warm_start_trials": 0},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlruns")},
@@ -82,7 +83,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
         "data": str(args.data),
-        "weights": str(WEIGHTS) if WEIGHTS.is_file() else "none (random init)",
+        "weights": cached_or_none(),
         "trials": args.trials,
         "runs": runs,
         "ratios": {f"{r['workers']}_vs_{base['workers']}_workers": {"wall": round(r["wall_s"] / base["wall_s"], 3), "cpu": round(r["cpu_s"] / base["cpu_s"], 3)} for r in runs[1:]},

@@ -232,3 +232,9 @@ def pretrained_file(weights: str) -> str:
     if resolved.path is None:
         raise WeightsUnavailableError("model.weights is 'none': this system needs ImageNet weights")
     return str(resolved.path)
+
+
+def cached_or_none() -> str:
+    """``model.weights`` for a benchmark: ImageNet's when Keras's cache holds them, else random
+    init (a benchmark never waits on a download)."""
+    return "imagenet" if keras_cache_file().is_file() else "none"
