@@ -762,16 +762,18 @@ def best_params(settings: Settings, dataset_hash: str, study_name: str | None = 
     """The best completed trial of the study of this dataset and this machine's backbone (or of
     ``study_name``), refusing a study that was run on other data unless ``allow_other_data``."""
     storage = open_storage(settings)
-    if study_name is None:
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    of_this_data = f"{settings.tune.study_name}-{dataset_hash[:12]}"
+    if study_name is None and any(s.study_name == of_this_data or s.study_name.startswith(f"{of_this_data}-") for s in summaries):
         backbone = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
         study_name = existing_study_name(storage, settings.tune.study_name, dataset_hash, backbone)
-    name = study_name
+    name = study_name or f"{of_this_data}-*"
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:
-        others = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False) if s.user_attrs.get("base_name") == settings.tune.study_name)
-        hint = f"; studies of other data: {', '.join(others)} (use --params study:NAME --allow-other-data)" if others else ""
-        raise TuneError(f"no study {name!r} for dataset {dataset_hash[:12]}: run `osteo tune` on this data first{hint}") from exc
+        others = sorted(s.study_name for s in summaries if s.user_attrs.get("base_name") == settings.tune.study_name)
+        hint = f"; studies of this base name: {', '.join(others)} (use --params study:NAME, --allow-other-data for other data)" if others else ""
+        raise TuneError(f"no study {name!r} for dataset {dataset_hash[:12]} and this backbone: run `osteo tune` on this data first{hint}") from exc
     recorded = str(study.user_attrs.get("dataset_hash", ""))
     if recorded != dataset_hash and not allow_other_data:
         raise TuneError(f"study {name!r} was run on dataset {recorded[:12] or '(unknown)'}, not this data's {dataset_hash[:12]}: its parameters and epochs were chosen on other images (pass --allow-other-data to use them anyway)")

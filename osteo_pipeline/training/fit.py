@@ -326,7 +326,8 @@ class StudyBackbone:
         self._base: keras.Model | None = None
         self._weights: list[np.ndarray] = []
         self._statistics: FeatureStatistics | None = None
-        self.weights: BackboneWeights | None = None  # which weights, for each trial's tags
+        # Which weights (for each trial's tags), known before the backbone is built.
+        self.weights = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
 
     def model(self, params: TrainParams, seed: int) -> keras.Model:
         if self._base is None:
