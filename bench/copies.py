@@ -42,7 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _decoded(image: Image.Image, format_: str) -> np.ndarray:
     buffer = io.BytesIO()
     if format_.startswith("JPEG"):
-        image.save(buffer, format="JPEG", quality=int(format_.split("-")[1]) if "-" in format_ else 92)
+        image.save(
+            buffer, format="JPEG", quality=int(format_.split("-")[1]) if "-" in format_ else 92
+        )
     else:
         image.save(buffer, format="PNG")
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
@@ -61,12 +63,16 @@ def _one_source(args: tuple[int, int, float, int]) -> list[tuple[str, np.ndarray
     return items
 
 
-def corpus(n: int, knee: int, share: float, seed: int) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+def corpus(
+    n: int, knee: int, share: float, seed: int
+) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """About ``n`` images: pixels, the source index of each, and its kind."""
     sources = max(1, round(n / (1 + share * len(COPY_KINDS))))
     images, source_of, kinds = [], [], []
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        for index, items in enumerate(pool.map(_one_source, [(i, knee, share, seed) for i in range(sources)], chunksize=64)):
+        for index, items in enumerate(
+            pool.map(_one_source, [(i, knee, share, seed) for i in range(sources)], chunksize=64)
+        ):
             for kind, pixels in items:
                 images.append(pixels)
                 source_of.append(index)
@@ -131,7 +137,14 @@ def measure_real(data_dir: Path, planted: int, seed: int) -> dict[str, object]:
                 save_image(image, root / name, format_)
                 plants.append((str(source), name, kind))
         settings = load_settings(
-            overrides={"data": {"classes": ["normal", "osteopenia", "osteoporosis"]}, "validation": {"copies_cache_dir": str(work / "cache"), "min_width": 64, "min_height": 64}},
+            overrides={
+                "data": {"classes": ["normal", "osteopenia", "osteoporosis"]},
+                "validation": {
+                    "copies_cache_dir": str(work / "cache"),
+                    "min_width": 64,
+                    "min_height": 64,
+                },
+            },
             environ={},
         )
         started = time.perf_counter()
@@ -140,27 +153,42 @@ def measure_real(data_dir: Path, planted: int, seed: int) -> dict[str, object]:
         group = {path: i for i, g in enumerate(result.copy_groups) for path in g["paths"]}
         missed = [(s, c, k) for s, c, k in plants if group.get(s, -1) != group.get(c, -2)]
         own = [
-            link for g in result.copy_groups for link in g["links"]
-            if link["kind"] != "exact" and not Path(link["source"]).name.startswith("planted_") and not Path(link["copy"]).name.startswith("planted_")
+            link
+            for g in result.copy_groups
+            for link in g["links"]
+            if link["kind"] != "exact"
+            and not Path(link["source"]).name.startswith("planted_")
+            and not Path(link["copy"]).name.startswith("planted_")
         ]
         return {
-            "data": str(data_dir), "files": result.summary["files"], "validate_s": round(seconds, 1),
-            "copies_s": result.summary["derived_copies"]["seconds"], "planted": len(plants),
-            "recall": round(1 - len(missed) / len(plants), 4), "missed": missed,
-            "links_between_own_files": own, "label_conflicts": len(result.summary["label_conflicts"]),
+            "data": str(data_dir),
+            "files": result.summary["files"],
+            "validate_s": round(seconds, 1),
+            "copies_s": result.summary["derived_copies"]["seconds"],
+            "planted": len(plants),
+            "recall": round(1 - len(missed) / len(plants), 4),
+            "missed": missed,
+            "links_between_own_files": own,
+            "label_conflicts": len(result.summary["label_conflicts"]),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1000,5000,20000")
     parser.add_argument("--knee", type=int, default=300)
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "copies.json")
-    parser.add_argument("--real", type=Path, help="A labeled DATA_DIR to plant copies of its own radiographs into (in a temp folder).")
+    parser.add_argument(
+        "--real",
+        type=Path,
+        help="A labeled DATA_DIR to plant copies of its own radiographs into (in a temp folder).",
+    )
     parser.add_argument("--planted", type=int, default=20)
     args = parser.parse_args()
     if args.real:
@@ -170,11 +198,29 @@ def main() -> None:
     for n in [int(s) for s in args.sizes.split(",")]:
         row = measure(n, args.knee, args.share, args.seed)
         if rows:
-            row["exponent_vs_previous"] = round(float(np.log(row["total_s"] / rows[-1]["total_s"]) / np.log(row["images"] / rows[-1]["images"])), 2)
+            row["exponent_vs_previous"] = round(
+                float(
+                    np.log(row["total_s"] / rows[-1]["total_s"])
+                    / np.log(row["images"] / rows[-1]["images"])
+                ),
+                2,
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "knee_px": args.knee, "share": args.share, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "cpus": os.cpu_count(),
+                "knee_px": args.knee,
+                "share": args.share,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

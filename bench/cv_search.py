@@ -58,35 +58,60 @@ def _run(args: argparse.Namespace, name: str, variant: dict) -> dict:
     """One whole ``osteo tune`` call on a fresh study and store: wall and CPU time."""
     with tempfile.TemporaryDirectory(prefix="bench-cv-") as folder:
         work = Path(folder)
-        command = [str(OSTEO), "tune", str(args.data), "--config", str(_config(work, args, variant)), "--trials", str(args.trials)]
+        command = [
+            str(OSTEO),
+            "tune",
+            str(args.data),
+            "--config",
+            str(_config(work, args, variant)),
+            "--trials",
+            str(args.trials),
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+        )
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
         summary = next(line for line in done.stderr.splitlines() if line.startswith("study "))
         print(f"{name}: {wall:.0f} s", file=sys.stderr)
-        return {"variant": name, "wall_s": round(wall, 1), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1), "result": summary}
+        return {
+            "variant": name,
+            "wall_s": round(wall, 1),
+            "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "result": summary,
+        }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--head-epochs", type=int, default=4)
     parser.add_argument("--finetune-epochs", type=int, default=8)
-    parser.add_argument("--pixel-cache", type=Path, default=Path(tempfile.gettempdir()) / "osteo-bench-pixels")
+    parser.add_argument(
+        "--pixel-cache", type=Path, default=Path(tempfile.gettempdir()) / "osteo-bench-pixels"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cv_search.json")
     args = parser.parse_args()
     if not args.data.is_dir():  # no shared data here: a synthetic set of the same size
         args.data = Path(tempfile.mkdtemp(prefix="bench-data-")) / "synth"
-        subprocess.run([str(OSTEO), "synth", str(args.data), "--per-class", "34", "--size", "1024"], check=True)
+        subprocess.run(
+            [str(OSTEO), "synth", str(args.data), "--per-class", "34", "--size", "1024"], check=True
+        )
     if not args.pixel_cache.is_dir():  # decode the images once, outside the timing
-        _run(argparse.Namespace(**{**vars(args), "trials": 1}), "warm-up", {"cv": "off", "activation_cache": True})
+        _run(
+            argparse.Namespace(**{**vars(args), "trials": 1}),
+            "warm-up",
+            {"cv": "off", "activation_cache": True},
+        )
     runs = [_run(args, name, variant) for name, variant in VARIANTS.items()]
     naive, cached, cv = (r["wall_s"] for r in runs)
     results = {

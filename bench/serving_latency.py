@@ -35,7 +35,11 @@ from tests.servers import free_port, model_server  # noqa: E402
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2), "n": len(samples)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "n": len(samples),
+    }
 
 
 def timed(call, repeats: int) -> list[float]:  # noqa: ANN001
@@ -58,7 +62,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="osteo-bench-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench", artifact_location=(work / "mlruns").as_uri()))
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment(
+            "bench", artifact_location=(work / "mlruns").as_uri()
+        )
+    )
     model = build_model(ModelSpec(("normal", "osteoporosis"), args.size, 256, 0.3), None)
     sample = generate(["normal"], 1, args.size, seed=0)[0]
     buffer = io.BytesIO()
@@ -66,14 +74,25 @@ def main() -> None:
     jpeg = buffer.getvalue()
     pixels = load_pixels(jpeg, args.size, 10**8)[None]
     with mlflow.start_run() as run:
-        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id, bounds=ValidationSettings().image_bounds)
+        info = log_pyfunc(
+            model,
+            ["normal", "osteoporosis"],
+            args.size,
+            40_000_000,
+            run.info.run_id,
+            bounds=ValidationSettings().image_bounds,
+        )
 
     forward = compiled_forward(model)
     results: dict[str, dict] = {"image": {"side_px": args.size, "jpeg_bytes": len(jpeg)}}
     for batch in (1, 16):
         x = model_input(np.repeat(pixels, batch, axis=0))
-        results[f"raw_model_call_batch{batch}"] = percentiles(timed(lambda x=x: np.asarray(forward(x)), args.requests))
-        results[f"keras_predict_batch{batch}"] = percentiles(timed(lambda x=x: model.predict(x, verbose=0), max(10, args.requests // 3)))
+        results[f"raw_model_call_batch{batch}"] = percentiles(
+            timed(lambda x=x: np.asarray(forward(x)), args.requests)
+        )
+        results[f"keras_predict_batch{batch}"] = percentiles(
+            timed(lambda x=x: model.predict(x, verbose=0), max(10, args.requests // 3))
+        )
 
     image = base64.b64encode(jpeg).decode()
     port = free_port()
@@ -89,7 +108,11 @@ def main() -> None:
 
             results[f"server_request_batch{batch}"] = percentiles(timed(post, args.requests))
     for batch in (1, 16):
-        results[f"ratio_server_vs_raw_p50_batch{batch}"] = round(results[f"server_request_batch{batch}"]["p50_ms"] / results[f"raw_model_call_batch{batch}"]["p50_ms"], 3)
+        results[f"ratio_server_vs_raw_p50_batch{batch}"] = round(
+            results[f"server_request_batch{batch}"]["p50_ms"]
+            / results[f"raw_model_call_batch{batch}"]["p50_ms"],
+            3,
+        )
     results["goal"] = "ratio_server_vs_raw_p50_batch1 <= 1.3"
     results["met"] = results["ratio_server_vs_raw_p50_batch1"] <= 1.3
     args.out.parent.mkdir(parents=True, exist_ok=True)

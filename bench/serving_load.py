@@ -42,7 +42,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="osteo-load-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("load", artifact_location=(work / "mlruns").as_uri()))
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("load", artifact_location=(work / "mlruns").as_uri())
+    )
     images = []
     for item in generate(["normal", "osteoporosis"], 3, 512, seed=0):
         buffer = io.BytesIO()
@@ -50,16 +52,37 @@ def main() -> None:
         images.append(buffer.getvalue())
     with mlflow.start_run() as run:
         model = build_model(ModelSpec(("normal", "osteoporosis"), args.size, 256, 0.3), None)
-        info = log_pyfunc(model, ["normal", "osteoporosis"], args.size, 40_000_000, run.info.run_id, bounds=ValidationSettings().image_bounds)
+        info = log_pyfunc(
+            model,
+            ["normal", "osteoporosis"],
+            args.size,
+            40_000_000,
+            run.info.run_id,
+            bounds=ValidationSettings().image_bounds,
+        )
     port = free_port()
     with model_server(info.model_uri, port, uri, log=work / "serve.log", workers=args.workers):
-        report = run_load(f"http://127.0.0.1:{port}/invocations", valid_payloads(images), clients=args.clients, seconds=args.seconds)
+        report = run_load(
+            f"http://127.0.0.1:{port}/invocations",
+            valid_payloads(images),
+            clients=args.clients,
+            seconds=args.seconds,
+        )
     result = {
-        "clients": args.clients, "server_workers": args.workers, "input_size": args.size, "bad_payload_kinds": sorted(BAD_PAYLOADS),
+        "clients": args.clients,
+        "server_workers": args.workers,
+        "input_size": args.size,
+        "bad_payload_kinds": sorted(BAD_PAYLOADS),
         **report.summary(),
-        "examples": {"server_errors": report.server_errors[:5], "valid_failures": report.valid_failures[:5], "bad_not_rejected": report.bad_not_rejected[:5]},
+        "examples": {
+            "server_errors": report.server_errors[:5],
+            "valid_failures": report.valid_failures[:5],
+            "bad_not_rejected": report.bad_not_rejected[:5],
+        },
     }
-    result["met"] = not (report.server_errors or report.valid_failures or report.bad_not_rejected) and report.bad_kinds_seen == set(BAD_PAYLOADS)
+    result["met"] = not (
+        report.server_errors or report.valid_failures or report.bad_not_rejected
+    ) and report.bad_kinds_seen == set(BAD_PAYLOADS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -43,17 +43,33 @@ def _settings(config: str | None, overrides: list[str] | None) -> Settings:
 
 
 def _validation_markdown(summary: dict[str, Any], report: Path) -> str:
-    lines = [f"## Validation {'passed' if summary['passed'] else 'FAILED'}: `{summary['data_dir']}`", ""]
-    lines += ["| class | images |", "|---|---|", *(f"| {k} | {v} |" for k, v in summary["counts"].items()), ""]
+    lines = [
+        f"## Validation {'passed' if summary['passed'] else 'FAILED'}: `{summary['data_dir']}`",
+        "",
+    ]
+    lines += [
+        "| class | images |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in summary["counts"].items()),
+        "",
+    ]
     for f in summary["failed_expectations"] + summary["warnings"]:
         ids = ", ".join(f"`{u['id']}`" for u in f["unexpected"][:10])
-        lines.append(f"- **{f['severity']}** `{f['check']}`: {f['observed']} (bound {f['bound']}) {ids}")
+        lines.append(
+            f"- **{f['severity']}** `{f['check']}`: {f['observed']} (bound {f['bound']}) {ids}"
+        )
     for item in summary["unreadable"][:MAX_LISTED]:
         lines.append(f"- unreadable `{item['path']}`: {item['reason']}")
     for conflict in summary["label_conflicts"]:
-        lines.append(f"- label conflict: {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})")
+        lines.append(
+            f"- label conflict: {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})"
+        )
     lines += [f"- to fit: {hint}" for hint in summary["suggestions"]]
-    lines += ["", f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies ({summary['derived_copies']['links']} derived-copy links).", f"Full report: `{report}`"]
+    lines += [
+        "",
+        f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies ({summary['derived_copies']['links']} derived-copy links).",
+        f"Full report: `{report}`",
+    ]
     return "\n".join(lines)
 
 
@@ -68,7 +84,13 @@ def pull_task(uri: str, settings: Settings) -> str:
     root = settings.output_dir.resolve() / "incoming"
     root.mkdir(parents=True, exist_ok=True)
     staged = pull_batch(uri, Path(tempfile.mkdtemp(prefix="batch-", dir=root)))
-    get_run_logger().info("pulled %d files (%d bytes) from %s to %s", staged.files, staged.bytes, uri, staged.local_dir)
+    get_run_logger().info(
+        "pulled %d files (%d bytes) from %s to %s",
+        staged.files,
+        staged.bytes,
+        uri,
+        staged.local_dir,
+    )
     return str(staged.local_dir)
 
 
@@ -77,8 +99,16 @@ def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
     report_dir = settings.output_dir / "validation"
     result = validate_folder(data_dir, settings, docs_dir=report_dir)
     paths = write_validation_report(result, report_dir, MAX_LISTED, settings.validation.max_pixels)
-    create_markdown_artifact(_validation_markdown(result.summary, paths["html"]), key="validation-summary", description="Great Expectations validation")
-    create_link_artifact(paths["html"].resolve().as_uri(), link_text="validation report (HTML)", key="validation-report")
+    create_markdown_artifact(
+        _validation_markdown(result.summary, paths["html"]),
+        key="validation-summary",
+        description="Great Expectations validation",
+    )
+    create_link_artifact(
+        paths["html"].resolve().as_uri(),
+        link_text="validation report (HTML)",
+        key="validation-report",
+    )
     if not result.passed:
         raise ValidationFailed(f"{result.failure()}; report: {paths['html']}")
     return result
@@ -92,7 +122,13 @@ def split_task(result: ValidationResult, settings: Settings) -> SplitManifest:
 
 
 @task(name="tune", cache_policy=NO_CACHE)
-def tune_task(split: SplitManifest, settings: Settings, data_location: str, config: str | None, overrides: list[str]) -> dict[str, Any]:
+def tune_task(
+    split: SplitManifest,
+    settings: Settings,
+    data_location: str,
+    config: str | None,
+    overrides: list[str],
+) -> dict[str, Any]:
     """New trials in the study of this data, on ``tune.workers`` workers: local processes or, with
     ``tune.worker_deployment``, flow runs of that deployment on its work pool (other machines);
     this flow run is always one of the workers. Returns the best trial's parameters and tags."""
@@ -102,7 +138,15 @@ def tune_task(split: SplitManifest, settings: Settings, data_location: str, conf
     remote = _worker_flow_runs(deployment, data_location, config, overrides) if deployment else None
     result = tune(split, settings, start_remote_workers=remote)
     create_table_artifact(
-        [{"trial": result.best_trial, "objective": round(result.best_value, 4), "new_trials": result.new_trials, **result.best_params, **result.counts}],
+        [
+            {
+                "trial": result.best_trial,
+                "objective": round(result.best_value, 4),
+                "new_trials": result.new_trials,
+                **result.best_params,
+                **result.counts,
+            }
+        ],
         key="best-trial",
         description=f"Optuna study {result.study_name}",
     )
@@ -110,15 +154,29 @@ def tune_task(split: SplitManifest, settings: Settings, data_location: str, conf
     return {"params": best.params, "tags": best.tags(), "cv": best.cv}
 
 
-def _worker_flow_runs(deployment: str, data_location: str, config: str | None, overrides: list[str]):  # noqa: ANN202
+def _worker_flow_runs(
+    deployment: str, data_location: str, config: str | None, overrides: list[str]
+):  # noqa: ANN202
     """Start ``count`` runs of the tune-worker deployment on the study (not awaited: the study's
     budget, not the flow runs, says when the search is done)."""
     from prefect.deployments import run_deployment
 
     def start(study: str, count: int) -> None:
         for index in range(1, count + 1):
-            run = run_deployment(deployment, parameters={"study": study, "data_dir": data_location, "config": config, "overrides": overrides, "worker": index}, timeout=0)
-            get_run_logger().info("tune worker %d: flow run %s of %s on study %s", index, run.name, deployment, study)
+            run = run_deployment(
+                deployment,
+                parameters={
+                    "study": study,
+                    "data_dir": data_location,
+                    "config": config,
+                    "overrides": overrides,
+                    "worker": index,
+                },
+                timeout=0,
+            )
+            get_run_logger().info(
+                "tune worker %d: flow run %s of %s on study %s", index, run.name, deployment, study
+            )
 
     return start
 
@@ -128,15 +186,27 @@ def refit_task(split: SplitManifest, best: dict[str, Any], settings: Settings) -
     from osteo_pipeline.io.tracking import tracking_uri
     from osteo_pipeline.steps.refit import refit_and_evaluate
 
-    result = refit_and_evaluate(split, best["params"], settings, source="tuned", tags=best["tags"], cv=best.get("cv"))
+    result = refit_and_evaluate(
+        split, best["params"], settings, source="tuned", tags=best["tags"], cv=best.get("cv")
+    )
     rows = "\n".join(
-        f"| {k} | {v['value']:.3f} | " + (f"{v['low']:.3f} – {v['high']:.3f} |" if v["low"] == v["low"] else "- |")  # NaN: no CI (ECE)
+        f"| {k} | {v['value']:.3f} | "
+        + (
+            f"{v['low']:.3f} – {v['high']:.3f} |" if v["low"] == v["low"] else "- |"
+        )  # NaN: no CI (ECE)
         for k, v in result.metrics.items()
     )
-    create_markdown_artifact(f"## Test metrics\n\n| metric | value | 95% CI |\n|---|---|---|\n{rows}\n\nBackbone weights: `{result.weights_used}`", key="test-metrics")
+    create_markdown_artifact(
+        f"## Test metrics\n\n| metric | value | 95% CI |\n|---|---|---|\n{rows}\n\nBackbone weights: `{result.weights_used}`",
+        key="test-metrics",
+    )
     uri = tracking_uri(settings)
     if uri.startswith("http"):
-        create_link_artifact(f"{uri.rstrip('/')}/#/experiments/0/runs/{result.run_id}", link_text="MLflow run", key="mlflow-run")
+        create_link_artifact(
+            f"{uri.rstrip('/')}/#/experiments/0/runs/{result.run_id}",
+            link_text="MLflow run",
+            key="mlflow-run",
+        )
     return {"run_id": result.run_id, "model_uri": result.model_uri, "weights": result.weights_used}
 
 
@@ -152,12 +222,16 @@ def promote_task(version: str, settings: Settings) -> dict[str, Any]:
     from osteo_pipeline.steps.registry import promote
 
     decision = promote(settings, version=version)
-    create_markdown_artifact(f"## Promotion of version {version}\n\n{decision.summary}", key="promotion-decision")
+    create_markdown_artifact(
+        f"## Promotion of version {version}\n\n{decision.summary}", key="promotion-decision"
+    )
     return decision.as_dict()
 
 
 @flow(name="validate")
-def validate_flow(data_dir: str, config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def validate_flow(
+    data_dir: str, config: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Check an incoming batch on its own; fails (with the report attached) if it is bad."""
     return validate_task(data_dir, _settings(config, overrides)).summary
 
@@ -176,7 +250,9 @@ def _run_settings(settings: Settings) -> Settings:
 
 
 @flow(name="retrain")
-def retrain_flow(data_dir: str, config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def retrain_flow(
+    data_dir: str, config: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """[pull from S3 ->] validate -> split -> tune -> refit best -> evaluate -> register -> gate and promote."""
     logger = get_run_logger()
     settings = _run_settings(_settings(config, overrides))
@@ -190,12 +266,29 @@ def retrain_flow(data_dir: str, config: str | None = None, overrides: list[str] 
     trained = refit_task(split, best, settings)
     version = register_task(trained["run_id"], settings)
     decision = promote_task(version, settings)
-    logger.info("version %s: %s", version, "promoted to production" if decision["passed"] else "not promoted")
-    return {"dataset_hash": split.dataset_hash, "version": version, "promoted": decision["passed"], "reasons": decision["reasons"], "run_dir": str(settings.output_dir), **trained}
+    logger.info(
+        "version %s: %s",
+        version,
+        "promoted to production" if decision["passed"] else "not promoted",
+    )
+    return {
+        "dataset_hash": split.dataset_hash,
+        "version": version,
+        "promoted": decision["passed"],
+        "reasons": decision["reasons"],
+        "run_dir": str(settings.output_dir),
+        **trained,
+    }
 
 
 @flow(name="tune-worker")
-def tune_worker_flow(study: str, data_dir: str, config: str | None = None, overrides: list[str] | None = None, worker: int = 1) -> int:
+def tune_worker_flow(
+    study: str,
+    data_dir: str,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    worker: int = 1,
+) -> int:
     """Join the study ``study`` (started by a retrain run) on this worker's machine and run its
     trials until the study's budget is reached; returns the trials run here."""
     from osteo_pipeline.steps.tune import adopt_study_settings, joined_study, run_worker

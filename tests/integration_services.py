@@ -47,28 +47,103 @@ def postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         os.chmod(workdir, 0o755)
     port = free_port()
-    subprocess.run(_as_postgres([str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(binaries / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     options = f"-h 127.0.0.1 -p {port} -k {socket_dir} -c fsync=off"
-    subprocess.run(_as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(binaries / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(data / "server.log"),
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run(_as_postgres([str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"]), check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(binaries / "createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "mlflow",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run(_as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+        subprocess.run(
+            _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+        )
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager
 def s3_endpoint(workdir: Path) -> Iterator[str]:
     port = free_port()
-    with running([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/moto-api/", log=workdir / "moto.log", timeout=60):
+    with running(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/moto-api/",
+        log=workdir / "moto.log",
+        timeout=60,
+    ):
         yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager
-def mlflow_server(workdir: Path, backend: str, artifacts: str, env: dict[str, str]) -> Iterator[str]:
+def mlflow_server(
+    workdir: Path, backend: str, artifacts: str, env: dict[str, str]
+) -> Iterator[str]:
     port = free_port()
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--workers", "1"]
-    with running(command, f"http://127.0.0.1:{port}/health", env=env, log=workdir / "mlflow-server.log", timeout=180):
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--workers",
+        "1",
+    ]
+    with running(
+        command,
+        f"http://127.0.0.1:{port}/health",
+        env=env,
+        log=workdir / "mlflow-server.log",
+        timeout=180,
+    ):
         time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"

@@ -35,7 +35,10 @@ def valid_payloads(images: list[bytes]) -> list[str]:
 BAD_PAYLOADS: dict[str, tuple[str, str]] = {
     "not json": ("garbage{", "application/json"),
     "json, not a dataframe": (json.dumps({"hello": 1}), "application/json"),
-    "wrong column": (json.dumps({"dataframe_split": {"columns": ["img"], "data": [["x"]]}}), "application/json"),
+    "wrong column": (
+        json.dumps({"dataframe_split": {"columns": ["img"], "data": [["x"]]}}),
+        "application/json",
+    ),
     "not base64": (_split("%%% not base64 %%%"), "application/json"),
     "text, not an image": (_split(_b64(b"hello, I am not an image")), "application/json"),
     "truncated jpeg": (_split(_b64(jpeg_bytes(256)[:1500])), "application/json"),
@@ -44,7 +47,10 @@ BAD_PAYLOADS: dict[str, tuple[str, str]] = {
     "number, not a string": (_split(12345), "application/json"),
     "1x1 image, below validation's minimum": (_split(_b64(jpeg_bytes(1))), "application/json"),
     "50-megapixel header": (_split(_b64(png_header_only(10_000, 5_000))), "application/json"),
-    "empty batch": (json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}), "application/json"),
+    "empty batch": (
+        json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}),
+        "application/json",
+    ),
     "corrupt dicom": (_split(_b64(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")), "application/json"),
     "one bad row in a batch": (_split(_b64(jpeg_bytes(64)), "%%%"), "application/json"),
     "wrong content type": ("image=abc", "text/plain"),
@@ -58,7 +64,9 @@ class LoadReport:
     valid_latencies_ms: list[float] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # any 5xx or dropped connection
     valid_failures: list[str] = field(default_factory=list)  # valid payload not answered 200
-    bad_not_rejected: list[str] = field(default_factory=list)  # bad payload not a 4xx with a message
+    bad_not_rejected: list[str] = field(
+        default_factory=list
+    )  # bad payload not a 4xx with a message
     bad_kinds_seen: set[str] = field(default_factory=set)
 
     def summary(self) -> dict[str, object]:
@@ -77,7 +85,14 @@ class LoadReport:
         }
 
 
-def run_load(url: str, valid: list[str], clients: int = 8, seconds: float = 30, max_requests: int = 100_000, seed: int = 0) -> LoadReport:
+def run_load(
+    url: str,
+    valid: list[str],
+    clients: int = 8,
+    seconds: float = 30,
+    max_requests: int = 100_000,
+    seed: int = 0,
+) -> LoadReport:
     """``clients`` threads post until ``seconds`` pass or ``max_requests`` are sent: half valid
     payloads, half bad ones (every kind in turn)."""
     report = LoadReport(seconds=seconds)
@@ -102,7 +117,9 @@ def run_load(url: str, valid: list[str], clients: int = 8, seconds: float = 30, 
                 body, content_type = BAD_PAYLOADS[kind]
             started = time.perf_counter()
             try:
-                response = session.post(url, data=body, headers={"Content-Type": content_type}, timeout=120)
+                response = session.post(
+                    url, data=body, headers={"Content-Type": content_type}, timeout=120
+                )
             except requests.RequestException as exc:
                 with lock:
                     report.server_errors.append(f"{kind}: {type(exc).__name__}: {exc}")
@@ -110,16 +127,22 @@ def run_load(url: str, valid: list[str], clients: int = 8, seconds: float = 30, 
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 if response.status_code >= 500:
-                    report.server_errors.append(f"{kind}: HTTP {response.status_code} {response.text[:200]}")
+                    report.server_errors.append(
+                        f"{kind}: HTTP {response.status_code} {response.text[:200]}"
+                    )
                 elif kind == "valid":
                     if response.status_code == 200 and "predictions" in response.json():
                         report.valid_latencies_ms.append(elapsed)
                     else:
-                        report.valid_failures.append(f"HTTP {response.status_code} {response.text[:200]}")
+                        report.valid_failures.append(
+                            f"HTTP {response.status_code} {response.text[:200]}"
+                        )
                 else:
                     report.bad_kinds_seen.add(kind)
                     if not (400 <= response.status_code < 500 and _message(response)):
-                        report.bad_not_rejected.append(f"{kind}: HTTP {response.status_code} {response.text[:200]}")
+                        report.bad_not_rejected.append(
+                            f"{kind}: HTTP {response.status_code} {response.text[:200]}"
+                        )
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     started = time.monotonic()

@@ -27,7 +27,9 @@ def brightness_model(size: int, skill: float) -> keras.Model:
     model = keras.Model(inputs, outputs)
     weight = np.zeros((3, 2), np.float32)
     weight[:, 1] = -skill / 3.0  # caffe-preprocessed channel means: darker is more negative
-    model.get_layer("probabilities").set_weights([weight, np.array([0.0, -skill * 34.0], np.float32)])
+    model.get_layer("probabilities").set_weights(
+        [weight, np.array([0.0, -skill * 34.0], np.float32)]
+    )
     return model
 
 
@@ -39,11 +41,17 @@ def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str
     with mlflow.start_run(tags={"osteo.kind": "train", "backbone_weights": "test-double"}) as run:
         tracking.log_settings(settings)
         tracking.log_dataset(split)
-        evaluate_predictions(arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration())
+        evaluate_predictions(
+            arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration()
+        )
         v = settings.validation
         log_pyfunc(
-            model, list(settings.data.classes), settings.model.input_size, v.max_pixels,
-            run.info.run_id, bounds=v.image_bounds,
+            model,
+            list(settings.data.classes),
+            settings.model.input_size,
+            v.max_pixels,
+            run.info.run_id,
+            bounds=v.image_bounds,
         )
     return run.info.run_id
 
@@ -52,4 +60,8 @@ def non_inferiority(settings):
     """``settings`` with a gate that lets an equal candidate pass (margin 0.05, any number of
     paired cases): for tests of promotion and alias mechanics, not of the gate's judgement (the
     default gate calls two equal models inconclusive; tests/core/test_gate.py)."""
-    return settings.model_copy(update={"registry": settings.registry.model_copy(update={"margin": 0.05, "min_paired_cases": 1})})
+    return settings.model_copy(
+        update={
+            "registry": settings.registry.model_copy(update={"margin": 0.05, "min_paired_cases": 1})
+        }
+    )

@@ -24,16 +24,29 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(command: list[str], url: str, env: dict[str, str] | None = None, timeout: float = 180, log: Path | None = None) -> Iterator[subprocess.Popen]:
+def running(
+    command: list[str],
+    url: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    log: Path | None = None,
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own process group until ``url`` answers 200; stop it on exit."""
-    environment = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
+    environment = (
+        os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
+    )
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited with {process.returncode}" + (f"; see {log}" if log else ""))
+                raise RuntimeError(
+                    f"{command[0]} exited with {process.returncode}"
+                    + (f"; see {log}" if log else "")
+                )
             try:
                 if requests.get(url, timeout=2).status_code == 200:
                     break
@@ -55,6 +68,24 @@ def running(command: list[str], url: str, env: dict[str, str] | None = None, tim
             out.close()
 
 
-def model_server(model_uri: str, port: int, tracking_uri: str, log: Path | None = None, workers: int = 1):  # noqa: ANN201
-    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
-    return running(command, f"http://127.0.0.1:{port}/ping", env={"MLFLOW_TRACKING_URI": tracking_uri}, log=log)
+def model_server(
+    model_uri: str, port: int, tracking_uri: str, log: Path | None = None, workers: int = 1
+):  # noqa: ANN201
+    command = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    return running(
+        command, f"http://127.0.0.1:{port}/ping", env={"MLFLOW_TRACKING_URI": tracking_uri}, log=log
+    )

@@ -11,11 +11,27 @@ SMALL = ["--set", "validation.min_width=32", "--set", "validation.min_height=32"
 
 def test_synth_then_validate_passes(tmp_path):
     data = tmp_path / "d"
-    assert runner.invoke(app, ["synth", str(data), "--per-class", "6", "--size", "64", "--seed", "3"]).exit_code == 0
-    result = runner.invoke(app, ["validate", str(data), "--json", "--report-dir", str(tmp_path / "r"), *SMALL])
+    assert (
+        runner.invoke(
+            app, ["synth", str(data), "--per-class", "6", "--size", "64", "--seed", "3"]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app, ["validate", str(data), "--json", "--report-dir", str(tmp_path / "r"), *SMALL]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    for key in ("passed", "counts", "unreadable", "duplicate_groups", "label_conflicts", "copy_groups", "derived_copies", "failed_expectations"):
+    for key in (
+        "passed",
+        "counts",
+        "unreadable",
+        "duplicate_groups",
+        "label_conflicts",
+        "copy_groups",
+        "derived_copies",
+        "failed_expectations",
+    ):
         assert key in summary
     assert summary["counts"] == {"normal": 6, "osteoporosis": 6}
     assert (tmp_path / "r" / "validation.html").read_text().count("passed") >= 1
@@ -26,7 +42,9 @@ def test_failed_validation_exits_1_and_names_the_file(tmp_path):
     data = tmp_path / "d"
     runner.invoke(app, ["synth", str(data), "--per-class", "6", "--size", "64"])
     (data / "osteoporosis" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
-    result = runner.invoke(app, ["validate", str(data), "--report-dir", str(tmp_path / "r"), *SMALL])
+    result = runner.invoke(
+        app, ["validate", str(data), "--report-dir", str(tmp_path / "r"), *SMALL]
+    )
     assert result.exit_code == 1
     assert "osteoporosis/broken.jpg" in result.output
 
@@ -75,10 +93,19 @@ def data(tmp_path):
 @pytest.fixture
 def store(tmp_path):
     """An empty private tracking store and study storage, so no command touches the project's."""
-    return ["--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", f"tracking.artifact_root={tmp_path / 'mlruns'}", "--set", f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+    return [
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set",
+        f"tracking.artifact_root={tmp_path / 'mlruns'}",
+        "--set",
+        f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}",
+    ]
 
 
-def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(data, store, tmp_path, monkeypatch):
+def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(
+    data, store, tmp_path, monkeypatch
+):
     """One bad input per command: a clear one-line error, exit 2 (1 for a failed check)."""
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -88,23 +115,60 @@ def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(data, st
         (["config", "--set", "seed"], 2, "key.sub=value"),
         (["synth", str(a_file)], 2, "a-file", "not a folder"),
         (["validate", str(tmp_path / "missing")], 2, "data folder not found"),
-        (["split", str(data), *SMALL, "--out", str(a_file / "split.json")], 2, "cannot write the split manifest"),
-        (["tune", str(data), *SMALL, *store, "--set", "tune.storage=nosuchdb://x"], 2, "tune.storage=nosuchdb://x"),
+        (
+            ["split", str(data), *SMALL, "--out", str(a_file / "split.json")],
+            2,
+            "cannot write the split manifest",
+        ),
+        (
+            ["tune", str(data), *SMALL, *store, "--set", "tune.storage=nosuchdb://x"],
+            2,
+            "tune.storage=nosuchdb://x",
+        ),
         (["tune-worker", "no-such-study", *store], 2, "no study named 'no-such-study'"),
-        (["train", str(data), *SMALL, *store, "--params", str(tmp_path / "nope.yaml")], 2, "--params", "nope.yaml"),
+        (
+            ["train", str(data), *SMALL, *store, "--params", str(tmp_path / "nope.yaml")],
+            2,
+            "--params",
+            "nope.yaml",
+        ),
         (["train", str(data), *SMALL, *store], 2, "no study", "run `osteo tune`"),
         (["register", "0" * 32, *store], 2, "0" * 32),
         (["promote", *store], 2, "no candidate"),
         (["rollback", *store], 2, "no 'production' version"),
-        (["models", "--set", "tracking.uri=http://127.0.0.1:9", "--set", "tracking.http_retries=0"], 2, "unreachable"),
-        (["predict", "models:/osteo-knee/1", str(tmp_path / "missing.jpg"), *store], 2, "missing.jpg"),
+        (
+            [
+                "models",
+                "--set",
+                "tracking.uri=http://127.0.0.1:9",
+                "--set",
+                "tracking.http_retries=0",
+            ],
+            2,
+            "unreachable",
+        ),
+        (
+            ["predict", "models:/osteo-knee/1", str(tmp_path / "missing.jpg"), *store],
+            2,
+            "missing.jpg",
+        ),
         (["compare", str(data), "--cv", "five"], 2, "--cv"),
         (["crops", str(tmp_path / "missing")], 2, "data folder not found"),
         (["evaluate", "models:/nope/1", str(data), *store], 2, "nope"),
         (["explain", "models:/nope/1", str(a_file), *store], 2, "nope"),
         (["run", str(tmp_path / "missing")], 2, "data folder not found"),
         (["schedule"], 2, "PREFECT_API_URL"),
-        (["serve", "--set", "tracking.uri=http://127.0.0.1:9", "--set", "tracking.http_retries=0"], 2, "unreachable"),
+        (
+            [
+                "serve",
+                "--set",
+                "tracking.uri=http://127.0.0.1:9",
+                "--set",
+                "tracking.http_retries=0",
+            ],
+            2,
+            "unreachable",
+        ),
     ]
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert {case[0][0] for case in cases} == commands  # every command has its bad-input case
@@ -114,9 +178,17 @@ def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(data, st
 
 def test_a_batch_that_fails_validation_stops_split_tune_and_compare_with_exit_1(data, store):
     (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
-    for command in (["split", str(data)], ["tune", str(data), *store], ["compare", str(data), "--systems", "metadata-probe"]):
+    for command in (
+        ["split", str(data)],
+        ["tune", str(data), *store],
+        ["compare", str(data), "--systems", "metadata-probe"],
+    ):
         result = runner.invoke(app, [*command, *SMALL])
-        assert result.exit_code == 1 and "normal/broken.jpg" in result.output and "Traceback" not in result.output, result.output
+        assert (
+            result.exit_code == 1
+            and "normal/broken.jpg" in result.output
+            and "Traceback" not in result.output
+        ), result.output
 
 
 def test_an_out_of_bounds_setting_is_one_line_naming_the_field():

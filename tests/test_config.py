@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_yaml_mirrors_the_model_defaults():
-    assert yaml.safe_load((ROOT / "configs/default.yaml").read_text()) == Settings().model_dump(mode="json")
+    assert yaml.safe_load((ROOT / "configs/default.yaml").read_text()) == Settings().model_dump(
+        mode="json"
+    )
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "knee-binary.yaml", "knee-3class.yaml"])
@@ -22,14 +24,18 @@ def test_precedence_file_then_env_then_cli(tmp_path):
     file = tmp_path / "c.yaml"
     file.write_text("validation: {min_width: 300, min_height: 300}\nseed: 1\n")
     env = {"OSTEO_VALIDATION__MIN_WIDTH": "400", "OSTEO_SEED": "7"}
-    settings = load_settings(file, overrides=cli_overrides(["validation.min_width=500"]), environ=env)
+    settings = load_settings(
+        file, overrides=cli_overrides(["validation.min_width=500"]), environ=env
+    )
     assert settings.validation.min_width == 500  # CLI beats env beats file
     assert settings.validation.min_height == 300  # file beats default
     assert settings.seed == 7  # env alias
 
 
 def test_env_values_keep_their_types():
-    overrides = env_overrides({"OSTEO_DATA__CLASSES": "[a, b, c]", "OSTEO_SPLIT__TEST": "0.2", "HOME": "/x"})
+    overrides = env_overrides(
+        {"OSTEO_DATA__CLASSES": "[a, b, c]", "OSTEO_SPLIT__TEST": "0.2", "HOME": "/x"}
+    )
     assert overrides == {"data": {"classes": ["a", "b", "c"]}, "split": {"test": 0.2}}
 
 
@@ -68,9 +74,14 @@ def test_override_syntax_error():
 
 
 def test_empty_mapping_override_clears_a_dict_setting():
-    assert load_settings(overrides=cli_overrides(["registry.floors={}"]), environ={}).registry.floors == {}
+    assert (
+        load_settings(overrides=cli_overrides(["registry.floors={}"]), environ={}).registry.floors
+        == {}
+    )
     replaced = load_settings(overrides=cli_overrides(["registry.floors={recall: 0.7}"]), environ={})
-    assert replaced.registry.floors == {"recall": 0.7}  # a dict setting given anew replaces the default
+    assert replaced.registry.floors == {
+        "recall": 0.7
+    }  # a dict setting given anew replaces the default
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,14 @@ class _ComposeLoader(yaml.SafeLoader):
 
 
 for _tag in ("!reset", "!override"):
-    _ComposeLoader.add_constructor(_tag, lambda loader, node: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node))
+    _ComposeLoader.add_constructor(
+        _tag,
+        lambda loader, node: (
+            loader.construct_sequence(node)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_mapping(node)
+        ),
+    )
 LOCAL = yaml.load((DOCKER / "compose.local.yaml").read_text(), Loader=_ComposeLoader)["services"]
 
 
@@ -27,7 +34,15 @@ def _env(service: str) -> dict[str, str]:
 
 
 def test_every_part_of_the_stack_is_there():
-    assert {"postgres", "minio", "create-bucket", "mlflow", "prefect-server", "prefect-worker", "model-server"} <= set(SERVICES)
+    assert {
+        "postgres",
+        "minio",
+        "create-bucket",
+        "mlflow",
+        "prefect-server",
+        "prefect-worker",
+        "model-server",
+    } <= set(SERVICES)
 
 
 def test_published_ports_bind_loopback_only():
@@ -42,13 +57,20 @@ def test_health_checks_and_named_volumes():
     for name in LONG_RUNNING:
         assert "healthcheck" in SERVICES[name], name
     declared = set(COMPOSE["volumes"])
-    used = {v.split(":")[0] for svc in SERVICES.values() for v in svc.get("volumes", []) if not v.startswith(".")}
+    used = {
+        v.split(":")[0]
+        for svc in SERVICES.values()
+        for v in svc.get("volumes", [])
+        if not v.startswith(".")
+    }
     assert used <= declared and {"postgres-data", "minio-data"} <= used
 
 
 def test_wiring():
     mlflow_cmd = " ".join(SERVICES["mlflow"]["command"])
-    assert "--backend-store-uri postgresql://" in mlflow_cmd and "@postgres:5432/mlflow" in mlflow_cmd
+    assert (
+        "--backend-store-uri postgresql://" in mlflow_cmd and "@postgres:5432/mlflow" in mlflow_cmd
+    )
     assert "--artifacts-destination s3://" in mlflow_cmd
     # MLflow answers 403 to a Host header it does not allow: the other services call it mlflow:5000.
     allowed = mlflow_cmd.split("--allowed-hosts ")[1].split()[0].strip('"').split(",")
@@ -58,12 +80,19 @@ def test_wiring():
         env = _env(client)
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert SERVICES["model-server"]["command"][0] == "serve"  # `osteo serve`: follows the production alias
+    assert (
+        SERVICES["model-server"]["command"][0] == "serve"
+    )  # `osteo serve`: follows the production alias
     assert "entrypoint" not in SERVICES["model-server"]  # the image's own entrypoint, `osteo`
-    assert "prefect worker start --pool osteo-process" in " ".join(SERVICES["prefect-worker"]["command"])
+    assert "prefect worker start --pool osteo-process" in " ".join(
+        SERVICES["prefect-worker"]["command"]
+    )
     assert "prefect worker start --pool osteo-tune" in " ".join(SERVICES["tune-worker"]["command"])
     for client in ("prefect-worker", "tune-worker", "model-server"):
-        assert _env(client)["OSTEO_TUNE__STORAGE"].startswith("postgresql+psycopg://") and "@postgres:5432/optuna" in _env(client)["OSTEO_TUNE__STORAGE"]
+        assert (
+            _env(client)["OSTEO_TUNE__STORAGE"].startswith("postgresql+psycopg://")
+            and "@postgres:5432/optuna" in _env(client)["OSTEO_TUNE__STORAGE"]
+        )
     assert "CREATE DATABASE optuna" in (DOCKER / "initdb" / "10-prefect-db.sql").read_text()
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
@@ -73,16 +102,30 @@ def test_the_image_installs_the_lock_and_owns_every_path_it_writes_or_mounts():
     # The locked dependencies install in a layer before any source is copied (a source change
     # rebuilds in seconds); the package itself then installs against the same lock.
     lock_layer = dockerfile.index("-c requirements.lock -r pyproject.toml")
-    assert dockerfile.index("COPY requirements.lock pyproject.toml") < lock_layer < dockerfile.index("COPY osteo_pipeline")
-    assert dockerfile.index("COPY osteo_pipeline") < dockerfile.index("pip install -q -c requirements.lock .")
+    assert (
+        dockerfile.index("COPY requirements.lock pyproject.toml")
+        < lock_layer
+        < dockerfile.index("COPY osteo_pipeline")
+    )
+    assert dockerfile.index("COPY osteo_pipeline") < dockerfile.index(
+        "pip install -q -c requirements.lock ."
+    )
     created = set(re.findall(r"mkdir -p ([^&]+)", dockerfile)[0].split())
     assert "chown -R osteo:osteo /var/lib/osteo /app" in dockerfile and "USER osteo" in dockerfile
     for name, service in SERVICES.items():
         if service.get("image") != "osteo-pipeline:latest":
             continue
         for volume in service.get("volumes", []):
-            assert volume.split(":")[1] in created, (name, volume)  # exists in the image, owned by osteo
-    assert {"/var/lib/osteo/outputs", "/var/lib/osteo/cache", "/var/lib/osteo/prefect", "/app/data/incoming"} <= created
+            assert volume.split(":")[1] in created, (
+                name,
+                volume,
+            )  # exists in the image, owned by osteo
+    assert {
+        "/var/lib/osteo/outputs",
+        "/var/lib/osteo/cache",
+        "/var/lib/osteo/prefect",
+        "/app/data/incoming",
+    } <= created
 
 
 def test_no_credentials_baked_in():
@@ -92,23 +135,45 @@ def test_no_credentials_baked_in():
             if secret_names.search(key):
                 assert str(value).startswith("${") and ":?" in str(value), (name, key, value)
     dockerfile = (DOCKER / "Dockerfile").read_text()
-    assert not [line for line in dockerfile.splitlines() if line.startswith(("ENV", "ARG")) and secret_names.search(line)]
-    assert "ARG BASE=python:3.11-slim" in dockerfile  # GPU variant: --build-arg BASE=tensorflow/tensorflow:*-gpu
+    assert not [
+        line
+        for line in dockerfile.splitlines()
+        if line.startswith(("ENV", "ARG")) and secret_names.search(line)
+    ]
+    assert (
+        "ARG BASE=python:3.11-slim" in dockerfile
+    )  # GPU variant: --build-arg BASE=tensorflow/tensorflow:*-gpu
     assert (DOCKER / ".env.example").exists()
 
 
 def test_the_local_override_builds_a_stand_in_for_every_pulled_image():
     """docker/compose.local.yaml (no Docker Hub): every service whose image compose.yaml pulls gets
     one built here from a local base, and its published ports stay on loopback."""
-    pulled = {name for name, service in SERVICES.items() if service.get("image") != "osteo-pipeline:latest"}
-    built = {service["image"]: service["build"] for service in LOCAL.values() if "build" in service and "image" in service}
+    pulled = {
+        name
+        for name, service in SERVICES.items()
+        if service.get("image") != "osteo-pipeline:latest"
+    }
+    built = {
+        service["image"]: service["build"]
+        for service in LOCAL.values()
+        if "build" in service and "image" in service
+    }
     for name in pulled:
         assert LOCAL[name]["image"] in built, name
     for image, build in built.items():
         context = DOCKER / build["context"]
         dockerfile = (context / build.get("dockerfile", "Dockerfile")).read_text()
         assert re.search(r"^FROM local/", dockerfile, re.MULTILINE), image
-        assert not [line for line in dockerfile.splitlines() if line.startswith(("ENV", "ARG")) and re.search("PASSWORD|SECRET|ACCESS_KEY", line)], image
+        assert not [
+            line
+            for line in dockerfile.splitlines()
+            if line.startswith(("ENV", "ARG")) and re.search("PASSWORD|SECRET|ACCESS_KEY", line)
+        ], image
     assert LOCAL["mlflow"]["build"]["args"]["BASE"].startswith("${OSTEO_BASE:-local/")
-    assert all(port.startswith("127.0.0.1:") for service in LOCAL.values() for port in service.get("ports", []))
+    assert all(
+        port.startswith("127.0.0.1:")
+        for service in LOCAL.values()
+        for port in service.get("ports", [])
+    )
     assert {"env_file": ["${OSTEO_ENV_FILE:-.env}"]}.items() <= LOCAL["mlflow"].items()

@@ -49,24 +49,48 @@ def _trials(settings):
     summaries = optuna.get_all_study_summaries(settings.tune.storage, include_best_trial=False)
     if not summaries:
         raise KeyError("no study yet")
-    return optuna.load_study(study_name=summaries[0].study_name, storage=settings.tune.storage).trials
+    return optuna.load_study(
+        study_name=summaries[0].study_name, storage=settings.tune.storage
+    ).trials
 
 
 def _running_runs(settings) -> list[str]:
     mlflow.set_tracking_uri(settings.tracking.uri)
     experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
-    return [r.info.run_id for r in MlflowClient().search_runs([experiment.experiment_id]) if r.info.status == "RUNNING"]
+    return [
+        r.info.run_id
+        for r in MlflowClient().search_runs([experiment.experiment_id])
+        if r.info.status == "RUNNING"
+    ]
 
 
-def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(synth_dir, train_settings, tmp_path):
+def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(
+    synth_dir, train_settings, tmp_path
+):
     root = synth_dir(per_class=10)
     settings = train_settings.model_copy(
-        update={"tune": train_settings.tune.model_copy(update={"trials": 3, "pruner": "none", "heartbeat_interval_s": 1, "heartbeat_grace_s": 2})}, deep=True
+        update={
+            "tune": train_settings.tune.model_copy(
+                update={
+                    "trials": 3,
+                    "pruner": "none",
+                    "heartbeat_interval_s": 1,
+                    "heartbeat_grace_s": 2,
+                }
+            )
+        },
+        deep=True,
     )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     command = [str(BIN / "osteo"), "tune", str(root), "--config", str(config)]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    process = subprocess.Popen(
+        command,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     try:
 
         def one_done_one_running() -> bool:
@@ -75,28 +99,42 @@ def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(synth
             except KeyError:  # the study does not exist yet
                 return False
             states = [t.state for t in trials]  # and the running trial has its MLflow run open:
-            return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and "mlflow_run_id" in trials[-1].user_attrs
+            return (
+                TrialState.COMPLETE in states
+                and states[-1] == TrialState.RUNNING
+                and "mlflow_run_id" in trials[-1].user_attrs
+            )
 
         _wait_for(one_done_one_running, 600, "a finished trial and a running one")
     finally:
         _kill(process)
     before = {t.number: (t.state, t.value, t.params) for t in _trials(settings)}
     killed = max(before)
-    assert before[killed][0] == TrialState.RUNNING and _running_runs(settings)  # what the kill left behind
+    assert before[killed][0] == TrialState.RUNNING and _running_runs(
+        settings
+    )  # what the kill left behind
 
     time.sleep(3)  # longer than the heartbeat's grace period: the killed trial is now stale
-    done = subprocess.run([*command, "--trials", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    done = subprocess.run(
+        [*command, "--trials", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=900
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     trials = _trials(settings)
     after = {t.number: (t.state, t.value, t.params) for t in trials}
     assert after[killed][0] == TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
-    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE and retried[0].params == before[killed][2]
+    assert (
+        len(retried) == 1
+        and retried[0].state == TrialState.COMPLETE
+        and retried[0].params == before[killed][2]
+    )
     finished_before = sum(state == TrialState.COMPLETE for state, _, _ in before.values())
     for number, (state, value, params) in before.items():
         if state == TrialState.COMPLETE:
             assert after[number] == (state, value, params)  # kept, not run again
-    assert sum(state == TrialState.COMPLETE for state, _, _ in after.values()) == finished_before + 2  # --trials: new trials
+    assert (
+        sum(state == TrialState.COMPLETE for state, _, _ in after.values()) == finished_before + 2
+    )  # --trials: new trials
     assert _running_runs(settings) == []  # the killed trial's MLflow run was closed as FAILED
 
 
@@ -111,8 +149,12 @@ promote(settings)
 """
 
 
-def test_killed_between_register_and_promote_leaves_production_alone(synth_dir, train_settings, tmp_path):
-    train_settings = non_inferiority(train_settings)  # the second, equal candidate must be promotable
+def test_killed_between_register_and_promote_leaves_production_alone(
+    synth_dir, train_settings, tmp_path
+):
+    train_settings = non_inferiority(
+        train_settings
+    )  # the second, equal candidate must be promotable
     root = synth_dir(per_class=12)
     split = split_dataset(validate_folder(root, train_settings), train_settings)
     register_run(log_candidate(split, train_settings, 1.0), train_settings)
@@ -121,7 +163,11 @@ def test_killed_between_register_and_promote_leaves_production_alone(synth_dir, 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(train_settings.model_dump(mode="json")))
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_AFTER_REGISTER, str(config), candidate], start_new_session=True, stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+        [sys.executable, "-c", KILLED_AFTER_REGISTER, str(config), candidate],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path.cwd(),
     )
     try:
         assert process.stdout.readline().split() == ["registered", "2"]
@@ -130,26 +176,43 @@ def test_killed_between_register_and_promote_leaves_production_alone(synth_dir, 
     registry = open_registry(train_settings)
     assert registry.aliases()["production"] == "1" and registry.aliases()["staging"] == "2"
     decision = promote(train_settings)  # the re-run: gates the staged version and finishes cleanly
-    assert decision.passed and registry.aliases()["production"] == "2" and registry.aliases()["previous"] == "1"
+    assert (
+        decision.passed
+        and registry.aliases()["production"] == "2"
+        and registry.aliases()["previous"] == "1"
+    )
     assert _running_runs(train_settings) == []
 
 
-def test_dead_tracking_server_fails_fast_and_clearly_and_keeps_local_outputs(synth_dir, train_settings):
+def test_dead_tracking_server_fails_fast_and_clearly_and_keeps_local_outputs(
+    synth_dir, train_settings
+):
     port = free_port()  # nothing listens there
     dead = train_settings.model_copy(
-        update={"tracking": train_settings.tracking.model_copy(update={"uri": f"http://127.0.0.1:{port}", "http_retries": 2, "http_backoff_s": 0})}, deep=True
+        update={
+            "tracking": train_settings.tracking.model_copy(
+                update={"uri": f"http://127.0.0.1:{port}", "http_retries": 2, "http_backoff_s": 0}
+            )
+        },
+        deep=True,
     )
     validation = validate_folder(synth_dir(per_class=10), dead)
     split = split_dataset(validation, dead)
     saved = split.save(Path(dead.output_dir) / "split.json")
     started = time.monotonic()
-    with pytest.raises(TrackingUnavailableError, match=rf"127.0.0.1:{port} unreachable after 2 retries") as failure:
+    with pytest.raises(
+        TrackingUnavailableError, match=rf"127.0.0.1:{port} unreachable after 2 retries"
+    ) as failure:
         tune(split, dead)
-    assert re.search("Max retries exceeded|Connection refused", str(failure.value))  # a refused connection, nothing else
+    assert re.search(
+        "Max retries exceeded|Connection refused", str(failure.value)
+    )  # a refused connection, nothing else
     assert time.monotonic() - started < 60  # bounded, not MLflow's default minutes of retrying
     with pytest.raises(TrackingUnavailableError):
         register_run("0" * 32, dead)  # nothing half-registered: it never gets that far
-    assert saved.is_file() and yaml.safe_load(saved.read_text())["dataset_hash"] == split.dataset_hash
+    assert (
+        saved.is_file() and yaml.safe_load(saved.read_text())["dataset_hash"] == split.dataset_hash
+    )
 
 
 def test_dead_s3_endpoint_fails_after_bounded_retries_and_writes_nothing(tmp_path, monkeypatch):

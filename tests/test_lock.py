@@ -20,14 +20,22 @@ def _locked() -> dict[str, str]:
             continue
         requirement = Requirement(line)
         if requirement.marker is None or requirement.marker.evaluate(default_environment()):
-            pins[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
+            pins[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix(
+                "=="
+            )
     return pins
 
 
 def test_every_locked_package_is_installed_at_its_locked_version():
     installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    wrong = {name: (version, installed.get(name)) for name, version in _locked().items() if installed.get(name) != version}
-    assert wrong == {}, f"installed versions differ from requirements.lock (run `make install`): {wrong}"
+    wrong = {
+        name: (version, installed.get(name))
+        for name, version in _locked().items()
+        if installed.get(name) != version
+    }
+    assert wrong == {}, (
+        f"installed versions differ from requirements.lock (run `make install`): {wrong}"
+    )
 
 
 def test_the_lock_satisfies_pyproject_and_pins_every_direct_dependency():
@@ -37,4 +45,6 @@ def test_the_lock_satisfies_pyproject_and_pins_every_direct_dependency():
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         assert name in locked, f"{name} is not in requirements.lock: run `make lock`"
-        assert requirement.specifier.contains(locked[name], prereleases=True), f"{name}=={locked[name]} breaks pyproject's {requirement}"
+        assert requirement.specifier.contains(locked[name], prereleases=True), (
+            f"{name}=={locked[name]} breaks pyproject's {requirement}"
+        )

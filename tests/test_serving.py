@@ -61,7 +61,13 @@ def test_wrong_column_and_empty_batch():
 
 def test_dicom_is_served_like_any_image():
     ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))
-    pixels = decode_rows(pd.DataFrame({"image": [_b64(dicom_bytes(ramp)), _b64(dicom_bytes(ramp, photometric="MONOCHROME1"))]}), 16, 10**6)
+    pixels = decode_rows(
+        pd.DataFrame(
+            {"image": [_b64(dicom_bytes(ramp)), _b64(dicom_bytes(ramp, photometric="MONOCHROME1"))]}
+        ),
+        16,
+        10**6,
+    )
     assert pixels[0, :, 0, 0].mean() < 20 and pixels[0, :, -1, 0].mean() > 235
     np.testing.assert_array_equal(pixels[1], 255 - pixels[0])
 
@@ -71,7 +77,9 @@ def test_rgba_and_palette_images_are_served_not_rejected():
     Image.new("RGBA", (30, 30), (10, 20, 30, 255)).save(rgba, format="PNG")
     palette = io.BytesIO()
     Image.new("P", (30, 30), 3).save(palette, format="PNG")
-    pixels = decode_rows(pd.DataFrame({"image": [_b64(rgba.getvalue()), _b64(palette.getvalue())]}), 16, 10**6)
+    pixels = decode_rows(
+        pd.DataFrame({"image": [_b64(rgba.getvalue()), _b64(palette.getvalue())]}), 16, 10**6
+    )
     assert pixels.shape == (2, 16, 16, 3)
 
 

@@ -37,7 +37,11 @@ def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
     labels = np.asarray(labels)
     if len(labels) < 2 or len(np.unique(labels)) < 2:
         return 1.0
-    result = minimize_scalar(lambda log_t: _nll(scale_temperature(proba, float(np.exp(log_t))), labels), bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: _nll(scale_temperature(proba, float(np.exp(log_t))), labels),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+    )
     return float(np.exp(result.x))
 
 
@@ -49,7 +53,9 @@ def choose_threshold(proba: np.ndarray, labels: np.ndarray, positive: int) -> fl
     if is_positive.all() or not is_positive.any():
         return 0.5
     scores = np.unique(proba[:, positive])
-    cuts = np.concatenate([[0.5], (scores[:-1] + scores[1:]) / 2, [scores[0] / 2, (scores[-1] + 1) / 2]])
+    cuts = np.concatenate(
+        [[0.5], (scores[:-1] + scores[1:]) / 2, [scores[0] / 2, (scores[-1] + 1) / 2]]
+    )
     predicted = proba[:, positive][None, :] >= cuts[:, None]
     sensitivity = (predicted & is_positive).sum(axis=1) / is_positive.sum()
     specificity = (~predicted & ~is_positive).sum(axis=1) / (~is_positive).sum()
@@ -67,7 +73,11 @@ class Calibration:
     positive: int = -1  # class index the threshold applies to (-1: the last)
 
     def probabilities(self, proba: np.ndarray) -> np.ndarray:
-        return scale_temperature(proba, self.temperature) if self.temperature != 1.0 else np.asarray(proba, dtype=np.float64)
+        return (
+            scale_temperature(proba, self.temperature)
+            if self.temperature != 1.0
+            else np.asarray(proba, dtype=np.float64)
+        )
 
     def labels(self, calibrated: np.ndarray) -> np.ndarray:
         """Class indices of already calibrated probabilities."""
@@ -88,11 +98,15 @@ def fit_calibration(val_proba: np.ndarray, val_labels: np.ndarray, positive: int
     """Temperature first, then the threshold on the calibrated validation probabilities."""
     temperature = fit_temperature(val_proba, val_labels)
     calibrated = scale_temperature(val_proba, temperature)
-    threshold = choose_threshold(calibrated, val_labels, positive) if val_proba.shape[1] == 2 else None
+    threshold = (
+        choose_threshold(calibrated, val_labels, positive) if val_proba.shape[1] == 2 else None
+    )
     return Calibration(temperature, threshold, positive)
 
 
-def cross_fitted(proba: np.ndarray, labels: np.ndarray, folds: np.ndarray, positive: int) -> tuple[np.ndarray, np.ndarray]:
+def cross_fitted(
+    proba: np.ndarray, labels: np.ndarray, folds: np.ndarray, positive: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities and labels of out-of-fold predictions, each fold's by the
     temperature and threshold fitted on the *other* folds' predictions: an estimate that never
     tunes its calibration on the cases it scores."""
@@ -115,7 +129,12 @@ def reliability(proba: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[s
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(index, confidence, bins) / count
         accuracy = np.bincount(index, correct.astype(float), bins) / count
-    return {"edges": np.linspace(0, 1, bins + 1), "confidence": mean_confidence, "accuracy": accuracy, "count": count}
+    return {
+        "edges": np.linspace(0, 1, bins + 1),
+        "confidence": mean_confidence,
+        "accuracy": accuracy,
+        "count": count,
+    }
 
 
 def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:

@@ -35,6 +35,7 @@ HEADERS = {
     "ece": "ECE",
 }
 
+
 def _cell(summary: dict[str, float]) -> str:
     if not np.isfinite(summary["mean"]):
         return "-"
@@ -50,13 +51,23 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         if not row["available"]:
             cells.append([row["system"], row["reason"], *[""] * len(REPORTED)])
         else:
-            cells.append([row["system"], *(_cell(row[m]) for m in REPORTED), f"{row['seconds_per_fold']:.0f}"])
+            cells.append(
+                [
+                    row["system"],
+                    *(_cell(row[m]) for m in REPORTED),
+                    f"{row['seconds_per_fold']:.0f}",
+                ]
+            )
     return cells
 
 
 def trained_on(rows: list[dict[str, Any]], names: list[str]) -> str:
     """What the named systems trained on (cached views or fresh images), once when they agree."""
-    seen = {row["name"]: row["seen"] for row in rows if row["available"] and row["name"] in names and row.get("seen")}
+    seen = {
+        row["name"]: row["seen"]
+        for row in rows
+        if row["available"] and row["name"] in names and row.get("seen")
+    }
     if not seen:
         return ""
     if len(set(seen.values())) == 1:
@@ -64,7 +75,14 @@ def trained_on(rows: list[dict[str, Any]], names: list[str]) -> str:
     return " (" + "; ".join(f"{name} on {text}" for name, text in seen.items()) + ")"
 
 
-def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], settings: Settings, command: str, seconds: float) -> str:
+def markdown_report(
+    rows: list[dict[str, Any]],
+    data: Any,
+    folds: list[Fold],
+    settings: Settings,
+    command: str,
+    seconds: float,
+) -> str:
     """The report: command, date, data (``steps.compare.Data``), protocol, the table, notes."""
     c = settings.compare
     header = ["system", *(HEADERS[m] for m in REPORTED), "s / fold"]
@@ -74,28 +92,66 @@ def markdown_report(rows: list[dict[str, Any]], data: Any, folds: list[Fold], se
             lines.append("| " + " | ".join(cells) + " |")
         else:
             lines.append(f"| {row['system']} | {row['reason']} |" + " |" * (len(header) - 2))
-    counts = ", ".join(f"{label} {n}" for label, n in data.frame["label"].value_counts().reindex(settings.data.classes).fillna(0).astype(int).items())
-    averaging = "of the positive class" if len(settings.data.classes) == 2 else "macro-averaged over classes (specificity one-vs-rest)"
-    tuned = [row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]]  # e.g. resnet50-tl's recipe: refit and fold ensemble
+    counts = ", ".join(
+        f"{label} {n}"
+        for label, n in data.frame["label"]
+        .value_counts()
+        .reindex(settings.data.classes)
+        .fillna(0)
+        .astype(int)
+        .items()
+    )
+    averaging = (
+        "of the positive class"
+        if len(settings.data.classes) == 2
+        else "macro-averaged over classes (specificity one-vs-rest)"
+    )
+    tuned = [
+        row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]
+    ]  # e.g. resnet50-tl's recipe: refit and fold ensemble
     tuned_names = {row["name"] for row in tuned}
     probes = ("resnet50-probe", "texture-probe", "metadata-probe")
-    transfer = [name for name in c.systems if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned_names]
-    scratch = [name for name in c.systems if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")]
+    transfer = [
+        name
+        for name in c.systems
+        if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned_names
+    ]
+    scratch = [
+        name
+        for name in c.systems
+        if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")
+    ]
     t = settings.train
-    parts = [f"transfer {t.head_epochs}+{t.finetune_epochs}{trained_on(rows, transfer)}"] if transfer else []
+    parts = (
+        [f"transfer {t.head_epochs}+{t.finetune_epochs}{trained_on(rows, transfer)}"]
+        if transfer
+        else []
+    )
     parts += [f"scratch {c.scratch_epochs}"] if scratch else []
-    epochs = f"Epochs: {', '.join(parts)} (early stopping on val, patience {settings.train.early_stopping_patience})." if parts else ""
+    epochs = (
+        f"Epochs: {', '.join(parts)} (early stopping on val, patience {settings.train.early_stopping_patience})."
+        if parts
+        else ""
+    )
     if tuned:
         epochs += " A tuned recipe trains as its note says."
     epochs = epochs.strip() or "Probes only: no network is trained."
     notes = "\n".join(
-        "\n".join(f"- `{row['system']}`: {row['note']}" for row in tuned if row["name"] == name) if name in tuned_names else f"- `{name}`: {text}"
+        "\n".join(f"- `{row['system']}`: {row['note']}" for row in tuned if row["name"] == name)
+        if name in tuned_names
+        else f"- `{name}`: {text}"
         for name, text in SYSTEMS.items()
         if name in c.systems
     )
-    nested = " (a tuned recipe's refit and fold-ensemble rows instead train on the whole training part and calibrate on its inner out-of-fold predictions)" if any("fold ensemble" in row["system"] for row in tuned) else ""
-    notes += "".join(f"\n- `{row['system']}`: {row['note']}" for row in rows if not row["available"])
-    return f"""## osteo compare: {', '.join(settings.data.classes)}
+    nested = (
+        " (a tuned recipe's refit and fold-ensemble rows instead train on the whole training part and calibrate on its inner out-of-fold predictions)"
+        if any("fold ensemble" in row["system"] for row in tuned)
+        else ""
+    )
+    notes += "".join(
+        f"\n- `{row['system']}`: {row['note']}" for row in rows if not row["available"]
+    )
+    return f"""## osteo compare: {", ".join(settings.data.classes)}
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.
 {len(data.frame)} images ({counts}); {len(data.excluded)} label-conflicting copies excluded; dataset `{data.identity[:16]}`.

@@ -73,7 +73,10 @@ class Features:
         return cls(
             shape=(int(arrays["shape"][0]), int(arrays["shape"][1])),
             trimmed=bool(arrays["trimmed"]),
-            **{k: arrays[k] for k in ("points", "descriptors", "mirrored_points", "mirrored_descriptors")},
+            **{
+                k: arrays[k]
+                for k in ("points", "descriptors", "mirrored_points", "mirrored_descriptors")
+            },
         )
 
 
@@ -107,7 +110,11 @@ def trim_borders(gray: np.ndarray, tolerance: int = 3) -> np.ndarray:
 
 def _shrink(picture: np.ndarray) -> np.ndarray:
     scale = min(1.0, WORK_SIDE / max(picture.shape))
-    small = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else picture
+    small = (
+        cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else picture
+    )
     return np.ascontiguousarray(small, dtype=np.float32)
 
 
@@ -119,7 +126,14 @@ def working_picture(gray: np.ndarray) -> np.ndarray:
 def _orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     equalised = cv2.normalize(picture, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(equalised)
-    orb = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.3, nlevels=5, edgeThreshold=15, patchSize=15, fastThreshold=5)
+    orb = cv2.ORB_create(
+        nfeatures=KEYPOINTS,
+        scaleFactor=1.3,
+        nlevels=5,
+        edgeThreshold=15,
+        patchSize=15,
+        fastThreshold=5,
+    )
     keypoints, descriptors = orb.detectAndCompute(equalised, None)
     if descriptors is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
@@ -136,7 +150,9 @@ def features(gray: np.ndarray) -> Features:
         return Features(picture.shape, trimmed, *none, *none)
     points, descriptors = _orb(picture)
     mirrored_points, mirrored_descriptors = _orb(np.ascontiguousarray(np.fliplr(picture)))
-    return Features(picture.shape, trimmed, points, descriptors, mirrored_points, mirrored_descriptors)
+    return Features(
+        picture.shape, trimmed, points, descriptors, mirrored_points, mirrored_descriptors
+    )
 
 
 #: Below this many keypoints an exact index is faster than an approximate one.
@@ -156,7 +172,9 @@ def _hamming_index(descriptors: np.ndarray):
     else:
         cells = int(np.sqrt(len(data)))
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, cells)
-        sample = np.random.default_rng(0).choice(len(data), min(len(data), 40 * cells), replace=False)
+        sample = np.random.default_rng(0).choice(
+            len(data), min(len(data), 40 * cells), replace=False
+        )
         index.train(data[np.sort(sample)])
         index.nprobe = 8
     index.add(data)
@@ -181,7 +199,10 @@ def candidate_pairs(
         return []
     owner_parts, mirror_parts, descriptor_parts = [], [], []
     for i in sources:
-        for mirrored, desc in ((False, prints[i].descriptors), (True, prints[i].mirrored_descriptors)):
+        for mirrored, desc in (
+            (False, prints[i].descriptors),
+            (True, prints[i].mirrored_descriptors),
+        ):
             owner_parts.append(np.full(len(desc), i))
             mirror_parts.append(np.full(len(desc), mirrored))
             descriptor_parts.append(desc)
@@ -203,7 +224,11 @@ def candidate_pairs(
         votes = np.unique(np.stack([keypoint, hit_owner, hit_mirror]), axis=1)
         partner_keys, counts = np.unique(votes[1:], axis=1, return_counts=True)
         best = np.argsort(-counts, kind="stable")[:partners]
-        pairs += [(copy, int(partner_keys[0, b]), bool(partner_keys[1, b])) for b in best if counts[b] >= min_votes]
+        pairs += [
+            (copy, int(partner_keys[0, b]), bool(partner_keys[1, b]))
+            for b in best
+            if counts[b] >= min_votes
+        ]
     return pairs
 
 
@@ -222,10 +247,20 @@ class Match:
 NO_MATCH = Match(-1.0, None, 0.0, 0.0)
 
 
-def verify(copy: Features, copy_picture: np.ndarray, source: Features, source_picture: np.ndarray, mirrored: bool) -> Match:
+def verify(
+    copy: Features,
+    copy_picture: np.ndarray,
+    source: Features,
+    source_picture: np.ndarray,
+    mirrored: bool,
+) -> Match:
     """Fit the copy onto the source (or onto its mirror image) and score the fit: RANSAC on ratio-
     tested keypoint matches, then normalised correlation of the high-passed overlap."""
-    points, descriptors = (source.mirrored_points, source.mirrored_descriptors) if mirrored else (source.points, source.descriptors)
+    points, descriptors = (
+        (source.mirrored_points, source.mirrored_descriptors)
+        if mirrored
+        else (source.points, source.descriptors)
+    )
     if len(copy.descriptors) < 6 or len(descriptors) < 6:
         return NO_MATCH
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(copy.descriptors, descriptors, k=2)
@@ -234,19 +269,33 @@ def verify(copy: Features, copy_picture: np.ndarray, source: Features, source_pi
         return NO_MATCH
     from_points = copy.points[[m.queryIdx for m in good]]
     to_points = points[[m.trainIdx for m in good]]
-    transform, inliers = cv2.estimateAffinePartial2D(from_points, to_points, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+    transform, inliers = cv2.estimateAffinePartial2D(
+        from_points, to_points, method=cv2.RANSAC, ransacReprojThreshold=3.0
+    )
     if transform is None or int(inliers.sum()) < 6:
         return NO_MATCH
     scale2 = abs(float(np.linalg.det(transform[:, :2])))
-    if not 0.01 <= scale2 <= 100:  # degenerate, or a copy more than 10x smaller or larger: not a fit
+    if (
+        not 0.01 <= scale2 <= 100
+    ):  # degenerate, or a copy more than 10x smaller or larger: not a fit
         return NO_MATCH
     target = np.ascontiguousarray(np.fliplr(source_picture)) if mirrored else source_picture
     # Compare in the frame of the coarser picture: a 224 px crop of a 2,400 px film holds less
     # detail than the film's working picture, and detail only one side has is not a difference.
     if scale2 > 1:  # the copy is the coarser one: bring the source down onto it
-        fixed, moving, onto = copy_picture, cv2.GaussianBlur(target, (0, 0), 0.5 * np.sqrt(scale2)), cv2.invertAffineTransform(transform)
+        fixed, moving, onto = (
+            copy_picture,
+            cv2.GaussianBlur(target, (0, 0), 0.5 * np.sqrt(scale2)),
+            cv2.invertAffineTransform(transform),
+        )
     else:  # the source is the coarser one (or as fine): bring the copy down onto it
-        fixed, moving, onto = target, cv2.GaussianBlur(copy_picture, (0, 0), 0.5 / np.sqrt(scale2)) if scale2 < 1 else copy_picture, transform
+        fixed, moving, onto = (
+            target,
+            cv2.GaussianBlur(copy_picture, (0, 0), 0.5 / np.sqrt(scale2))
+            if scale2 < 1
+            else copy_picture,
+            transform,
+        )
     height, width = fixed.shape
     warped = cv2.warpAffine(moving, onto, (width, height), flags=cv2.INTER_LINEAR)
     overlap = cv2.warpAffine(np.ones_like(moving), onto, (width, height)) > 0.99
@@ -257,10 +306,22 @@ def verify(copy: Features, copy_picture: np.ndarray, source: Features, source_pi
     a, b = a - a.mean(), b - b.mean()
     score = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
     area = float(overlap.sum()) * (scale2 if scale2 > 1 else 1.0)  # the overlap in source pixels
-    return Match(score, transform, min(1.0, area / target.size), min(1.0, area / (copy_picture.size * scale2)))
+    return Match(
+        score,
+        transform,
+        min(1.0, area / target.size),
+        min(1.0, area / (copy_picture.size * scale2)),
+    )
 
 
-def link_kind(match: Match, mirrored: bool, copy: Features, source: Features, copy_size: tuple[int, int], source_size: tuple[int, int]) -> str:
+def link_kind(
+    match: Match,
+    mirrored: bool,
+    copy: Features,
+    source: Features,
+    copy_size: tuple[int, int],
+    source_size: tuple[int, int],
+) -> str:
     """Name how a copy derives from its source: orientation first, then crop, padded, resized or
     re-encoded (same size once turned, other bytes: a re-encoding or a contrast change). Sizes
     are (width, height); (0, 0) when not known."""
@@ -298,18 +359,26 @@ def find_links(
     everyone = set(range(len(prints)))
     queried = everyone if queried is None else set(queried)
     sources = everyone if sources is None else set(sources)
-    candidates = candidate_pairs(prints, queried, sources) + candidate_pairs(prints, sources - queried, sources=queried)
+    candidates = candidate_pairs(prints, queried, sources) + candidate_pairs(
+        prints, sources - queried, sources=queried
+    )
     links: dict[frozenset[int], Link] = {}
     for copy, source, mirrored in candidates:
         if frozenset((copy, source)) in links:
             continue
         match = verify(prints[copy], pictures(copy), prints[source], pictures(source), mirrored)
-        if match.score >= threshold and match.inside < 0.8 <= match.cover:  # the source is the crop: turn the link round
-            turned = verify(prints[source], pictures(source), prints[copy], pictures(copy), mirrored)
+        if (
+            match.score >= threshold and match.inside < 0.8 <= match.cover
+        ):  # the source is the crop: turn the link round
+            turned = verify(
+                prints[source], pictures(source), prints[copy], pictures(copy), mirrored
+            )
             if turned.score >= threshold:
                 copy, source, match = source, copy, turned
         if match.score >= threshold:
-            kind = link_kind(match, mirrored, prints[copy], prints[source], sizes[copy], sizes[source])
+            kind = link_kind(
+                match, mirrored, prints[copy], prints[source], sizes[copy], sizes[source]
+            )
             links[frozenset((copy, source))] = Link(source, copy, kind, round(match.score, 3))
     return sorted(links.values(), key=lambda link: (link.source, link.copy))
 

@@ -47,11 +47,20 @@ class XrayAugment:
         m00, m01, m10, m11 = flip * zoom_x * cos, flip * zoom_x * sin, -zoom_y * sin, zoom_y * cos
         cx, cy = (width - 1) / 2, (height - 1) / 2
         ox, oy = cx + shift_x, cy + shift_y
-        maps = np.stack([m00, m01, cx - m00 * ox - m01 * oy, m10, m11, cy - m10 * ox - m11 * oy], axis=1).reshape(n, 2, 3)
+        maps = np.stack(
+            [m00, m01, cx - m00 * ox - m01 * oy, m10, m11, cy - m10 * ox - m11 * oy], axis=1
+        ).reshape(n, 2, 3)
         out = np.empty((n, height, width), np.float32)
         for i in range(n):
-            cv2.warpAffine(gray[i].astype(np.float32), maps[i], (width, height), out[i],
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            cv2.warpAffine(
+                gray[i].astype(np.float32),
+                maps[i],
+                (width, height),
+                out[i],
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
         # brightness b, then contrast c about the brightened mean m + b: (x - m) c + m + b
         mean = out.mean(axis=(1, 2), keepdims=True)
         out -= mean
@@ -69,7 +78,9 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[labels]
 
 
-def model_batch(gray: np.ndarray, augment: XrayAugment | None = None, key: Sequence[int] = ()) -> np.ndarray:
+def model_batch(
+    gray: np.ndarray, augment: XrayAugment | None = None, key: Sequence[int] = ()
+) -> np.ndarray:
     """The model's input (float32 N x H x W x 3) from a uint8 one-channel batch (N x H x W x 1):
     augmented (when ``augment``, as batch ``key``) on the one channel, clipped to the pixel range,
     then ``gray_model_input`` (three preprocessed channels)."""
@@ -104,15 +115,26 @@ def model_batches(batches: tf.data.Dataset, augment: XrayAugment | None) -> tf.d
     in parallel and prefetched. Each batch's augmentation key is drawn from
     ``Dataset.random(augment.seed)``, which draws anew each epoch: a batch's augmentation depends
     on the seed, the epoch and its place in the epoch, not on thread timing."""
-    keys = tf.data.Dataset.random(seed=augment.seed if augment is not None else 0, rerandomize_each_iteration=True)
+    keys = tf.data.Dataset.random(
+        seed=augment.seed if augment is not None else 0, rerandomize_each_iteration=True
+    )
 
     def prepare(key: tf.Tensor, batch):  # noqa: ANN001, ANN202 - an image batch or (images, labels)
         images, *rest = batch if isinstance(batch, tuple) else (batch,)
-        x = tf.numpy_function(lambda g, k: model_batch(g, augment, (int(k) % 2**64,)), [images, key], tf.float32, stateful=False)
+        x = tf.numpy_function(
+            lambda g, k: model_batch(g, augment, (int(k) % 2**64,)),
+            [images, key],
+            tf.float32,
+            stateful=False,
+        )
         x = tf.ensure_shape(x, (None, *images.shape[1:3], 3))
         return (x, *rest) if rest else x
 
-    return tf.data.Dataset.zip(keys, batches).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return (
+        tf.data.Dataset.zip(keys, batches)
+        .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
@@ -144,7 +166,9 @@ class ViewBatches(keras.utils.PyDataset):
         super().__init__()
         self.activations = activations
         self.targets = one_hot(labels, n_classes)
-        self.sample_weights = np.array([weights[int(c)] for c in labels] if weights else np.ones(len(labels)), dtype=np.float32)
+        self.sample_weights = np.array(
+            [weights[int(c)] for c in labels] if weights else np.ones(len(labels)), dtype=np.float32
+        )
         self.batch_size = batch_size
         self.seed = seed
         self.first_epoch = first_epoch

@@ -41,9 +41,17 @@ def suite_parameters(settings: Settings) -> dict[str, Any]:
     }
 
 
-def load_suite(name: str, suites_dir: Path | None = None) -> tuple[gx.ExpectationSuite, dict[str, Any]]:
+def load_suite(
+    name: str, suites_dir: Path | None = None
+) -> tuple[gx.ExpectationSuite, dict[str, Any]]:
     """The suite ``name`` and its top-level meta (which table it checks, its id column)."""
-    path = suites_dir / f"{name}.json" if suites_dir else resources.files(SUITES_PACKAGE).joinpath(f"{name}.json")
+    path = (
+        suites_dir / f"{name}.json"
+        if suites_dir
+        else resources.files(SUITES_PACKAGE).joinpath(f"{name}.json")
+    )
     spec = json.loads(path.read_text(encoding="utf-8"))
-    suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta"))
+    suite = gx.ExpectationSuite(
+        name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta")
+    )
     return suite, spec.get("meta", {})

@@ -10,13 +10,23 @@ from collections.abc import Callable
 import numpy as np
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+METRIC_NAMES = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Confusion matrix (rows true, columns predicted); same as scikit-learn's, without its
     per-call validation cost, which dominates thousands of bootstrap resamples."""
-    return np.bincount(np.asarray(y_true) * n_classes + np.asarray(y_pred), minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return np.bincount(
+        np.asarray(y_true) * n_classes + np.asarray(y_pred), minlength=n_classes * n_classes
+    ).reshape(n_classes, n_classes)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -33,11 +43,19 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray, positive: int) -> float:
         return float(skm.roc_auc_score(y_true == positive, proba[:, positive]))
     if len(present) < n_classes:
         return float("nan")
-    return float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    return float(
+        skm.roc_auc_score(
+            y_true, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))
+        )
+    )
 
 
 def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, positive: int, y_pred: np.ndarray | None = None, with_auc: bool = True
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    positive: int,
+    y_pred: np.ndarray | None = None,
+    with_auc: bool = True,
 ) -> dict[str, float]:
     """Every metric in :data:`METRIC_NAMES` (tests check them against scikit-learn); predictions
     default to the arg-max class. Binary: positive-class precision/recall/F1 and specificity;
@@ -56,9 +74,21 @@ def classification_metrics(
     specificity = _ratio(negatives - (predicted - tp), negatives)
     present = support > 0
     if n_classes == 2:
-        chosen = {"precision": precision[positive], "recall": recall[positive], "f1": f1[positive], "specificity": specificity[positive]}
+        chosen = {
+            "precision": precision[positive],
+            "recall": recall[positive],
+            "f1": f1[positive],
+            "specificity": specificity[positive],
+        }
     else:
-        chosen = {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean(), "specificity": specificity[negatives > 0].mean() if (negatives > 0).any() else float("nan")}
+        chosen = {
+            "precision": precision.mean(),
+            "recall": recall.mean(),
+            "f1": f1.mean(),
+            "specificity": specificity[negatives > 0].mean()
+            if (negatives > 0).any()
+            else float("nan"),
+        }
     result = {
         "accuracy": float(tp.sum() / cm.sum()) if cm.sum() else float("nan"),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
@@ -104,7 +134,12 @@ def metrics_with_ci(
     y_true = np.asarray(y_true)
     y_pred = proba.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     point = classification_metrics(y_true, proba, positive, y_pred)
-    cis = bootstrap_ci(len(y_true), lambda i: classification_metrics(y_true[i], proba[i], positive, y_pred[i]), n_resamples, seed)
+    cis = bootstrap_ci(
+        len(y_true),
+        lambda i: classification_metrics(y_true[i], proba[i], positive, y_pred[i]),
+        n_resamples,
+        seed,
+    )
     nan = (float("nan"), float("nan"))
     return {
         name: {"value": point[name], "low": cis.get(name, nan)[0], "high": cis.get(name, nan)[1]}
@@ -113,7 +148,11 @@ def metrics_with_ci(
 
 
 def fold_interval(
-    scores: np.ndarray, n_train: int, n_test: int, level: float = 0.95, bounds: tuple[float, float] | None = None
+    scores: np.ndarray,
+    n_train: int,
+    n_test: int,
+    level: float = 0.95,
+    bounds: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """Mean of per-fold scores with the corrected resampled t interval (Nadeau & Bengio, 2003):
     folds share training data, so the naive standard error is inflated by 1/k + n_test/n_train
@@ -129,6 +168,13 @@ def fold_interval(
     mean = float(values.mean())
     if k == 1:
         return {"mean": mean, "low": float("nan"), "high": float("nan"), "folds": 1}
-    half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + n_test / max(n_train, 1)) * values.var(ddof=1)))
-    low, high = (mean - half, mean + half) if bounds is None else (max(bounds[0], mean - half), min(bounds[1], mean + half))
+    half = float(
+        stats.t.ppf((1 + level) / 2, k - 1)
+        * np.sqrt((1 / k + n_test / max(n_train, 1)) * values.var(ddof=1))
+    )
+    low, high = (
+        (mean - half, mean + half)
+        if bounds is None
+        else (max(bounds[0], mean - half), min(bounds[1], mean + half))
+    )
     return {"mean": mean, "low": low, "high": high, "folds": k}

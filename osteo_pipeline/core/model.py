@@ -13,7 +13,11 @@ import numpy as np
 from osteo_pipeline.errors import OsteoError
 
 #: ResNet-50's residual blocks, bottom to top: conv2 x3, conv3 x4, conv4 x6, conv5 x3.
-RESIDUAL_BLOCKS = [f"conv{stage}_block{b}" for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
+RESIDUAL_BLOCKS = [
+    f"conv{stage}_block{b}"
+    for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3))
+    for b in range(1, n + 1)
+]
 MAX_UNFREEZE_DEPTH = len(RESIDUAL_BLOCKS)
 BACKBONE_NAME = "resnet50"
 #: The head's layers in order; ``head_dense`` is absent from a linear head (``head_units`` 0),
@@ -50,32 +54,51 @@ class FeatureStatistics:
     variance: np.ndarray
 
 
-def pooled_feature_statistics(base: keras.Model, pixels: np.ndarray, batch_size: int) -> FeatureStatistics:
+def pooled_feature_statistics(
+    base: keras.Model, pixels: np.ndarray, batch_size: int
+) -> FeatureStatistics:
     """``FeatureStatistics`` of ``base`` on ``pixels`` (uint8 model inputs, not augmented). The
     variance is floored at a thousandth of the mean variance, so that a channel nearly constant
     on these images does not blow up on others."""
     from osteo_pipeline.core.preprocess import model_input
 
     pooled = np.concatenate(
-        [np.asarray(base(model_input(pixels[i : i + batch_size]), training=False)).mean(axis=(1, 2)) for i in range(0, len(pixels), batch_size)]
+        [
+            np.asarray(base(model_input(pixels[i : i + batch_size]), training=False)).mean(
+                axis=(1, 2)
+            )
+            for i in range(0, len(pixels), batch_size)
+        ]
     ).astype(np.float64)
     variance = pooled.var(axis=0)
-    return FeatureStatistics(pooled.mean(axis=0), np.maximum(variance, 1e-3 * variance.mean() + 1e-12))
+    return FeatureStatistics(
+        pooled.mean(axis=0), np.maximum(variance, 1e-3 * variance.mean() + 1e-12)
+    )
 
 
 def backbone(weights: str | None, input_size: int) -> keras.Model:
     """ResNet-50 without its top: ``imagenet`` (Keras download), a local ``.h5`` path, or ``None``."""
     shape = (input_size, input_size, 3)
     if weights is None or weights == "imagenet":
-        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME)
+        return keras.applications.ResNet50(
+            include_top=False, weights=weights, input_shape=shape, name=BACKBONE_NAME
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsUnavailableError(f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)")
-    return keras.applications.ResNet50(include_top=False, weights=str(path), input_shape=shape, name=BACKBONE_NAME)
+        raise WeightsUnavailableError(
+            f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)"
+        )
+    return keras.applications.ResNet50(
+        include_top=False, weights=str(path), input_shape=shape, name=BACKBONE_NAME
+    )
 
 
 def classifier(
-    base: keras.Model, spec: ModelSpec, name: str, frozen_statistics: bool, standardize: FeatureStatistics | None = None
+    base: keras.Model,
+    spec: ModelSpec,
+    name: str,
+    frozen_statistics: bool,
+    standardize: FeatureStatistics | None = None,
 ) -> keras.Model:
     """``base`` (a no-top feature extractor) + GAP + Dense(relu) + dropout + softmax: the head
     every CNN here shares; with ``head_units`` 0 the hidden layer is left out, a linear head (a
@@ -88,11 +111,21 @@ def classifier(
     penalty = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
     if standardize is not None:
-        x = keras.layers.Normalization(mean=standardize.mean, variance=standardize.variance, name=HEAD_LAYERS[1])(x)
+        x = keras.layers.Normalization(
+            mean=standardize.mean, variance=standardize.variance, name=HEAD_LAYERS[1]
+        )(x)
     if spec.head_units:
-        x = keras.layers.Dense(spec.head_units, activation="relu", kernel_regularizer=penalty, name=HEAD_LAYERS[2])(x)
+        x = keras.layers.Dense(
+            spec.head_units, activation="relu", kernel_regularizer=penalty, name=HEAD_LAYERS[2]
+        )(x)
     x = keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[3])(x)
-    outputs = keras.layers.Dense(len(spec.classes), activation="softmax", dtype="float32", kernel_regularizer=penalty, name=HEAD_LAYERS[4])(x)
+    outputs = keras.layers.Dense(
+        len(spec.classes),
+        activation="softmax",
+        dtype="float32",
+        kernel_regularizer=penalty,
+        name=HEAD_LAYERS[4],
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -102,10 +135,14 @@ def build_model(spec: ModelSpec, weights: str | None) -> keras.Model:
     return with_head(backbone(weights, spec.input_size), spec)
 
 
-def with_head(base: keras.Model, spec: ModelSpec, standardize: FeatureStatistics | None = None) -> keras.Model:
+def with_head(
+    base: keras.Model, spec: ModelSpec, standardize: FeatureStatistics | None = None
+) -> keras.Model:
     """``build_model`` on an existing ResNet-50 ``base`` (its layers and weights are shared, not
     copied): a new head, head-only trainable."""
-    model = classifier(base, spec, "osteo_resnet50", frozen_statistics=True, standardize=standardize)
+    model = classifier(
+        base, spec, "osteo_resnet50", frozen_statistics=True, standardize=standardize
+    )
     set_unfrozen_blocks(model, 0)
     return model
 
@@ -131,7 +168,11 @@ def set_unfrozen_blocks(model: keras.Model, depth: int) -> list[str]:
     trainable = []
     for layer in base.layers:
         match = _BLOCK.match(layer.name)
-        block = match.group(1) if match else ("stem" if layer.name.startswith(("conv1", "pool1")) else None)
+        block = (
+            match.group(1)
+            if match
+            else ("stem" if layer.name.startswith(("conv1", "pool1")) else None)
+        )
         wanted = block in unfrozen or (block == "stem" and depth == MAX_UNFREEZE_DEPTH)
         layer.trainable = wanted and not isinstance(layer, keras.layers.BatchNormalization)
         if layer.trainable and layer.weights:
@@ -151,21 +192,35 @@ class BlockLayout:
 
     def boundary_layer(self, depth: int) -> str:
         if not 0 <= depth < len(self.boundaries):
-            raise ValueError(f"no frozen prefix for unfreeze depth {depth} of {self.backbone} (0..{len(self.boundaries) - 1} have one)")
+            raise ValueError(
+                f"no frozen prefix for unfreeze depth {depth} of {self.backbone} (0..{len(self.boundaries) - 1} have one)"
+            )
         return self.boundaries[depth]
 
 
 #: ResNet-50's cut points: the output of each residual block, top down. Depth 16 also trains the
 #: stem, so it has no frozen prefix.
-RESNET50_LAYOUT = BlockLayout(BACKBONE_NAME, tuple(f"{RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - 1 - d]}_out" for d in range(MAX_UNFREEZE_DEPTH)))
+RESNET50_LAYOUT = BlockLayout(
+    BACKBONE_NAME,
+    tuple(f"{RESIDUAL_BLOCKS[MAX_UNFREEZE_DEPTH - 1 - d]}_out" for d in range(MAX_UNFREEZE_DEPTH)),
+)
 
 
-def backbone_segment(model: keras.Model, from_depth: int | None, to_depths: list[int], layout: BlockLayout = RESNET50_LAYOUT) -> keras.Model:
+def backbone_segment(
+    model: keras.Model,
+    from_depth: int | None,
+    to_depths: list[int],
+    layout: BlockLayout = RESNET50_LAYOUT,
+) -> keras.Model:
     """The backbone layers from one block boundary (or the image, for ``None``) up to others, with
     one output per depth in ``to_depths`` (in that order), sharing weights with ``model``: computes
     the frozen prefix a trial never updates."""
     base = model.get_layer(layout.backbone)
-    start = base.input if from_depth is None else base.get_layer(layout.boundary_layer(from_depth)).output
+    start = (
+        base.input
+        if from_depth is None
+        else base.get_layer(layout.boundary_layer(from_depth)).output
+    )
     outputs = [base.get_layer(layout.boundary_layer(depth)).output for depth in to_depths]
     return keras.Model(start, outputs, name=f"segment_{from_depth}_{'_'.join(map(str, to_depths))}")
 
@@ -186,7 +241,9 @@ def top_model(model: keras.Model, depth: int, layout: BlockLayout = RESNET50_LAY
 def _float32_policies(config: Any) -> Any:
     """A model config with every mixed-precision dtype policy replaced by float32."""
     if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+        if config.get("class_name") == "DTypePolicy" and str(
+            config.get("config", {}).get("name", "")
+        ).startswith("mixed_"):
             return {**config, "config": {**config["config"], "name": "float32"}}
         return {key: _float32_policies(value) for key, value in config.items()}
     if isinstance(config, list):

@@ -18,11 +18,12 @@ def _number(value: float | None) -> str:
 def _cv_section(cv: dict[str, Any], n_test: int) -> str:
     """The headline: the out-of-fold estimate with its interval, the test split's numbers beside it."""
     rows = "\n".join(
-        f"| {metric} | {_number(v['value'])} | " + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
+        f"| {metric} | {_number(v['value'])} | "
+        + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
         for metric, v in cv["metrics"].items()
     )
     return f"""
-## Headline: cross-validated estimate ({cv['folds']}-fold, n = {cv['n']} images)
+## Headline: cross-validated estimate ({cv["folds"]}-fold, n = {cv["n"]} images)
 Out-of-fold predictions of the chosen parameters, each fold's labels from a calibration fitted on
 the other folds; mean over folds with the 95% corrected resampled t interval. It leans
 optimistic: the same folds chose the parameters (best of the search's trials) and the epoch
@@ -53,17 +54,24 @@ def render_model_card(
     cv: dict[str, Any] | None = None,
 ) -> str:
     rows = "\n".join(
-        f"| {split} | " + " | ".join(str(counts.get(split, {}).get(c, 0)) for c in classes) + f" | {sum(counts.get(split, {}).values())} |"
+        f"| {split} | "
+        + " | ".join(str(counts.get(split, {}).get(c, 0)) for c in classes)
+        + f" | {sum(counts.get(split, {}).values())} |"
         for split in ("train", "val", "test")
     )
     metric_rows = "\n".join(
-        f"| {metric} | {_number(v['value'])} | " + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
+        f"| {metric} | {_number(v['value'])} | "
+        + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
         for metric, v in metrics.items()
     )
     n_test = sum(counts.get("test", {}).values())
     headline = _cv_section(cv, n_test) if cv else ""
     calibrated_on = "out-of-fold predictions of the cross-validated search" if cv else "validation"
-    view = "each knee cropped square around its joint line (two crops per film; the image's probability is their mean)" if roi == "knees" else "the whole film"
+    view = (
+        "each knee cropped square around its joint line (two crops per film; the image's probability is their mean)"
+        if roi == "knees"
+        else "the whole film"
+    )
     param_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
     calibration = calibration or {}
     threshold = calibration.get("threshold")
@@ -74,7 +82,7 @@ def render_model_card(
     )
     return f"""# Model card: {name} version {version}
 
-Knee radiograph classifier ({', '.join(classes)}), ResNet-50 transfer learning. Training run `{run_id}`.
+Knee radiograph classifier ({", ".join(classes)}), ResNet-50 transfer learning. Training run `{run_id}`.
 {headline}
 ## Intended use
 Research and engineering of an MLOps pipeline; decision support experiments on labeled knee
@@ -86,8 +94,8 @@ Dataset hash `{dataset_hash}` (sha256 of content hashes, labels and splits). Cop
 radiograph (identical files and derived copies: resized, re-encoded, mirrored, rotated, cropped,
 padded) are kept within one split; {excluded} label-conflicting copies were excluded.
 
-| split | {' | '.join(classes)} | total |
-|---|{'---|' * len(classes)}---|
+| split | {" | ".join(classes)} | total |
+|---|{"---|" * len(classes)}---|
 {rows}
 
 {"The search scored each parameter set by cross-validation on `train` + `val`; the model trained on both for the epochs CV chose, and the temperature and threshold were fitted on the out-of-fold predictions." if cv else "The model trained on `train`; `val` chose the search's parameters and epochs, then the temperature and the threshold."}
@@ -104,7 +112,7 @@ ResNet-50 caffe preprocessing; augmentation on training data only.
 ## Output contract
 Input: one image (PNG, JPEG, TIFF, BMP or DICOM; any size, mode and bit depth the validation
 allows). Output: `label` and `p_<class>` per class. Probabilities are temperature-scaled
-(T = {calibration.get('temperature', 1.0):.3f}, fitted on {calibrated_on}); the label is {decision}.
+(T = {calibration.get("temperature", 1.0):.3f}, fitted on {calibrated_on}); the label is {decision}.
 
 ## Privacy
 The model's input example (in its MLmodel files) is a synthetic radiograph drawn by the

@@ -18,7 +18,9 @@ def training_curves(history: dict[str, list[float]], phase_boundary: int | None 
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
             if key in history:
-                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key, markersize=3)
+                ax.plot(
+                    range(1, len(history[key]) + 1), history[key], style, label=key, markersize=3
+                )
         if phase_boundary:
             ax.axvline(phase_boundary + 0.5, color="grey", lw=0.8, ls=":", label="unfreeze")
         ax.set_xlabel("epoch")
@@ -30,7 +32,14 @@ def training_curves(history: dict[str, list[float]], phase_boundary: int | None 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> Figure:
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(len(classes))), display_labels=classes, ax=ax, colorbar=False)
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=list(range(len(classes))),
+        display_labels=classes,
+        ax=ax,
+        colorbar=False,
+    )
     ax.set_title("test confusion matrix")
     fig.tight_layout()
     return fig
@@ -41,7 +50,9 @@ def roc_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str], positi
     targets = [positive] if len(classes) == 2 else range(len(classes))
     for k in targets:
         if 0 < (y_true == k).sum() < len(y_true):
-            RocCurveDisplay.from_predictions(y_true == k, proba[:, k], name=f"{classes[k]} vs rest", ax=ax)
+            RocCurveDisplay.from_predictions(
+                y_true == k, proba[:, k], name=f"{classes[k]} vs rest", ax=ax
+            )
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set_title("test ROC")
     fig.tight_layout()
@@ -71,21 +82,29 @@ def prediction_grid(
         ax = axes.flat[i]
         ax.imshow(images[i], cmap="gray")  # S x S x 3 uint8: gray replicated, or an RGB overlay
         colour = "green" if predicted == y_true[i] else "red"
-        ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[predicted]} ({proba[i, predicted]:.0%})", color=colour, fontsize=9)
+        ax.set_title(
+            f"true: {classes[y_true[i]]}\npred: {classes[predicted]} ({proba[i, predicted]:.0%})",
+            color=colour,
+            fontsize=9,
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def reliability_diagram(curves: dict[str, dict[str, np.ndarray]], title: str = "reliability (top-class confidence)") -> Figure:
+def reliability_diagram(
+    curves: dict[str, dict[str, np.ndarray]], title: str = "reliability (top-class confidence)"
+) -> Figure:
     """Accuracy against mean confidence per bin, one line per named set of bins
     (``core.calibration.reliability``); the diagonal is perfect calibration."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
     for name, table in curves.items():
         filled = table["count"] > 0
-        ax.plot(table["confidence"][filled], table["accuracy"][filled], "-o", markersize=4, label=name)
+        ax.plot(
+            table["confidence"][filled], table["accuracy"][filled], "-o", markersize=4, label=name
+        )
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -99,7 +118,13 @@ def reliability_diagram(curves: dict[str, dict[str, np.ndarray]], title: str = "
 def comparison_chart(rows: list[dict], metrics: list[str]) -> Figure:
     """Mean and 95% CI per system (one panel per metric); ``rows`` as ``steps.compare`` builds them."""
     shown = [r for r in rows if r.get("available", True)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.45 * max(len(shown), 2) + 1.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(3.2 * len(metrics), 0.45 * max(len(shown), 2) + 1.5),
+        sharey=True,
+        squeeze=False,
+    )
     names = [r["system"] for r in shown]
     for ax, metric in zip(axes[0], metrics):
         means = np.array([r[metric]["mean"] for r in shown], dtype=float)
@@ -116,7 +141,9 @@ def comparison_chart(rows: list[dict], metrics: list[str]) -> Figure:
     return fig
 
 
-def knee_crop_grid(films: list[tuple[str, np.ndarray, list[tuple[int, int, int]]]], columns: int = 4) -> Figure:
+def knee_crop_grid(
+    films: list[tuple[str, np.ndarray, list[tuple[int, int, int]]]], columns: int = 4
+) -> Figure:
     """Films (name, gray pixels, knee boxes as left, top, side) with their boxes drawn: what a
     person checks before trusting ``model.roi: knees``."""
     rows = max(1, -(-len(films) // columns))
@@ -126,7 +153,11 @@ def knee_crop_grid(films: list[tuple[str, np.ndarray, list[tuple[int, int, int]]
     for ax, (name, gray, boxes) in zip(axes.ravel(), films):
         ax.imshow(gray, cmap="gray")
         for left, top, side in boxes:
-            ax.add_patch(matplotlib.patches.Rectangle((left, top), side, side, fill=False, edgecolor="red", linewidth=1.5))
+            ax.add_patch(
+                matplotlib.patches.Rectangle(
+                    (left, top), side, side, fill=False, edgecolor="red", linewidth=1.5
+                )
+            )
         ax.set_title(f"{name} ({len(boxes)} knee{'s' if len(boxes) > 1 else ''})", fontsize=8)
     fig.tight_layout()
     return fig

@@ -64,18 +64,27 @@ def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageDecodeError(f"DICOM PhotometricInterpretation {photometric} is not a grayscale radiograph")
+        raise ImageDecodeError(
+            f"DICOM PhotometricInterpretation {photometric} is not a grayscale radiograph"
+        )
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        raise ImageDecodeError(f"multi-frame DICOM ({dataset.NumberOfFrames} frames): send one radiograph per file")
+        raise ImageDecodeError(
+            f"multi-frame DICOM ({dataset.NumberOfFrames} frames): send one radiograph per file"
+        )
     try:
         stored = dataset.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageDecodeError(f"cannot decode DICOM pixel data (transfer syntax {syntax}): {exc}") from exc
+        raise ImageDecodeError(
+            f"cannot decode DICOM pixel data (transfer syntax {syntax}): {exc}"
+        ) from exc
     values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
     center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
     if center is not None and width is not None:
-        center, width = _first(center), _first(width)  # several windows may be listed: the first is the default
+        center, width = (
+            _first(center),
+            _first(width),
+        )  # several windows may be listed: the first is the default
         low, high = center - width / 2, center + width / 2
     else:
         low, high = np.percentile(values, [0.5, 99.5])
@@ -101,7 +110,9 @@ def dicom_image(dataset, max_pixels: int) -> Image.Image:  # noqa: ANN001 - pydi
     (pixel data is only decoded after that check)."""
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     if rows * columns > max_pixels:
-        raise ImageDecodeError(f"image is {columns}x{rows} = {rows * columns:,} px, over the {max_pixels:,} px limit")
+        raise ImageDecodeError(
+            f"image is {columns}x{rows} = {rows * columns:,} px, over the {max_pixels:,} px limit"
+        )
     return Image.fromarray(dicom_to_gray(dataset), mode="L")
 
 
@@ -168,7 +179,9 @@ def decode_gray(image: Image.Image, draft_side: int) -> Image.Image:
             scaled = np.clip((pixels - low) / max(high - low, 1e-6), 0, 1) * 255
             image = Image.fromarray(scaled.astype(np.uint8), mode="L")
         elif image.mode != "L":
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            if image.mode in ("RGBA", "LA", "PA") or (
+                image.mode == "P" and "transparency" in image.info
+            ):
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (0, 0, 0, 255))
                 image = Image.alpha_composite(background, image)
@@ -198,7 +211,11 @@ def load_gray(
     gray = decode_gray(open_image(source, max_pixels, bounds), longest)
     scale = longest / max(gray.size)
     if scale < 1:
-        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        gray = gray.resize(
+            (max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
+            Image.Resampling.BILINEAR,
+            reducing_gap=3.0,
+        )
     return np.asarray(gray, dtype=np.uint8)
 
 
@@ -224,7 +241,9 @@ def views_per_image(roi: str) -> int:
 
 def per_image(row_proba: np.ndarray, views: int) -> np.ndarray:
     """Mean of each consecutive run of ``views`` rows: an image's probability from its views."""
-    return row_proba.reshape(-1, views, row_proba.shape[-1]).mean(axis=1) if views > 1 else row_proba
+    return (
+        row_proba.reshape(-1, views, row_proba.shape[-1]).mean(axis=1) if views > 1 else row_proba
+    )
 
 
 def load_gray_views(

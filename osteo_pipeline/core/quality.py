@@ -23,7 +23,9 @@ def copy_group_column(manifest: pd.DataFrame, groups: dict[str, int] | None) -> 
     usable = readable(manifest)
     if groups is None:
         return usable.groupby("sha256").ngroup().rename("group")
-    keys = usable["sha256"].map(lambda sha: f"copy-{groups[sha]}" if sha in groups else f"sha-{sha}")
+    keys = usable["sha256"].map(
+        lambda sha: f"copy-{groups[sha]}" if sha in groups else f"sha-{sha}"
+    )
     return pd.Series(pd.factorize(keys)[0], index=usable.index, name="group")
 
 
@@ -44,18 +46,33 @@ def copy_groups(manifest: pd.DataFrame, links: list[dict[str, object]]) -> list[
             for path in sorted(g["path"])[1:]
         ]
         derived = [
-            {"source": first[str(link["source"])], "copy": first[str(link["copy"])], "kind": link["kind"], "score": link["score"]}
+            {
+                "source": first[str(link["source"])],
+                "copy": first[str(link["copy"])],
+                "kind": link["kind"],
+                "score": link["score"],
+            }
             for link in links
             if link["source"] in shas and link["copy"] in shas
         ]
-        found.append({"paths": sorted(group["path"]), "labels": sorted(group["label"].unique()), "links": exact + derived})
+        found.append(
+            {
+                "paths": sorted(group["path"]),
+                "labels": sorted(group["label"].unique()),
+                "links": exact + derived,
+            }
+        )
     return sorted(found, key=lambda g: g["paths"])
 
 
 def label_conflicts(groups: list[dict[str, object]]) -> list[dict[str, object]]:
     """Copy groups whose files carry different labels, with the kinds of link that join them."""
     return [
-        {"paths": g["paths"], "labels": g["labels"], "kinds": sorted({str(link["kind"]) for link in g["links"]})}
+        {
+            "paths": g["paths"],
+            "labels": g["labels"],
+            "kinds": sorted({str(link["kind"]) for link in g["links"]}),
+        }
         for g in groups
         if len(g["labels"]) > 1
     ]
@@ -82,9 +99,13 @@ def content_table(manifest: pd.DataFrame) -> pd.DataFrame:
     distinct contents it holds, and how many labels."""
     usable = readable(manifest)
     groups = usable.groupby("group")
-    table = groups.agg(n_files=("path", "size"), n_contents=("sha256", "nunique"), n_labels=("label", "nunique")).reset_index()
+    table = groups.agg(
+        n_files=("path", "size"), n_contents=("sha256", "nunique"), n_labels=("label", "nunique")
+    ).reset_index()
     # Built by hand and kept as objects: paths may hold surrogate escapes (undecodable file
     # names), which pandas' Arrow-backed strings reject.
     first = {group: min(paths) for group, paths in groups["path"]}
-    table["first_path"] = pd.Series([first[g] for g in table["group"]], dtype=object, index=table.index)
+    table["first_path"] = pd.Series(
+        [first[g] for g in table["group"]], dtype=object, index=table.index
+    )
     return table

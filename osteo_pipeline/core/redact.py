@@ -12,7 +12,9 @@ from typing import Any
 MASK = "***"
 #: ``scheme://user:password@`` -> ``scheme://user:***@`` (also for a bare ``scheme://password@``
 #: token form, where no user is given).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s:/@]*)(?::(?P<password>[^\s/]*))?@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s:/@]*)(?::(?P<password>[^\s/]*))?@"
+)
 #: Keys whose values are secrets whatever they look like.
 SECRET_KEY_HINTS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL", "API_KEY")
 

@@ -96,7 +96,11 @@ def knee_boxes(gray: np.ndarray) -> list[Box]:
     """One square box per knee (left to right): two on a film of both knees, one otherwise."""
     height, width = gray.shape
     scale = WORK_SIDE / max(height, width)
-    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = cv2.resize(
+        gray,
+        (max(1, round(width * scale)), max(1, round(height * scale))),
+        interpolation=cv2.INTER_AREA,
+    ).astype(np.float32)
     top, bottom, left, right = _content(small)
     content = small[top:bottom, left:right]
     gap = split_column(content)
@@ -124,5 +128,7 @@ def knee_crops(gray: np.ndarray, size: int) -> np.ndarray:
     for box in knee_boxes(gray):
         crop = box.crop(gray)
         interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-        crops.append(cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interpolation))
+        crops.append(
+            cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interpolation)
+        )
     return np.stack([crops[i % len(crops)] for i in range(VIEWS)])

@@ -37,15 +37,15 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
         try:
             _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
         except ValueError as exc:
-            raise SplitError(f"cannot hold out {fraction:.0%} of {len(labels)} images per class: {exc}") from exc
+            raise SplitError(
+                f"cannot hold out {fraction:.0%} of {len(labels)} images per class: {exc}"
+            ) from exc
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
 
 
-def assign_splits(
-    frame: pd.DataFrame, fractions: dict[str, float], seed: int
-) -> pd.Series:
+def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
     """Split name per row of ``frame`` (columns ``label`` and ``group``); groups never straddle.
 
     Rows are ordered by content before splitting, so the result does not depend on file order."""
@@ -80,7 +80,14 @@ class Fold:
         return f"r{self.repeat}f{self.fold}"
 
 
-def group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, repeats: int, val_fraction: float, seed: int) -> list[Fold]:
+def group_folds(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    n_splits: int,
+    repeats: int,
+    val_fraction: float,
+    seed: int,
+) -> list[Fold]:
     """Repeated stratified group k-fold: each repeat reshuffles (seed + repeat), every duplicate
     group lies wholly in one of train, val or test, and every row is tested once per repeat."""
     labels, groups = np.asarray(labels), np.asarray(groups)
@@ -94,22 +101,30 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, repeats: 
             warnings.simplefilter("ignore", UserWarning)
             parts = list(splitter.split(np.zeros(len(labels)), labels, groups))
         for fold, (rest, test) in enumerate(parts):
-            val = _holdout(labels[rest], groups[rest], val_fraction, seed + 1000 * (repeat + 1) + fold)
+            val = _holdout(
+                labels[rest], groups[rest], val_fraction, seed + 1000 * (repeat + 1) + fold
+            )
             folds.append(Fold(repeat, fold, rest[~val], rest[val], test))
     return folds
 
 
-def cv_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def cv_folds(
+    labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified group k-fold: (train, val) indices per fold; every group of copies lies in one
     part, and every row is validated exactly once."""
     labels, groups = np.asarray(labels), np.asarray(groups)
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
-        raise SplitError(f"only {n_groups} distinct image groups: too few for {n_splits}-fold cross-validation (tune.cv_folds)")
+        raise SplitError(
+            f"only {n_groups} distinct image groups: too few for {n_splits}-fold cross-validation (tune.cv_folds)"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return [(train, val) for train, val in splitter.split(np.zeros(len(labels)), labels, groups)]
+        return [
+            (train, val) for train, val in splitter.split(np.zeros(len(labels)), labels, groups)
+        ]
 
 
 def dataset_hash(frame: pd.DataFrame) -> str:

@@ -51,7 +51,9 @@ def _bone_profile(height: int, width: int, top: bool, rng: np.random.Generator) 
         inside = y > joint + gap / 2
     half = shaft + (flare - shaft) * t**1.6
     if top:  # notch between the two femoral condyles
-        notch = (t > 0.85) & (np.abs(x - centre) < width * 0.05) & (y > joint - gap / 2 - height * 0.05)
+        notch = (
+            (t > 0.85) & (np.abs(x - centre) < width * 0.05) & (y > joint - gap / 2 - height * 0.05)
+        )
         inside &= ~notch
     return inside & (np.abs(x - centre) < half)
 
@@ -115,7 +117,9 @@ def generate(
     return images
 
 
-def render_bilateral(label: str, severity: float, size: int, rng: np.random.Generator) -> np.ndarray:
+def render_bilateral(
+    label: str, severity: float, size: int, rng: np.random.Generator
+) -> np.ndarray:
     """Both knees on one film, like most radiographs of public knee sets: two independent knees
     (the right one mirrored) side by side with soft tissue between; each knee ``size`` px wide."""
     left, right = render(label, severity, size, rng), np.fliplr(render(label, severity, size, rng))
@@ -152,31 +156,47 @@ def _knee_crop(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return pixels[top : top + side, left : left + side]
 
 
-def derived_copy(pixels: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def derived_copy(
+    pixels: np.ndarray, kind: str, rng: np.random.Generator
+) -> tuple[Image.Image, str]:
     """One derived copy of a uint8 radiograph, as public sets hold them, and its Pillow format."""
     image = Image.fromarray(pixels, mode="L")
     if kind == "resized":
         scale = max(rng.uniform(0.3, 0.7), 224 / min(image.size))
-        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS), "PNG"
+        return image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS
+        ), "PNG"
     if kind == "jpeg-60":
         return image, "JPEG-60"
     if kind == "contrast":
-        stretched = np.clip((pixels.astype(np.float32) - 20) * rng.uniform(1.1, 1.3), 0, 255) ** 0.95
-        return Image.fromarray(np.clip(stretched * 255 / max(stretched.max(), 1), 0, 255).astype(np.uint8), mode="L"), "JPEG"
+        stretched = (
+            np.clip((pixels.astype(np.float32) - 20) * rng.uniform(1.1, 1.3), 0, 255) ** 0.95
+        )
+        return Image.fromarray(
+            np.clip(stretched * 255 / max(stretched.max(), 1), 0, 255).astype(np.uint8), mode="L"
+        ), "JPEG"
     if kind == "padded":
         pad = int(0.08 * max(pixels.shape))
-        return Image.fromarray(np.pad(pixels, ((pad, pad), (pad // 2, pad // 2)), constant_values=0), mode="L"), "PNG"
+        return Image.fromarray(
+            np.pad(pixels, ((pad, pad), (pad // 2, pad // 2)), constant_values=0), mode="L"
+        ), "PNG"
     if kind == "mirrored":
         return Image.fromarray(np.ascontiguousarray(np.fliplr(pixels))), "JPEG"
     if kind.startswith("rotated-"):
-        return Image.fromarray(np.ascontiguousarray(np.rot90(pixels, int(kind.split("-")[1]) // 90))), "PNG"
+        return Image.fromarray(
+            np.ascontiguousarray(np.rot90(pixels, int(kind.split("-")[1]) // 90))
+        ), "PNG"
     if kind in ("knee-crop-224", "mirrored-knee-crop-224"):
         crop = _knee_crop(pixels, rng)
         crop = np.fliplr(crop) if kind.startswith("mirrored") else crop
-        return Image.fromarray(np.ascontiguousarray(crop)).resize((224, 224), Image.Resampling.LANCZOS), "JPEG"
+        return Image.fromarray(np.ascontiguousarray(crop)).resize(
+            (224, 224), Image.Resampling.LANCZOS
+        ), "JPEG"
     if kind == "margin-crop":
         height, width = pixels.shape
         top, bottom = (int(height * rng.uniform(0.03, 0.1)) for _ in range(2))
         left, right = (int(width * rng.uniform(0.03, 0.1)) for _ in range(2))
-        return Image.fromarray(np.ascontiguousarray(pixels[top : height - bottom, left : width - right])), "JPEG"
+        return Image.fromarray(
+            np.ascontiguousarray(pixels[top : height - bottom, left : width - right])
+        ), "JPEG"
     raise ValueError(f"unknown derived-copy kind {kind!r}; known: {', '.join(COPY_KINDS)}")

@@ -38,8 +38,18 @@ def glcm_statistics(gray: np.ndarray) -> np.ndarray:
     """GLCM properties per distance, averaged over directions (on ``GLCM_LEVELS`` grey levels,
     after stretching the crop's 1-99 percentile range, so exposure does not set the texture)."""
     low, high = np.percentile(gray, [1, 99])
-    levels = np.clip((gray.astype(np.float64) - low) / max(high - low, 1.0) * (GLCM_LEVELS - 1), 0, GLCM_LEVELS - 1).round().astype(np.uint8)
-    matrix = graycomatrix(levels, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS, symmetric=True, normed=True)
+    levels = (
+        np.clip(
+            (gray.astype(np.float64) - low) / max(high - low, 1.0) * (GLCM_LEVELS - 1),
+            0,
+            GLCM_LEVELS - 1,
+        )
+        .round()
+        .astype(np.uint8)
+    )
+    matrix = graycomatrix(
+        levels, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS, symmetric=True, normed=True
+    )
     return np.concatenate([graycoprops(matrix, name).mean(axis=1) for name in GLCM_PROPERTIES])
 
 
@@ -49,7 +59,10 @@ def hurst_exponents(gray: np.ndarray) -> np.ndarray:
     logs = np.log(HURST_LAGS)
     exponents = []
     for axis in (1, 0):
-        variogram = [np.mean(np.diff(image[:, ::lag] if axis == 1 else image[::lag], axis=axis) ** 2) + 1e-9 for lag in HURST_LAGS]
+        variogram = [
+            np.mean(np.diff(image[:, ::lag] if axis == 1 else image[::lag], axis=axis) ** 2) + 1e-9
+            for lag in HURST_LAGS
+        ]
         slope = np.polyfit(logs, np.log(variogram), 1)[0]
         exponents.append(slope / 2)
     return np.array(exponents)

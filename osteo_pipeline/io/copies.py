@@ -35,7 +35,11 @@ KEPT_SETS = 8  # matched sets remembered per threshold
 
 def copy_finder(validation: ValidationSettings) -> CopyFinder:
     """The finder the settings describe (cache: ``validation.copies_cache_dir``)."""
-    return CopyFinder(validation.max_pixels, validation.copy_threshold, cache_folder(validation.copies_cache_dir, "copies"))
+    return CopyFinder(
+        validation.max_pixels,
+        validation.copy_threshold,
+        cache_folder(validation.copies_cache_dir, "copies"),
+    )
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,10 @@ def _is_matched_set(entry: Any) -> bool:
         isinstance(entry, dict)
         and isinstance(entry.get("shas"), list)
         and isinstance(entry.get("links"), list)
-        and all(isinstance(link, dict) and {"source", "copy", "kind", "score"} <= set(link) for link in entry["links"])
+        and all(
+            isinstance(link, dict) and {"source", "copy", "kind", "score"} <= set(link)
+            for link in entry["links"]
+        )
     )
 
 
@@ -87,7 +94,12 @@ class CopyFinder:
             if self._warned:
                 return
             self._warned = True
-        log.warning("derived copies: cannot %s the cache in %s (%s); working in memory", what, self.folder, exc)
+        log.warning(
+            "derived copies: cannot %s the cache in %s (%s); working in memory",
+            what,
+            self.folder,
+            exc,
+        )
 
     def _load_picture(self, path: Path) -> np.ndarray:
         return copies.working_picture(load_gray(path, copies.WORK_SIDE * 2, self.max_pixels))
@@ -124,7 +136,9 @@ class CopyFinder:
         if content.sha256 not in self._features:
             found = self._stored(content.sha256)
             if found is None:
-                found = copies.features(load_gray(content.path, copies.WORK_SIDE * 2, self.max_pixels))
+                found = copies.features(
+                    load_gray(content.path, copies.WORK_SIDE * 2, self.max_pixels)
+                )
                 self._store(content.sha256, found)
             self._features[content.sha256] = found
         return self._features[content.sha256]
@@ -202,20 +216,41 @@ class CopyFinder:
         queried = [i for i, c in enumerate(usable) if c.sha256 not in known]
         if queried:
             found_links = copies.find_links(
-                prints, lambda i: self._picture(usable[i].path), [c.size or (0, 0) for c in usable], queried=queried, threshold=self.threshold
+                prints,
+                lambda i: self._picture(usable[i].path),
+                [c.size or (0, 0) for c in usable],
+                queried=queried,
+                threshold=self.threshold,
             )
             links = links + [
-                {"source": usable[link.source].sha256, "copy": usable[link.copy].sha256, "kind": link.kind, "score": link.score}
+                {
+                    "source": usable[link.source].sha256,
+                    "copy": usable[link.copy].sha256,
+                    "kind": link.kind,
+                    "score": link.score,
+                }
                 for link in found_links
             ]
             self._remember(shas, links)
         index = {c.sha256: i for i, c in enumerate(usable)}
-        groups = copies.connected_groups(len(usable), [(index[link["source"]], index[link["copy"]]) for link in links])
+        groups = copies.connected_groups(
+            len(usable), [(index[link["source"]], index[link["copy"]]) for link in links]
+        )
         seconds = time.perf_counter() - started
-        log.info("derived copies: %d links among %d contents (%d matched now) in %.1f s", len(links), len(usable), len(queried), seconds)
-        return CopyLinks(links, len(queried), seconds, {c.sha256: int(g) for c, g in zip(usable, groups)})
+        log.info(
+            "derived copies: %d links among %d contents (%d matched now) in %.1f s",
+            len(links),
+            len(usable),
+            len(queried),
+            seconds,
+        )
+        return CopyLinks(
+            links, len(queried), seconds, {c.sha256: int(g) for c, g in zip(usable, groups)}
+        )
 
-    def derived_from(self, candidates: Sequence[Content], originals: Sequence[Content]) -> dict[str, dict[str, Any]]:
+    def derived_from(
+        self, candidates: Sequence[Content], originals: Sequence[Content]
+    ) -> dict[str, dict[str, Any]]:
         """For each candidate that is a derived copy of one of ``originals``: the link, by the
         candidate's sha256 (identical contents are the caller's to find). The originals' files
         must be readable (verification decodes them; features may come from the cache): when one
@@ -229,7 +264,9 @@ class CopyFinder:
                 f"cannot check for derived copies of {len(missing)} of {len(originals)} training images: their files cannot be "
                 f"read (first: {missing[0].path}); make the training data available where its split manifest says"
             )
-        kept = [(c, p) for c, p in zip(candidates, self._features_or_none(candidates)) if p is not None]
+        kept = [
+            (c, p) for c, p in zip(candidates, self._features_or_none(candidates)) if p is not None
+        ]
         everyone = originals + [c for c, _ in kept]
         prints = [p for p in original_prints if p is not None] + [p for _, p in kept]
         try:
@@ -242,9 +279,19 @@ class CopyFinder:
                 threshold=self.threshold,
             )
         except (ImageDecodeError, OSError) as exc:
-            raise CopyCheckError(f"cannot check for derived copies of the training images: {exc}") from exc
+            raise CopyCheckError(
+                f"cannot check for derived copies of the training images: {exc}"
+            ) from exc
         found: dict[str, dict[str, Any]] = {}
         for link in links:
-            candidate, original = (link.copy, link.source) if link.copy >= len(originals) else (link.source, link.copy)
-            found[everyone[candidate].sha256] = {"original": everyone[original].sha256, "kind": link.kind, "score": link.score}
+            candidate, original = (
+                (link.copy, link.source)
+                if link.copy >= len(originals)
+                else (link.source, link.copy)
+            )
+            found[everyone[candidate].sha256] = {
+                "original": everyone[original].sha256,
+                "kind": link.kind,
+                "score": link.score,
+            }
         return found

@@ -70,7 +70,9 @@ def _escape_reason(entry: Path, root: Path) -> str | None:
     return None
 
 
-def _candidates(root: Path, extensions: set[str]) -> tuple[list[tuple[str, str, Path | None, str | None]], list[str], list[dict[str, str]]]:
+def _candidates(
+    root: Path, extensions: set[str]
+) -> tuple[list[tuple[str, str, Path | None, str | None]], list[str], list[dict[str, str]]]:
     rows: list[tuple[str, str, Path | None, str | None]] = []  # (rel path, label, file, error)
     class_dirs: list[str] = []
     ignored: list[dict[str, str]] = []
@@ -87,7 +89,9 @@ def _candidates(root: Path, extensions: set[str]) -> tuple[list[tuple[str, str, 
             rows.append((rel, "", None, escape))
             continue
         if not entry.is_dir():
-            ignore(rel, "file in the data folder's root, not inside a class folder: it has no label")
+            ignore(
+                rel, "file in the data folder's root, not inside a class folder: it has no label"
+            )
             continue
         class_dirs.append(entry.name)
         try:
@@ -103,7 +107,10 @@ def _candidates(root: Path, extensions: set[str]) -> tuple[list[tuple[str, str, 
             if escape:
                 rows.append((child_rel, entry.name, None, escape))
             elif child.is_dir():
-                ignore(child_rel, "sub-folder inside a class folder; only DATA_DIR/<class>/* is scanned")
+                ignore(
+                    child_rel,
+                    "sub-folder inside a class folder; only DATA_DIR/<class>/* is scanned",
+                )
             elif child.suffix.lower() not in extensions:
                 ignore(child_rel, f"suffix {child.suffix or '(none)'!r} is not in data.extensions")
             else:
@@ -139,13 +146,16 @@ def scan_folder(
                 log.info("checked %d of %d files", done, len(rows))
     log.info("checked %d files in %.1f s", len(rows), time.perf_counter() - started)
     records = [
-        {"path": rel, "label": label, **fact.as_dict()} for (rel, label, _, _), fact in zip(rows, all_facts)
+        {"path": rel, "label": label, **fact.as_dict()}
+        for (rel, label, _, _), fact in zip(rows, all_facts)
     ]
     # Paths stay Python objects: file names with undecodable bytes (kept as surrogate escapes so
     # the file can still be opened) are not valid UTF-8 for pandas' Arrow-backed strings.
     manifest = pd.DataFrame(
         {
-            column: pd.Series([r[column] for r in records], dtype=object if column == "path" else None)
+            column: pd.Series(
+                [r[column] for r in records], dtype=object if column == "path" else None
+            )
             for column in MANIFEST_COLUMNS
         }
     )

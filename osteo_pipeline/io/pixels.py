@@ -21,13 +21,17 @@ from osteo_pipeline.core.preprocess import load_gray_views, views_per_image
 
 
 class PixelCache:
-    def __init__(self, size: int, max_pixels: int, cache_dir: Path | None = None, roi_mode: str = "image") -> None:
+    def __init__(
+        self, size: int, max_pixels: int, cache_dir: Path | None = None, roi_mode: str = "image"
+    ) -> None:
         self.size = size
         self.max_pixels = max_pixels
         self.roi = roi_mode
         self.views = views_per_image(roi_mode)
         variant = str(size) if roi_mode == "image" else f"{size}-{roi_mode}{roi.VERSION}"
-        self.folder = cache_dir / f"v{preprocess.PREPROCESS_VERSION}" / variant if cache_dir else None
+        self.folder = (
+            cache_dir / f"v{preprocess.PREPROCESS_VERSION}" / variant if cache_dir else None
+        )
         self._memory: dict[str, np.ndarray] = {}
         self.decoded = 0  # images actually decoded (cache misses), for benchmarks and tests
 
@@ -47,7 +51,9 @@ class PixelCache:
         self.decoded += 1
         if stored is not None:
             stored.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stored.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer
+            tmp = stored.with_suffix(
+                f".{os.getpid()}.{threading.get_ident()}.tmp"
+            )  # unique per writer
             with tmp.open("wb") as handle:
                 np.save(handle, gray)
             tmp.replace(stored)

@@ -39,7 +39,11 @@ def filtered_stderr() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines() if not BANNERS.search(line)]
+            kept = [
+                line
+                for line in captured.read().decode("utf-8", "replace").splitlines()
+                if not BANNERS.search(line)
+            ]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
 

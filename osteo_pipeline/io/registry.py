@@ -60,20 +60,29 @@ class Registry:
         except MlflowException as exc:
             if not _missing(exc):
                 raise
-            self.client.create_registered_model(self.name, description="Knee X-ray osteoporosis classifier (ResNet-50 transfer learning)")
+            self.client.create_registered_model(
+                self.name,
+                description="Knee X-ray osteoporosis classifier (ResNet-50 transfer learning)",
+            )
 
     def create_version(self, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
         """A new version of the logged model ``models:/m-...`` (linked by model id, which a
         remote tracking server requires)."""
         self.ensure_model()
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        return self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
+        model_id = (
+            model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        )
+        return self.client.create_model_version(
+            self.name, model_uri, run_id=run_id, tags=tags, model_id=model_id
+        )
 
     def version_of_run(self, run_id: str) -> ModelVersion | None:
         """The version already registered from ``run_id`` (the lowest, if several), or ``None``:
         what makes registering a run idempotent."""
         try:
-            found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
+            found = self.client.search_model_versions(
+                f"name = '{self.name}' and run_id = '{run_id}'"
+            )
         except MlflowException as exc:
             if _missing(exc):
                 return None
@@ -81,7 +90,9 @@ class Registry:
         return min(found, key=lambda v: int(v.version)) if found else None
 
     @contextmanager
-    def lock(self, purpose: str, wait_s: float = 60.0, stale_after_s: float = 300.0) -> Iterator[None]:
+    def lock(
+        self, purpose: str, wait_s: float = 60.0, stale_after_s: float = 300.0
+    ) -> Iterator[None]:
         """Mutual exclusion across processes and machines for a short registry update (an alias
         compare-and-set). The registry has no lock of its own, but creating a registered model is
         atomic in MLflow's SQL stores (a unique name) and so through a tracking server: the lock
@@ -96,7 +107,9 @@ class Registry:
         seen: tuple[str, float] | None = None  # (holder, when we first saw it)
         while True:
             try:
-                self.client.create_registered_model(name, description=f"registry lock held by {token}; deleted when its update ends")
+                self.client.create_registered_model(
+                    name, description=f"registry lock held by {token}; deleted when its update ends"
+                )
                 break
             except MlflowException as exc:
                 if not _exists(exc):
@@ -110,7 +123,9 @@ class Registry:
                 self._release(name, holder)  # its holder died mid-update
                 continue
             if time.monotonic() > deadline:
-                raise RegistryBusyError(f"registry lock {name!r} is held ({holder}); try again later")
+                raise RegistryBusyError(
+                    f"registry lock {name!r} is held ({holder}); try again later"
+                )
             time.sleep(0.2)
         try:
             yield
@@ -175,7 +190,10 @@ class Registry:
     def aliases(self) -> dict[str, str]:
         """alias -> version."""
         try:
-            return {alias: str(v) for alias, v in self.client.get_registered_model(self.name).aliases.items()}
+            return {
+                alias: str(v)
+                for alias, v in self.client.get_registered_model(self.name).aliases.items()
+            }
         except MlflowException as exc:
             if _missing(exc):
                 return {}

@@ -21,7 +21,9 @@ from osteo_pipeline.io.manifest import display_path
 if TYPE_CHECKING:
     from osteo_pipeline.steps.validate import ValidationResult
 
-_ENV = Environment(loader=PackageLoader("osteo_pipeline.io", "templates"), autoescape=select_autoescape())
+_ENV = Environment(
+    loader=PackageLoader("osteo_pipeline.io", "templates"), autoescape=select_autoescape()
+)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -60,21 +62,38 @@ def _thumbnail(path: Path, max_pixels: int) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _copy_rows(root: Path, copy_groups: list[dict[str, Any]], manifest: pd.DataFrame, max_pixels: int) -> list[dict[str, Any]]:
+def _copy_rows(
+    root: Path, copy_groups: list[dict[str, Any]], manifest: pd.DataFrame, max_pixels: int
+) -> list[dict[str, Any]]:
     """Groups of copies that hold a derived (not only identical) copy, conflicts first, with
     thumbnails (``copy_groups`` by raw path, as validation found them)."""
     labels = dict(zip(manifest["path"], manifest["label"]))
-    groups = sorted((g for g in copy_groups if any(link["kind"] != "exact" for link in g["links"])), key=lambda g: len(g["labels"]) == 1)
+    groups = sorted(
+        (g for g in copy_groups if any(link["kind"] != "exact" for link in g["links"])),
+        key=lambda g: len(g["labels"]) == 1,
+    )
     return [
         {
-            "thumbs": [{"path": display_path(p), "label": labels.get(p, "?"), "src": _thumbnail(root / p, max_pixels)} for p in g["paths"]],
-            "links": [{**link, "source": display_path(link["source"]), "copy": display_path(link["copy"])} for link in g["links"]],
+            "thumbs": [
+                {
+                    "path": display_path(p),
+                    "label": labels.get(p, "?"),
+                    "src": _thumbnail(root / p, max_pixels),
+                }
+                for p in g["paths"]
+            ],
+            "links": [
+                {**link, "source": display_path(link["source"]), "copy": display_path(link["copy"])}
+                for link in g["links"]
+            ],
         }
         for g in groups[:SHOWN_GROUPS]
     ]
 
 
-def write_validation_report(result: ValidationResult, report_dir: Path, max_listed: int, max_pixels: int) -> dict[str, Path]:
+def write_validation_report(
+    result: ValidationResult, report_dir: Path, max_listed: int, max_pixels: int
+) -> dict[str, Path]:
     """``validation.html`` (self-contained), ``validation.json`` (the summary) and ``manifest.csv``."""
     summary, manifest = result.summary, result.scan.manifest
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,11 @@ def s3_client():  # noqa: ANN201
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    config = Config(
+        retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+    )
     return boto3.client("s3", endpoint_url=_endpoint(), config=config)
 
 
@@ -60,7 +64,9 @@ def _verify(path: Path, head: dict, key: str) -> None:
     if etag and "-" not in etag and hashlib.md5(data).hexdigest() != etag:  # noqa: S324 - S3's ETag is MD5
         raise StorageError(f"s3 object {key}: MD5 (ETag) mismatch after download")
     if head.get("ContentLength") is not None and head["ContentLength"] != len(data):
-        raise StorageError(f"s3 object {key}: {len(data)} bytes downloaded, {head['ContentLength']} expected")
+        raise StorageError(
+            f"s3 object {key}: {len(data)} bytes downloaded, {head['ContentLength']} expected"
+        )
 
 
 def pull_batch(uri: str, staging: Path, client=None) -> PullResult:  # noqa: ANN001

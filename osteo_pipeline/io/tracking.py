@@ -25,14 +25,27 @@ from osteo_pipeline.core.redact import is_secret_key, redact, redact_url
 from osteo_pipeline.errors import OsteoError
 
 log = logging.getLogger(__name__)
-PACKAGES = ("tensorflow", "keras", "mlflow", "optuna", "optuna-integration", "great-expectations", "numpy", "pillow", "scikit-learn", "osteo-pipeline")
+PACKAGES = (
+    "tensorflow",
+    "keras",
+    "mlflow",
+    "optuna",
+    "optuna-integration",
+    "great-expectations",
+    "numpy",
+    "pillow",
+    "scikit-learn",
+    "osteo-pipeline",
+)
 
 
 #: MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds model
 #: training; with it, the pipeline's experiments open on their runs.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
-_configured_uri: str | None = None  # what ``configure`` last set (MLflow copies it into the environment)
+_configured_uri: str | None = (
+    None  # what ``configure`` last set (MLflow copies it into the environment)
+)
 _user_uri: str | None = None  # the user's MLFLOW_TRACKING_URI, as it was before MLflow overwrote it
 
 
@@ -75,7 +88,10 @@ def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, requests.ConnectionError | requests.Timeout):
         return True
     text = str(exc)
-    return any(hint in text for hint in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out"))
+    return any(
+        hint in text
+        for hint in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out")
+    )
 
 
 def configure(settings: Settings) -> str:
@@ -95,9 +111,11 @@ def configure(settings: Settings) -> str:
             raise
         retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         raise TrackingUnavailableError(
-            redact_url(f"MLflow tracking server {uri} unreachable after {retries} retries with backoff "
-            f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was logged or registered; start the "
-            "server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere.")
+            redact_url(
+                f"MLflow tracking server {uri} unreachable after {retries} retries with backoff "
+                f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was logged or registered; start the "
+                "server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere."
+            )
         ) from exc
     if experiment is None:
         experiment_id = mlflow.create_experiment(
@@ -116,9 +134,20 @@ def configure(settings: Settings) -> str:
 def _git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return (
+            out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -127,7 +156,11 @@ def environment() -> dict[str, str]:
     """Versions and machine facts that decide whether a result can be reproduced."""
     import tensorflow as tf
 
-    facts = {"git_commit": _git_commit(), "python": platform.python_version(), "platform": platform.platform()}
+    facts = {
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     for package in PACKAGES:
         try:
             facts[f"version.{package}"] = metadata.version(package)
@@ -138,13 +171,25 @@ def environment() -> dict[str, str]:
     return facts
 
 
-def log_intervals(estimates: dict[str, dict[str, float]], prefix: str = "", extra: dict[str, float] | None = None) -> None:
+def log_intervals(
+    estimates: dict[str, dict[str, float]], prefix: str = "", extra: dict[str, float] | None = None
+) -> None:
     """Log ``{metric: {value, low, high}}`` as ``{prefix}{metric}`` with ``_ci_low`` and
     ``_ci_high`` (plus ``extra`` metrics), leaving out what is not finite (an AUC of one class, a
     CI of one fold): a missing metric, never a NaN that charts and comparisons would carry."""
-    flat = {f"{prefix}{name}{suffix}": values[key] for name, values in estimates.items() for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high"))}
+    flat = {
+        f"{prefix}{name}{suffix}": values[key]
+        for name, values in estimates.items()
+        for key, suffix in (("value", ""), ("low", "_ci_low"), ("high", "_ci_high"))
+    }
     flat |= {f"{prefix}{name}": value for name, value in (extra or {}).items()}
-    mlflow.log_metrics({name: float(value) for name, value in flat.items() if value is not None and math.isfinite(value)})
+    mlflow.log_metrics(
+        {
+            name: float(value)
+            for name, value in flat.items()
+            if value is not None and math.isfinite(value)
+        }
+    )
 
 
 def log_json(payload: Any, artifact_file: str, run_id: str | None = None) -> None:
@@ -187,11 +232,19 @@ def log_settings(settings: Settings) -> None:
 def log_dataset(split: Any, context: str = "training") -> None:
     """The split manifest as an MLflow dataset input: its hash is the digest, counts are params."""
     frame = split.files
-    dataset = mlflow.data.from_pandas(frame, source=str(split.data_dir), name=f"knee-xray-{split.dataset_hash[:12]}", digest=split.dataset_hash[:32])
+    dataset = mlflow.data.from_pandas(
+        frame,
+        source=str(split.data_dir),
+        name=f"knee-xray-{split.dataset_hash[:12]}",
+        digest=split.dataset_hash[:32],
+    )
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag("dataset_hash", split.dataset_hash)
     counts = split.counts()
-    mlflow.log_params({f"n_{name}": sum(c.values()) for name, c in counts.items()} | {"dataset_hash": split.dataset_hash})
+    mlflow.log_params(
+        {f"n_{name}": sum(c.values()) for name, c in counts.items()}
+        | {"dataset_hash": split.dataset_hash}
+    )
     log_json(split.to_dict(), "split_manifest.json")
 
 
@@ -231,5 +284,7 @@ class EpochLogger(keras.callbacks.Callback):
         if logs:
             values = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
             mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in values.items()}, step=epoch)
-            shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("loss", "val_loss", "val_accuracy") if k in values)
+            shown = ", ".join(
+                f"{k} {values[k]:.4f}" for k in ("loss", "val_loss", "val_accuracy") if k in values
+            )
             log.info("%sepoch %d: %s", f"{self.label} " if self.label else "", epoch + 1, shown)

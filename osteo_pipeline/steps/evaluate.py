@@ -47,36 +47,81 @@ def evaluate_predictions(
     proba = calibration.probabilities(raw_proba)
     predicted = calibration.labels(proba)
     report = metrics_with_ci(arrays.labels, proba, positive, predicted, seed=settings.seed)
-    ece = {"ece": expected_calibration_error(proba, arrays.labels), "ece_uncalibrated": expected_calibration_error(raw_proba, arrays.labels)}
+    ece = {
+        "ece": expected_calibration_error(proba, arrays.labels),
+        "ece_uncalibrated": expected_calibration_error(raw_proba, arrays.labels),
+    }
     tracking.log_intervals(report, prefix, extra=ece)
-    mlflow.log_params({"calibration.temperature": round(calibration.temperature, 4), "calibration.threshold": calibration.threshold})
+    mlflow.log_params(
+        {
+            "calibration.temperature": round(calibration.temperature, 4),
+            "calibration.threshold": calibration.threshold,
+        }
+    )
     figures = {
         "confusion_matrix.png": plots.confusion_matrix(arrays.labels, predicted, classes),
         "roc_curve.png": plots.roc_curves(arrays.labels, proba, classes, positive),
         "reliability_diagram.png": plots.reliability_diagram(
-            {f"raw (ECE {ece['ece_uncalibrated']:.3f})": reliability(raw_proba, arrays.labels), f"T={calibration.temperature:.2f} (ECE {ece['ece']:.3f})": reliability(proba, arrays.labels)}
+            {
+                f"raw (ECE {ece['ece_uncalibrated']:.3f})": reliability(raw_proba, arrays.labels),
+                f"T={calibration.temperature:.2f} (ECE {ece['ece']:.3f})": reliability(
+                    proba, arrays.labels
+                ),
+            }
         ),
     }
     # The grids show the images themselves: patient data, logged only when the config asks.
     grids = settings.tracking.log_image_grids
-    mlflow.set_tag("image_grids", "logged (tracking.log_image_grids)" if grids else "not logged: they would hold patient images (tracking.log_image_grids)")
+    mlflow.set_tag(
+        "image_grids",
+        "logged (tracking.log_image_grids)"
+        if grids
+        else "not logged: they would hold patient images (tracking.log_image_grids)",
+    )
     if grids:
-        figures["test_predictions.png"] = plots.prediction_grid(arrays.first_views(), arrays.labels, proba, classes, predicted, GRID_IMAGES)
+        figures["test_predictions.png"] = plots.prediction_grid(
+            arrays.first_views(), arrays.labels, proba, classes, predicted, GRID_IMAGES
+        )
     if grids and model is not None and explainable(model) and len(arrays.pixels):
         shown = arrays.first_views()[:GRID_IMAGES]
-        heatmaps, _ = grad_cam(model, shown, predicted[:GRID_IMAGES])  # the served label, which the threshold may move off the arg-max
+        heatmaps, _ = grad_cam(
+            model, shown, predicted[:GRID_IMAGES]
+        )  # the served label, which the threshold may move off the arg-max
         overlays = np.stack([overlay(image[..., 0], heat) for image, heat in zip(shown, heatmaps)])
-        figures["test_gradcam.png"] = plots.prediction_grid(overlays, arrays.labels, proba, classes, predicted, GRID_IMAGES, title="Grad-CAM: evidence for the predicted class")
+        figures["test_gradcam.png"] = plots.prediction_grid(
+            overlays,
+            arrays.labels,
+            proba,
+            classes,
+            predicted,
+            GRID_IMAGES,
+            title="Grad-CAM: evidence for the predicted class",
+        )
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}")
         plt.close(figure)
     predictions = [
-        {"path": p, "true": classes[t], "predicted": classes[int(k)], **{f"p_{c}": float(row[i]) for i, c in enumerate(classes)}}
+        {
+            "path": p,
+            "true": classes[t],
+            "predicted": classes[int(k)],
+            **{f"p_{c}": float(row[i]) for i, c in enumerate(classes)},
+        }
         for p, t, k, row in zip(arrays.paths, arrays.labels, predicted, proba)
     ]
-    summary = {"metrics": report, "calibration": calibration.as_dict(), **ece, "positive_class": settings.data.positive, "n": len(arrays.labels), "predictions": predictions}
+    summary = {
+        "metrics": report,
+        "calibration": calibration.as_dict(),
+        **ece,
+        "positive_class": settings.data.positive,
+        "n": len(arrays.labels),
+        "predictions": predictions,
+    }
     tracking.log_json(summary, f"{prefix}evaluation.json")
-    return {**report, **{k: {"value": v, "low": float("nan"), "high": float("nan")} for k, v in ece.items()}}
+    return {
+        **report,
+        **{k: {"value": v, "low": float("nan"), "high": float("nan")} for k, v in ece.items()},
+    }
 
 
 @dataclass
@@ -84,7 +129,9 @@ class EvaluationResult:
     run_id: str
     metrics: dict[str, dict[str, float]]
     n_images: int
-    skipped_seen: list[str]  # copies (identical or derived) of images the model trained or was calibrated on, left out
+    skipped_seen: list[
+        str
+    ]  # copies (identical or derived) of images the model trained or was calibrated on, left out
     left_out_kinds: dict[str, int]  # how many of them, by kind of copy
     seconds: float
 
@@ -99,28 +146,60 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
     tracking.configure(settings)
     classifier = load_classifier(model_uri)
     if list(classifier.classes) != list(settings.data.classes):
-        raise ValueError(f"{model_uri} predicts {classifier.classes}; set data.classes to match (now {settings.data.classes})")
+        raise ValueError(
+            f"{model_uri} predicts {classifier.classes}; set data.classes to match (now {settings.data.classes})"
+        )
     validation = validate_folder(data_dir, settings)
     if not validation.passed:
-        raise ValueError(f"{data_dir} failed validation; run `osteo validate {data_dir}` for the report")
+        raise ValueError(
+            f"{data_dir} failed validation; run `osteo validate {data_dir}` for the report"
+        )
     frame, _ = usable_images(validation, settings)
     root = validation.scan.root
-    reasons = seen_images([Content(sha, root / path, None) for sha, path in zip(frame["sha256"], frame["path"])], training_images(model_uri), settings)
+    reasons = seen_images(
+        [Content(sha, root / path, None) for sha, path in zip(frame["sha256"], frame["path"])],
+        training_images(model_uri),
+        settings,
+    )
     left_out = frame["sha256"].isin(reasons)
     skipped = sorted(frame.loc[left_out, "path"])
-    why = [{"path": path, "why": reasons[sha]} for path, sha in zip(frame["path"], frame["sha256"]) if sha in reasons]
+    why = [
+        {"path": path, "why": reasons[sha]}
+        for path, sha in zip(frame["path"], frame["sha256"])
+        if sha in reasons
+    ]
     kinds = Counter(reasons[sha] for sha in frame.loc[left_out, "sha256"])
     frame = frame[~left_out].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} are copies of images it trained or was calibrated on ({dict(kinds)})")
+        raise ValueError(
+            f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} are copies of images it trained or was calibrated on ({dict(kinds)})"
+        )
     index = {c: i for i, c in enumerate(classifier.classes)}
     cache = PixelCache(classifier.size, classifier.max_pixels, roi_mode=classifier.roi)
     pixels = cache.load([validation.scan.root / p for p in frame["path"]], list(frame["sha256"]))
-    arrays = Arrays(pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]), cache.views)
+    arrays = Arrays(
+        pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]), cache.views
+    )
     batch = 16 * cache.views  # whole images per batch
-    raw = np.concatenate([classifier.predict_pixels(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
-    with mlflow.start_run(run_name=f"evaluate-{Path(data_dir).name}", tags={"osteo.kind": "evaluate", "model_uri": model_uri}) as run:
-        mlflow.log_params({"data_dir": str(data_dir), "n_images": len(frame), "skipped_seen": len(skipped)})
+    raw = np.concatenate(
+        [classifier.predict_pixels(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    )
+    with mlflow.start_run(
+        run_name=f"evaluate-{Path(data_dir).name}",
+        tags={"osteo.kind": "evaluate", "model_uri": model_uri},
+    ) as run:
+        mlflow.log_params(
+            {"data_dir": str(data_dir), "n_images": len(frame), "skipped_seen": len(skipped)}
+        )
         mlflow.log_dict({"left_out": sorted(why, key=lambda w: w["path"])}, "left_out.json")
-        metrics = evaluate_predictions(arrays, raw, settings, classifier.calibration, prefix="eval_", model=classifier.model)
-        return EvaluationResult(run.info.run_id, metrics, len(frame), skipped, dict(kinds), time.perf_counter() - started)
+        metrics = evaluate_predictions(
+            arrays, raw, settings, classifier.calibration, prefix="eval_", model=classifier.model
+        )
+        return EvaluationResult(
+            run.info.run_id,
+            metrics,
+            len(frame),
+            skipped,
+            dict(kinds),
+            time.perf_counter() - started,
+        )

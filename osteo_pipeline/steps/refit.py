@@ -49,7 +49,12 @@ class RefitResult:
 
 
 def refit_and_evaluate(
-    split: SplitManifest, params: dict[str, Any], settings: Settings, source: str = "config", tags: dict[str, str] | None = None, cv: dict[str, Any] | None = None
+    split: SplitManifest,
+    params: dict[str, Any],
+    settings: Settings,
+    source: str = "config",
+    tags: dict[str, str] | None = None,
+    cv: dict[str, Any] | None = None,
 ) -> RefitResult:
     """Train with ``params`` (epochs from the best trial when given), calibrate, test once (see
     the module docstring; ``cv`` is the best trial's cross-validation, when it had one). ``tags``
@@ -61,10 +66,17 @@ def refit_and_evaluate(
     runtime = configure_runtime(settings)
     tracking.configure(settings)
     chosen = TrainParams.from_dict(params, settings)
-    settings = chosen.apply(settings)  # input size and roi as chosen: pixels, backbone and the logged model agree
-    epochs = tuple(  # 0 fine-tune epochs is a result (fine-tuning did not help), not a missing value
-        default if params.get(key) is None else int(params[key])
-        for key, default in (("head_epochs", settings.train.head_epochs), ("finetune_epochs", settings.train.finetune_epochs))
+    settings = chosen.apply(
+        settings
+    )  # input size and roi as chosen: pixels, backbone and the logged model agree
+    epochs = (
+        tuple(  # 0 fine-tune epochs is a result (fine-tuning did not help), not a missing value
+            default if params.get(key) is None else int(params[key])
+            for key, default in (
+                ("head_epochs", settings.train.head_epochs),
+                ("finetune_epochs", settings.train.finetune_epochs),
+            )
+        )
     )
     arrays = load_arrays(split, settings, pixel_cache(settings))
     train = arrays["train"]
@@ -72,17 +84,35 @@ def refit_and_evaluate(
     if oof is not None:
         train, _ = cv_arrays(split, arrays)
         epochs = (oof.head_epochs, oof.finetune_epochs)
-    with mlflow.start_run(run_name=f"train-{split.dataset_hash[:8]}", tags={"osteo.kind": "train", "params_source": source, **(tags or {})}) as run:
+    with mlflow.start_run(
+        run_name=f"train-{split.dataset_hash[:8]}",
+        tags={"osteo.kind": "train", "params_source": source, **(tags or {})},
+    ) as run:
         tracking.log_settings(settings)
-        mlflow.log_params({f"chosen.{k}": v for k, v in chosen.as_dict().items()} | {"epochs.head": epochs[0], "epochs.finetune": epochs[1]} | {f"runtime.{k}": v for k, v in runtime.items()})
+        mlflow.log_params(
+            {f"chosen.{k}": v for k, v in chosen.as_dict().items()}
+            | {"epochs.head": epochs[0], "epochs.finetune": epochs[1]}
+            | {f"runtime.{k}": v for k, v in runtime.items()}
+        )
         tracking.log_dataset(split)
         tracking.log_environment()
         strategy = distribution(settings)
         mlflow.log_param("runtime.replicas", strategy.num_replicas_in_sync)
         with strategy.scope():
             model, weights = build(settings, chosen, train.pixels)
-            fit = fit_two_phase(model, train, None, chosen, global_batch(settings, strategy), [tracking.EpochLogger(label="refit")], epochs=epochs, jit=runtime["xla"])
-        mlflow.set_tags({"backbone_weights": weights.described, "backbone_identity": weights.identity})
+            fit = fit_two_phase(
+                model,
+                train,
+                None,
+                chosen,
+                global_batch(settings, strategy),
+                [tracking.EpochLogger(label="refit")],
+                epochs=epochs,
+                jit=runtime["xla"],
+            )
+        mlflow.set_tags(
+            {"backbone_weights": weights.described, "backbone_identity": weights.identity}
+        )
         if weights.random_init:
             mlflow.set_tag("WARNING", f"backbone trained from RANDOM INIT: {weights.described}")
         figure = plots.training_curves(fit.history, phase_boundary=fit.head_epochs)
@@ -90,7 +120,11 @@ def refit_and_evaluate(
         plt.close(figure)
         positive = settings.data.classes.index(settings.data.positive)
         if oof is None:
-            calibration = fit_calibration(predict_images(model, arrays["val"], settings.train.batch_size), arrays["val"].labels, positive)
+            calibration = fit_calibration(
+                predict_images(model, arrays["val"], settings.train.batch_size),
+                arrays["val"].labels,
+                positive,
+            )
             mlflow.set_tag("calibrated_on", "val")
         else:
             calibration = fit_calibration(oof.oof, oof.labels, positive)
@@ -107,21 +141,33 @@ def refit_and_evaluate(
             settings.model.roi,
             bounds=settings.validation.image_bounds,
         )
-        return RefitResult(run.info.run_id, info.model_uri, report, weights.described, time.perf_counter() - started)
+        return RefitResult(
+            run.info.run_id,
+            info.model_uri,
+            report,
+            weights.described,
+            time.perf_counter() - started,
+        )
 
 
-def _matching_cv(cv: dict[str, Any] | None, split: SplitManifest, arrays: dict[str, Arrays]) -> CVResult | None:
+def _matching_cv(
+    cv: dict[str, Any] | None, split: SplitManifest, arrays: dict[str, Arrays]
+) -> CVResult | None:
     """The cross-validation of the chosen trial when it was run on exactly these training images
     (a study of other data, allowed by --allow-other-data, cannot calibrate this model)."""
     if not cv:
         return None
     if cv.get("dataset_hash", split.dataset_hash) != split.dataset_hash:
-        log.warning("the chosen trial was cross-validated on other data: calibrating on val instead of its out-of-fold predictions")
+        log.warning(
+            "the chosen trial was cross-validated on other data: calibrating on val instead of its out-of-fold predictions"
+        )
         return None
     result = CVResult.from_dict(cv)
     labels = np.concatenate([arrays["train"].labels, arrays["val"].labels])
     if len(result.labels) != len(labels) or not np.array_equal(result.labels, labels):
-        log.warning("the chosen trial was cross-validated on other images: calibrating on val instead of its out-of-fold predictions")
+        log.warning(
+            "the chosen trial was cross-validated on other images: calibrating on val instead of its out-of-fold predictions"
+        )
         return None
     return result
 
@@ -130,8 +176,17 @@ def _log_cv_estimate(result: CVResult, positive: int, settings: Settings) -> Non
     """The out-of-fold estimate with its interval, as metrics and ``cv_estimate.json``."""
     estimate = oof_estimate(result, positive)
     tracking.log_intervals(estimate, "cv_")
-    mlflow.set_tags({"calibrated_on": "out-of-fold predictions", "cv_folds": str(int(result.fold.max()) + 1)})
+    mlflow.set_tags(
+        {"calibrated_on": "out-of-fold predictions", "cv_folds": str(int(result.fold.max()) + 1)}
+    )
     tracking.log_json(
-        {"metrics": estimate, "folds": int(result.fold.max()) + 1, "n": len(result.labels), "epochs": result.epochs, "objective": settings.tune.objective, "interval": "corrected resampled t (Nadeau & Bengio), 95%"},
+        {
+            "metrics": estimate,
+            "folds": int(result.fold.max()) + 1,
+            "n": len(result.labels),
+            "epochs": result.epochs,
+            "objective": settings.tune.objective,
+            "interval": "corrected resampled t (Nadeau & Bengio), 95%",
+        },
         "cv_estimate.json",
     )

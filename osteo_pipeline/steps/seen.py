@@ -25,7 +25,11 @@ def training_images(model_uri: str) -> list[Content]:
         run_id = mlflow.models.get_model_info(model_uri).run_id
         split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
         root = Path(split["data_dir"])
-        return [Content(f["sha256"], root / f["path"], None) for f in split["files"] if f["split"] in ("train", "val")]
+        return [
+            Content(f["sha256"], root / f["path"], None)
+            for f in split["files"]
+            if f["split"] in ("train", "val")
+        ]
     except Exception as exc:  # noqa: BLE001 - MLflow reports a missing run or artifact in many ways
         raise TrainingManifestError(
             f"cannot read the training split manifest of {model_uri} ({type(exc).__name__}: {str(exc)[:200]}); evaluation "
@@ -33,7 +37,9 @@ def training_images(model_uri: str) -> list[Content]:
         ) from exc
 
 
-def seen_images(candidates: list[Content], seen: list[Content], settings: Settings) -> dict[str, str]:
+def seen_images(
+    candidates: list[Content], seen: list[Content], settings: Settings
+) -> dict[str, str]:
     """Why each candidate (by sha256) must be left out: identical to, or (with
     ``validation.derived_copies``) a derived copy of, an image in ``seen``."""
     hashes = {content.sha256 for content in seen}

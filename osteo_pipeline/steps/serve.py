@@ -35,9 +35,27 @@ class Served:
 
 def scoring_server(model_uri: str, settings: Settings) -> subprocess.Popen:
     s = settings.serving
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", s.host, "-p", str(s.port), "--workers", str(s.workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        s.host,
+        "-p",
+        str(s.port),
+        "--workers",
+        str(s.workers),
+    ]
     # MLflow starts `uvicorn` from PATH: the one installed beside this Python, venv activated or not.
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    }
     return subprocess.Popen(command, env=env)
 
 
@@ -67,22 +85,43 @@ def follow_alias(settings: Settings, stop: threading.Event | None = None) -> Non
             try:
                 version = registry.aliases().get(alias)
             except Exception as exc:  # noqa: BLE001 - a tracking server that blips must not stop serving
-                log.warning("cannot read the registry (%s); still serving version %s", exc, served.version)
+                log.warning(
+                    "cannot read the registry (%s); still serving version %s", exc, served.version
+                )
                 version = served.version
             if version != served.version:
                 _stop(served.process)
-                served = Served(version, scoring_server(registry.uri(version), settings) if version else None)
+                served = Served(
+                    version, scoring_server(registry.uri(version), settings) if version else None
+                )
                 if version:
-                    log.info("%s -> version %s: scoring server on %s:%d", alias, version, settings.serving.host, settings.serving.port)
+                    log.info(
+                        "%s -> version %s: scoring server on %s:%d",
+                        alias,
+                        version,
+                        settings.serving.host,
+                        settings.serving.port,
+                    )
                 else:
                     log.info("%s points nowhere now: server stopped", alias)
             elif version is None and not waiting_logged:
-                log.info("waiting for a version with alias %r of %s (checking every %.0f s)", alias, registry.name, settings.serving.poll_s)
+                log.info(
+                    "waiting for a version with alias %r of %s (checking every %.0f s)",
+                    alias,
+                    registry.name,
+                    settings.serving.poll_s,
+                )
                 waiting_logged = True
             if served.process is not None and served.process.poll() is not None:
-                log.warning("scoring server for version %s exited with %s: starting it again", served.version, served.process.returncode)
+                log.warning(
+                    "scoring server for version %s exited with %s: starting it again",
+                    served.version,
+                    served.process.returncode,
+                )
                 time.sleep(min(settings.serving.poll_s, 5))
-                served = Served(served.version, scoring_server(registry.uri(served.version), settings))
+                served = Served(
+                    served.version, scoring_server(registry.uri(served.version), settings)
+                )
             stop.wait(settings.serving.poll_s)
     finally:
         _stop(served.process)

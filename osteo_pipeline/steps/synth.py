@@ -29,7 +29,13 @@ def save_image(image: Image.Image, path: Path, format_: str) -> None:
 
 
 def write_synthetic_dataset(
-    out_dir: str | Path, classes: list[str], per_class: int, size: int, seed: int, bilateral: bool = False, copies: float = 0.0
+    out_dir: str | Path,
+    classes: list[str],
+    per_class: int,
+    size: int,
+    seed: int,
+    bilateral: bool = False,
+    copies: float = 0.0,
 ) -> dict[str, int]:
     """``OUT_DIR/<class>/<class>_NNN.(jpg|png)``; deterministic for ``seed``. Returns counts.
 

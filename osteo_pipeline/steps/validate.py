@@ -34,7 +34,11 @@ class ValidationResult:
         parts = []
         for failed in self.summary["failed_expectations"]:
             ids = [str(u["id"]) for u in failed["unexpected"][:listed]]
-            parts.append(f"{failed['check']} ({', '.join(ids)}{', ...' if len(failed['unexpected']) > listed else ''})" if ids else f"{failed['check']} ({failed['observed']})")
+            parts.append(
+                f"{failed['check']} ({', '.join(ids)}{', ...' if len(failed['unexpected']) > listed else ''})"
+                if ids
+                else f"{failed['check']} ({failed['observed']})"
+            )
         fixes = "".join(f"; to fit: {hint}" for hint in self.summary["suggestions"])
         return f"{self.summary['data_dir']} failed validation: {'; '.join(parts)}{fixes}"
 
@@ -96,8 +100,7 @@ def suggestions(failed_checks: set[str], class_dirs: list[str], settings: Settin
         hints.append(
             "copies of one radiograph are filed under different classes: correct their labels, "
             "or set validation.fail_on_label_conflicts=false to leave them out of the split and "
-            "report them"
-            + _naming(lenient, " (", ", which fit these class folders)")
+            "report them" + _naming(lenient, " (", ", which fit these class folders)")
         )
     return hints
 
@@ -116,8 +119,13 @@ def _gx_context(docs_dir: Path | None):
     if docs_dir is None:
         context = gx.get_context(mode="ephemeral")
     else:
-        for earlier in (docs_dir / "gx" / "uncommitted" / "validations", docs_dir / "gx" / "data_docs"):
-            shutil.rmtree(earlier, ignore_errors=True)  # the docs show this validation, not every one before it
+        for earlier in (
+            docs_dir / "gx" / "uncommitted" / "validations",
+            docs_dir / "gx" / "data_docs",
+        ):
+            shutil.rmtree(
+                earlier, ignore_errors=True
+            )  # the docs show this validation, not every one before it
         docs_dir.mkdir(parents=True, exist_ok=True)
         context = gx.get_context(mode="file", project_root_dir=str(docs_dir))
         if DOCS_SITE not in context.get_site_names():
@@ -126,7 +134,10 @@ def _gx_context(docs_dir: Path | None):
                 {
                     "class_name": "SiteBuilder",
                     "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": "data_docs"},
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": "data_docs",
+                    },
                 },
             )
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -134,7 +145,9 @@ def _gx_context(docs_dir: Path | None):
 
 
 def _bound(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None}
+    return {
+        k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None
+    }
 
 
 def _failure(result: Any, table: str, id_column: str, critical: bool) -> dict[str, Any]:
@@ -167,10 +180,20 @@ def _printable_ids(table: pd.DataFrame, id_column: str) -> pd.DataFrame:
     """GX reports rows by ``id_column``; file names with undecodable bytes are shown printable."""
     if table[id_column].dtype != object:
         return table
-    return table.assign(**{id_column: pd.Series([display_path(v) if isinstance(v, str) else v for v in table[id_column]], dtype=object, index=table.index)})
+    return table.assign(
+        **{
+            id_column: pd.Series(
+                [display_path(v) if isinstance(v, str) else v for v in table[id_column]],
+                dtype=object,
+                index=table.index,
+            )
+        }
+    )
 
 
-def run_suites(tables: dict[str, pd.DataFrame], settings: Settings, docs_dir: Path | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def run_suites(
+    tables: dict[str, pd.DataFrame], settings: Settings, docs_dir: Path | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     """Run every suite on its table through a GX Checkpoint (one per suite: each checks its own
     table) whose action builds Data Docs when ``docs_dir`` is given. Returns the failed
     expectations (critical and warnings) and the Data Docs index, if built."""
@@ -187,26 +210,34 @@ def run_suites(tables: dict[str, pd.DataFrame], settings: Settings, docs_dir: Pa
         id_column = meta["id_column"]
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         definition = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=name, data=batch, suite=context.suites.add_or_update(suite))
+            gx.ValidationDefinition(
+                name=name, data=batch, suite=context.suites.add_or_update(suite)
+            )
         )
         checkpoint = context.checkpoints.add_or_update(
             gx.Checkpoint(
                 name=f"osteo-{name}",
                 validation_definitions=[definition],
                 actions=actions,
-                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": [id_column],
+                },
             )
         )
-        outcome = checkpoint.run(batch_parameters={"dataframe": _printable_ids(tables[name], id_column)}, expectation_parameters=params)
+        outcome = checkpoint.run(
+            batch_parameters={"dataframe": _printable_ids(tables[name], id_column)},
+            expectation_parameters=params,
+        )
         for suite_result in outcome.run_results.values():
             for result in suite_result.results:
                 if result.success:
                     continue
                 config = result.expectation_config
                 escalation = config.meta.get("critical_when")
-                critical = str(getattr(config.severity, "value", config.severity)) == "critical" or (
-                    escalation is not None and bool(_setting(settings, escalation))
-                )
+                critical = str(
+                    getattr(config.severity, "value", config.severity)
+                ) == "critical" or (escalation is not None and bool(_setting(settings, escalation)))
                 failures.append(_failure(result, name, id_column, critical))
     index = docs_dir / "gx" / "data_docs" / "index.html" if docs_dir else None
     return failures, str(index) if index is not None and index.is_file() else None
@@ -222,7 +253,9 @@ def _setting(settings: Settings, dotted: str) -> Any:
 def find_copies(manifest: pd.DataFrame, root: Path, settings: Settings) -> CopyLinks:
     """Derived-copy links among the manifest's readable contents (one file per content)."""
     usable = quality.readable(manifest).drop_duplicates("sha256")
-    contents = [Content(r.sha256, root / r.path, (int(r.width), int(r.height))) for r in usable.itertuples()]
+    contents = [
+        Content(r.sha256, root / r.path, (int(r.width), int(r.height))) for r in usable.itertuples()
+    ]
     return copy_finder(settings.validation).find(contents)
 
 
@@ -230,11 +263,16 @@ def _printable_group(group: dict[str, Any]) -> dict[str, Any]:
     return {
         "paths": [display_path(p) for p in group["paths"]],
         "labels": group["labels"],
-        "links": [{**link, "source": display_path(link["source"]), "copy": display_path(link["copy"])} for link in group["links"]],
+        "links": [
+            {**link, "source": display_path(link["source"]), "copy": display_path(link["copy"])}
+            for link in group["links"]
+        ],
     }
 
 
-def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | None = None) -> ValidationResult:
+def validate_folder(
+    data_dir: str | Path, settings: Settings, docs_dir: Path | None = None
+) -> ValidationResult:
     """Scan ``data_dir`` and validate it; never raises for bad files, only for a bad folder.
     With ``docs_dir``, GX keeps its context, results and Data Docs there."""
     started = time.perf_counter()
@@ -247,7 +285,10 @@ def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | N
     if settings.data.ignore_unlisted_classes:
         unlisted = sorted(set(class_dirs) - set(settings.data.classes))
         ignored += [
-            {"path": f"{name}/", "reason": "class folder not in data.classes (data.ignore_unlisted_classes)"}
+            {
+                "path": f"{name}/",
+                "reason": "class folder not in data.classes (data.ignore_unlisted_classes)",
+            }
             for name in unlisted
         ]
         class_dirs = [c for c in class_dirs if c in settings.data.classes]
@@ -255,7 +296,9 @@ def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | N
     # Copies are looked for across every folder: an image also filed as another class has an
     # unreliable label even when that class is not being trained.
     links = find_copies(manifest, scan.root, settings) if v.derived_copies else None
-    manifest["group"] = quality.copy_group_column(manifest, links.groups if links else None).astype("Int64")
+    manifest["group"] = quality.copy_group_column(manifest, links.groups if links else None).astype(
+        "Int64"
+    )
     in_scope = manifest.loc[in_scope.index]
     groups = quality.copy_groups(manifest, links.links if links else [])
     tables = {
@@ -277,9 +320,12 @@ def validate_folder(data_dir: str | Path, settings: Settings, docs_dir: Path | N
             {"path": display_path(r.path), "reason": r.error}
             for r in in_scope[in_scope["error"].notna()].itertuples()
         ],
-        "duplicate_groups": [[display_path(p) for p in g] for g in quality.duplicate_groups(manifest)],
+        "duplicate_groups": [
+            [display_path(p) for p in g] for g in quality.duplicate_groups(manifest)
+        ],
         "label_conflicts": [
-            {**c, "paths": [display_path(p) for p in c["paths"]]} for c in quality.label_conflicts(groups)
+            {**c, "paths": [display_path(p) for p in c["paths"]]}
+            for c in quality.label_conflicts(groups)
         ],
         "copy_groups": [_printable_group(g) for g in groups],
         "derived_copies": {

@@ -33,7 +33,9 @@ from osteo_pipeline.core.model import RESNET50_LAYOUT, BlockLayout, backbone_seg
 from osteo_pipeline.core.preprocess import gray_model_input
 
 
-def view_batches(pixels: np.ndarray, rows: np.ndarray, views: int, augment: XrayAugment | None, batch_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def view_batches(
+    pixels: np.ndarray, rows: np.ndarray, views: int, augment: XrayAugment | None, batch_size: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
     """(view, first position, model input batch) for ``views`` augmented passes over
     ``pixels[rows]``. Each image is augmented as key (view, its row), so an image's views are the
     same whichever rows it is cached with: a cache of one fold's rows holds exactly what a cache
@@ -42,7 +44,13 @@ def view_batches(pixels: np.ndarray, rows: np.ndarray, views: int, augment: Xray
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             gray = pixels[batch, ..., 0]
-            x = np.stack([augment(gray[i : i + 1], (view, int(row)))[0] for i, row in enumerate(batch)]) if augment is not None else gray.astype(np.float32)
+            x = (
+                np.stack(
+                    [augment(gray[i : i + 1], (view, int(row)))[0] for i, row in enumerate(batch)]
+                )
+                if augment is not None
+                else gray.astype(np.float32)
+            )
             yield view, start, gray_model_input(np.clip(x, 0.0, 255.0))
 
 
@@ -66,9 +74,14 @@ class ActivationCache:
         layout: BlockLayout = RESNET50_LAYOUT,
     ) -> None:
         self.layout = layout
-        self.views = views if augment is not None else 1  # without augmentation every view is the same
+        self.views = (
+            views if augment is not None else 1
+        )  # without augmentation every view is the same
         self._pixels = pixels
-        self._rows = {"train": np.asarray(train_rows, dtype=np.int64), "val": np.asarray(val_rows, dtype=np.int64)}
+        self._rows = {
+            "train": np.asarray(train_rows, dtype=np.int64),
+            "val": np.asarray(val_rows, dtype=np.int64),
+        }
         self._slots = {split: _slots(rows, len(pixels)) for split, rows in self._rows.items()}
         self._augment = augment
         self._batch_size = batch_size
@@ -100,7 +113,9 @@ class ActivationCache:
         """The cache seen through one fold: its training rows' views and its validation rows."""
         for split, rows in (("train", train_rows), ("val", val_rows)):
             if (self._slots[split][rows] < 0).any():
-                raise ValueError(f"rows {np.asarray(rows)[self._slots[split][rows] < 0][:5].tolist()} are not cached for {split}")
+                raise ValueError(
+                    f"rows {np.asarray(rows)[self._slots[split][rows] < 0][:5].tolist()} are not cached for {split}"
+                )
         return FoldActivations(self, self._slots["train"][train_rows], self._slots["val"][val_rows])
 
     def describe(self) -> str:
@@ -138,14 +153,24 @@ class ActivationCache:
         # while they fit in memory (a later trial may ask for them), never spill them to disk.
         depths = [depth] if source is None else list(range(depth, source))
         segment = backbone_segment(model, source, depths, self.layout)
-        forward = tf.function(lambda x: tf.nest.flatten(segment(x, training=False)), reduce_retracing=True)
+        forward = tf.function(
+            lambda x: tf.nest.flatten(segment(x, training=False)), reduce_retracing=True
+        )
         entries: dict[int, dict[str, np.ndarray]] = {}
         for d, output in zip(depths, segment.outputs):
             dtype = keras.backend.standardize_dtype(output.dtype)
-            shapes = {"train": (self.views, len(self._rows["train"]), *output.shape[1:]), "val": (1, len(self._rows["val"]), *output.shape[1:])}
-            nbytes = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(dtype).itemsize
+            shapes = {
+                "train": (self.views, len(self._rows["train"]), *output.shape[1:]),
+                "val": (1, len(self._rows["val"]), *output.shape[1:]),
+            }
+            nbytes = (
+                sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(dtype).itemsize
+            )
             if d == depth or self.bytes_in_memory + nbytes <= self.budget_bytes:
-                entries[d] = {split: self._allocate(f"d{d}-{split}", shape, dtype) for split, shape in shapes.items()}
+                entries[d] = {
+                    split: self._allocate(f"d{d}-{split}", shape, dtype)
+                    for split, shape in shapes.items()
+                }
         for split, views in (("train", self.views), ("val", 1)):
             for view, start, x in self._inputs(source, split, views):
                 for d, y in zip(depths, forward(x)):
@@ -154,11 +179,19 @@ class ActivationCache:
         self._store.update(entries)
         self.seconds += time.perf_counter() - started
 
-    def _inputs(self, source: int | None, split: str, views: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    def _inputs(
+        self, source: int | None, split: str, views: int
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
         """(view, first position, batch) of what a segment starting at ``source`` reads: the
         images (training ones augmented) or the cached boundary ``source``."""
         if source is None:
-            yield from view_batches(self._pixels, self._rows[split], views, self._augment if split == "train" else None, self._batch_size)
+            yield from view_batches(
+                self._pixels,
+                self._rows[split],
+                views,
+                self._augment if split == "train" else None,
+                self._batch_size,
+            )
             return
         previous = self._store[source][split]
         for view in range(views):
@@ -173,15 +206,21 @@ class ActivationCache:
         if self._spill is None:
             if self._spill_parent is not None:
                 self._spill_parent.mkdir(parents=True, exist_ok=True)
-            self._spill = Path(tempfile.mkdtemp(prefix="osteo-activations-", dir=self._spill_parent))
+            self._spill = Path(
+                tempfile.mkdtemp(prefix="osteo-activations-", dir=self._spill_parent)
+            )
         self.bytes_on_disk += nbytes
-        return np.lib.format.open_memmap(self._spill / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        return np.lib.format.open_memmap(
+            self._spill / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
+        )
 
 
 class FoldActivations:
     """One fold's rows of an :class:`ActivationCache`, with the cache's trial-facing methods."""
 
-    def __init__(self, cache: ActivationCache, train_slots: np.ndarray, val_slots: np.ndarray) -> None:
+    def __init__(
+        self, cache: ActivationCache, train_slots: np.ndarray, val_slots: np.ndarray
+    ) -> None:
         self._cache, self._train, self._val = cache, train_slots, val_slots
         self.views, self.layout = cache.views, cache.layout
 

@@ -40,12 +40,22 @@ class Arrays:
         """The images at ``images`` (indices), with their views."""
         images = np.asarray(images, dtype=np.int64)
         rows = (images[:, None] * self.views + np.arange(self.views)).ravel()
-        return Arrays(self.pixels[rows], self.labels[images], [self.paths[i] for i in images] if self.paths else [], self.views)
+        return Arrays(
+            self.pixels[rows],
+            self.labels[images],
+            [self.paths[i] for i in images] if self.paths else [],
+            self.views,
+        )
 
 
 def pixel_cache(settings: Settings, size: int | None = None, roi: str | None = None) -> PixelCache:
     """The decode-once cache at ``size`` and ``roi`` (default: the model's)."""
-    return PixelCache(size or settings.model.input_size, settings.validation.max_pixels, cache_folder(settings.train.cache_dir, "pixels"), roi or settings.model.roi)
+    return PixelCache(
+        size or settings.model.input_size,
+        settings.validation.max_pixels,
+        cache_folder(settings.train.cache_dir, "pixels"),
+        roi or settings.model.roi,
+    )
 
 
 def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:
@@ -55,5 +65,10 @@ def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> 
     for name in ("train", "val", "test"):
         subset = split.subset(name)
         paths = [split.data_dir / p for p in subset["path"]]
-        arrays[name] = Arrays(cache.load(paths, list(subset["sha256"])), subset["label"].map(index).to_numpy(dtype=np.int64), list(subset["path"]), cache.views)
+        arrays[name] = Arrays(
+            cache.load(paths, list(subset["sha256"])),
+            subset["label"].map(index).to_numpy(dtype=np.int64),
+            list(subset["path"]),
+            cache.views,
+        )
     return arrays

@@ -41,8 +41,15 @@ def rows_of(images: np.ndarray, views: int) -> np.ndarray:
 def cv_arrays(split: SplitManifest, arrays: dict[str, Arrays]) -> tuple[Arrays, np.ndarray]:
     """Train and val as one set of training images for cross-validation, with their groups."""
     train, val = arrays["train"], arrays["val"]
-    groups = np.concatenate([split.subset("train")["group"].to_numpy(), split.subset("val")["group"].to_numpy()])
-    joined = Arrays(np.concatenate([train.pixels, val.pixels]), np.concatenate([train.labels, val.labels]), train.paths + val.paths, train.views)
+    groups = np.concatenate(
+        [split.subset("train")["group"].to_numpy(), split.subset("val")["group"].to_numpy()]
+    )
+    joined = Arrays(
+        np.concatenate([train.pixels, val.pixels]),
+        np.concatenate([train.labels, val.labels]),
+        train.paths + val.paths,
+        train.views,
+    )
     return joined, groups
 
 
@@ -107,15 +114,26 @@ def cross_validate(
     for index, (train, val) in enumerate(folds):
         result = fit_fold(index, train, val)
         if not result.val_proba:
-            raise ValueError(f"fold {index} returned no per-epoch validation predictions (fit with fixed_epochs and a validation part)")
+            raise ValueError(
+                f"fold {index} returned no per-epoch validation predictions (fit with fixed_epochs and a validation part)"
+            )
         per_fold.append(result.val_proba)
         y = arrays.labels[val]
         best = result.val_proba[int(np.argmin([_loss(y, p) for p in result.val_proba]))]
-        so_far.append(_loss(y, best) if objective == "log_loss" else 1.0 - classification_metrics(y, best, positive)[objective])
+        so_far.append(
+            _loss(y, best)
+            if objective == "log_loss"
+            else 1.0 - classification_metrics(y, best, positive)[objective]
+        )
         if report is not None:
             report(index, float(np.nanmean(so_far)) if np.isfinite(so_far).any() else float("nan"))
     n_epochs = min(len(p) for p in per_fold)
-    curve = [float(np.mean([_loss(arrays.labels[val], per_fold[f][e]) for f, (_, val) in enumerate(folds)])) for e in range(n_epochs)]
+    curve = [
+        float(
+            np.mean([_loss(arrays.labels[val], per_fold[f][e]) for f, (_, val) in enumerate(folds)])
+        )
+        for e in range(n_epochs)
+    ]
     chosen = int(np.argmin(curve))
     oof = np.zeros((len(arrays.labels), per_fold[0][0].shape[1]))
     fold_of = np.full(len(arrays.labels), -1, dtype=np.int64)
@@ -123,9 +141,23 @@ def cross_validate(
     for f, (_, val) in enumerate(folds):
         proba = per_fold[f][chosen]
         oof[val], fold_of[val] = proba, f
-        scores.append({"log_loss": _loss(arrays.labels[val], proba), **classification_metrics(arrays.labels[val], proba, positive)})
+        scores.append(
+            {
+                "log_loss": _loss(arrays.labels[val], proba),
+                **classification_metrics(arrays.labels[val], proba, positive),
+            }
+        )
     epochs = chosen + 1
-    return CVResult(epochs, min(epochs, head_epochs), max(0, epochs - head_epochs), fold_of, arrays.labels.copy(), oof, scores, curve)
+    return CVResult(
+        epochs,
+        min(epochs, head_epochs),
+        max(0, epochs - head_epochs),
+        fold_of,
+        arrays.labels.copy(),
+        oof,
+        scores,
+        curve,
+    )
 
 
 def oof_estimate(result: CVResult, positive: int) -> dict[str, dict[str, float]]:
@@ -135,11 +167,24 @@ def oof_estimate(result: CVResult, positive: int) -> dict[str, dict[str, float]]
     scored = result.fold >= 0
     labels, folds = result.labels[scored], result.fold[scored]
     calibrated, predicted = cross_fitted(result.oof[scored], labels, folds, positive)
-    per_fold = [classification_metrics(labels[folds == f], calibrated[folds == f], positive, predicted[folds == f]) for f in np.unique(folds)]
+    per_fold = [
+        classification_metrics(
+            labels[folds == f], calibrated[folds == f], positive, predicted[folds == f]
+        )
+        for f in np.unique(folds)
+    ]
     n_val = float(np.mean([np.sum(folds == f) for f in np.unique(folds)]))
     n_train = len(labels) - n_val
-    estimate = {name: fold_interval(np.array([s[name] for s in per_fold]), int(n_train), int(n_val), bounds=(0.0, 1.0)) for name in METRIC_NAMES}
-    return {name: {"value": v["mean"], "low": v["low"], "high": v["high"]} for name, v in estimate.items()}
+    estimate = {
+        name: fold_interval(
+            np.array([s[name] for s in per_fold]), int(n_train), int(n_val), bounds=(0.0, 1.0)
+        )
+        for name in METRIC_NAMES
+    }
+    return {
+        name: {"value": v["mean"], "low": v["low"], "high": v["high"]}
+        for name, v in estimate.items()
+    }
 
 
 #: ``fit_predict(training images, [images to predict, ...])``: train one model from scratch on
@@ -158,7 +203,15 @@ class FinalModels:
     ensemble: np.ndarray
 
 
-def final_models(labels: np.ndarray, groups: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, seed: int, fit_predict: FitPredict) -> FinalModels:
+def final_models(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    k: int,
+    seed: int,
+    fit_predict: FitPredict,
+) -> FinalModels:
     """The pipeline's protocol after a CV search, applied to one (``train``, ``test``) part of a
     larger cross-validation (``osteo compare``): k group folds of ``train`` give the fold models
     and the OOF predictions; a refit trains on all of ``train``. Both predict ``test``, which none

@@ -51,7 +51,15 @@ class TrainParams:
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainParams:
         m = settings.model
-        return cls(settings.train.learning_rate, m.unfreeze_depth, m.head_units, m.dropout, m.l2, m.input_size, m.roi)
+        return cls(
+            settings.train.learning_rate,
+            m.unfreeze_depth,
+            m.head_units,
+            m.dropout,
+            m.l2,
+            m.input_size,
+            m.roi,
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], settings: Settings | None = None) -> TrainParams:
@@ -62,14 +70,23 @@ class TrainParams:
         if missing:
             raise ConfigError(f"parameters missing: {sorted(missing)}")
         defaults = cls.from_settings(settings) if settings is not None else cls(0.0, 0, 0, 0.0)
-        merged = {name: values.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+        merged = {
+            name: values.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__
+        }
         try:
             params = cls(
-                float(merged["learning_rate"]), int(merged["unfreeze_depth"]), int(merged["head_units"]), float(merged["dropout"]),
-                float(merged["l2"]), None if merged["input_size"] is None else int(merged["input_size"]), merged["roi"],
+                float(merged["learning_rate"]),
+                int(merged["unfreeze_depth"]),
+                int(merged["head_units"]),
+                float(merged["dropout"]),
+                float(merged["l2"]),
+                None if merged["input_size"] is None else int(merged["input_size"]),
+                merged["roi"],
             )
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"parameters {dict(sorted(merged.items()))} are not all numbers: {exc}") from exc
+            raise ConfigError(
+                f"parameters {dict(sorted(merged.items()))} are not all numbers: {exc}"
+            ) from exc
         if params.roi is not None and params.roi not in ROI_MODES:
             raise ConfigError(f"parameter roi {params.roi!r} is not one of {ROI_MODES}")
         return params
@@ -80,7 +97,12 @@ class TrainParams:
     def apply(self, settings: Settings) -> Settings:
         """``settings`` with these parameters as its model and learning rate, so everything that
         reads the settings (pixel cache, backbone, logged model) sees the same input."""
-        update = {"unfreeze_depth": self.unfreeze_depth, "head_units": self.head_units, "dropout": self.dropout, "l2": self.l2}
+        update = {
+            "unfreeze_depth": self.unfreeze_depth,
+            "head_units": self.head_units,
+            "dropout": self.dropout,
+            "l2": self.l2,
+        }
         update |= {"input_size": self.input_size} if self.input_size is not None else {}
         update |= {"roi": self.roi} if self.roi is not None else {}
         model = settings.model.model_copy(update=update)
@@ -100,38 +122,60 @@ class FitResult:
 
 
 def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
-    return ModelSpec(tuple(settings.data.classes), params.input_size or settings.model.input_size, params.head_units, params.dropout, params.l2)
+    return ModelSpec(
+        tuple(settings.data.classes),
+        params.input_size or settings.model.input_size,
+        params.head_units,
+        params.dropout,
+        params.l2,
+    )
 
 
-def build(settings: Settings, params: TrainParams, train_pixels: np.ndarray) -> tuple[keras.Model, BackboneWeights]:
+def build(
+    settings: Settings, params: TrainParams, train_pixels: np.ndarray
+) -> tuple[keras.Model, BackboneWeights]:
     """The model with its backbone weights, and which weights those are. ``train_pixels`` (model
     inputs of training images) standardise a random-init backbone's features (``FeatureStatistics``)."""
     settings = params.apply(settings)
     base, weights = load_backbone(settings)
-    return with_head(base, model_spec(settings, params), feature_statistics(base, weights, train_pixels, settings)), weights
+    return with_head(
+        base,
+        model_spec(settings, params),
+        feature_statistics(base, weights, train_pixels, settings),
+    ), weights
 
 
 def load_backbone(settings: Settings) -> tuple[keras.Model, BackboneWeights]:
     """ResNet-50 with the configured weights (``io.weights.resolve``), and which weights those are."""
     weights = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
     try:
-        return backbone(None if weights.random_init else str(weights.path), settings.model.input_size), weights
+        return backbone(
+            None if weights.random_init else str(weights.path), settings.model.input_size
+        ), weights
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # a truncated or foreign .h5 file
-        raise WeightsUnavailableError(f"cannot load backbone weights {weights.described}: {str(exc)[:200]}") from exc
+        raise WeightsUnavailableError(
+            f"cannot load backbone weights {weights.described}: {str(exc)[:200]}"
+        ) from exc
 
 
 #: Training images a random-init backbone's feature statistics are measured on, at most.
 STATISTICS_SAMPLE = 512
 
 
-def feature_statistics(base: keras.Model, weights: BackboneWeights, train_pixels: np.ndarray, settings: Settings) -> FeatureStatistics | None:
+def feature_statistics(
+    base: keras.Model, weights: BackboneWeights, train_pixels: np.ndarray, settings: Settings
+) -> FeatureStatistics | None:
     """The standardisation a random-init backbone's head needs, from (up to ``STATISTICS_SAMPLE``)
     training images spread over the set; none for pretrained weights."""
     if not weights.random_init:
         return None
-    rows = np.linspace(0, len(train_pixels) - 1, min(len(train_pixels), STATISTICS_SAMPLE)).round().astype(int)
+    rows = (
+        np.linspace(0, len(train_pixels) - 1, min(len(train_pixels), STATISTICS_SAMPLE))
+        .round()
+        .astype(int)
+    )
     return pooled_feature_statistics(base, train_pixels[rows], settings.train.batch_size)
 
 
@@ -187,11 +231,24 @@ def fit_two_phase(
     weights = class_weights(train.labels, n_classes, t.class_weight)
     train_labels, val_labels = train.row_labels, val.row_labels if has_val else None
     head_epochs, finetune_epochs = epochs or (t.head_epochs, t.finetune_epochs)
-    phases = [(n, depth, lr) for n, depth, lr in ((head_epochs, 0, t.head_learning_rate), (finetune_epochs, params.unfreeze_depth, params.learning_rate))]
+    phases = [
+        (n, depth, lr)
+        for n, depth, lr in (
+            (head_epochs, 0, t.head_learning_rate),
+            (finetune_epochs, params.unfreeze_depth, params.learning_rate),
+        )
+    ]
     if cache is not None:
         cache.attach(model, [depth for n, depth, _ in phases if n])
     else:
-        train_ds = make_dataset(train.pixels, train_labels, n_classes, t.batch_size, augmenter(t.augment, settings.seed), shuffle_seed=settings.seed)
+        train_ds = make_dataset(
+            train.pixels,
+            train_labels,
+            n_classes,
+            t.batch_size,
+            augmenter(t.augment, settings.seed),
+            shuffle_seed=settings.seed,
+        )
         val_ds = make_dataset(val.pixels, val_labels, n_classes, t.batch_size) if has_val else None
     history: dict[str, list[float]] = {}
     done = [0, 0]  # epochs run per phase: epoch numbers run on across phases
@@ -208,7 +265,15 @@ def fit_two_phase(
             trained, data, validation, class_weight = model, train_ds, val_ds, weights
         else:
             trained = top_model(model, depth, cache.layout)
-            data = ViewBatches(cache.train(depth), train_labels, n_classes, t.batch_size, weights, settings.seed, first_epoch=start)
+            data = ViewBatches(
+                cache.train(depth),
+                train_labels,
+                n_classes,
+                t.batch_size,
+                weights,
+                settings.seed,
+                first_epoch=start,
+            )
             validation = (cache.val(depth), one_hot(val_labels, n_classes)) if has_val else None
             class_weight = None  # carried by ViewBatches as sample weights
         # The head alone on cached backbone outputs is a few small matrix products a step: tracing
@@ -219,7 +284,11 @@ def fit_two_phase(
             inputs = validation[0] if cache is not None else val_ds
             phase_callbacks.append(_EpochPredictions(inputs, val, val_proba, t.batch_size))
         elif has_val:
-            phase_callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True))
+            phase_callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    "val_loss", patience=t.early_stopping_patience, restore_best_weights=True
+                )
+            )
         result = trained.fit(
             data,
             validation_data=validation,
@@ -256,21 +325,41 @@ class _EpochPredictions(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if isinstance(self.inputs, np.ndarray):
             x = self.inputs
-            rows = np.concatenate([keras.ops.convert_to_numpy(self.model(x[i : i + self.batch_size], training=False)) for i in range(0, len(x), self.batch_size)])
+            rows = np.concatenate(
+                [
+                    keras.ops.convert_to_numpy(
+                        self.model(x[i : i + self.batch_size], training=False)
+                    )
+                    for i in range(0, len(x), self.batch_size)
+                ]
+            )
         else:
             rows = np.asarray(self.model.predict(self.inputs, verbose=0))
         self.into.append(self.val.image_proba(rows.astype(np.float64)))
 
 
-def predict_val(model: keras.Model, val: Arrays, depth: int, batch_size: int, cache: ActivationCache | FoldActivations | None) -> np.ndarray:
+def predict_val(
+    model: keras.Model,
+    val: Arrays,
+    depth: int,
+    batch_size: int,
+    cache: ActivationCache | FoldActivations | None,
+) -> np.ndarray:
     """Per-image validation probabilities: from the cached boundary activations when there is a
     cache, by calling the top of the model eagerly (a trial's few validation batches cost less
     than tracing ``predict``, about 1 s)."""
     if cache is None:
         return predict_images(model, val, batch_size)
     top, x = top_model(model, depth, cache.layout), cache.val(depth)
-    batches = [keras.ops.convert_to_numpy(top(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-    rows = np.concatenate(batches).astype(np.float32) if batches else np.zeros((0, model.output_shape[-1]), np.float32)
+    batches = [
+        keras.ops.convert_to_numpy(top(x[i : i + batch_size], training=False))
+        for i in range(0, len(x), batch_size)
+    ]
+    rows = (
+        np.concatenate(batches).astype(np.float32)
+        if batches
+        else np.zeros((0, model.output_shape[-1]), np.float32)
+    )
     return val.image_proba(rows)
 
 
@@ -287,7 +376,12 @@ def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np
 
 
 def activation_cache(
-    settings: Settings, train: Arrays, val: Arrays | None = None, *, floor_depth: int | None = None, layout: BlockLayout = RESNET50_LAYOUT
+    settings: Settings,
+    train: Arrays,
+    val: Arrays | None = None,
+    *,
+    floor_depth: int | None = None,
+    layout: BlockLayout = RESNET50_LAYOUT,
 ) -> ActivationCache | None:
     """The frozen-prefix cache, or ``None`` when disabled in config: augmented views of ``train``
     and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both ways, for
@@ -303,10 +397,14 @@ def activation_cache(
         pixels,
         rows,
         val_rows,
-        views=min(t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs),  # epoch e uses view e mod K
+        views=min(
+            t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs
+        ),  # epoch e uses view e mod K
         augment=augmenter(settings.train.augment, settings.seed),
         batch_size=settings.train.batch_size,
-        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1) if floor_depth is None else floor_depth,
+        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1)
+        if floor_depth is None
+        else floor_depth,
         budget_bytes=int(t.cache_memory_mb * 2**20),
         spill_dir=t.cache_spill_dir,
         layout=layout,
@@ -327,13 +425,17 @@ class StudyBackbone:
         self._weights: list[np.ndarray] = []
         self._statistics: FeatureStatistics | None = None
         # Which weights (for each trial's tags), known before the backbone is built.
-        self.weights = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
+        self.weights = resolve_weights(
+            settings.model.weights, settings.model.allow_random_init_fallback
+        )
 
     def model(self, params: TrainParams, seed: int) -> keras.Model:
         if self._base is None:
             self._base, self.weights = load_backbone(self._settings)
             self._weights = self._base.get_weights()
-            self._statistics = feature_statistics(self._base, self.weights, self._train_pixels, self._settings)
+            self._statistics = feature_statistics(
+                self._base, self.weights, self._train_pixels, self._settings
+            )
         else:
             self._base.set_weights(self._weights)
         keras.utils.set_random_seed(seed)

@@ -24,7 +24,9 @@ def configure_runtime(settings: Settings) -> dict[str, bool]:
         except RuntimeError:  # this process already initialised its GPUs
             pass
     gpu = bool(gpus)
-    mixed = settings.train.mixed_precision == "on" or (settings.train.mixed_precision == "auto" and gpu)
+    mixed = settings.train.mixed_precision == "on" or (
+        settings.train.mixed_precision == "auto" and gpu
+    )
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     xla = settings.train.xla == "on" or (settings.train.xla == "auto" and gpu)
     return {"gpu": gpu, "mixed_precision": mixed, "xla": xla}
@@ -51,4 +53,10 @@ def global_batch(settings: Settings, strategy) -> Settings:  # noqa: ANN001 - tf
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
         return settings
-    return settings.model_copy(update={"train": settings.train.model_copy(update={"batch_size": settings.train.batch_size * replicas})})
+    return settings.model_copy(
+        update={
+            "train": settings.train.model_copy(
+                update={"batch_size": settings.train.batch_size * replicas}
+            )
+        }
+    )

@@ -27,7 +27,9 @@ def test_resnet18_is_a_resnet18():
 
 def test_cnn3_has_three_convolutions_and_everything_trains():
     model = baselines.cnn3(SPEC)
-    convolutions = [layer for layer in model.get_layer("cnn3").layers if isinstance(layer, keras.layers.Conv2D)]
+    convolutions = [
+        layer for layer in model.get_layer("cnn3").layers if isinstance(layer, keras.layers.Conv2D)
+    ]
     assert [c.filters for c in convolutions] == [32, 64, 128]
     assert all(layer.trainable for layer in model.layers)
 
@@ -42,10 +44,15 @@ def test_vgg16_loads_a_local_weights_file_and_unfreezes_by_block(tmp_path):
     path = tmp_path / "vgg16_notop.weights.h5"
     source.save_weights(path)
     model = baselines.vgg16(SPEC, str(path))
-    assert np.allclose(model.get_layer("vgg16").get_layer("block1_conv1").get_weights()[0], source.get_layer("block1_conv1").get_weights()[0])
+    assert np.allclose(
+        model.get_layer("vgg16").get_layer("block1_conv1").get_weights()[0],
+        source.get_layer("block1_conv1").get_weights()[0],
+    )
     assert not model.get_layer("vgg16").trainable
     baselines.set_trainable_vgg_blocks(model, 1)
-    trainable = {layer.name for layer in model.get_layer("vgg16").layers if layer.trainable and layer.weights}
+    trainable = {
+        layer.name for layer in model.get_layer("vgg16").layers if layer.trainable and layer.weights
+    }
     assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
     with pytest.raises(ValueError, match="0..5"):
         baselines.set_trainable_vgg_blocks(model, 6)

@@ -33,7 +33,11 @@ def test_temperature_recovers_the_overconfidence_and_lowers_ece():
     temperature = fit_temperature(proba, labels)
     assert temperature == pytest.approx(3.0, rel=0.1)
     calibrated = scale_temperature(proba, temperature)
-    assert expected_calibration_error(calibrated, labels) < 0.03 < expected_calibration_error(proba, labels)
+    assert (
+        expected_calibration_error(calibrated, labels)
+        < 0.03
+        < expected_calibration_error(proba, labels)
+    )
     assert (calibrated.argmax(axis=1) == proba.argmax(axis=1)).all()  # ranking unchanged
 
 
@@ -77,5 +81,8 @@ def test_reliability_bins_count_every_case():
     table = reliability(proba, labels, bins=10)
     assert table["count"].sum() == 500
     filled = table["count"] > 0
-    assert ((table["confidence"][filled] >= table["edges"][:-1][filled]) & (table["confidence"][filled] <= table["edges"][1:][filled])).all()
+    assert (
+        (table["confidence"][filled] >= table["edges"][:-1][filled])
+        & (table["confidence"][filled] <= table["edges"][1:][filled])
+    ).all()
     assert np.isnan(expected_calibration_error(np.zeros((0, 2)), np.zeros(0, int)))

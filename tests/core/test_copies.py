@@ -22,7 +22,9 @@ from osteo_pipeline.steps.validate import validate_folder
 def corpora(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     base = tmp_path_factory.mktemp("copies")
     films = base / "films"  # 8 two-knee films, each knee 700 px wide: about 1,500 px
-    write_synthetic_dataset(films, ["normal", "osteoporosis"], 4, 700, seed=7, bilateral=True, copies=0.5)
+    write_synthetic_dataset(
+        films, ["normal", "osteoporosis"], 4, 700, seed=7, bilateral=True, copies=0.5
+    )
     knees = base / "knees"  # 40 single knees
     write_synthetic_dataset(knees, ["normal", "osteoporosis"], 20, 300, seed=8, copies=0.2)
     return [films, knees]
@@ -34,13 +36,17 @@ def _check(root: Path, settings) -> tuple[int, int]:
     group_of = {path: i for i, g in enumerate(result.copy_groups) for path in g["paths"]}
     found = sum(group_of.get(p["source"], -1) == group_of.get(p["copy"], -2) for p in planted)
     # precision: each group holds one source radiograph and its planted copies, nothing else
-    source_of = {p["copy"]: p["source"] for p in planted} | {p["source"]: p["source"] for p in planted}
+    source_of = {p["copy"]: p["source"] for p in planted} | {
+        p["source"]: p["source"] for p in planted
+    }
     for group in result.copy_groups:
         assert len({source_of.get(path, path) for path in group["paths"]}) == 1, group["links"]
     # every group whose files carry two labels is a reported label conflict, with its link kinds
     mixed = [g["paths"] for g in result.copy_groups if len(g["labels"]) > 1]
     assert mixed and sorted(c["paths"] for c in result.summary["label_conflicts"]) == sorted(mixed)
-    assert not result.passed and "label_conflicts" in {f["check"] for f in result.summary["failed_expectations"]}
+    assert not result.passed and "label_conflicts" in {
+        f["check"] for f in result.summary["failed_expectations"]
+    }
     return found, len(planted)
 
 
@@ -62,18 +68,37 @@ def test_each_link_says_how_the_copy_was_made(corpora):
     and a crop is named a crop of its source (the link reads from source to copy)."""
     root = corpora[0]
     for planted in json.loads((root / PLANTED).read_text()):
-        grays = [load_gray(root / planted[end], 2 * copies.WORK_SIDE, 10**8) for end in ("source", "copy")]
+        grays = [
+            load_gray(root / planted[end], 2 * copies.WORK_SIDE, 10**8)
+            for end in ("source", "copy")
+        ]
         pictures = [copies.working_picture(g) for g in grays]
-        links = copies.find_links([copies.features(g) for g in grays], pictures.__getitem__, [g.shape[::-1] for g in grays])
+        links = copies.find_links(
+            [copies.features(g) for g in grays],
+            pictures.__getitem__,
+            [g.shape[::-1] for g in grays],
+        )
         assert len(links) == 1, planted
         link, kind = links[0], planted["kind"]
         orientation = COPY_KINDS[kind]
-        if kind.startswith("rotated"):  # a quarter turn one way or the other, by the link's direction
-            assert link.kind.split("+")[0] in ("rotated-90", "rotated-270", "rotated-180"), (planted, link)
+        if kind.startswith(
+            "rotated"
+        ):  # a quarter turn one way or the other, by the link's direction
+            assert link.kind.split("+")[0] in ("rotated-90", "rotated-270", "rotated-180"), (
+                planted,
+                link,
+            )
         else:
-            assert (link.kind.split("+")[0] == orientation) if orientation else not link.kind.startswith(("mirrored", "rotated")), (planted, link)
+            assert (
+                (link.kind.split("+")[0] == orientation)
+                if orientation
+                else not link.kind.startswith(("mirrored", "rotated"))
+            ), (planted, link)
         if "crop" in kind:
-            assert (link.source, link.copy, link.kind.split("+")[-1]) == (0, 1, "crop"), (planted, link)
+            assert (link.source, link.copy, link.kind.split("+")[-1]) == (0, 1, "crop"), (
+                planted,
+                link,
+            )
         elif kind == "padded":
             assert link.kind.endswith("padded"), (planted, link)
 
@@ -83,8 +108,12 @@ def test_padding_is_trimmed_and_anatomy_is_not():
     picture = rng.integers(0, 255, (50, 40)).astype(np.uint8)
     padded = np.pad(picture, ((7, 3), (5, 9)), constant_values=0)
     assert np.array_equal(copies.trim_borders(padded), picture)
-    smooth = np.tile(np.linspace(0, 255, 40), (50, 1)).astype(np.uint8)  # constant rows, varying columns
-    assert copies.trim_borders(smooth).shape == (50, 40) or copies.trim_borders(smooth).shape[0] == 50
+    smooth = np.tile(np.linspace(0, 255, 40), (50, 1)).astype(
+        np.uint8
+    )  # constant rows, varying columns
+    assert (
+        copies.trim_borders(smooth).shape == (50, 40) or copies.trim_borders(smooth).shape[0] == 50
+    )
 
 
 def test_small_pictures_are_only_matched_when_identical():

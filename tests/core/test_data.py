@@ -6,7 +6,9 @@ from osteo_pipeline.config import AugmentSettings
 from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset
 from osteo_pipeline.core.preprocess import model_input
 
-PIXELS = np.repeat(np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype(np.uint8), 3, axis=3)  # gray, as decoded
+PIXELS = np.repeat(
+    np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype(np.uint8), 3, axis=3
+)  # gray, as decoded
 LABELS = np.array([0, 1, 0, 1, 0, 0])
 
 
@@ -28,7 +30,14 @@ def test_augmentation_changes_images_and_stays_in_pixel_range():
 
 def test_augmentation_repeats_from_the_seed_whatever_the_threads_and_differs_each_epoch():
     def epochs(seed: int) -> list[np.ndarray]:
-        ds = make_dataset(np.repeat(PIXELS, 8, axis=0), np.repeat(LABELS, 8), 2, 4, augmenter(AugmentSettings(), seed), shuffle_seed=0)
+        ds = make_dataset(
+            np.repeat(PIXELS, 8, axis=0),
+            np.repeat(LABELS, 8),
+            2,
+            4,
+            augmenter(AugmentSettings(), seed),
+            shuffle_seed=0,
+        )
         return [_batches(ds) for _ in range(2)]
 
     first, again, other = epochs(1), epochs(1), epochs(2)
@@ -41,7 +50,9 @@ def _augment(settings: AugmentSettings, images: np.ndarray, seed: int = 0) -> np
     return augmenter(settings, seed)(images[..., 0], key=(0,))[..., None]
 
 
-NOTHING = AugmentSettings(horizontal_flip=False, rotation=0, shift=0, zoom=0, brightness=0, contrast=0)
+NOTHING = AugmentSettings(
+    horizontal_flip=False, rotation=0, shift=0, zoom=0, brightness=0, contrast=0
+)
 GRAY = PIXELS[..., :1].astype(np.float32)
 
 
@@ -58,7 +69,9 @@ def test_the_same_key_gives_the_same_augmentation_and_another_key_another():
 
 def test_flip_alone_mirrors_about_half_the_images():
     out = _augment(NOTHING.model_copy(update={"horizontal_flip": True}), np.repeat(GRAY, 8, axis=0))
-    flipped = [np.allclose(o, g[:, ::-1], atol=1e-3) for o, g in zip(out, np.repeat(GRAY, 8, axis=0))]
+    flipped = [
+        np.allclose(o, g[:, ::-1], atol=1e-3) for o, g in zip(out, np.repeat(GRAY, 8, axis=0))
+    ]
     same = [np.allclose(o, g, atol=1e-3) for o, g in zip(out, np.repeat(GRAY, 8, axis=0))]
     assert all(f or k for f, k in zip(flipped, same)) and 0 < sum(flipped) < len(out)
 
@@ -70,7 +83,9 @@ def test_geometry_stays_within_the_paper_ranges():
         out = _augment(NOTHING.model_copy(update={"shift": 0.10}), square, seed)[0, :, :, 0]
         rows, cols = np.nonzero(out > 127)
         assert abs(rows.mean() - 31.5) <= 6.5 + 0.5 and abs(cols.mean() - 31.5) <= 6.5 + 0.5
-        rotated = _augment(NOTHING.model_copy(update={"rotation": 10 / 360}), square, seed)[0, :, :, 0]
+        rotated = _augment(NOTHING.model_copy(update={"rotation": 10 / 360}), square, seed)[
+            0, :, :, 0
+        ]
         assert abs((rotated > 127).sum() - 256) < 40  # rotation keeps the area
         zoomed = _augment(NOTHING.model_copy(update={"zoom": 0.10}), square, seed)[0, :, :, 0]
         assert 256 / 1.1**2 - 30 < (zoomed > 127).sum() < 256 / 0.9**2 + 30
@@ -94,7 +109,9 @@ def test_view_batches_walk_the_views_epoch_by_epoch_across_fits():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     seen = []
-    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, data.epoch)))
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, data.epoch))
+    )
     data = ViewBatches(activations, np.array([0, 1, 0, 1, 1]), 2, 2, {0: 1.5, 1: 0.75}, seed=0)
     model.fit(data, epochs=4, verbose=0, callbacks=[record])
     data = ViewBatches(activations, np.array([0, 1, 0, 1, 1]), 2, 2, None, seed=0, first_epoch=4)

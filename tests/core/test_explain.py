@@ -13,14 +13,26 @@ SIZE = 64
 
 
 def _brightness_model() -> keras.Model:
-    base = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 8, strides=8, activation="relu")], name=BACKBONE_NAME)
-    model = classifier(base, ModelSpec(("normal", "osteoporosis"), SIZE, 4, 0.0), "test", frozen_statistics=True)
+    base = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 8, strides=8, activation="relu")],
+        name=BACKBONE_NAME,
+    )
+    model = classifier(
+        base, ModelSpec(("normal", "osteoporosis"), SIZE, 4, 0.0), "test", frozen_statistics=True
+    )
     conv = base.layers[0]
-    conv.set_weights([np.full(conv.kernel.shape, 1 / (8 * 8 * 3 * 128), np.float32), np.zeros(4, np.float32)])
+    conv.set_weights(
+        [np.full(conv.kernel.shape, 1 / (8 * 8 * 3 * 128), np.float32), np.zeros(4, np.float32)]
+    )
     dense = model.get_layer("head_dense")
     dense.set_weights([np.eye(4, dtype=np.float32), np.zeros(4, np.float32)])
     out = model.get_layer("probabilities")
-    out.set_weights([np.stack([-np.ones(4), np.ones(4)], axis=1).astype(np.float32) * 5, np.zeros(2, np.float32)])
+    out.set_weights(
+        [
+            np.stack([-np.ones(4), np.ones(4)], axis=1).astype(np.float32) * 5,
+            np.zeros(2, np.float32),
+        ]
+    )
     return model
 
 

@@ -6,12 +6,23 @@ from osteo_pipeline.core.gate import decide
 Y = np.array([0, 1] * 20)
 GOOD = np.stack([1 - (0.2 + 0.6 * Y), 0.2 + 0.6 * Y], axis=1)  # always right
 BAD = GOOD[:, ::-1]  # always wrong
-COIN = np.stack([np.where(np.arange(40) % 4 < 2, 0.6, 0.4), np.where(np.arange(40) % 4 < 2, 0.4, 0.6)], axis=1)
+COIN = np.stack(
+    [np.where(np.arange(40) % 4 < 2, 0.6, 0.4), np.where(np.arange(40) % 4 < 2, 0.4, 0.6)], axis=1
+)
 FLOORS = {"balanced_accuracy": 0.6, "recall": 0.5}
 
 
 def _decide(candidate, production, **kw):
-    return decide(Y, candidate, production, 1, kw.pop("floors", FLOORS), "balanced_accuracy", n_resamples=200, **kw)
+    return decide(
+        Y,
+        candidate,
+        production,
+        1,
+        kw.pop("floors", FLOORS),
+        "balanced_accuracy",
+        n_resamples=200,
+        **kw,
+    )
 
 
 def test_no_production_floors_decide():
@@ -22,13 +33,21 @@ def test_no_production_floors_decide():
 
 def test_better_candidate_passes_with_a_paired_ci():
     decision = _decide(GOOD, COIN)
-    assert decision.passed and decision.verdict == "passed" and decision.difference["value"] == pytest.approx(0.5)
+    assert (
+        decision.passed
+        and decision.verdict == "passed"
+        and decision.difference["value"] == pytest.approx(0.5)
+    )
     assert decision.difference["low"] > 0 and "95% CI" in decision.summary
 
 
 def test_worse_candidate_is_rejected_even_above_the_floors():
     decision = _decide(COIN, GOOD, floors={})
-    assert not decision.passed and decision.verdict == "rejected" and "worse than production" in decision.summary
+    assert (
+        not decision.passed
+        and decision.verdict == "rejected"
+        and "worse than production" in decision.summary
+    )
 
 
 def test_two_equal_models_are_inconclusive_and_production_is_kept():
@@ -36,16 +55,25 @@ def test_two_equal_models_are_inconclusive_and_production_is_kept():
     same = _decide(GOOD, GOOD)
     assert not same.passed and same.verdict == "inconclusive" and "production kept" in same.summary
     rng = np.random.default_rng(0)
-    flip_a, flip_b = rng.permutation(40)[:8], rng.permutation(40)[:8]  # each wrong on 8 different cases
+    flip_a, flip_b = (
+        rng.permutation(40)[:8],
+        rng.permutation(40)[:8],
+    )  # each wrong on 8 different cases
     a, b = GOOD.copy(), GOOD.copy()
     a[flip_a], b[flip_b] = a[flip_a][:, ::-1], b[flip_b][:, ::-1]
     equally_good = _decide(a, b, floors={})
-    assert equally_good.verdict == "inconclusive" and equally_good.difference["low"] < 0 < equally_good.difference["high"]
+    assert (
+        equally_good.verdict == "inconclusive"
+        and equally_good.difference["low"] < 0 < equally_good.difference["high"]
+    )
 
 
 def test_too_few_paired_cases_is_inconclusive_even_for_a_better_model():
     decision = _decide(GOOD, COIN, min_paired_cases=100)
-    assert decision.verdict == "inconclusive" and "fewer than registry.min_paired_cases=100" in decision.summary
+    assert (
+        decision.verdict == "inconclusive"
+        and "fewer than registry.min_paired_cases=100" in decision.summary
+    )
 
 
 def test_a_margin_is_a_non_inferiority_bound():
@@ -57,8 +85,16 @@ def test_a_margin_is_a_non_inferiority_bound():
 
 
 def test_floors_can_apply_to_a_cross_validated_lower_bound():
-    decision = _decide(GOOD, None, floor_values={"balanced_accuracy": 0.55, "recall": 0.9}, floor_source="CV lower bound")
-    assert not decision.passed and "CV lower bound balanced_accuracy 0.550 below floor 0.600" in decision.summary
+    decision = _decide(
+        GOOD,
+        None,
+        floor_values={"balanced_accuracy": 0.55, "recall": 0.9},
+        floor_source="CV lower bound",
+    )
+    assert (
+        not decision.passed
+        and "CV lower bound balanced_accuracy 0.550 below floor 0.600" in decision.summary
+    )
 
 
 def test_models_are_scored_on_the_labels_they_serve():
@@ -72,10 +108,22 @@ def test_models_are_scored_on_the_labels_they_serve():
 
 
 def test_a_small_data_model_must_clear_the_floors_on_test_and_on_its_cv_lower_bound():
-    decision = _decide(COIN, None, floor_values={"balanced_accuracy": 0.9, "recall": 0.9}, floor_source="CV lower bound")
+    decision = _decide(
+        COIN,
+        None,
+        floor_values={"balanced_accuracy": 0.9, "recall": 0.9},
+        floor_source="CV lower bound",
+    )
     assert not decision.passed and "test balanced_accuracy 0.500 below floor" in decision.summary
-    missing = _decide(GOOD, None, floor_values={"balanced_accuracy": None, "recall": 0.9}, floor_source="CV lower bound")
-    assert not missing.passed and "CV lower bound balanced_accuracy nan below floor" in missing.summary
+    missing = _decide(
+        GOOD,
+        None,
+        floor_values={"balanced_accuracy": None, "recall": 0.9},
+        floor_source="CV lower bound",
+    )
+    assert (
+        not missing.passed and "CV lower bound balanced_accuracy nan below floor" in missing.summary
+    )
 
 
 def test_shown_worse_is_rejected_even_on_few_cases():

@@ -30,9 +30,19 @@ def test_numpy_and_pandas_values_become_plain_json_and_missing_numbers_null():
     loaded = json.loads(text)  # strict: json.loads would accept NaN, so check the text too
     assert "NaN" not in text and "Infinity" not in text
     assert loaded == {
-        "passed": False, "count": 3, "share": 0.25, "nan": None, "inf": None, "na": None, "nat": None,
-        "when": "2026-12-02T03:00:00", "array": [[1, 2], [3, 4]], "frame": [{"a": 1.0}, {"a": None}],
-        "path": "/data/x.png", "set": ["a", "b"], "7": "a NumPy key",
+        "passed": False,
+        "count": 3,
+        "share": 0.25,
+        "nan": None,
+        "inf": None,
+        "na": None,
+        "nat": None,
+        "when": "2026-12-02T03:00:00",
+        "array": [[1, 2], [3, 4]],
+        "frame": [{"a": 1.0}, {"a": None}],
+        "path": "/data/x.png",
+        "set": ["a", "b"],
+        "7": "a NumPy key",
     }
     assert isinstance(plain(np.bool_(True)), bool) and isinstance(plain(np.int32(1)), int)
 

@@ -31,7 +31,9 @@ def test_binary_metrics_match_scikit_learn():
 def test_positive_class_choice_swaps_sensitivity_and_specificity():
     a = classification_metrics(Y, PROBA, positive=1)
     b = classification_metrics(Y, PROBA, positive=0)
-    assert a["recall"] == pytest.approx(b["specificity"]) and a["specificity"] == pytest.approx(b["recall"])
+    assert a["recall"] == pytest.approx(b["specificity"]) and a["specificity"] == pytest.approx(
+        b["recall"]
+    )
 
 
 def test_multiclass_macro_metrics():
@@ -40,7 +42,9 @@ def test_multiclass_macro_metrics():
     m = classification_metrics(y, proba, positive=2)
     pred = proba.argmax(axis=1)
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    assert m["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
+    assert m["precision"] == pytest.approx(
+        skm.precision_score(y, pred, average="macro", zero_division=0)
+    )
     assert m["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"))
@@ -52,7 +56,9 @@ def test_bootstrap_ci_brackets_the_point_and_is_deterministic():
     for values in report.values():
         assert values["low"] <= values["value"] <= values["high"]
     assert report == metrics_with_ci(Y, PROBA, positive=1, n_resamples=300, seed=1)
-    paired = bootstrap_ci(len(Y), lambda i: {"diff": float((Y[i] == 1).mean() - (Y[i] == 0).mean())}, 200, 0)
+    paired = bootstrap_ci(
+        len(Y), lambda i: {"diff": float((Y[i] == 1).mean() - (Y[i] == 0).mean())}, 200, 0
+    )
     assert paired["diff"][0] < 0 < paired["diff"][1]
 
 
@@ -70,7 +76,9 @@ def test_fold_interval_is_the_corrected_resampled_t_interval():
 
 
 def test_fold_interval_skips_nan_folds_and_clips_to_bounds():
-    result = fold_interval(np.array([0.1, 0.9, np.nan, 0.95]), n_train=10, n_test=10, bounds=(0.0, 1.0))
+    result = fold_interval(
+        np.array([0.1, 0.9, np.nan, 0.95]), n_train=10, n_test=10, bounds=(0.0, 1.0)
+    )
     assert result["folds"] == 3 and result["low"] == 0.0 and result["high"] == 1.0
     single = fold_interval(np.array([0.5]), 10, 10)
     assert single["mean"] == 0.5 and np.isnan(single["low"])

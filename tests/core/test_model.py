@@ -27,13 +27,22 @@ def model():
 
 
 def _blocks_of(names):
-    return {n.split("_")[0] + "_" + n.split("_")[1] for n in names if n.startswith("conv") and "_block" in n}
+    return {
+        n.split("_")[0] + "_" + n.split("_")[1]
+        for n in names
+        if n.startswith("conv") and "_block" in n
+    }
 
 
 def test_head_shape_and_softmax(model):
     out = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     assert out.shape == (2, 2) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
-    assert [layer.name for layer in model.layers[-4:]] == ["gap", "head_dense", "head_dropout", "probabilities"]
+    assert [layer.name for layer in model.layers[-4:]] == [
+        "gap",
+        "head_dense",
+        "head_dropout",
+        "probabilities",
+    ]
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3, 7, MAX_UNFREEZE_DEPTH])
@@ -54,7 +63,11 @@ def test_depth_out_of_range(model):
 
 def test_batchnorm_stays_frozen_while_training(model):
     set_unfrozen_blocks(model, MAX_UNFREEZE_DEPTH)
-    bns = [layer for layer in get_backbone(model).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [
+        layer
+        for layer in get_backbone(model).layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert bns and not any(layer.trainable for layer in bns)
     before = [np.array(v) for layer in bns for v in layer.weights]
     conv_before = np.array(get_backbone(model).get_layer("conv5_block3_3_conv").kernel)
@@ -63,7 +76,9 @@ def test_batchnorm_stays_frozen_while_training(model):
     model.fit(x, np.eye(2)[[0, 1, 0, 1]], epochs=1, verbose=0)
     after = [np.array(v) for layer in bns for v in layer.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))  # moving stats and gamma/beta
-    assert not np.array_equal(conv_before, np.array(get_backbone(model).get_layer("conv5_block3_3_conv").kernel))
+    assert not np.array_equal(
+        conv_before, np.array(get_backbone(model).get_layer("conv5_block3_3_conv").kernel)
+    )
 
 
 def test_inference_copy_predicts_the_same_and_saves_small(model, tmp_path):

@@ -47,7 +47,9 @@ def test_rgba_is_composited_on_black():
 
 
 def test_exif_rotation_is_applied():
-    tall = Image.fromarray(np.vstack([np.full((30, 10), 255, np.uint8), np.zeros((10, 10), np.uint8)]), "L")
+    tall = Image.fromarray(
+        np.vstack([np.full((30, 10), 255, np.uint8), np.zeros((10, 10), np.uint8)]), "L"
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     buffer = io.BytesIO()
@@ -59,14 +61,20 @@ def test_exif_rotation_is_applied():
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
-    [(b"", "not an image"), (b"plain text", "not an image"), (png_header_only(50_000, 50_000), "limit")],
+    [
+        (b"", "not an image"),
+        (b"plain text", "not an image"),
+        (png_header_only(50_000, 50_000), "limit"),
+    ],
 )
 def test_bad_inputs_raise_a_named_reason(payload, reason):
     with pytest.raises(ImageDecodeError, match=reason):
         load_pixels(payload, 32, 40_000_000)
 
 
-RAMP = np.tile(np.linspace(0, 1000, 101).astype(np.uint16), (20, 1))  # stored values 0..1000 by column
+RAMP = np.tile(
+    np.linspace(0, 1000, 101).astype(np.uint16), (20, 1)
+)  # stored values 0..1000 by column
 
 
 def _gray(raw: bytes) -> np.ndarray:
@@ -94,7 +102,10 @@ def test_dicom_bomb_guard_reads_only_the_header():
 def test_dicom_colour_and_multi_frame_are_refused_with_reasons():
     import pydicom
 
-    for field, value, reason in (("PhotometricInterpretation", "RGB", "not a grayscale"), ("NumberOfFrames", 2, "multi-frame")):
+    for field, value, reason in (
+        ("PhotometricInterpretation", "RGB", "not a grayscale"),
+        ("NumberOfFrames", 2, "multi-frame"),
+    ):
         ds = pydicom.dcmread(io.BytesIO(dicom_bytes(RAMP)))
         setattr(ds, field, value)
         buffer = io.BytesIO()

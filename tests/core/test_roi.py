@@ -18,7 +18,9 @@ def _joint_row(gray: np.ndarray, x0: int, x1: int) -> int:
     """The darkest row of the middle of a knee's bone between femur and tibia (synth draws the
     joint gap at 45-48% of the height, the femur above, the tibia below)."""
     height = gray.shape[0]
-    band = gray[int(0.35 * height) : int(0.6 * height), x0 + (x1 - x0) * 2 // 5 : x0 + (x1 - x0) * 3 // 5].mean(axis=1)
+    band = gray[
+        int(0.35 * height) : int(0.6 * height), x0 + (x1 - x0) * 2 // 5 : x0 + (x1 - x0) * 3 // 5
+    ].mean(axis=1)
     return int(0.35 * height) + int(np.argmin(band))
 
 
@@ -35,7 +37,9 @@ def test_two_knees_are_split_at_the_gap_and_each_crop_holds_its_joint():
             centre_x = box.left + box.side / 2
             assert x0 + 0.25 * (x1 - x0) < centre_x < x0 + 0.75 * (x1 - x0)
             joint = _joint_row(film, x0, x1)
-            assert box.top + 0.2 * box.side < joint < box.top + 0.8 * box.side  # the joint line inside, not at an edge
+            assert (
+                box.top + 0.2 * box.side < joint < box.top + 0.8 * box.side
+            )  # the joint line inside, not at an edge
             assert box.side >= 0.3 * height
 
 

@@ -13,7 +13,14 @@ def _frame(n_per_class=40, dup_every=4, seed=0):
     for label in ("normal", "osteoporosis"):
         for i in range(n_per_class):
             group = f"{label}-{i // dup_every}"  # groups of `dup_every` copies
-            rows.append({"path": f"{label}/{i}.png", "label": label, "sha256": f"{label}{i}", "group": group})
+            rows.append(
+                {
+                    "path": f"{label}/{i}.png",
+                    "label": label,
+                    "sha256": f"{label}{i}",
+                    "group": group,
+                }
+            )
     frame = pd.DataFrame(rows)
     return frame.sample(frac=1, random_state=int(rng.integers(1000))).reset_index(drop=True)
 
@@ -72,7 +79,10 @@ def test_group_folds_test_every_row_once_per_repeat_and_keep_groups_whole():
         assert 0.3 < labels[fold.test].mean() < 0.7 and 0.3 < labels[fold.val].mean() < 0.7
     assert not np.array_equal(folds[0].test, folds[5].test)  # a repeat reshuffles
     again = group_folds(labels, groups, n_splits=5, repeats=2, val_fraction=0.2, seed=3)
-    assert all(np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val) for a, b in zip(folds, again))
+    assert all(
+        np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
+        for a, b in zip(folds, again)
+    )
 
 
 def test_group_folds_need_enough_groups():

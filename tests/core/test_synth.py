@@ -25,5 +25,8 @@ def test_sizes_modes_and_formats_vary_and_respect_the_minimum():
 
 def test_osteoporotic_bone_is_darker_on_average():
     items = generate(["normal", "osteoporosis"], 8, 96, seed=1)
-    means = {label: np.mean([p.mean() for i, p in zip(items, _pixels(items)) if i.label == label]) for label in ("normal", "osteoporosis")}
+    means = {
+        label: np.mean([p.mean() for i, p in zip(items, _pixels(items)) if i.label == label])
+        for label in ("normal", "osteoporosis")
+    }
     assert means["normal"] > means["osteoporosis"]

@@ -16,7 +16,9 @@ from osteo_pipeline.core.texture import (
 def _fields():
     rng = np.random.default_rng(0)
     rough = rng.integers(0, 256, (128, 128)).astype(np.uint8)
-    smooth = ndimage.gaussian_filter(rng.normal(128, 40, (128, 128)), 4).clip(0, 255).astype(np.uint8)
+    smooth = (
+        ndimage.gaussian_filter(rng.normal(128, 40, (128, 128)), 4).clip(0, 255).astype(np.uint8)
+    )
     return rough, smooth
 
 

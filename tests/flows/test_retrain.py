@@ -37,40 +37,59 @@ def test_failed_validation_stops_the_flow_before_training(synth_dir, config_file
     with pytest.raises(ValidationFailed):
         retrain_flow(str(root), str(config_file))
     mlflow.set_tracking_uri(train_settings.tracking.uri)
-    assert mlflow.get_experiment_by_name(train_settings.tracking.experiment) is None  # nothing trained
+    assert (
+        mlflow.get_experiment_by_name(train_settings.tracking.experiment) is None
+    )  # nothing trained
     with pytest.raises(ValidationFailed):
         validate_flow(str(root), str(config_file))
 
 
 @pytest.mark.slow
-def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(synth_dir, config_file, train_settings):
+def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(
+    synth_dir, config_file, train_settings
+):
     """The scheduled retrain's life: the first run promotes version 1; the next one, on a new
     batch, tunes a study of its own and refits with that study's best trial (not the first's)."""
-    first = retrain_flow(str(synth_dir(per_class=10)), str(config_file), ["registry.floors={}", "tune.trials=1"])
+    first = retrain_flow(
+        str(synth_dir(per_class=10)), str(config_file), ["registry.floors={}", "tune.trials=1"]
+    )
     assert first["version"] == "1" and first["promoted"]
     mlflow.set_tracking_uri(train_settings.tracking.uri)
     client = MlflowClient()
     aliases = client.get_registered_model(train_settings.registry.model_name).aliases
     assert aliases == {"production": 1} or aliases == {"production": "1"}
-    assert (Path(first["run_dir"]) / "split.json").is_file() and (Path(first["run_dir"]) / "validation" / "validation.html").is_file()
+    assert (Path(first["run_dir"]) / "split.json").is_file() and (
+        Path(first["run_dir"]) / "validation" / "validation.html"
+    ).is_file()
 
-    second = retrain_flow(str(synth_dir(per_class=10, seed=5)), str(config_file), ["registry.floors={}", "tune.trials=1"])
+    second = retrain_flow(
+        str(synth_dir(per_class=10, seed=5)),
+        str(config_file),
+        ["registry.floors={}", "tune.trials=1"],
+    )
     assert second["dataset_hash"] != first["dataset_hash"] and second["run_dir"] != first["run_dir"]
     storage = train_settings.tune.storage
     study_name = f"{train_settings.tune.study_name}-{second['dataset_hash'][:12]}-random"
     study = optuna.load_study(study_name=study_name, storage=storage)
     assert study.user_attrs["dataset_hash"] == second["dataset_hash"]
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 1  # tune.trials=1: its own trial
+    assert (
+        len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 1
+    )  # tune.trials=1: its own trial
     run = client.get_run(second["run_id"])
     assert run.data.tags["osteo.study"] == study_name
     best = study.best_trial
-    assert run.data.tags["osteo.study_trial"] == str(best.number) and run.data.tags["osteo.study_trial_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert (
+        run.data.tags["osteo.study_trial"] == str(best.number)
+        and run.data.tags["osteo.study_trial_run_id"] == best.user_attrs["mlflow_run_id"]
+    )
     for name in ("learning_rate", "unfreeze_depth", "head_units", "dropout"):
         assert float(run.data.params[f"chosen.{name}"]) == pytest.approx(best.params[name])
 
 
 @pytest.mark.slow
-def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_settings, config_file, monkeypatch, tmp_path):
+def test_tune_task_fans_the_study_out_to_worker_flow_runs(
+    synth_dir, train_settings, config_file, monkeypatch, tmp_path
+):
     """With ``tune.worker_deployment``, the search runs in this flow and in runs of the tune-worker
     deployment. Here the deployment's run is a real `tune_worker_flow` run in its own process (as a
     Prefect worker would start it), given the parameters `run_deployment` receives, and awaited
@@ -92,12 +111,23 @@ def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_setti
         from prefect.settings import PREFECT_API_URL
 
         code = f"from flows.retrain import tune_worker_flow; tune_worker_flow(**{parameters!r})"
-        started.append(subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}))  # the same Prefect server
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()},
+            )
+        )  # the same Prefect server
         assert started[-1].wait(timeout=600) == 0
         return SimpleNamespace(name=f"worker-{len(started)}")
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
-    overrides = ["tune.worker_deployment=tune-worker/tune-worker", "tune.workers=2", "tune.trials=4", "tune.heartbeat_interval_s=1", "tune.poll_s=0.5"]
+    overrides = [
+        "tune.worker_deployment=tune-worker/tune-worker",
+        "tune.workers=2",
+        "tune.trials=4",
+        "tune.heartbeat_interval_s=1",
+        "tune.poll_s=0.5",
+    ]
     settings = load_settings(config_file, overrides=cli_overrides(overrides), environ={})
     data = synth_dir(per_class=10)
     split = split_task.fn(validate_task.fn(str(data), settings), settings)
@@ -106,8 +136,13 @@ def test_tune_task_fans_the_study_out_to_worker_flow_runs(synth_dir, train_setti
     assert len(started) == 1 and requests[0]["data_dir"] == str(data) and requests[0]["worker"] == 1
     study = optuna.load_study(study_name=requests[0]["study"], storage=settings.tune.storage)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == 4 and {t.user_attrs["worker"].rsplit(":", 1)[1] for t in finished} == {str(started[0].pid)}
-    assert best["tags"]["osteo.study"] == study.study_name and best["params"]["head_epochs"] is not None
+    assert len(finished) == 4 and {t.user_attrs["worker"].rsplit(":", 1)[1] for t in finished} == {
+        str(started[0].pid)
+    }
+    assert (
+        best["tags"]["osteo.study"] == study.study_name
+        and best["params"]["head_epochs"] is not None
+    )
 
 
 def test_prefect_logs_no_traceback_for_an_error_the_user_caused():
@@ -121,9 +156,20 @@ def test_prefect_logs_no_traceback_for_an_error_the_user_caused():
 
     for name in ("prefect.task_runs", "prefect.flow_runs"):
         engine = logging.getLogger(name)
-        for error, shown in ((WeightsUnavailableError("backbone weights file not found: w.h5"), False), (RuntimeError("a bug"), True)):
+        for error, shown in (
+            (WeightsUnavailableError("backbone weights file not found: w.h5"), False),
+            (RuntimeError("a bug"), True),
+        ):
             try:
                 raise error
             except Exception:
-                record = engine.makeRecord(name, logging.ERROR, __file__, 1, "Task run failed with exception: %r", (error,), sys.exc_info())
+                record = engine.makeRecord(
+                    name,
+                    logging.ERROR,
+                    __file__,
+                    1,
+                    "Task run failed with exception: %r",
+                    (error,),
+                    sys.exc_info(),
+                )
             assert bool(engine.filter(record)) is shown, (name, error)

@@ -23,7 +23,9 @@ def contents(tmp_path_factory: pytest.TempPathFactory) -> list[Content]:
     root = tmp_path_factory.mktemp("finder")
     write_synthetic_dataset(root, ["normal"], 6, 300, seed=4)
     files = sorted((root / "normal").iterdir())
-    image, _ = derived_copy(np.asarray(Image.open(files[0]).convert("L")), "mirrored", np.random.default_rng(0))
+    image, _ = derived_copy(
+        np.asarray(Image.open(files[0]).convert("L")), "mirrored", np.random.default_rng(0)
+    )
     image.save(root / "normal" / "mirror.jpg", quality=80)
     files.append(root / "normal" / "mirror.jpg")
     return [Content(sha256_file(f), f, Image.open(f).size) for f in files]
@@ -52,12 +54,16 @@ def test_an_unusable_cache_folder_means_memory_only_with_one_warning(contents, t
     assert sum("working in memory" in r.message for r in caplog.records) == 1
 
 
-def test_matches_are_reused_only_for_the_same_threshold_and_a_set_that_only_grew(contents, tmp_path):
+def test_matches_are_reused_only_for_the_same_threshold_and_a_set_that_only_grew(
+    contents, tmp_path
+):
     finder = lambda threshold=0.5: CopyFinder(10**8, threshold, tmp_path)  # noqa: E731
     assert finder().find(contents[:-2]).matched == len(contents) - 2
     assert finder().find(contents).matched == 2  # only the new files
     assert finder(0.6).find(contents).matched == len(contents)  # another threshold: matched again
-    assert finder().find(contents[1:]).matched == len(contents) - 1  # files left: never a stale reuse
+    assert (
+        finder().find(contents[1:]).matched == len(contents) - 1
+    )  # files left: never a stale reuse
 
 
 def test_checking_against_training_images_needs_their_files(contents, tmp_path):

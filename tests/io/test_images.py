@@ -11,7 +11,13 @@ def test_good_image_facts(tmp_path):
     _gradient(64, "RGB").save(path)
     facts = inspect_image(path, max_pixels=10_000)
     assert facts.error is None
-    assert (facts.format, facts.width, facts.height, facts.mode, facts.channels) == ("PNG", 64, 64, "RGB", 3)
+    assert (facts.format, facts.width, facts.height, facts.mode, facts.channels) == (
+        "PNG",
+        64,
+        64,
+        "RGB",
+        3,
+    )
     assert facts.bytes == path.stat().st_size
     assert facts.sha256 == sha256_file(path)
 

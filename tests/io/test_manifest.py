@@ -79,7 +79,9 @@ def test_non_utf8_file_name_is_scanned(tmp_path):
 def test_unreadable_permissions(tmp_path, monkeypatch):
     _img(tmp_path / "normal" / "a.png")
     os.chmod(tmp_path / "normal" / "a.png", 0)
-    if os.geteuid() == 0:  # root reads whatever the mode says: fail the read the way the kernel would
+    if (
+        os.geteuid() == 0
+    ):  # root reads whatever the mode says: fail the read the way the kernel would
         from osteo_pipeline.io import images
 
         def denied(path):
@@ -96,7 +98,14 @@ def test_dicom_rows_record_format_depth_and_pixel_spacing(tmp_path):
     from tests.corpus import dicom_bytes
 
     (tmp_path / "normal").mkdir()
-    (tmp_path / "normal" / "knee.dcm").write_bytes(dicom_bytes(np.full((300, 240), 900, np.uint16), spacing=(0.139, 0.14)))
+    (tmp_path / "normal" / "knee.dcm").write_bytes(
+        dicom_bytes(np.full((300, 240), 900, np.uint16), spacing=(0.139, 0.14))
+    )
     row = scan_folder(tmp_path, [".dcm"], 10**7).manifest.iloc[0]
-    assert pd.isna(row["error"]) and (row["format"], row["mode"], row["width"], row["height"]) == ("DICOM", "I;16", 240, 300)
+    assert pd.isna(row["error"]) and (row["format"], row["mode"], row["width"], row["height"]) == (
+        "DICOM",
+        "I;16",
+        240,
+        300,
+    )
     assert row["pixel_spacing_mm"] == "0.139x0.14"

@@ -24,7 +24,9 @@ def test_identical_files_in_one_batch_are_decoded_once_and_returned_in_order(tmp
     pixels = cache.load([a, *copies, b], [sha_a] * 7 + [sha_b])
     assert cache.decoded == 2 and pixels.shape == (8, 32, 32, 3)
     assert (pixels[:7] == 40).all() and (pixels[7] == 200).all()
-    assert sorted(p.name for p in cache.folder.iterdir()) == sorted([f"{sha_a}.npy", f"{sha_b}.npy"])
+    assert sorted(p.name for p in cache.folder.iterdir()) == sorted(
+        [f"{sha_a}.npy", f"{sha_b}.npy"]
+    )
 
 
 def test_disk_cache_serves_a_new_process_and_a_changed_file_is_a_new_key(tmp_path):

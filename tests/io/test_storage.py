@@ -19,7 +19,9 @@ def s3(monkeypatch):
 
 
 def test_pull_mirrors_class_folders_and_verifies(s3, tmp_path):
-    s3.put_object(Bucket="osteo-bucket", Key="in/normal/a.jpg", Body=b"aaa", ChecksumAlgorithm="SHA256")
+    s3.put_object(
+        Bucket="osteo-bucket", Key="in/normal/a.jpg", Body=b"aaa", ChecksumAlgorithm="SHA256"
+    )
     s3.put_object(Bucket="osteo-bucket", Key="in/osteoporosis/b.png", Body=b"bbbb")
     s3.put_object(Bucket="osteo-bucket", Key="in/README.md", Body=b"not a class")
     result = pull_batch("s3://osteo-bucket/in", tmp_path / "stage", s3)
@@ -40,7 +42,9 @@ def test_corrupted_download_is_rejected_and_removed(s3, tmp_path, monkeypatch):
     monkeypatch.setattr(s3, "download_file", corrupt)
     with pytest.raises(StorageError, match="in/normal/a.jpg"):
         pull_batch("s3://osteo-bucket/in", tmp_path / "stage", s3)
-    assert not list((tmp_path / "stage").rglob("*.jpg")) and not list((tmp_path / "stage").rglob(".*"))
+    assert not list((tmp_path / "stage").rglob("*.jpg")) and not list(
+        (tmp_path / "stage").rglob(".*")
+    )
 
 
 def test_bad_uri_and_empty_prefix(s3, tmp_path):

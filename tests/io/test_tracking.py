@@ -5,10 +5,18 @@ import mlflow
 from osteo_pipeline.io import tracking
 
 
-def test_the_users_tracking_uri_wins_on_every_configure_in_one_process(tiny_settings, tmp_path, monkeypatch):
+def test_the_users_tracking_uri_wins_on_every_configure_in_one_process(
+    tiny_settings, tmp_path, monkeypatch
+):
     server = f"sqlite:///{tmp_path / 'users.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    settings = tiny_settings.model_copy(update={"tracking": tiny_settings.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'config.db'}"})})
+    settings = tiny_settings.model_copy(
+        update={
+            "tracking": tiny_settings.tracking.model_copy(
+                update={"uri": f"sqlite:///{tmp_path / 'config.db'}"}
+            )
+        }
+    )
     for _ in range(3):  # MLflow writes the URI it is given back into MLFLOW_TRACKING_URI
         tracking.configure(settings)
         assert tracking.tracking_uri(settings) == server
@@ -24,9 +32,21 @@ def test_the_users_tracking_uri_wins_on_every_configure_in_one_process(tiny_sett
 def test_interval_metrics_are_logged_flat_and_nan_is_left_out(tiny_settings, tmp_path):
     """{metric: {value, low, high}} becomes metric, metric_ci_low, metric_ci_high; NaN (a CI of
     one class, an AUC of one label) is left out rather than rejected by MLflow."""
-    tracking.configure(tiny_settings.model_copy(update={"tracking": tiny_settings.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})}))
+    tracking.configure(
+        tiny_settings.model_copy(
+            update={
+                "tracking": tiny_settings.tracking.model_copy(
+                    update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+                )
+            }
+        )
+    )
     with mlflow.start_run() as run:
-        tracking.log_intervals({"roc_auc": {"value": 0.7, "low": 0.5, "high": float("nan")}}, "cv_", extra={"ece": 0.1, "ece_raw": float("nan")})
+        tracking.log_intervals(
+            {"roc_auc": {"value": 0.7, "low": 0.5, "high": float("nan")}},
+            "cv_",
+            extra={"ece": 0.1, "ece_raw": float("nan")},
+        )
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged == {"cv_roc_auc": 0.7, "cv_roc_auc_ci_low": 0.5, "cv_ece": 0.1}
 

@@ -30,12 +30,16 @@ def weights_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("built-elsewhere") / "resnet50-notop.h5"
     keras.utils.set_random_seed(3)
     with h5py.File(path, "w") as stream:
-        legacy_h5_format.save_weights_to_hdf5_group(stream, keras.applications.ResNet50(include_top=False, weights=None))
+        legacy_h5_format.save_weights_to_hdf5_group(
+            stream, keras.applications.ResNet50(include_top=False, weights=None)
+        )
     keras.backend.clear_session()
     return path
 
 
-def test_install_checks_the_hash_and_that_the_file_loads_then_imagenet_means_it(keras_home, weights_file, tmp_path):
+def test_install_checks_the_hash_and_that_the_file_loads_then_imagenet_means_it(
+    keras_home, weights_file, tmp_path
+):
     sha = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     with pytest.raises(WeightsInstallError, match=f"sha256 is {sha}, expected {'0' * 64}"):
         install(str(weights_file), "0" * 64)
@@ -49,9 +53,16 @@ def test_install_checks_the_hash_and_that_the_file_loads_then_imagenet_means_it(
         install(str(tmp_path / "missing.h5"))
     assert not keras_cache_file().exists()  # nothing refused was left in Keras's cache
 
-    assert install(weights_file.as_uri(), sha) == keras_cache_file() == keras_home / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert (
+        install(weights_file.as_uri(), sha)
+        == keras_cache_file()
+        == keras_home / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )
     resolved = resolve("imagenet", allow_random_init_fallback=False)
-    assert resolved.path == keras_cache_file() and resolved.identity == f"sha256:{weights_digest(weights_file)}"
+    assert (
+        resolved.path == keras_cache_file()
+        and resolved.identity == f"sha256:{weights_digest(weights_file)}"
+    )
     assert resolved.described == f"imagenet (weights sha256 {weights_digest(weights_file)[:12]})"
 
 

@@ -40,7 +40,10 @@ def test_first_candidate_staged_then_promoted_with_card_and_tags(env):
     assert decision.passed and "no production model" in decision.summary
     assert _aliases(settings) == {PRODUCTION: version}
     mv = MlflowClient().get_model_version(settings.registry.model_name, version)
-    assert mv.tags["gate.decision"] == "passed" and mv.tags["metric.test_balanced_accuracy"] == "1.0000"
+    assert (
+        mv.tags["gate.decision"] == "passed"
+        and mv.tags["metric.test_balanced_accuracy"] == "1.0000"
+    )
     assert len(mv.tags["dataset_hash"]) == 64
     card = mlflow.artifacts.load_text(mv.tags["model_card"])
     assert "Not a diagnosis" in card and "95% CI" in card and mv.tags["dataset_hash"] in card
@@ -54,7 +57,10 @@ def test_worse_candidate_is_refused_and_production_unchanged(env):
     decision = promote(settings, version=worse)
     assert not decision.passed
     assert _aliases(settings)[PRODUCTION] == good
-    assert MlflowClient().get_model_version(settings.registry.model_name, worse).tags["gate.decision"] == "rejected"
+    assert (
+        MlflowClient().get_model_version(settings.registry.model_name, worse).tags["gate.decision"]
+        == "rejected"
+    )
 
 
 def test_equal_candidate_passes_and_rollback_restores(env):
@@ -78,11 +84,22 @@ def test_equal_candidate_is_inconclusive_by_default(env):
     first = candidate(GOOD)
     promote(settings)
     second = candidate(GOOD)
-    default_gate = settings.model_copy(update={"registry": settings.registry.model_copy(update={"margin": 0.0, "min_paired_cases": 30})})
+    default_gate = settings.model_copy(
+        update={
+            "registry": settings.registry.model_copy(update={"margin": 0.0, "min_paired_cases": 30})
+        }
+    )
     decision = promote(default_gate, version=second)
-    assert decision.verdict == "inconclusive" and not decision.passed and "production kept" in decision.summary
+    assert (
+        decision.verdict == "inconclusive"
+        and not decision.passed
+        and "production kept" in decision.summary
+    )
     assert _aliases(settings)[PRODUCTION] == first
-    assert MlflowClient().get_model_version(settings.registry.model_name, second).tags["gate.decision"] == "inconclusive"
+    assert (
+        MlflowClient().get_model_version(settings.registry.model_name, second).tags["gate.decision"]
+        == "inconclusive"
+    )
 
 
 def test_chance_candidate_fails_the_floors_without_production(env):
@@ -141,11 +158,17 @@ def test_evaluate_and_explain_commands_on_a_registered_model(env, synth_dir, tmp
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", uri, str(fresh), "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert "balanced_accuracy" in result.output and "(n=8)" in result.output and "ece" in result.output
+    assert (
+        "balanced_accuracy" in result.output and "(n=8)" in result.output and "ece" in result.output
+    )
     image = str(next((fresh / "normal").iterdir()))
-    result = runner.invoke(app, ["explain", uri, image, "--config", str(config), "--out", str(tmp_path / "x.png")])
+    result = runner.invoke(
+        app, ["explain", uri, image, "--config", str(config), "--out", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 2 and "cannot explain model" in result.output
-    result = runner.invoke(app, ["explain", uri, image, "--config", str(config), "--class", "fracture"])
+    result = runner.invoke(
+        app, ["explain", uri, image, "--config", str(config), "--class", "fracture"]
+    )
     assert result.exit_code == 2 and "'fracture' is not one of the model's classes" in result.output
 
 
@@ -168,7 +191,11 @@ def test_a_promotion_retried_after_it_succeeded_reports_success(env):
     assert done.passed
     retried = promote(settings, version=second)  # the task's retry after a lost answer
     assert retried.passed and "already promoted" in retried.summary
-    assert retried.extra == {"candidate": second, "production": first, "evaluation_dataset": done.extra["evaluation_dataset"]}
+    assert retried.extra == {
+        "candidate": second,
+        "production": first,
+        "evaluation_dataset": done.extra["evaluation_dataset"],
+    }
     assert _aliases(settings) == {PRODUCTION: second, PREVIOUS: first}
 
 
@@ -206,14 +233,22 @@ def test_two_promotions_racing_against_one_production_cannot_both_pass(env, monk
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert errors == {} and sorted(d.passed for d in decisions.values()) == [False, True], (errors, decisions)
+    assert errors == {} and sorted(d.passed for d in decisions.values()) == [False, True], (
+        errors,
+        decisions,
+    )
     winner = next(v for v, d in decisions.items() if d.passed)
     loser = next(v for v, d in decisions.items() if not d.passed)
     assert "production moved from" in decisions[loser].summary
-    assert {k: v for k, v in _aliases(settings).items() if k != STAGING} == {PRODUCTION: winner, PREVIOUS: first}
+    assert {k: v for k, v in _aliases(settings).items() if k != STAGING} == {
+        PRODUCTION: winner,
+        PREVIOUS: first,
+    }
     tags = MlflowClient().get_model_version(settings.registry.model_name, loser).tags
     assert tags["gate.decision"] == "rejected" and tags["gate.evaluated_against"] == first
-    assert [m.name for m in MlflowClient().search_registered_models()] == [settings.registry.model_name]  # lock released
+    assert [m.name for m in MlflowClient().search_registered_models()] == [
+        settings.registry.model_name
+    ]  # lock released
 
 
 def test_evaluation_stops_when_the_training_manifest_cannot_be_read(train_settings, synth_dir):
@@ -229,8 +264,11 @@ def test_evaluation_stops_when_the_training_manifest_cannot_be_read(train_settin
     with mlflow.start_run() as run:  # a model logged without its split manifest
         size = train_settings.model.input_size
         info = log_pyfunc(
-            brightness_model(size, GOOD), list(train_settings.data.classes), size,
-            train_settings.validation.max_pixels, run.info.run_id,
+            brightness_model(size, GOOD),
+            list(train_settings.data.classes),
+            size,
+            train_settings.validation.max_pixels,
+            run.info.run_id,
             bounds=train_settings.validation.image_bounds,
         )
     with pytest.raises(TrainingManifestError, match="cannot read the training split manifest"):

@@ -19,7 +19,11 @@ from osteo_pipeline.steps.synth import write_synthetic_dataset
 
 
 def _contents(root: Path) -> list[Content]:
-    return [Content(sha256_file(p), p, None) for p in sorted(root.rglob("*.*")) if not p.name.startswith(".")]
+    return [
+        Content(sha256_file(p), p, None)
+        for p in sorted(root.rglob("*.*"))
+        if not p.name.startswith(".")
+    ]
 
 
 @pytest.fixture
@@ -39,7 +43,9 @@ def trained_and_new(tmp_path: Path) -> tuple[list[Content], list[Content], dict[
     return _contents(train), _contents(new), expected
 
 
-def test_identical_and_derived_copies_of_training_images_are_left_out_with_their_kind(trained_and_new, tiny_settings):
+def test_identical_and_derived_copies_of_training_images_are_left_out_with_their_kind(
+    trained_and_new, tiny_settings
+):
     seen, new, expected = trained_and_new
     reasons = seen_images(new, seen, tiny_settings)
     named = {c.path.name: reasons[c.sha256] for c in new if c.sha256 in reasons}
@@ -55,15 +61,28 @@ def test_without_derived_copies_only_identical_files_are_left_out(trained_and_ne
 
 def test_a_training_image_that_cannot_be_read_stops_the_check(trained_and_new, tiny_settings):
     seen, new, _ = trained_and_new
-    gone = Content("0" * 64, seen[0].path.with_name("deleted.png"), None)  # neither cached nor on disk
+    gone = Content(
+        "0" * 64, seen[0].path.with_name("deleted.png"), None
+    )  # neither cached nor on disk
     with pytest.raises(CopyCheckError, match="cannot be read"):
         seen_images(new, [*seen, gone], tiny_settings)
 
 
-def test_the_gate_leaves_out_copies_of_what_either_model_trained_on(trained_and_new, tiny_settings, monkeypatch):
+def test_the_gate_leaves_out_copies_of_what_either_model_trained_on(
+    trained_and_new, tiny_settings, monkeypatch
+):
     seen, new, expected = trained_and_new
-    monkeypatch.setattr(registry, "training_images", lambda uri: seen if uri == "models:/production" else [])
-    data = registry.EvaluationSet(np.arange(len(new)) % 2, [c.path.name for c in new], ["normal", "osteoporosis"], 1, "hash", new)
+    monkeypatch.setattr(
+        registry, "training_images", lambda uri: seen if uri == "models:/production" else []
+    )
+    data = registry.EvaluationSet(
+        np.arange(len(new)) % 2,
+        [c.path.name for c in new],
+        ["normal", "osteoporosis"],
+        1,
+        "hash",
+        new,
+    )
     kept = registry.without_seen(data, ["models:/candidate", "models:/production"], tiny_settings)
     assert sorted(Path(p).name for p in kept.left_out) == sorted(expected)
     assert len(kept.y_true) == len(kept.images) == len(kept.contents) == len(new) - len(expected)

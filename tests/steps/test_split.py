@@ -9,7 +9,10 @@ from osteo_pipeline.steps.validate import validate_folder
 def test_split_keeps_duplicates_together_and_excludes_conflicts(synth_dir, tiny_settings, tmp_path):
     root = synth_dir(per_class=20)
     for i in range(0, 20, 3):
-        shutil.copy(root / "normal" / f"normal_{i:03d}{'.png' if i % 2 else '.jpg'}", root / "normal" / f"dup{i}.img.png")
+        shutil.copy(
+            root / "normal" / f"normal_{i:03d}{'.png' if i % 2 else '.jpg'}",
+            root / "normal" / f"dup{i}.img.png",
+        )
     shutil.copy(root / "osteoporosis" / "osteoporosis_004.jpg", root / "normal" / "conflict.jpg")
     settings = tiny_settings.model_copy(deep=True)
     settings.validation.fail_on_label_conflicts = False
@@ -17,10 +20,15 @@ def test_split_keeps_duplicates_together_and_excludes_conflicts(synth_dir, tiny_
     files = manifest.files
     assert (files.groupby("sha256")["split"].nunique() == 1).all()
     assert (files.groupby("group")["split"].nunique() == 1).all()
-    assert {e["path"] for e in manifest.excluded} == {"normal/conflict.jpg", "osteoporosis/osteoporosis_004.jpg"}
+    assert {e["path"] for e in manifest.excluded} == {
+        "normal/conflict.jpg",
+        "osteoporosis/osteoporosis_004.jpg",
+    }
     assert not files["path"].isin(["normal/conflict.jpg"]).any()
     assert set(files["split"]) == {"train", "val", "test"}
-    saved = SplitManifest.from_dict(__import__("json").loads(manifest.save(tmp_path / "s.json").read_text()))
+    saved = SplitManifest.from_dict(
+        __import__("json").loads(manifest.save(tmp_path / "s.json").read_text())
+    )
     assert saved.dataset_hash == manifest.dataset_hash
     assert saved.files.to_dict("records") == files.to_dict("records")
 
@@ -51,7 +59,12 @@ def test_a_dicom_batch_validates_splits_and_loads_for_training(tmp_path, train_s
         folder = tmp_path / "dicom" / item.label
         folder.mkdir(parents=True, exist_ok=True)
         stored = np.asarray(item.image.convert("L"), dtype=np.uint16) * 16  # 12-bit detector values
-        (folder / f"{len(list(folder.iterdir())):03d}.dcm").write_bytes(dicom_bytes(stored, photometric="MONOCHROME1" if len(list(folder.iterdir())) % 2 else "MONOCHROME2"))
+        (folder / f"{len(list(folder.iterdir())):03d}.dcm").write_bytes(
+            dicom_bytes(
+                stored,
+                photometric="MONOCHROME1" if len(list(folder.iterdir())) % 2 else "MONOCHROME2",
+            )
+        )
     result = validate_folder(tmp_path / "dicom", train_settings)
     assert result.passed, result.summary["failed_expectations"]
     assert result.summary["formats"] == {"DICOM": 16}
@@ -61,7 +74,9 @@ def test_a_dicom_batch_validates_splits_and_loads_for_training(tmp_path, train_s
     assert arrays["train"].pixels.shape[1:] == (32, 32, 3) and arrays["train"].pixels.std() > 10
 
 
-def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_by_kind(tmp_path, tiny_settings):
+def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_by_kind(
+    tmp_path, tiny_settings
+):
     """Derived copies of every kind land in the split and CV part of their source; a copy filed
     under another class takes its whole group out, the reason naming its kind."""
     import numpy as np
@@ -83,7 +98,11 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
             copy = f"{source.split('/')[0]}/copy_{kind}_{source.split('/')[1]}.{'jpg' if format_.startswith('JPEG') else 'png'}"
             save_image(image, root / copy, format_)
             planted.append((source, copy))
-    image, format_ = derived_copy(np.asarray(Image.open(root / "normal/normal_004.jpg").convert("L")), "mirrored-knee-crop-224", rng)
+    image, format_ = derived_copy(
+        np.asarray(Image.open(root / "normal/normal_004.jpg").convert("L")),
+        "mirrored-knee-crop-224",
+        rng,
+    )
     save_image(image, root / "osteoporosis/misfiled.jpg", format_)
     settings = tiny_settings.model_copy(deep=True)
     settings.validation.fail_on_label_conflicts = False
@@ -99,5 +118,7 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
     assert all(group_of[source] == group_of[copy] for source, copy in planted)
     paths = frame["path"].to_numpy()
     for fold in group_folds(frame["label"].to_numpy(), frame["group"].to_numpy(), 3, 1, 0.2, 0):
-        part = {path: name for name in ("train", "val", "test") for path in paths[getattr(fold, name)]}
+        part = {
+            path: name for name in ("train", "val", "test") for path in paths[getattr(fold, name)]
+        }
         assert all(part[source] == part[copy] for source, copy in planted)

@@ -24,18 +24,40 @@ from osteo_pipeline.steps.validate import validate_folder
 from tests.integration_services import pg_bin, postgres
 from tests.servers import BIN
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries not installed (.ci/run installs them)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        pg_bin() is None, reason="PostgreSQL server binaries not installed (.ci/run installs them)"
+    ),
+]
 PASSWORD = "pw-osteo-7Hq2xZ"  # noqa: S105 - a test secret that must never be logged
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _workers(study: str, split_file: Path, config: Path, storage: str, log_dir: Path) -> list[subprocess.Popen]:
+def _workers(
+    study: str, split_file: Path, config: Path, storage: str, log_dir: Path
+) -> list[subprocess.Popen]:
     env = os.environ | {"OSTEO_TUNE__STORAGE": storage}
     processes = []
     for index in (1, 2, 3):
         log = (log_dir / f"worker{index}.log").open("w")
-        command = [str(BIN / "osteo"), "tune-worker", study, "--split", str(split_file), "--worker", str(index), "--config", str(config)]
-        processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        command = [
+            str(BIN / "osteo"),
+            "tune-worker",
+            study,
+            "--split",
+            str(split_file),
+            "--worker",
+            str(index),
+            "--config",
+            str(config),
+        ]
+        processes.append(
+            subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
     return processes
 
 
@@ -43,19 +65,47 @@ def _wait(processes: list[subprocess.Popen], timeout: float = 900) -> list[int]:
     return [p.wait(timeout=timeout) for p in processes]
 
 
-def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(synth_dir, train_settings, tmp_path):
+def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(
+    synth_dir, train_settings, tmp_path
+):
     with postgres() as url:
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute("create database optuna")
-        storage = url.replace("postgresql://postgres@", f"postgresql+psycopg://postgres:{PASSWORD}@").rsplit("/", 1)[0] + "/optuna"
+        storage = (
+            url.replace(
+                "postgresql://postgres@", f"postgresql+psycopg://postgres:{PASSWORD}@"
+            ).rsplit("/", 1)[0]
+            + "/optuna"
+        )
         settings = train_settings.model_copy(
-            update={"tune": train_settings.tune.model_copy(update={"storage": storage, "heartbeat_interval_s": 1, "heartbeat_grace_s": 4, "poll_s": 0.5, "pruner": "none", "trials": 9})},
+            update={
+                "tune": train_settings.tune.model_copy(
+                    update={
+                        "storage": storage,
+                        "heartbeat_interval_s": 1,
+                        "heartbeat_grace_s": 4,
+                        "poll_s": 0.5,
+                        "pruner": "none",
+                        "trials": 9,
+                    }
+                )
+            },
             deep=True,
         )
         split = split_dataset(validate_folder(synth_dir(per_class=10), settings), settings)
         split_file = split.save(tmp_path / "split.json")
         config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump(settings.model_copy(update={"tune": settings.tune.model_copy(update={"storage": "sqlite:///not-this.db"})}).model_dump(mode="json")))
+        config.write_text(
+            yaml.safe_dump(
+                settings.model_copy(
+                    update={
+                        "tune": settings.tune.model_copy(
+                            update={"storage": "sqlite:///not-this.db"}
+                        )
+                    }
+                ).model_dump(mode="json")
+            )
+        )
 
         # Three workers share one study and a global budget of 9 finished trials. One is SIGKILLed
         # mid-trial: its trial is failed by heartbeat and run again by another worker; the others
@@ -69,8 +119,13 @@ def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(synt
         killed_trial = None
         while killed_trial is None:
             assert time.monotonic() < deadline, "the victim never ran a trial"
-            for trial in optuna.load_study(study_name=study.study_name, storage=shared).get_trials(states=(TrialState.RUNNING,)):
-                if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "mlflow_run_id" in trial.user_attrs:
+            for trial in optuna.load_study(study_name=study.study_name, storage=shared).get_trials(
+                states=(TrialState.RUNNING,)
+            ):
+                if (
+                    trial.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+                    and "mlflow_run_id" in trial.user_attrs
+                ):
                     killed_trial = trial
             time.sleep(0.5)
         os.killpg(victim.pid, signal.SIGKILL)
@@ -83,7 +138,11 @@ def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(synt
         assert len({tuple(sorted(t.params.items())) for t in finished}) == 9
         assert trials[killed_trial.number].state == TrialState.FAIL
         retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial.number]
-        assert len(retried) == 1 and retried[0].state in FINISHED and retried[0].params == killed_trial.params
+        assert (
+            len(retried) == 1
+            and retried[0].state in FINISHED
+            and retried[0].params == killed_trial.params
+        )
         assert not retried[0].user_attrs["worker"].endswith(f":{victim.pid}")
         assert len({t.user_attrs["worker"] for t in finished}) >= 2  # the work was shared
 
@@ -94,17 +153,29 @@ def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(synt
         parents = [r for r in runs if r.data.tags.get("osteo.kind") == "study"]
         nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
         assert [p.info.run_id for p in parents] == [parent]
-        assert sorted(r.info.status for r in nested) == ["FAILED"] + ["FINISHED"] * 9  # the killed trial's run closed as FAILED
+        assert (
+            sorted(r.info.status for r in nested) == ["FAILED"] + ["FINISHED"] * 9
+        )  # the killed trial's run closed as FAILED
         assert client.get_run(killed_trial.user_attrs["mlflow_run_id"]).info.status == "FAILED"
         summary = summarize(study.study_name, settings, parent, 0, time.perf_counter())
-        assert summary.counts["complete"] == 9 and summary.counts["fail"] == 1 and summary.best_trial_run_id
+        assert (
+            summary.counts["complete"] == 9
+            and summary.counts["fail"] == 1
+            and summary.best_trial_run_id
+        )
         shared.engine.dispose()
 
     # The password of the storage URL is nowhere in the tracking store: database and artifacts.
     store = Path(settings.tracking.uri.removeprefix("sqlite:///"))
     assert PASSWORD.encode() not in store.read_bytes()
-    leaked = [p for p in Path(settings.tracking.artifact_root).rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
+    leaked = [
+        p
+        for p in Path(settings.tracking.artifact_root).rglob("*")
+        if p.is_file() and PASSWORD.encode() in p.read_bytes()
+    ]
     assert leaked == []
-    assert "postgresql+psycopg://postgres:***@" in client.get_run(parent).data.tags["optuna.storage"]
+    assert (
+        "postgresql+psycopg://postgres:***@" in client.get_run(parent).data.tags["optuna.storage"]
+    )
     logs = "".join(p.read_text() for p in tmp_path.glob("worker*.log"))
     assert PASSWORD not in logs

@@ -29,12 +29,22 @@ def _reasons(result, path):
     shown = display_path(path)
     reasons = [u["reason"] for u in result.summary["unreadable"] if u["path"] == shown]
     for failure in result.summary["failed_expectations"]:
-        reasons += [f"{failure['check']}: {u['value']}" for u in failure.get("unexpected", []) if u["id"] == shown]
+        reasons += [
+            f"{failure['check']}: {u['value']}"
+            for u in failure.get("unexpected", [])
+            if u["id"] == shown
+        ]
     return reasons
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[k.name.encode("utf-8", "surrogateescape").decode("ascii", "replace") for k in KINDS])
-def test_corpus_each_kind_is_rejected_with_its_reason_or_accepted_and_decoded(synth_dir, tiny_settings, kind):
+@pytest.mark.parametrize(
+    "kind",
+    KINDS,
+    ids=[k.name.encode("utf-8", "surrogateescape").decode("ascii", "replace") for k in KINDS],
+)
+def test_corpus_each_kind_is_rejected_with_its_reason_or_accepted_and_decoded(
+    synth_dir, tiny_settings, kind
+):
     root = synth_dir()
     path = root / "normal" / kind.name
     kind.write(path)
@@ -43,7 +53,9 @@ def test_corpus_each_kind_is_rejected_with_its_reason_or_accepted_and_decoded(sy
     if kind.reason is not None:
         assert not result.passed and any(re.search(kind.reason, r) for r in reasons), reasons
         assert (kind.check or "readable") in _checks(result)
-        assert f"normal/{kind.name}" in set(result.scan.manifest["path"])  # listed by name, not dropped
+        assert f"normal/{kind.name}" in set(
+            result.scan.manifest["path"]
+        )  # listed by name, not dropped
         return
     assert result.passed and reasons == [], result.summary["failed_expectations"]
     gray = load_pixels(path, 32, tiny_settings.validation.max_pixels)[:, :, 0].astype(float)
@@ -63,7 +75,10 @@ def test_min_width_and_height(synth_dir, tiny_settings):
     result = validate_folder(root, tiny_settings)
     assert {"min_width", "min_height"} <= _checks(result)
     failure = next(f for f in result.summary["failed_expectations"] if f["check"] == "min_width")
-    assert failure["unexpected"] == [{"id": "normal/small.png", "value": 16}] or failure["unexpected"][0]["id"] == "normal/small.png"
+    assert (
+        failure["unexpected"] == [{"id": "normal/small.png", "value": 16}]
+        or failure["unexpected"][0]["id"] == "normal/small.png"
+    )
     assert failure["bound"] == {"min_value": 32}
 
 
@@ -102,12 +117,16 @@ def test_class_balance(synth_dir, tiny_settings):
     root = synth_dir(per_class=10)
     for f in sorted((root / "osteoporosis").iterdir())[:7]:
         f.unlink()
-    result = validate_folder(root, tiny_settings)  # 3 of 13 = 23% passes default 10%..80%? no: 77% normal ok
+    result = validate_folder(
+        root, tiny_settings
+    )  # 3 of 13 = 23% passes default 10%..80%? no: 77% normal ok
     assert result.passed
     strict = tiny_settings.model_copy(deep=True)
     strict.validation.min_class_share = 0.3
     result = validate_folder(root, strict)
-    failure = next(f for f in result.summary["failed_expectations"] if f["check"] == "class_balance")
+    failure = next(
+        f for f in result.summary["failed_expectations"] if f["check"] == "class_balance"
+    )
     assert failure["unexpected"][0]["id"] == "osteoporosis"
 
 
@@ -116,7 +135,10 @@ def test_label_conflicts_fail_or_are_excluded(synth_dir, tiny_settings):
     shutil.copy(root / "normal" / "normal_000.jpg", root / "osteoporosis" / "copy.jpg")
     result = validate_folder(root, tiny_settings)
     assert "label_conflicts" in _checks(result)
-    assert result.summary["label_conflicts"][0]["paths"] == ["normal/normal_000.jpg", "osteoporosis/copy.jpg"]
+    assert result.summary["label_conflicts"][0]["paths"] == [
+        "normal/normal_000.jpg",
+        "osteoporosis/copy.jpg",
+    ]
     lenient = tiny_settings.model_copy(deep=True)
     lenient.validation.fail_on_label_conflicts = False
     result = validate_folder(root, lenient)
@@ -154,17 +176,27 @@ def _with_derived_copies(tmp_path):
     return root
 
 
-def test_derived_copies_are_grouped_and_a_mirrored_copy_under_another_label_conflicts(tmp_path, tiny_settings):
+def test_derived_copies_are_grouped_and_a_mirrored_copy_under_another_label_conflicts(
+    tmp_path, tiny_settings
+):
     root = _with_derived_copies(tmp_path)
     result = validate_folder(root, tiny_settings)
     group = next(g for g in result.summary["copy_groups"] if "normal/normal_001.png" in g["paths"])
-    assert group["paths"] == ["normal/normal_001.png", "normal/small.jpg", "osteoporosis/mirror.png"]
+    assert group["paths"] == [
+        "normal/normal_001.png",
+        "normal/small.jpg",
+        "osteoporosis/mirror.png",
+    ]
     kinds = {(link["source"], link["copy"]): link["kind"] for link in group["links"]}
-    assert set(kinds.values()) == {"resized", "mirrored+re-encoded"} or any("mirrored" in k for k in kinds.values())
+    assert set(kinds.values()) == {"resized", "mirrored+re-encoded"} or any(
+        "mirrored" in k for k in kinds.values()
+    )
     assert len(result.summary["copy_groups"]) == 1  # no other pair of distinct radiographs linked
     assert not result.passed and "label_conflicts" in _checks(result)
     conflict = result.summary["label_conflicts"][0]
-    assert conflict["paths"] == group["paths"] and any("mirrored" in kind for kind in conflict["kinds"])
+    assert conflict["paths"] == group["paths"] and any(
+        "mirrored" in kind for kind in conflict["kinds"]
+    )
 
 
 def test_revalidation_matches_only_new_files(tmp_path, tiny_settings):
@@ -173,7 +205,9 @@ def test_revalidation_matches_only_new_files(tmp_path, tiny_settings):
     root = _with_derived_copies(tmp_path)
     first = validate_folder(root, tiny_settings).summary["derived_copies"]
     again = validate_folder(root, tiny_settings).summary["derived_copies"]
-    sh.copy(root / "normal" / "small.jpg", root / "osteoporosis" / "extra.jpg")  # a new file, known content
+    sh.copy(
+        root / "normal" / "small.jpg", root / "osteoporosis" / "extra.jpg"
+    )  # a new file, known content
     (root / "normal" / "normal_003.png").rename(root / "normal" / "renamed.png")
     moved = validate_folder(root, tiny_settings).summary["derived_copies"]
     assert first["matched_now"] == 10 and again["matched_now"] == 0 and moved["matched_now"] == 0
@@ -182,17 +216,27 @@ def test_revalidation_matches_only_new_files(tmp_path, tiny_settings):
     assert validate_folder(root, tiny_settings).summary["derived_copies"]["matched_now"] == 10
 
 
-def test_suites_run_as_gx_checkpoints_that_build_data_docs_and_a_second_run_reuses_them(synth_dir, tiny_settings, tmp_path):
+def test_suites_run_as_gx_checkpoints_that_build_data_docs_and_a_second_run_reuses_them(
+    synth_dir, tiny_settings, tmp_path
+):
     import great_expectations as gx
 
     root, docs = synth_dir(), tmp_path / "report"
     for _ in range(2):  # the second validation into the same folder reuses GX's file context
         result = validate_folder(root, tiny_settings, docs_dir=docs)
     assert result.passed and Path(result.summary["data_docs"]).is_file()
-    assert len(list((docs / "gx" / "data_docs" / "validations").rglob("*.html"))) == 3  # one per suite: this run's
+    assert (
+        len(list((docs / "gx" / "data_docs" / "validations").rglob("*.html"))) == 3
+    )  # one per suite: this run's
     context = gx.get_context(mode="file", project_root_dir=str(docs))
-    assert {c.name for c in context.checkpoints.all()} == {"osteo-files", "osteo-classes", "osteo-contents"}
-    assert validate_folder(root, tiny_settings).summary["data_docs"] is None  # no report folder: in memory only
+    assert {c.name for c in context.checkpoints.all()} == {
+        "osteo-files",
+        "osteo-classes",
+        "osteo-contents",
+    }
+    assert (
+        validate_folder(root, tiny_settings).summary["data_docs"] is None
+    )  # no report folder: in memory only
 
 
 def test_a_failed_validation_names_the_settings_and_packaged_configs_that_fit(

@@ -29,7 +29,9 @@ SIZE, BATCH, VIEWS = 32, 16, 2
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
-    gray = np.repeat(rng.integers(0, 256, (9, SIZE, SIZE, 1), dtype=np.uint8), 3, axis=3)  # as decoded: gray in 3 channels
+    gray = np.repeat(
+        rng.integers(0, 256, (9, SIZE, SIZE, 1), dtype=np.uint8), 3, axis=3
+    )  # as decoded: gray in 3 channels
     train = Arrays(gray[:6], np.array([0, 1, 0, 1, 1, 1]))
     val = Arrays(gray[6:], np.array([0, 1, 1]))
     return train, val
@@ -38,7 +40,11 @@ def data():
 @pytest.fixture
 def settings(train_settings):
     return train_settings.model_copy(
-        update={"model": train_settings.model.model_copy(update={"dropout": 0.0}), "train": train_settings.train.model_copy(update={"batch_size": BATCH})}, deep=True
+        update={
+            "model": train_settings.model.model_copy(update={"dropout": 0.0}),
+            "train": train_settings.train.model_copy(update={"batch_size": BATCH}),
+        },
+        deep=True,
     )
 
 
@@ -51,8 +57,16 @@ def _cache(settings, data, budget=2**30, spill_dir=None, floor=2, layout=RESNET5
     train, val = data
     pixels = np.concatenate([train.pixels, val.pixels])
     return ActivationCache(
-        pixels, np.arange(len(train.pixels)), np.arange(len(train.pixels), len(pixels)), views=VIEWS,
-        augment=augmenter(settings.train.augment, settings.seed), batch_size=BATCH, floor_depth=floor, budget_bytes=budget, spill_dir=spill_dir, layout=layout,
+        pixels,
+        np.arange(len(train.pixels)),
+        np.arange(len(train.pixels), len(pixels)),
+        views=VIEWS,
+        augment=augmenter(settings.train.augment, settings.seed),
+        batch_size=BATCH,
+        floor_depth=floor,
+        budget_bytes=budget,
+        spill_dir=spill_dir,
+        layout=layout,
     )
 
 
@@ -61,7 +75,9 @@ def _vgg16(tmp_path, seed=0):
     path = tmp_path / "vgg16_notop.weights.h5"
     if not path.exists():
         keras.utils.set_random_seed(123)
-        keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)).save_weights(path)
+        keras.applications.VGG16(
+            include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
+        ).save_weights(path)
     keras.utils.set_random_seed(seed)
     return baselines.vgg16(ModelSpec(("normal", "osteoporosis"), SIZE, 8, 0.0), str(path))
 
@@ -74,7 +90,9 @@ BACKBONES = {
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_cached_training_matches_the_full_model_on_the_same_views(settings, data, tmp_path, backbone):
+def test_cached_training_matches_the_full_model_on_the_same_views(
+    settings, data, tmp_path, backbone
+):
     """ResNet-50 (the search) and VGG-16 (``osteo compare``): the same computation either way."""
     build, unfreeze, layout = BACKBONES[backbone]
     train, val = data
@@ -82,25 +100,52 @@ def test_cached_training_matches_the_full_model_on_the_same_views(settings, data
     cached = build(tmp_path)
     reference = inference_copy(cached)
     cache = _cache(settings, data, layout=layout)
-    fit_two_phase(cached, train, None, params, settings, epochs=(1, 1), cache=cache, unfreeze=unfreeze)  # no validation: both epochs stay
+    fit_two_phase(
+        cached, train, None, params, settings, epochs=(1, 1), cache=cache, unfreeze=unfreeze
+    )  # no validation: both epochs stay
 
     # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
-    views = [np.asarray(x) for _, _, x in view_batches(train.pixels, np.arange(len(train.pixels)), VIEWS, augmenter(settings.train.augment, settings.seed), BATCH)]
+    views = [
+        np.asarray(x)
+        for _, _, x in view_batches(
+            train.pixels,
+            np.arange(len(train.pixels)),
+            VIEWS,
+            augmenter(settings.train.augment, settings.seed),
+            BATCH,
+        )
+    ]
     weights = class_weights(train.labels, 2, "balanced")
     sample_weight = np.array([weights[c] for c in train.labels], np.float32)
-    for epoch, (depth, lr) in enumerate(((0, settings.train.head_learning_rate), (2, params.learning_rate))):
+    for epoch, (depth, lr) in enumerate(
+        ((0, settings.train.head_learning_rate), (2, params.learning_rate))
+    ):
         unfreeze(reference, depth)
         reference.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy")
-        reference.fit(views[epoch], np.eye(2)[train.labels], sample_weight=sample_weight, batch_size=BATCH, shuffle=False, verbose=0)
+        reference.fit(
+            views[epoch],
+            np.eye(2)[train.labels],
+            sample_weight=sample_weight,
+            batch_size=BATCH,
+            shuffle=False,
+            verbose=0,
+        )
 
-    changed = [not np.allclose(a, b) for a, b in zip(cached.get_weights(), build(tmp_path).get_weights())]
+    changed = [
+        not np.allclose(a, b) for a, b in zip(cached.get_weights(), build(tmp_path).get_weights())
+    ]
     assert any(changed), "training changed nothing"
     for got, want in zip(cached.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
-        predict_val(cached, val, 2, BATCH, cache), reference.predict(model_input(val.pixels.astype(np.float32)), verbose=0), rtol=1e-4, atol=1e-5
+        predict_val(cached, val, 2, BATCH, cache),
+        reference.predict(model_input(val.pixels.astype(np.float32)), verbose=0),
+        rtol=1e-4,
+        atol=1e-5,
     )
-    assert cache.report()["activation_cache_boundaries"] == 3  # the floor (depth 2), and depths 1 and 0 on one pass up from it
+    assert (
+        cache.report()["activation_cache_boundaries"] == 3
+    )  # the floor (depth 2), and depths 1 and 0 on one pass up from it
 
 
 def test_boundaries_chained_from_the_floor_equal_a_direct_pass(settings, data):
@@ -113,7 +158,9 @@ def test_boundaries_chained_from_the_floor_equal_a_direct_pass(settings, data):
         direct = backbone_segment(model, None, [depth])(images, training=False)
         np.testing.assert_allclose(cache.val(depth), np.asarray(direct), rtol=1e-4, atol=1e-5)
         assert cache.train(depth).shape[:2] == (VIEWS, len(train.labels))
-    np.testing.assert_allclose(cache.val(0), np.asarray(get_backbone(model)(images, training=False)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        cache.val(0), np.asarray(get_backbone(model)(images, training=False)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings, data, tmp_path):
@@ -126,7 +173,10 @@ def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings,
     assert report["activation_cache_memory_mb"] == 0 and report["activation_cache_spilled_mb"] > 0
     assert isinstance(spilled.train(0), np.memmap) and any((tmp_path / "spill").iterdir())
     # the floor (2) and the asked-for depth (0) spill; boundary 1, passed on the way, is kept only in memory
-    assert report["activation_cache_boundaries"] == 2 and in_memory.report()["activation_cache_boundaries"] == 3
+    assert (
+        report["activation_cache_boundaries"] == 2
+        and in_memory.report()["activation_cache_boundaries"] == 3
+    )
     np.testing.assert_array_equal(np.asarray(spilled.train(0)), in_memory.train(0))
     spilled.close()
     assert not any((tmp_path / "spill").iterdir())
@@ -139,11 +189,29 @@ def test_a_shared_cache_gives_each_fold_what_a_cache_of_its_own_rows_gives(setti
     pixels = np.concatenate([train.pixels, val.pixels])
     rows = np.arange(len(pixels))
     augment = augmenter(settings.train.augment, settings.seed)
-    shared = ActivationCache(pixels, rows, rows, views=VIEWS, augment=augment, batch_size=4, floor_depth=1, budget_bytes=2**30)
+    shared = ActivationCache(
+        pixels,
+        rows,
+        rows,
+        views=VIEWS,
+        augment=augment,
+        batch_size=4,
+        floor_depth=1,
+        budget_bytes=2**30,
+    )
     model = _model()
     shared.attach(model, [1, 0])
     fold_train, fold_val = np.array([0, 2, 3, 5, 7]), np.array([1, 4, 8])
-    own = ActivationCache(pixels, fold_train, fold_val, views=VIEWS, augment=augment, batch_size=3, floor_depth=1, budget_bytes=2**30)
+    own = ActivationCache(
+        pixels,
+        fold_train,
+        fold_val,
+        views=VIEWS,
+        augment=augment,
+        batch_size=3,
+        floor_depth=1,
+        budget_bytes=2**30,
+    )
     own.attach(model, [1, 0])
     fold = shared.fold(fold_train, fold_val)
     for depth in (0, 1):

@@ -13,7 +13,9 @@ from osteo_pipeline.training.fit import FitResult
 
 def test_folds_keep_groups_whole_and_validate_every_image_once():
     rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(30), rng.integers(1, 4, 30))  # copies of one radiograph share a group
+    groups = np.repeat(
+        np.arange(30), rng.integers(1, 4, 30)
+    )  # copies of one radiograph share a group
     labels = (groups % 3 == 0).astype(int)
     folds = cv_folds(labels, groups, 5, seed=1)
     assert len(folds) == 5
@@ -48,7 +50,14 @@ def test_one_epoch_count_is_chosen_across_folds_and_oof_covers_every_image():
     arrays = Arrays(np.zeros((20, 4, 4, 3), np.uint8), labels)
     folds = cv_folds(labels, np.arange(20), 4, seed=0)
     reported = []
-    result = cross_validate(arrays, folds, _fake_fit(labels, [0.05, 0.3, 0.1]), head_epochs=2, positive=1, report=lambda f, v: reported.append((f, v)))
+    result = cross_validate(
+        arrays,
+        folds,
+        _fake_fit(labels, [0.05, 0.3, 0.1]),
+        head_epochs=2,
+        positive=1,
+        report=lambda f, v: reported.append((f, v)),
+    )
     assert result.epochs == 2 and (result.head_epochs, result.finetune_epochs) == (2, 0)
     assert [f for f, _ in reported] == [0, 1, 2, 3] and (result.fold >= 0).all()
     assert np.allclose(result.oof[labels == 1, 1], 0.8)
@@ -97,7 +106,9 @@ def test_the_estimate_has_a_corrected_interval_around_the_fold_mean():
     rng = np.random.default_rng(1)
     labels = np.array([0, 1] * 30)
     score = np.clip(0.5 + 0.2 * (2 * labels - 1) + rng.normal(0, 0.25, 60), 0.01, 0.99)
-    result = CVResult(3, 2, 1, np.arange(60) % 5, labels, np.stack([1 - score, score], axis=1), [], [])
+    result = CVResult(
+        3, 2, 1, np.arange(60) % 5, labels, np.stack([1 - score, score], axis=1), [], []
+    )
     estimate = oof_estimate(result, positive=1)
     auc = estimate["roc_auc"]
     assert 0.5 < auc["value"] < 1 and auc["low"] < auc["value"] < auc["high"] <= 1
@@ -117,14 +128,18 @@ def test_fold_models_and_refit_never_train_on_what_they_predict():
     def fit_predict(trained: np.ndarray, predict: list[np.ndarray]) -> list[np.ndarray]:
         """Each image's probability encodes its index (and, for the test part, which fit)."""
         fits.append((set(trained.tolist()), predict))
-        out = [np.column_stack([1 - (p := images / 100 + len(fits) / 1000), p]) for images in predict]
+        out = [
+            np.column_stack([1 - (p := images / 100 + len(fits) / 1000), p]) for images in predict
+        ]
         test_predictions.append(out[-1])
         return out
 
     final = final_models(labels, groups, train, test, 3, 0, fit_predict)
     *members, refit = fits
     assert len(members) == 3
-    assert refit[0] == set(train.tolist()) and len(refit[1]) == 1 and np.array_equal(refit[1][0], test)
+    assert (
+        refit[0] == set(train.tolist()) and len(refit[1]) == 1 and np.array_equal(refit[1][0], test)
+    )
     held_out = [set(val.tolist()) for _, (val, _) in members]
     assert set().union(*held_out) == set(train.tolist()) and sum(map(len, held_out)) == len(train)
     for trained, (val, predicted_test) in members:

@@ -17,21 +17,29 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
 
     def fake(*args, **kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]"
+        )
 
     monkeypatch.setattr(keras.utils, "get_file", fake)
 
 
 def test_imagenet_unavailable_fails_clearly(train_settings, offline):
-    settings = train_settings.model_copy(update={"model": train_settings.model.model_copy(update={"weights": "imagenet"})})
+    settings = train_settings.model_copy(
+        update={"model": train_settings.model.model_copy(update={"weights": "imagenet"})}
+    )
     with pytest.raises(WeightsUnavailableError, match="OSTEO_BACKBONE_WEIGHTS"):
         build(settings, TrainParams.from_settings(settings), np.zeros((2, 32, 32, 3), np.uint8))
 
 
 def test_random_init_fallback_only_when_allowed(train_settings, offline):
-    model_settings = train_settings.model.model_copy(update={"weights": "imagenet", "allow_random_init_fallback": True})
+    model_settings = train_settings.model.model_copy(
+        update={"weights": "imagenet", "allow_random_init_fallback": True}
+    )
     settings = train_settings.model_copy(update={"model": model_settings})
-    model, used = build(settings, TrainParams.from_settings(settings), np.zeros((2, 32, 32, 3), np.uint8))
+    model, used = build(
+        settings, TrainParams.from_settings(settings), np.zeros((2, 32, 32, 3), np.uint8)
+    )
     assert used.random_init and used.identity == "random-init" and "demo fallback" in used.described
     assert model.output_shape == (None, 2)
 
@@ -41,7 +49,9 @@ def test_augmentation_is_applied_to_training_data_only(train_settings, monkeypat
     real = train_step.make_dataset
 
     def spy(pixels, labels, n_classes, batch_size, augment=None, shuffle_seed=None):
-        calls.append({"n": len(pixels), "augment": augment is not None, "shuffle": shuffle_seed is not None})
+        calls.append(
+            {"n": len(pixels), "augment": augment is not None, "shuffle": shuffle_seed is not None}
+        )
         return real(pixels, labels, n_classes, batch_size, augment, shuffle_seed)
 
     monkeypatch.setattr(train_step, "make_dataset", spy)
@@ -49,24 +59,46 @@ def test_augmentation_is_applied_to_training_data_only(train_settings, monkeypat
     train = Arrays(rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), np.array([0, 1] * 3))
     val = Arrays(rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), np.array([0, 1, 0]))
     model, _ = build(train_settings, TrainParams.from_settings(train_settings), train.pixels)
-    fit = fit_two_phase(model, train, val, TrainParams.from_settings(train_settings), train_settings)
-    assert calls == [{"n": 6, "augment": True, "shuffle": True}, {"n": 3, "augment": False, "shuffle": False}]
-    assert fit.head_epochs == 1 and fit.finetune_epochs in (0, 1)  # 0: the fine-tune epoch did not help
+    fit = fit_two_phase(
+        model, train, val, TrainParams.from_settings(train_settings), train_settings
+    )
+    assert calls == [
+        {"n": 6, "augment": True, "shuffle": True},
+        {"n": 3, "augment": False, "shuffle": False},
+    ]
+    assert fit.head_epochs == 1 and fit.finetune_epochs in (
+        0,
+        1,
+    )  # 0: the fine-tune epoch did not help
     assert len(fit.history["val_loss"]) == 2
 
 
 def test_fine_tuning_that_never_beats_the_head_phase_is_undone_and_not_replayed(train_settings):
     rng = np.random.default_rng(0)
-    gray = np.repeat(rng.integers(0, 255, (12, 16, 16, 1), dtype=np.uint8), 3, axis=3)  # radiographs are gray
+    gray = np.repeat(
+        rng.integers(0, 255, (12, 16, 16, 1), dtype=np.uint8), 3, axis=3
+    )  # radiographs are gray
     train, val = Arrays(gray[:8], np.array([0, 1] * 4)), Arrays(gray[8:], np.array([0, 1] * 2))
-    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
-    ruinous = TrainParams(learning_rate=100.0, unfreeze_depth=1, head_units=8, dropout=0.0)  # fine-tuning at lr 100 only gets worse
-    fit = fit_two_phase(model, train, val, ruinous, train_settings, epochs=(2, 2), unfreeze=lambda m, depth: None)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    ruinous = TrainParams(
+        learning_rate=100.0, unfreeze_depth=1, head_units=8, dropout=0.0
+    )  # fine-tuning at lr 100 only gets worse
+    fit = fit_two_phase(
+        model, train, val, ruinous, train_settings, epochs=(2, 2), unfreeze=lambda m, depth: None
+    )
     head, finetune = fit.history["val_loss"][:2], fit.history["val_loss"][2:]
     assert len(finetune) == 2 and min(finetune) > min(head)
     assert fit.finetune_epochs == 0 and fit.head_epochs == int(np.argmin(head)) + 1
     x = np.asarray(model_input(val.pixels.astype(np.float32)))
-    restored = model.evaluate(x, keras.utils.to_categorical(val.labels, 2), verbose=0, return_dict=True)["loss"]
+    restored = model.evaluate(
+        x, keras.utils.to_categorical(val.labels, 2), verbose=0, return_dict=True
+    )["loss"]
     assert restored == pytest.approx(min(head), rel=1e-4)
 
 
@@ -117,7 +149,9 @@ def test_mirrored_training_on_two_logical_devices_matches_one_device():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
     assert results["off"]["replicas"] == 1 and results["on"]["replicas"] == 2
@@ -137,7 +171,9 @@ def test_the_served_copy_of_a_mixed_precision_model_runs_in_float32():
         keras.mixed_precision.set_global_policy("float32")
     assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
     served = inference_copy(model)
-    policies = {layer.dtype_policy.name for layer in served.layers} | {layer.dtype_policy.name for layer in served.get_layer("resnet50").layers}
+    policies = {layer.dtype_policy.name for layer in served.layers} | {
+        layer.dtype_policy.name for layer in served.get_layer("resnet50").layers
+    }
     assert policies == {"float32"}
     x = model_input(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
     np.testing.assert_allclose(served(x).numpy(), model(x).numpy().astype(np.float32), atol=2e-2)

@@ -20,6 +20,10 @@ from osteo_pipeline.training.zoo import KerasSystem
         (None, 0, (4, 8), 0, False),  # from scratch
     ],
 )
-def test_a_system_knows_its_deepest_trained_block_and_whether_a_frozen_prefix_is_left(layout, unfreeze, epochs, depth, frozen_prefix):
-    system = KerasSystem(None, TrainParams(1e-3, unfreeze, 0, 0.0), epochs, lambda model, d: None, layout)
+def test_a_system_knows_its_deepest_trained_block_and_whether_a_frozen_prefix_is_left(
+    layout, unfreeze, epochs, depth, frozen_prefix
+):
+    system = KerasSystem(
+        None, TrainParams(1e-3, unfreeze, 0, 0.0), epochs, lambda model, d: None, layout
+    )
     assert (system.depth, system.frozen_prefix) == (depth, frozen_prefix)
