@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -264,15 +265,9 @@ def load_gray_views(
     return knee_crops(load_gray(source, 3 * size, max_pixels, bounds), size)
 
 
-def load_views(
-    source: str | Path | bytes,
-    size: int,
-    max_pixels: int,
-    roi: str = "image",
-    bounds: ImageBounds | None = None,
-) -> np.ndarray:
-    """:func:`load_gray_views` replicated to three channels (V x size x size x 3)."""
-    return np.repeat(load_gray_views(source, size, max_pixels, roi, bounds)[..., None], 3, axis=3)
+def load_views(*args: Any, **kwargs: Any) -> np.ndarray:
+    """:func:`load_gray_views` (same arguments), replicated to 3 channels: V x size x size x 3."""
+    return np.repeat(load_gray_views(*args, **kwargs)[..., None], 3, axis=3)
 
 
 def model_input(pixels):

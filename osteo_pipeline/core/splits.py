@@ -20,18 +20,18 @@ class SplitError(OsteoError, ValueError):
 
 
 def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a held-out share of about ``fraction``, whole groups only, per-class balanced.
+    """Boolean mask of a held-out share of about ``fraction``: whole groups, per-class balanced.
 
-    StratifiedGroupKFold with k = round(1/fraction) folds; the first fold is the hold-out, so the
-    realised share is 1/k (0.15 -> 1/7 = 0.143)."""
+    The first of k = round(1/fraction) stratified group folds is the hold-out, so the realised
+    share is 1/k."""
     n_splits = max(2, round(1 / fraction))
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise SplitError(
-            f"only {n_groups} distinct image groups: too few for a {fraction:.0%} hold-out "
-            f"({n_splits} folds needed); add images or change split fractions"
-        )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    splitter = _splitter(
+        groups,
+        n_splits,
+        seed,
+        f"a {fraction:.0%} hold-out ({n_splits} folds needed); "
+        "add images or change split fractions",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny sets
         try:
@@ -43,6 +43,14 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
+
+
+def _splitter(groups: np.ndarray, n_splits: int, seed: int, what: str) -> StratifiedGroupKFold:
+    """A shuffled StratifiedGroupKFold, once there are at least ``n_splits`` groups for ``what``."""
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise SplitError(f"only {n_groups} distinct image groups: too few for {what}")
+    return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
@@ -91,12 +99,9 @@ def group_folds(
     """Repeated stratified group k-fold: each repeat reshuffles (seed + repeat), every duplicate
     group lies wholly in one of train, val or test, and every row is tested once per repeat."""
     labels, groups = np.asarray(labels), np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise SplitError(f"only {n_groups} distinct image groups: too few for {n_splits} folds")
     folds = []
     for repeat in range(repeats):
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + repeat)
+        splitter = _splitter(groups, n_splits, seed + repeat, f"{n_splits} folds")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             parts = list(splitter.split(np.zeros(len(labels)), labels, groups))
@@ -114,17 +119,12 @@ def cv_folds(
     """Stratified group k-fold: (train, val) indices per fold; every group of copies lies in one
     part, and every row is validated exactly once."""
     labels, groups = np.asarray(labels), np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise SplitError(
-            f"only {n_groups} distinct image groups: too few for {n_splits}-fold cross-validation (tune.cv_folds)"
-        )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    splitter = _splitter(
+        groups, n_splits, seed, f"{n_splits}-fold cross-validation (tune.cv_folds)"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return [
-            (train, val) for train, val in splitter.split(np.zeros(len(labels)), labels, groups)
-        ]
+        return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
 def dataset_hash(frame: pd.DataFrame) -> str:
