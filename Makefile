@@ -68,8 +68,13 @@ bench: install
 	$(BIN)/python bench/cv_search.py
 	$(BIN)/python bench/copies.py
 
+# CI runs this before the tests: ruff's rules (line length 100 included), ruff's formatting, and
+# tools/check_structure.py (no module of 400 lines or more, no repeated block of six lines).
+LINTED = osteo_pipeline flows tests bench tools
 lint: install
-	$(BIN)/ruff check osteo_pipeline flows tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/python tools/check_structure.py
 
 clean:
 	rm -rf outputs $(DEMO_DIR) .pytest_cache .prefect mlflow.db optuna.db mlruns/[!.]*

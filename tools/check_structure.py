@@ -1,10 +1,10 @@
 """Structure checks that ruff does not make: module size and repeated blocks.
 
 `make lint` (and so CI) runs this. It fails when a module under `osteo_pipeline/` or `flows/` has
-400 lines or more, or when a block of six or more logical lines of the same shape (the same tokens
-once names, strings and numbers are blanked alike) stands twice inside `osteo_pipeline/`. Blank lines,
-comments, docstrings, import lines and tables of like rows (a window of at most two
-shapes) do not count, as in the project's `duplicates` review tool.
+400 lines or more, or when a block of six or more lines of the same shape (the same tokens once
+names, strings and numbers are blanked alike) stands twice inside `osteo_pipeline/`. Blank lines,
+comments, docstrings, import lines and tables of like rows (a window of at most two shapes) do
+not count.
 """
 
 from __future__ import annotations
