@@ -133,7 +133,10 @@ def measure_real(data_dir: Path, planted: int, seed: int) -> dict[str, object]:
             pixels = np.asarray(Image.open(root / source).convert("L"))
             for kind in COPY_KINDS:
                 image, format_ = derived_copy(pixels, kind, rng)
-                name = f"{Path(source).parent}/planted_{Path(source).stem}_{kind}.{'jpg' if format_.startswith('JPEG') else 'png'}"
+                name = (
+                    f"{Path(source).parent}/planted_{Path(source).stem}_{kind}."
+                    f"{'jpg' if format_.startswith('JPEG') else 'png'}"
+                )
                 save_image(image, root / name, format_)
                 plants.append((str(source), name, kind))
         settings = load_settings(

@@ -39,14 +39,24 @@ VARIANTS = {
 def _config(work: Path, args: argparse.Namespace, variant: dict) -> Path:
     config = {
         "data": {"classes": ["normal", "osteoporosis"], "ignore_unlisted_classes": True},
-        "validation": {"fail_on_label_conflicts": False, "min_class_share": 0.05, "min_width": 64, "min_height": 64},
-        "model": {"input_size": args.size, "weights": cached_or_none()},
-        "train": {"batch_size": 16, "head_epochs": args.head_epochs, "finetune_epochs": args.finetune_epochs, "cache_dir": str(args.pixel_cache)},
-        "tune": {
-            "storage": f"sqlite:///{work / 'optuna.db'}", "study_name": "bench", "warm_start_trials": 0, "pruner": "none",
-            "unfreeze_depth": [0, 3], "head_units": [0, 64, 256], "l2": [1e-6, 0.1], "cv_folds": args.folds, **variant,
+        "validation": {
+            "fail_on_label_conflicts": False, "min_class_share": 0.05,
+            "min_width": 64, "min_height": 64,
         },
-        "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlruns")},
+        "model": {"input_size": args.size, "weights": cached_or_none()},
+        "train": {
+            "batch_size": 16, "head_epochs": args.head_epochs,
+            "finetune_epochs": args.finetune_epochs, "cache_dir": str(args.pixel_cache),
+        },
+        "tune": {
+            "storage": f"sqlite:///{work / 'optuna.db'}", "study_name": "bench",
+            "warm_start_trials": 0, "pruner": "none",
+            "unfreeze_depth": [0, 3], "head_units": [0, 64, 256], "l2": [1e-6, 0.1],
+            "cv_folds": args.folds, **variant,
+        },
+        "tracking": {
+            "uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlruns"),
+        },
         "output_dir": str(work / "outputs"),
     }  # fmt: skip
     path = work / "config.yaml"
@@ -115,7 +125,10 @@ def main() -> None:
     runs = [_run(args, name, variant) for name, variant in VARIANTS.items()]
     naive, cached, cv = (r["wall_s"] for r in runs)
     results = {
-        "what": f"{args.trials}-trial search, {args.size} px, {args.head_epochs}+{args.finetune_epochs} epochs, no pruning; CV {args.folds}-fold",
+        "what": (
+            f"{args.trials}-trial search, {args.size} px, "
+            f"{args.head_epochs}+{args.finetune_epochs} epochs, no pruning; CV {args.folds}-fold"
+        ),
         "data": str(args.data),
         "runs": runs,
         "cv_over_naive_single_split": round(cv / naive, 2),

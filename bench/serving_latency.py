@@ -1,7 +1,8 @@
 """Serving latency: p50/p95 of a request to `mlflow models serve` vs the raw in-process model call
 on the same image, batch 1 and 16, measured in the same run. Goal: server p50 <= 1.3x raw (batch 1).
 
-    .venv/bin/python bench/serving_latency.py [--size 224] [--requests 60] [--out bench/results/serving_latency.json]
+    .venv/bin/python bench/serving_latency.py [--size 224] [--requests 60]
+        [--out bench/results/serving_latency.json]
 
 The model is a real ResNet-50 pyfunc (random init: latency does not depend on the weights' values)
 logged to a throw-away MLflow store; the server binds 127.0.0.1 only."""

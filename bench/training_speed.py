@@ -20,7 +20,8 @@ Timing on a shared machine: this VM stalls at times (both cores idle for several
 process waits, outside its control), which adds wall time to whatever runs then. So every epoch's
 wall time *and* process CPU time are recorded, epochs are repeated, and ratios are given on the
 median, on the fastest epoch (the stall-free estimate) and on CPU time; the search runs once and
-is given in wall and CPU seconds. Goals are judged on the fastest epoch and CPU time (``summarise``)."""
+is given in wall and CPU seconds. Goals are judged on the fastest epoch and CPU time
+(``summarise``)."""
 
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ def _config(work: Path, args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace, workers: int) -> dict:
-    """One whole ``osteo tune`` call on a fresh study and store; wall and CPU time of all its processes."""
+    """One whole ``osteo tune`` call on a fresh study and store; wall and CPU time of all its
+    processes."""
     with tempfile.TemporaryDirectory(prefix=f"bench-tune-{workers}-") as folder:
         work = Path(folder)
         command = [

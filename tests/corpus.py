@@ -65,7 +65,8 @@ def dicom_bytes(
     spacing: tuple[float, float] | None = (0.15, 0.15),
     claimed_shape: tuple[int, int] | None = None,
 ) -> bytes:
-    """An uncompressed DICOM radiograph (Part 10, explicit VR little endian) of ``stored`` values."""
+    """An uncompressed DICOM radiograph (Part 10, explicit VR little endian) of ``stored``
+    values."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 

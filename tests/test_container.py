@@ -106,9 +106,8 @@ def _wait_for(url: str, container: str, timeout: float) -> None:
         state = _docker("inspect", "-f", "{{.State.Running}}", container).stdout.strip()
         assert state == "true", f"{container} exited: {_docker('logs', container).stdout[-3000:]}"
         time.sleep(1)
-    raise AssertionError(
-        f"{url} did not answer within {timeout} s: {subprocess.run(['docker', 'logs', container], capture_output=True, text=True).stdout[-3000:]}"
-    )
+    logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True).stdout
+    raise AssertionError(f"{url} did not answer within {timeout} s: {logs[-3000:]}")
 
 
 def test_train_promote_and_serve_inside_the_image(volumes, tmp_path):

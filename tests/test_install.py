@@ -138,7 +138,12 @@ def test_the_wheel_holds_every_module_and_data_file_of_the_source_tree(installed
 
 
 def test_the_wheel_holds_the_package_its_suites_and_flows(installed, tmp_path):
-    probe = "import osteo_pipeline, flows.retrain; from importlib import resources; print(osteo_pipeline.__file__); print(sorted(p.name for p in resources.files('osteo_pipeline.expectations').iterdir() if p.name.endswith('.json')))"
+    probe = (
+        "import osteo_pipeline, flows.retrain; from importlib import resources; "
+        "print(osteo_pipeline.__file__); "
+        "print(sorted(p.name for p in resources.files('osteo_pipeline.expectations').iterdir() "
+        "if p.name.endswith('.json')))"
+    )
     result = subprocess.run(
         [str(installed / "python"), "-c", probe],
         capture_output=True,
@@ -242,7 +247,8 @@ def _demo(installed: Path, work: Path, **env: str) -> subprocess.CompletedProces
         [
             str(installed / "python"),
             "-c",
-            "from importlib import resources; print(resources.files('osteo_pipeline.configs') / 'demo.yaml')",
+            "from importlib import resources; "
+            "print(resources.files('osteo_pipeline.configs') / 'demo.yaml')",
         ],
         capture_output=True,
         text=True,

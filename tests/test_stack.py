@@ -229,7 +229,11 @@ def test_the_stack_retrains_through_its_deployment_and_serves_each_promotion(sta
         workers,
     )  # the tune-worker ran trials of the study
     # The bucket, listed with the stack's own S3 credentials and endpoint (the MLflow server's).
-    listing = "import boto3, os; print(*(o['Key'] for o in boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL']).list_objects_v2(Bucket='osteo', Prefix='mlflow/')['Contents']))"
+    listing = (
+        "import boto3, os; print(*(o['Key'] for o in boto3.client('s3', "
+        "endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL'])"
+        ".list_objects_v2(Bucket='osteo', Prefix='mlflow/')['Contents']))"
+    )
     keys = stack.compose("exec", "-T", "mlflow", "python", "-c", listing).stdout.split()
     assert any(key.endswith("/MLmodel") for key in keys) and any(
         first.run_id in key for key in keys

@@ -42,7 +42,8 @@ def vgg16(spec: ModelSpec, weights: str) -> keras.Model:
     shape = (spec.input_size, spec.input_size, 3)
     if weights != "imagenet" and not Path(weights).expanduser().is_file():
         raise WeightsUnavailableError(
-            f"VGG-16 weights file not found: {weights} (compare.vgg16_weights / OSTEO_VGG16_WEIGHTS)"
+            f"VGG-16 weights file not found: {weights} "
+            "(compare.vgg16_weights / OSTEO_VGG16_WEIGHTS)"
         )
     source = weights if weights == "imagenet" else str(Path(weights).expanduser())
     try:
@@ -51,8 +52,9 @@ def vgg16(spec: ModelSpec, weights: str) -> keras.Model:
         )
     except Exception as exc:  # noqa: BLE001 - download or file errors of many kinds
         raise WeightsUnavailableError(
-            f"VGG-16 ImageNet weights unavailable ({type(exc).__name__}: {str(exc)[:160]}); set compare.vgg16_weights "
-            "(or OSTEO_VGG16_WEIGHTS) to a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+            f"VGG-16 ImageNet weights unavailable ({type(exc).__name__}: {str(exc)[:160]}); "
+            "set compare.vgg16_weights (or OSTEO_VGG16_WEIGHTS) to a local "
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
         ) from exc
     model = classifier(base, spec, "vgg16_tl", frozen_statistics=True)
     set_trainable_vgg_blocks(model, 0)

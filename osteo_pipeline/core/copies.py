@@ -241,7 +241,8 @@ class Match:
     score: float  # correlation of high-passed pixels over the overlap, -1 when no fit was found
     transform: np.ndarray | None  # 2x3 similarity from the copy's picture into the source's
     cover: float  # share of the source's picture the copy covers
-    inside: float  # share of the copy's picture that lies on the source (< 1: the source is a crop of it)
+    # share of the copy's picture that lies on the source (< 1: the source is a crop of it)
+    inside: float
 
 
 NO_MATCH = Match(-1.0, None, 0.0, 0.0)

@@ -33,7 +33,8 @@ class XrayAugment:
         self.seed = seed
 
     def __call__(self, gray: np.ndarray, key: Sequence[int]) -> np.ndarray:
-        """Augmented copies (float32, N x H x W, uint8 range before clipping) of ``gray`` (N x H x W)."""
+        """Augmented copies (float32, N x H x W, uint8 range before clipping) of ``gray``
+        (N x H x W)."""
         s, (n, height, width) = self.settings, gray.shape
         rng = np.random.default_rng([self.seed, *(int(k) for k in key)])
         span = lambda limit, centre=0.0: rng.uniform(centre - limit, centre + limit, n)  # noqa: E731
@@ -42,7 +43,8 @@ class XrayAugment:
         zoom_x, zoom_y = span(s.zoom, 1.0), span(s.zoom, 1.0)
         shift_x, shift_y = span(s.shift) * width, span(s.shift) * height
         brightness, contrast = span(s.brightness) * 255.0, span(s.contrast, 1.0)
-        # Output pixel -> input pixel: x_in = M (x_out - centre - shift) + centre, M = flip . zoom . R(-angle)
+        # Output pixel -> input pixel: x_in = M (x_out - centre - shift) + centre,
+        # M = flip . zoom . R(-angle)
         cos, sin = np.cos(angle), np.sin(angle)
         m00, m01, m10, m11 = flip * zoom_x * cos, flip * zoom_x * sin, -zoom_y * sin, zoom_y * cos
         cx, cy = (width - 1) / 2, (height - 1) / 2

@@ -28,7 +28,8 @@ def grad_cam(
     predicted class), and the model's probabilities. ``pixels``: N x S x S x 3 uint8."""
     if not explainable(model):
         raise ValueError(
-            f"cannot explain model {model.name!r}: Grad-CAM needs the pipeline's layout ({BACKBONE_NAME} backbone, then {', '.join(REQUIRED_HEAD_LAYERS)})"
+            f"cannot explain model {model.name!r}: Grad-CAM needs the pipeline's layout "
+            f"({BACKBONE_NAME} backbone, then {', '.join(REQUIRED_HEAD_LAYERS)})"
         )
     base = model.get_layer(BACKBONE_NAME)
     head = head_layers(model)

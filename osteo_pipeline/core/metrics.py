@@ -1,7 +1,8 @@
 """Classification metrics on held-out predictions, with scikit-learn doing the arithmetic.
 
 Binary tasks report precision, recall (sensitivity), specificity and F1 for the positive class;
-with more classes they are macro averages (specificity one-vs-rest). Bootstrap CIs resample cases."""
+with more classes they are macro averages (specificity one-vs-rest). Bootstrap CIs resample
+cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ResNet-50 transfer-learning model: build, freeze/unfreeze by residual block, strip for serving."""
+"""ResNet-50 transfer-learning model: build, (un)freeze by residual block, strip for serving."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def pooled_feature_statistics(
 
 
 def backbone(weights: str | None, input_size: int) -> keras.Model:
-    """ResNet-50 without its top: ``imagenet`` (Keras download), a local ``.h5`` path, or ``None``."""
+    """ResNet-50 without its top: ``imagenet`` (Keras download), a local ``.h5`` path, or
+    ``None``."""
     shape = (input_size, input_size, 3)
     if weights is None or weights == "imagenet":
         return keras.applications.ResNet50(
@@ -159,7 +160,8 @@ def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def set_unfrozen_blocks(model: keras.Model, depth: int) -> list[str]:
     """Make the top ``depth`` residual blocks trainable (0 = head only, 16 = every block; the
-    stem ``conv1`` then too). BatchNormalization layers stay frozen. Returns trainable layer names."""
+    stem ``conv1`` then too). BatchNormalization layers stay frozen. Returns trainable layer
+    names."""
     if not 0 <= depth <= MAX_UNFREEZE_DEPTH:
         raise ValueError(f"unfreeze_depth must be in 0..{MAX_UNFREEZE_DEPTH}, got {depth}")
     base = get_backbone(model)
@@ -193,7 +195,8 @@ class BlockLayout:
     def boundary_layer(self, depth: int) -> str:
         if not 0 <= depth < len(self.boundaries):
             raise ValueError(
-                f"no frozen prefix for unfreeze depth {depth} of {self.backbone} (0..{len(self.boundaries) - 1} have one)"
+                f"no frozen prefix for unfreeze depth {depth} of {self.backbone} "
+                f"(0..{len(self.boundaries) - 1} have one)"
             )
         return self.boundaries[depth]
 
@@ -227,7 +230,8 @@ def backbone_segment(
 
 def top_model(model: keras.Model, depth: int, layout: BlockLayout = RESNET50_LAYOUT) -> keras.Model:
     """The top ``depth`` blocks plus the head, as a model on the boundary activation: the part of
-    ``model`` a trial with that unfreeze depth trains. Layers (and weights) are shared with ``model``."""
+    ``model`` a trial with that unfreeze depth trains. Layers (and weights) are shared with
+    ``model``."""
     base = model.get_layer(layout.backbone)
     boundary = base.get_layer(layout.boundary_layer(depth)).output
     inputs = keras.Input(shape=tuple(boundary.shape[1:]), name="activation")

@@ -68,8 +68,9 @@ def prediction_grid(
     max_images: int = 16,
     title: str | None = None,
 ) -> Figure:
-    """Test images (N x S x S x 3 uint8: replicated gray, or Grad-CAM overlays) with true label, predicted label and
-    its probability (the paper's Fig. 11); predictions default to the arg-max."""
+    """Test images (N x S x S x 3 uint8: replicated gray, or Grad-CAM overlays) with true label,
+    predicted label and its probability (the paper's Fig. 11); predictions default to the
+    arg-max."""
     y_pred = proba.argmax(axis=1) if y_pred is None else y_pred
     n = min(len(images), max_images)
     cols = min(4, max(n, 1))
@@ -116,7 +117,8 @@ def reliability_diagram(
 
 
 def comparison_chart(rows: list[dict], metrics: list[str]) -> Figure:
-    """Mean and 95% CI per system (one panel per metric); ``rows`` as ``steps.compare`` builds them."""
+    """Mean and 95% CI per system (one panel per metric); ``rows`` as ``steps.compare``
+    builds them."""
     shown = [r for r in rows if r.get("available", True)]
     fig, axes = plt.subplots(
         1,

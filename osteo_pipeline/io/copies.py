@@ -261,8 +261,9 @@ class CopyFinder:
         missing = [o for o, p in zip(originals, original_prints) if p is None]
         if missing:
             raise CopyCheckError(
-                f"cannot check for derived copies of {len(missing)} of {len(originals)} training images: their files cannot be "
-                f"read (first: {missing[0].path}); make the training data available where its split manifest says"
+                f"cannot check for derived copies of {len(missing)} of {len(originals)} "
+                f"training images: their files cannot be read (first: {missing[0].path}); "
+                "make the training data available where its split manifest says"
             )
         kept = [
             (c, p) for c, p in zip(candidates, self._features_or_none(candidates)) if p is not None

@@ -78,7 +78,8 @@ def _inspect_dicom(path: Path, base: dict[str, object], max_pixels: int) -> Imag
         }
         if facts["width"] * facts["height"] > max_pixels:
             raise ImageDecodeError(
-                f"decompression-bomb guard: image is {facts['width']}x{facts['height']} px, over validation.max_pixels={max_pixels:,}; not decoded"
+                f"decompression-bomb guard: image is {facts['width']}x{facts['height']} px, "
+                f"over validation.max_pixels={max_pixels:,}; not decoded"
             )
         dicom_image(dataset, max_pixels)  # decodes the pixels as training and serving will
         return ImageFacts(**base, **facts)

@@ -121,7 +121,8 @@ def _candidates(
 def scan_folder(
     data_dir: str | Path, extensions: list[str], max_pixels: int, workers: int | None = None
 ) -> Scan:
-    """Build the manifest of ``data_dir``; raises :class:`DataDirError` only for the folder itself."""
+    """Build the manifest of ``data_dir``; raises :class:`DataDirError` only for the folder
+    itself."""
     root = Path(data_dir)
     if not root.exists():
         raise DataDirError(f"data folder not found: {root}")

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from typing import Any
 
 BANNERS = re.compile(
-    r"absl::InitializeLog|cudart_stub|cuda_(dnn|fft|blas)\.cc|Unable to register cu(DNN|FFT|BLAS)|computation_placer"
-    r"|oneDNN custom operations|TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler"
+    r"absl::InitializeLog|cudart_stub|cuda_(dnn|fft|blas)\.cc|Unable to register cu(DNN|FFT|BLAS)"
+    r"|computation_placer|oneDNN custom operations|TensorFlow binary is optimized"
+    r"|rebuild TensorFlow with the appropriate compiler"
     r"|TF-TRT Warning|cuInit"
 )
 

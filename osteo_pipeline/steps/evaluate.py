@@ -41,7 +41,8 @@ def evaluate_predictions(
 ) -> dict[str, Any]:
     """Metrics with CIs for the model's raw probabilities ``raw_proba`` on ``arrays``, calibrated
     and thresholded by ``calibration``; logs metrics and figures (Grad-CAM too, given a ``model``
-    of the pipeline's layout) to the active run. Returns ``{metric: {value, low, high}}`` plus ``ece`` entries."""
+    of the pipeline's layout) to the active run. Returns ``{metric: {value, low, high}}`` plus
+    ``ece`` entries."""
     classes = list(settings.data.classes)
     positive = classes.index(settings.data.positive)
     proba = calibration.probabilities(raw_proba)
@@ -147,7 +148,8 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
     classifier = load_classifier(model_uri)
     if list(classifier.classes) != list(settings.data.classes):
         raise ValueError(
-            f"{model_uri} predicts {classifier.classes}; set data.classes to match (now {settings.data.classes})"
+            f"{model_uri} predicts {classifier.classes}; "
+            f"set data.classes to match (now {settings.data.classes})"
         )
     validation = validate_folder(data_dir, settings)
     if not validation.passed:
@@ -172,7 +174,8 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
     frame = frame[~left_out].reset_index(drop=True)
     if frame.empty:
         raise ValueError(
-            f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} are copies of images it trained or was calibrated on ({dict(kinds)})"
+            f"no image in {data_dir} is new to {model_uri}: all {len(skipped)} are copies "
+            f"of images it trained or was calibrated on ({dict(kinds)})"
         )
     index = {c: i for i, c in enumerate(classifier.classes)}
     cache = PixelCache(classifier.size, classifier.max_pixels, roi_mode=classifier.roi)

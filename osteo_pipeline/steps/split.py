@@ -20,10 +20,12 @@ def usable_images(
     validation: ValidationResult, settings: Settings
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The readable in-scope images of a passed validation with their ``group`` of copies
-    (columns path, label, sha256, group), and the label-conflicting copies left out, with reasons."""
+    (columns path, label, sha256, group), and the label-conflicting copies left out, with
+    reasons."""
     if not validation.passed:
         raise NotValidatedError(
-            f"{validation.failure()}. Fix the data (`osteo validate` writes the full report); nothing was trained on it"
+            f"{validation.failure()}. Fix the data (`osteo validate` writes the full report); "
+            "nothing was trained on it"
         )
     manifest = validation.scan.manifest
     kinds = {
@@ -44,7 +46,10 @@ def usable_images(
     excluded = [
         {
             "path": r.path,
-            "reason": f"label conflict: copies of one radiograph ({kinds[r.path]}) filed under different classes",
+            "reason": (
+                f"label conflict: copies of one radiograph ({kinds[r.path]}) "
+                "filed under different classes"
+            ),
         }
         for r in excluded_rows.itertuples()
     ]

@@ -59,7 +59,10 @@ def write_synthetic_dataset(
             image, format_ = derived_copy(pixels, kind, rng)
             others = [c for c in classes if c != item.label]
             label = str(rng.choice(others)) if others and rng.random() < MISFILED else item.label
-            name = f"{label}/{Path(source).stem}_{kind}.{'jpg' if format_.startswith('JPEG') else 'png'}"
+            name = (
+                f"{label}/{Path(source).stem}_{kind}."
+                f"{'jpg' if format_.startswith('JPEG') else 'png'}"
+            )
             save_image(image, root / name, format_)
             counts[label] += 1
             planted.append({"source": source, "copy": name, "kind": kind})

@@ -35,7 +35,8 @@ class ValidationResult:
         for failed in self.summary["failed_expectations"]:
             ids = [str(u["id"]) for u in failed["unexpected"][:listed]]
             parts.append(
-                f"{failed['check']} ({', '.join(ids)}{', ...' if len(failed['unexpected']) > listed else ''})"
+                f"{failed['check']} ({', '.join(ids)}"
+                f"{', ...' if len(failed['unexpected']) > listed else ''})"
                 if ids
                 else f"{failed['check']} ({failed['observed']})"
             )
@@ -162,7 +163,10 @@ def _failure(result: Any, table: str, id_column: str, critical: bool) -> dict[st
     ]
     observed = details.get("observed_value")
     if observed is None and "unexpected_count" in details:
-        observed = f"{details['unexpected_count']} of {details.get('element_count', '?')} rows outside the bound"
+        observed = (
+            f"{details['unexpected_count']} of {details.get('element_count', '?')} "
+            "rows outside the bound"
+        )
     return {
         "expectation": config.type,
         "check": config.meta.get("check", config.type),

@@ -82,5 +82,6 @@ def fit_forest(
 
 
 def knee_texture_features(crops: np.ndarray, views: int) -> np.ndarray:
-    """Texture features per image: the mean over its knee crops' (rows of (N x views) x S x S x 3)."""
+    """Texture features per image: the mean over its knee crops'
+    (rows of (N x views) x S x S x 3)."""
     return per_image(np.stack([texture_features(crop[..., 0]) for crop in crops]), views)

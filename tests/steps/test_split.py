@@ -95,7 +95,10 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
         pixels = np.asarray(Image.open(root / source).convert("L"))
         for kind in COPY_KINDS:
             image, format_ = derived_copy(pixels, kind, rng)
-            copy = f"{source.split('/')[0]}/copy_{kind}_{source.split('/')[1]}.{'jpg' if format_.startswith('JPEG') else 'png'}"
+            copy = (
+                f"{source.split('/')[0]}/copy_{kind}_{source.split('/')[1]}."
+                f"{'jpg' if format_.startswith('JPEG') else 'png'}"
+            )
             save_image(image, root / copy, format_)
             planted.append((source, copy))
     image, format_ = derived_copy(
