@@ -19,7 +19,7 @@ from optuna_integration import KerasPruningCallback
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.metrics import classification_metrics
-from osteo_pipeline.core.search_space import MAX_UNFREEZE_DEPTH
+from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH
 from osteo_pipeline.core.splits import cv_folds
 from osteo_pipeline.io import tracking
 from osteo_pipeline.io.split_manifest import SplitManifest
