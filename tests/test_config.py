@@ -1,12 +1,26 @@
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
+from optuna.samplers import RandomSampler
 
-from osteo_pipeline.config import ConfigError, Settings, cli_overrides, env_overrides, load_settings
+from osteo_pipeline.config import (
+    ConfigError,
+    Settings,
+    TuneSettings,
+    cli_overrides,
+    env_overrides,
+    load_settings,
+    packaged_configs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Every example config the package ships; a new one must be added here (and checked below).
+PACKAGED = ("default", "demo", "knee-3class", "knee-binary")
 
 
 def test_default_yaml_mirrors_the_model_defaults():
@@ -15,9 +29,87 @@ def test_default_yaml_mirrors_the_model_defaults():
     )
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "knee-binary.yaml", "knee-3class.yaml"])
-def test_shipped_configs_load(name):
-    load_settings(ROOT / "configs" / name, environ={})
+def _leaves(tree, prefix=()):
+    """(dotted path, value) of every scalar or list in a nested mapping."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield ".".join((*prefix, key)), value
+
+
+def test_every_packaged_config_is_listed_here():
+    assert sorted(packaged_configs()) == sorted(PACKAGED)
+    assert (ROOT / "configs").resolve() == (ROOT / "osteo_pipeline" / "configs").resolve()
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_configs_load_with_every_value_they_set_and_a_usable_search_space(name):
+    file = packaged_configs()[name]
+    settings = load_settings(file, environ={})
+    assert settings.tune.search_space.problems() == []
+    assert settings.tune.search_space.check() == settings.tune.search_space
+    loaded = settings.model_dump(mode="json")
+    written = yaml.safe_load(file.read_text())
+    assert written, f"{file} sets nothing"
+    for dotted, value in _leaves(written):
+        got = loaded
+        for key in dotted.split("."):
+            got = got[key]
+        assert got == value, f"{name}: {dotted} is {got!r}, the file says {value!r}"
+    # Every trial the space proposes is one it admits (as a warm start would check it).
+    space, study = settings.tune.search_space, optuna.create_study(sampler=RandomSampler(seed=0))
+    for _ in range(20):
+        drawn = space.suggest(study.ask())
+        assert space.admits(drawn, settings.model.model_dump()), drawn
+
+
+def test_the_packaged_configs_say_what_their_comments_promise():
+    default = load_settings("default", environ={})
+    assert default == Settings()
+    demo = load_settings("demo", environ={})
+    assert (demo.model.input_size, demo.model.allow_random_init_fallback) == (64, True)
+    assert (demo.tune.cv, demo.tune.unfreeze_depth, demo.tune.trials) == ("off", (0, 0), 3)
+    assert demo.tune.study_name == "demo" and demo.output_dir == Path("outputs/demo")
+    assert demo.tracking.log_image_grids is True  # synthetic images only
+    three = load_settings("knee-3class", environ={})
+    binary = load_settings("knee-binary", environ={})
+    assert three.data.classes == ["normal", "osteopenia", "osteoporosis"]
+    assert binary.data.classes == ["normal", "osteoporosis"] and binary.data.positive == (
+        "osteoporosis"
+    )
+    assert binary.data.ignore_unlisted_classes and not three.data.ignore_unlisted_classes
+    for knee in (three, binary):
+        assert knee.validation.fail_on_label_conflicts is False
+        space = knee.tune.search_space
+        assert (space.input_sizes, space.rois, space.l2) == (
+            (224, 384),
+            ("image", "knees"),
+            (1e-6, 0.1),
+        )
+        assert (space.head_units, space.unfreeze_depth, knee.tune.cv) == (
+            (0, 64, 256),
+            (0, 2),
+            "auto",
+        )
+    # One registered model per task: no two configs gate against each other's models.
+    names = {load_settings(n, environ={}).registry.model_name for n in PACKAGED}
+    assert names == {"osteo-knee", "osteo-knee-3class", "osteo-knee-binary"}
+
+
+def test_field_docstrings_are_the_settings_descriptions():
+    described = TuneSettings.model_fields["trials"].description
+    assert described == "New trials each `osteo tune` call (and each retrain) adds to its study."
+    assert Settings.model_fields["output_dir"].description == "Reports and split manifests go here."
+
+
+def test_loading_the_config_imports_neither_tensorflow_nor_optuna():
+    code = (
+        "import sys; from osteo_pipeline.config import load_settings; load_settings(environ={}); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'optuna'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_precedence_file_then_env_then_cli(tmp_path):
