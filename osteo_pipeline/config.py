@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from osteo_pipeline.core.compare_systems import check_system_names, system_names
 from osteo_pipeline.core.image_bounds import ImageBounds
 from osteo_pipeline.errors import OsteoError
 
@@ -31,18 +32,6 @@ ENV_ALIASES = {
     "OSTEO_SEED": "seed",
     "OSTEO_VGG16_WEIGHTS": "compare.vgg16_weights",
 }
-#: Every system ``osteo compare`` knows (``steps.compare`` defines them).
-COMPARE_SYSTEMS = (
-    "resnet50-tl",
-    "resnet50-scratch",
-    "vgg16-ft",
-    "vgg16-frozen",
-    "resnet18",
-    "cnn3",
-    "resnet50-probe",
-    "texture-probe",
-    "metadata-probe",
-)
 
 
 #: Upper bounds that keep a typo (an extra zero or three) from reaching training as an hours-long
@@ -555,9 +544,9 @@ class CompareSettings(_Section):
     """``osteo compare``: every system on the same repeated stratified group folds."""
 
     systems: list[str] = Field(
-        default=list(COMPARE_SYSTEMS),
+        default=system_names(),
         min_length=1,
-        description=f"Systems to run, from {list(COMPARE_SYSTEMS)}.",
+        description=f"Systems to run, from {system_names()}.",
     )
     folds: int = Field(
         default=5, ge=2, le=MAX_FOLDS, description="k of the stratified group k-fold."
@@ -602,11 +591,7 @@ class CompareSettings(_Section):
 
     @model_validator(mode="after")
     def _known_systems(self) -> CompareSettings:
-        unknown = sorted(set(self.systems) - set(COMPARE_SYSTEMS))
-        if unknown:
-            raise ValueError(
-                f"unknown compare systems {unknown}; choose from {list(COMPARE_SYSTEMS)}"
-            )
+        check_system_names(self.systems)
         if not _sizes_in_bounds(self.sizes):
             raise ValueError(f"compare.sizes must be 32 to {MAX_INPUT_SIZE} px, got {self.sizes}")
         return self
