@@ -113,8 +113,14 @@ class System(Protocol):
     description: SystemDescription
     size: int | None  # input size in px; None for a size-free system
     roi: str  # what its pixels show: "image" (the whole film) or "knees"
-    label: str  # its MLflow run and, unless it has several variants, its row
-    variants: dict[str, str]  # prediction variant -> row name
+
+    @property
+    def label(self) -> str:
+        """Its MLflow run's name and, unless it has several variants, its row's."""
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """Each prediction variant's row name (one variant, "", for most systems)."""
 
     def prepare(self) -> None:
         """Everything its folds share (weights check, features, caches), before the first fold;
