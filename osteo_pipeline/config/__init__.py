@@ -39,7 +39,6 @@ from osteo_pipeline.config.loading import (
     packaged_configs,
 )
 from osteo_pipeline.config.operations import (
-    COMPARE_SYSTEMS,
     CompareSettings,
     RegistrySettings,
     ScheduleSettings,
@@ -61,7 +60,6 @@ from osteo_pipeline.core.search_space import (
 )
 
 __all__ = [
-    "COMPARE_SYSTEMS",
     "CONFIGS_PACKAGE",
     "ENV_ALIASES",
     "ENV_PREFIX",

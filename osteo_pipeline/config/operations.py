@@ -8,20 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from osteo_pipeline.config.base import MAX_EPOCHS, MAX_FOLDS, MAX_WORKERS, Section
+from osteo_pipeline.core.compare_systems import check_system_names, system_names
 from osteo_pipeline.core.search_space import MAX_INPUT_SIZE, MIN_INPUT_SIZE, sizes_in_bounds
-
-#: Every system ``osteo compare`` knows (``steps.compare`` defines them).
-COMPARE_SYSTEMS = (
-    "resnet50-tl",
-    "resnet50-scratch",
-    "vgg16-ft",
-    "vgg16-frozen",
-    "resnet18",
-    "cnn3",
-    "resnet50-probe",
-    "texture-probe",
-    "metadata-probe",
-)
 
 
 class TrackingSettings(Section):
@@ -95,9 +83,9 @@ class CompareSettings(Section):
     """``osteo compare``: every system on the same repeated stratified group folds."""
 
     systems: list[str] = Field(
-        default=list(COMPARE_SYSTEMS),
+        default=system_names(),
         min_length=1,
-        description=f"Systems to run, from {list(COMPARE_SYSTEMS)}.",
+        description=f"Systems to run, from {system_names()}.",
     )
     folds: int = Field(default=5, ge=2, le=MAX_FOLDS)
     """k of the stratified group k-fold."""
@@ -124,11 +112,7 @@ class CompareSettings(Section):
 
     @model_validator(mode="after")
     def _known_systems(self) -> CompareSettings:
-        unknown = sorted(set(self.systems) - set(COMPARE_SYSTEMS))
-        if unknown:
-            raise ValueError(
-                f"unknown compare systems {unknown}; choose from {list(COMPARE_SYSTEMS)}"
-            )
+        check_system_names(self.systems)
         if not sizes_in_bounds(self.sizes):
             raise ValueError(
                 f"compare.sizes must be {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} px, got {self.sizes}"

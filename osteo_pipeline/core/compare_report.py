@@ -8,21 +8,10 @@ from typing import Any
 import numpy as np
 
 from osteo_pipeline.config import Settings
+from osteo_pipeline.core.compare_systems import SYSTEMS, check_system_names, describe
 from osteo_pipeline.core.metrics import METRIC_NAMES
 from osteo_pipeline.core.splits import Fold
 
-#: What each system is, as the table's footnote says it.
-SYSTEMS = {
-    "resnet50-tl": "the pipeline's model: ImageNet ResNet-50, head then top blocks fine-tuned (config params)",
-    "resnet50-scratch": "ResNet-50, random init, all layers trained",
-    "vgg16-ft": "ImageNet VGG-16, head then top conv block(s) fine-tuned",
-    "vgg16-frozen": "ImageNet VGG-16 frozen, head only",
-    "resnet18": "ResNet-18 built here, random init, all layers trained",
-    "cnn3": "3-layer CNN, random init",
-    "resnet50-probe": "frozen ImageNet ResNet-50 pooled features + logistic regression (C chosen on val)",
-    "texture-probe": "bone texture of the knee crops (LBP histograms, GLCM statistics, Hurst exponents) + logistic regression (C chosen on val)",
-    "metadata-probe": "random forest on file metadata only (width, height, aspect, bytes, bytes/pixel, mode, format): a shortcut detector",
-}
 REPORTED = (*METRIC_NAMES, "ece")
 HEADERS = {
     "accuracy": "accuracy",
@@ -106,21 +95,13 @@ def markdown_report(
         if len(settings.data.classes) == 2
         else "macro-averaged over classes (specificity one-vs-rest)"
     )
-    tuned = [
-        row for row in rows if row["available"] and row["note"] != SYSTEMS[row["name"]]
-    ]  # e.g. resnet50-tl's recipe: refit and fold ensemble
+    check_system_names(c.systems)
+    # rows whose note is not their system's, e.g. resnet50-tl's recipe: refit and fold ensemble
+    tuned = [row for row in rows if row["available"] and row["note"] != describe(row["name"]).note]
     tuned_names = {row["name"] for row in tuned}
-    probes = ("resnet50-probe", "texture-probe", "metadata-probe")
-    transfer = [
-        name
-        for name in c.systems
-        if name in ("resnet50-tl", "vgg16-ft", "vgg16-frozen") and name not in tuned_names
-    ]
-    scratch = [
-        name
-        for name in c.systems
-        if name not in (*probes, "resnet50-tl", "vgg16-ft", "vgg16-frozen")
-    ]
+    families = {name: SYSTEMS[name].family for name in c.systems}
+    transfer = [n for n, f in families.items() if f == "transfer" and n not in tuned_names]
+    scratch = [n for n, f in families.items() if f == "scratch"]
     t = settings.train
     parts = (
         [f"transfer {t.head_epochs}+{t.finetune_epochs}{trained_on(rows, transfer)}"]
@@ -128,10 +109,9 @@ def markdown_report(
         else []
     )
     parts += [f"scratch {c.scratch_epochs}"] if scratch else []
+    patience = settings.train.early_stopping_patience
     epochs = (
-        f"Epochs: {', '.join(parts)} (early stopping on val, patience {settings.train.early_stopping_patience})."
-        if parts
-        else ""
+        f"Epochs: {', '.join(parts)} (early stopping on val, patience {patience})." if parts else ""
     )
     if tuned:
         epochs += " A tuned recipe trains as its note says."
@@ -139,28 +119,30 @@ def markdown_report(
     notes = "\n".join(
         "\n".join(f"- `{row['system']}`: {row['note']}" for row in tuned if row["name"] == name)
         if name in tuned_names
-        else f"- `{name}`: {text}"
-        for name, text in SYSTEMS.items()
+        else f"- `{name}`: {system.note}"
+        for name, system in SYSTEMS.items()
         if name in c.systems
     )
     nested = (
-        " (a tuned recipe's refit and fold-ensemble rows instead train on the whole training part and calibrate on its inner out-of-fold predictions)"
+        " (a tuned recipe's refit and fold-ensemble rows instead train on the whole training part"
+        " and calibrate on its inner out-of-fold predictions)"
         if any("fold ensemble" in row["system"] for row in tuned)
         else ""
     )
     notes += "".join(
         f"\n- `{row['system']}`: {row['note']}" for row in rows if not row["available"]
     )
-    return f"""## osteo compare: {", ".join(settings.data.classes)}
-
-`{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.
-{len(data.frame)} images ({counts}); {len(data.excluded)} label-conflicting copies excluded; dataset `{data.identity[:16]}`.
-{c.folds}-fold stratified group CV x {c.repeats} repeat(s) = {len(folds)} folds, duplicate groups kept within one part;
-each fold's training part gives {c.val_fraction:.0%} to val (early stopping, temperature, threshold){nested}. Positive class `{settings.data.positive}`;
-sensitivity, specificity and F1 {averaging}. Cells: mean over folds [95% corrected resampled t interval].
-{epochs}
-
-{chr(10).join(lines)}
-
-{notes}
-"""
+    protocol = [
+        f"`{command}` on {datetime.now(UTC):%Y-%m-%d}, {seconds / 60:.1f} min on this machine.",
+        f"{len(data.frame)} images ({counts}); {len(data.excluded)} label-conflicting copies"
+        f" excluded; dataset `{data.identity[:16]}`.",
+        f"{c.folds}-fold stratified group CV x {c.repeats} repeat(s) = {len(folds)} folds,"
+        " duplicate groups kept within one part;",
+        f"each fold's training part gives {c.val_fraction:.0%} to val (early stopping,"
+        f" temperature, threshold){nested}. Positive class `{settings.data.positive}`;",
+        f"sensitivity, specificity and F1 {averaging}. Cells: mean over folds [95% corrected"
+        " resampled t interval].",
+        epochs,
+    ]
+    title = f"## osteo compare: {', '.join(settings.data.classes)}"
+    return "\n".join([title, "", *protocol, "", *lines, "", notes, ""])

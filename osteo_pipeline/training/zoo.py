@@ -1,8 +1,10 @@
-"""The comparison's Keras systems: the seed paper's networks, built with the pipeline's head and
-trained by the same two-phase fit (``training.fit``)."""
+"""The comparison's Keras networks: the seed paper's networks, built with the pipeline's head and
+trained by the same two-phase fit (``training.fit``). Which system uses which network is the
+system's own business (``steps.compare.systems``); this module only builds them."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,9 @@ from osteo_pipeline.core.model import (
 )
 from osteo_pipeline.io.weights import pretrained_file
 from osteo_pipeline.training.fit import TrainParams
+
+#: A network trained from scratch, from its spec (``core.baselines``).
+ScratchBuilder = Callable[[ModelSpec], keras.Model]
 
 
 def _spec(settings: Settings, size: int) -> ModelSpec:
@@ -45,6 +50,14 @@ def pretrained(build: Callable[[], keras.Model], what: str) -> keras.Model:
         ) from exc
 
 
+def fresh_session(seed: int | None = None) -> None:
+    """Drop the graphs of earlier fits (and seed the next one): every fold starts alike."""
+    keras.backend.clear_session()
+    gc.collect()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+
 def _keep_all_trainable(model: keras.Model, depth: int) -> None:
     """Networks trained from scratch train every layer in every phase."""
 
@@ -68,74 +81,50 @@ class KerasSystem:
 
     @property
     def frozen_prefix(self) -> bool:
-        """Whether every phase leaves a frozen prefix of the backbone that an activation cache can hold."""
+        """Whether every phase leaves a frozen prefix of the backbone that an activation cache
+        can hold."""
         return self.layout is not None and self.depth < len(self.layout.boundaries)
 
 
-def keras_system(
-    name: str,
-    settings: Settings,
-    size: int,
-    recipe: TrainParams | None = None,
-    recipe_epochs: tuple[int, int] | None = None,
+def pipeline_resnet50(
+    settings: Settings, size: int, params: TrainParams, epochs: tuple[int, int]
 ) -> KerasSystem:
-    """The network of a Keras system and how it trains. ``recipe`` (with its epochs): the
-    pipeline's own tuned parameters for ``resnet50-tl`` instead of the config's."""
-    spec, t, c = _spec(settings, size), settings.train, settings.compare
-    config = TrainParams.from_settings(settings)
-    if name == "resnet50-tl":
-        params = recipe or config
-        tuned = ModelSpec(spec.classes, size, params.head_units, params.dropout, params.l2)
-        model = pretrained(
-            lambda: build_model(tuned, pretrained_file(settings.model.weights)),
-            "ResNet-50 ImageNet",
-        )
-        return KerasSystem(
-            model,
-            params,
-            recipe_epochs or (t.head_epochs, t.finetune_epochs),
-            set_unfrozen_blocks,
-            RESNET50_LAYOUT,
-        )
-    if name == "vgg16-ft":
-        model = pretrained(lambda: baselines.vgg16(spec, c.vgg16_weights), "VGG-16")
-        params = TrainParams(
-            t.learning_rate, c.vgg16_finetune_blocks, spec.head_units, spec.dropout
-        )
-        return KerasSystem(
-            model,
-            params,
-            (t.head_epochs, t.finetune_epochs),
-            baselines.set_trainable_vgg_blocks,
-            baselines.VGG16_LAYOUT,
-        )
-    if name == "vgg16-frozen":
-        model = pretrained(lambda: baselines.vgg16(spec, c.vgg16_weights), "VGG-16")
-        return KerasSystem(
-            model,
-            config,
-            (t.head_epochs + t.finetune_epochs, 0),
-            baselines.set_trainable_vgg_blocks,
-            baselines.VGG16_LAYOUT,
-        )
-    builders = {
-        "resnet50-scratch": baselines.resnet50_scratch,
-        "resnet18": baselines.resnet18,
-        "cnn3": baselines.cnn3,
-    }
-    if name in builders:
-        scratch = TrainParams(c.scratch_learning_rate, 0, spec.head_units, spec.dropout)
-        return KerasSystem(
-            builders[name](spec), scratch, (0, c.scratch_epochs), _keep_all_trainable
-        )
-    raise ValueError(f"{name} is not a Keras system")
+    """The pipeline's own model: ImageNet ResNet-50 (``model.weights``) with ``params``' head."""
+    spec = ModelSpec(
+        tuple(settings.data.classes), size, params.head_units, params.dropout, params.l2
+    )
+    model = pretrained(
+        lambda: build_model(spec, pretrained_file(settings.model.weights)), "ResNet-50 ImageNet"
+    )
+    return KerasSystem(model, params, epochs, set_unfrozen_blocks, RESNET50_LAYOUT)
 
 
-def require_weights(name: str, settings: Settings) -> None:
-    """Fail fast, before any fold runs, when a pretrained system's weights cannot be had."""
-    if name.startswith("vgg16"):
-        pretrained(
-            lambda: baselines.vgg16(_spec(settings, 32), settings.compare.vgg16_weights), "VGG-16"
-        )
-    elif name.startswith("resnet50-") and name != "resnet50-scratch":
-        pretrained_file(settings.model.weights)
+def vgg16(
+    settings: Settings, size: int, params: TrainParams, epochs: tuple[int, int]
+) -> KerasSystem:
+    """ImageNet VGG-16 (``compare.vgg16_weights``) with the pipeline's head."""
+    model = pretrained(
+        lambda: baselines.vgg16(_spec(settings, size), settings.compare.vgg16_weights), "VGG-16"
+    )
+    return KerasSystem(
+        model, params, epochs, baselines.set_trainable_vgg_blocks, baselines.VGG16_LAYOUT
+    )
+
+
+def from_scratch(build: ScratchBuilder, settings: Settings, size: int) -> KerasSystem:
+    """A randomly initialised network, every layer trained for ``compare.scratch_epochs``."""
+    spec, c = _spec(settings, size), settings.compare
+    params = TrainParams(c.scratch_learning_rate, 0, spec.head_units, spec.dropout)
+    return KerasSystem(build(spec), params, (0, c.scratch_epochs), _keep_all_trainable)
+
+
+def require_resnet50(settings: Settings) -> None:
+    """Fail fast, before any fold runs, when ImageNet ResNet-50 weights cannot be had."""
+    pretrained_file(settings.model.weights)
+
+
+def require_vgg16(settings: Settings) -> None:
+    """Fail fast, before any fold runs, when VGG-16's weights cannot be had."""
+    pretrained(
+        lambda: baselines.vgg16(_spec(settings, 32), settings.compare.vgg16_weights), "VGG-16"
+    )

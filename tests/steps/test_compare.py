@@ -102,7 +102,7 @@ def test_pretrained_systems_train_every_fold_on_one_activation_cache(
     they train; with ``tune.activation_cache`` off, every epoch sees freshly augmented images."""
     import keras
 
-    import osteo_pipeline.steps.compare as compare_step
+    import osteo_pipeline.steps.compare.cache as compare_step
 
     weights = tmp_path / "vgg16_notop.weights.h5"
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
@@ -162,7 +162,7 @@ def test_a_cached_system_predicts_val_and_test_as_its_whole_model_would(
     random weights: every fold's network starts from it, as from ImageNet's.)"""
     import keras
 
-    import osteo_pipeline.steps.compare as compare_step
+    import osteo_pipeline.steps.compare.systems as compare_step
 
     weights = tmp_path / "resnet50_notop.weights.h5"
     keras.applications.ResNet50(
@@ -204,7 +204,7 @@ def test_a_system_without_epochs_or_frozen_prefix_gets_no_cache(train_settings):
     full images: there is nothing its cache could save, and a cache would never be attached."""
     from types import SimpleNamespace
 
-    from osteo_pipeline.steps.compare import SystemCache
+    from osteo_pipeline.steps.compare.cache import SystemCache
 
     shared = SystemCache(None, train_settings)  # never reaches the arrays: no cache is made
     rows = np.arange(4)
@@ -235,7 +235,8 @@ def test_the_report_says_once_what_transfer_systems_trained_on_or_each_when_they
     ]
     assert (
         trained_on(mixed, ["vgg16-frozen", "resnet50-tl"])
-        == " (vgg16-frozen on 8 cached augmented views per image; resnet50-tl on freshly augmented images)"
+        == " (vgg16-frozen on 8 cached augmented views per image;"
+        " resnet50-tl on freshly augmented images)"
     )
     assert trained_on([{"name": "vgg16-ft", "available": False}], ["vgg16-ft"]) == ""
 
@@ -294,10 +295,17 @@ def test_the_cli_table_keeps_every_cell_whole_through_a_pipe(
 
 
 def test_every_configurable_system_is_implemented():
-    from osteo_pipeline.config import COMPARE_SYSTEMS
-    from osteo_pipeline.core.compare_report import SYSTEMS
+    """The config's systems are the registry's, and each entry names a class that plans
+    systems (``tests/steps/test_compare_systems.py`` runs them through the protocol)."""
+    import importlib
 
-    assert list(SYSTEMS) == list(COMPARE_SYSTEMS)
+    from osteo_pipeline.config import Settings
+    from osteo_pipeline.core.compare_systems import SYSTEMS
+
+    assert Settings().compare.systems == list(SYSTEMS)
+    for description in SYSTEMS.values():
+        module, _, name = description.implementation.partition(":")
+        assert callable(getattr(importlib.import_module(module), name).plan)
 
 
 @pytest.mark.slow
@@ -322,9 +330,10 @@ def test_resnet50_tl_can_run_the_pipelines_own_tuned_recipe(
     the pipeline does: inner CV for calibration, then a refit and the fold ensemble, both scored
     on the same test parts. (No ImageNet weights in tests: the weights check is bypassed and the
     backbone is random.)"""
-    import osteo_pipeline.steps.compare as compare_step
+    from osteo_pipeline.steps.compare import recipe as compare_step
+    from osteo_pipeline.steps.compare.systems import PipelineModel
 
-    monkeypatch.setattr(compare_step, "require_weights", lambda name, settings: None)
+    monkeypatch.setattr(PipelineModel, "require_weights", lambda self: None)
     from osteo_pipeline.steps.split import split_dataset
     from osteo_pipeline.steps.tune import tune
     from osteo_pipeline.steps.validate import validate_folder
@@ -398,12 +407,13 @@ def test_a_nested_recipe_predicts_from_the_boundary_it_trained(
     """Head-only, fine-tuned and whole-network recipes (the last has no frozen prefix to cache)
     all give one probability row per image for the inner folds and the test part."""
     from osteo_pipeline.core.splits import group_folds
-    from osteo_pipeline.steps.compare import NestedRecipe, Recipe, _ensure_pixels, load_data
+    from osteo_pipeline.steps.compare.data import ensure_pixels, load_data
+    from osteo_pipeline.steps.compare.recipe import NestedRecipe, Recipe
     from osteo_pipeline.training.fit import TrainParams
 
     data = load_data(synth_dir(per_class=12), train_settings)
     recipe = Recipe(TrainParams(1e-3, depth, 0, 0.1, 1e-4, 32, "image"), epochs, "test", cv_folds=2)
-    _ensure_pixels(data, 32, train_settings, "image")
+    ensure_pixels(data, 32, train_settings, "image")
     fold = group_folds(data.labels, data.frame["group"].to_numpy(), 3, 1, 0.2, 0)[0]
     nested = NestedRecipe(data, recipe, train_settings, jit=False)
     try:
