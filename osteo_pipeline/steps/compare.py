@@ -46,13 +46,13 @@ from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.split import split_dataset, usable_images
 from osteo_pipeline.steps.tune import best_params
 from osteo_pipeline.steps.validate import validate_folder
-from osteo_pipeline.training.activations import ActivationCache, FoldActivations
+from osteo_pipeline.training.activations import ActivationCache, FoldActivations, activation_cache
 from osteo_pipeline.training.arrays import Arrays, pixel_cache
+from osteo_pipeline.training.backbone import StudyBackbone
 from osteo_pipeline.training.cv import final_models, rows_of
 from osteo_pipeline.training.fit import (
-    StudyBackbone,
+    FitPlan,
     TrainParams,
-    activation_cache,
     fit_two_phase,
     predict_images,
     predict_val,
@@ -219,11 +219,7 @@ def fit_keras(
         system.model,
         train,
         None if fixed else val,
-        system.params,
-        settings,
-        epochs=system.epochs,
-        jit=jit,
-        unfreeze=system.unfreeze,
+        FitPlan(settings, system.params, epochs=system.epochs, jit=jit, unfreeze=system.unfreeze),
         cache=cache,
     )
     batch = settings.train.batch_size
@@ -318,10 +314,7 @@ class NestedRecipe:
             model,
             self.arrays.select(train),
             None,
-            params,
-            self.settings,
-            epochs=self.epochs,
-            jit=self.jit,
+            FitPlan(self.settings, params, epochs=self.epochs, jit=self.jit),
             cache=fold,
         )
         proba = (
