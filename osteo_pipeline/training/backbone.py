@@ -20,16 +20,6 @@ from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.training.fit import TrainParams
 
 
-def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
-    return ModelSpec(
-        tuple(settings.data.classes),
-        params.input_size or settings.model.input_size,
-        params.head_units,
-        params.dropout,
-        params.l2,
-    )
-
-
 def build(
     settings: Settings, params: TrainParams, train_pixels: np.ndarray
 ) -> tuple[keras.Model, BackboneWeights]:
@@ -43,6 +33,17 @@ def build(
         model_spec(settings, params),
         feature_statistics(base, weights, train_pixels, settings),
     ), weights
+
+
+def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
+    """The head for the settings' classes, sized and regularised by ``params``."""
+    return ModelSpec(
+        tuple(settings.data.classes),
+        params.input_size or settings.model.input_size,
+        params.head_units,
+        params.dropout,
+        params.l2,
+    )
 
 
 def load_backbone(settings: Settings) -> tuple[keras.Model, BackboneWeights]:
