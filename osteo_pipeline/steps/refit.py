@@ -32,8 +32,9 @@ from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
 from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
+from osteo_pipeline.training.backbone import build
 from osteo_pipeline.training.cv import CVResult, cv_arrays, oof_estimate
-from osteo_pipeline.training.fit import TrainParams, build, fit_two_phase, predict_images
+from osteo_pipeline.training.fit import FitPlan, TrainParams, fit_two_phase, predict_images
 from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,14 @@ def refit_and_evaluate(
         mlflow.log_param("runtime.replicas", strategy.num_replicas_in_sync)
         with strategy.scope():
             model, weights = build(settings, chosen, train.pixels)
-            fit = fit_two_phase(
-                model,
-                train,
-                None,
-                chosen,
+            plan = FitPlan(
                 global_batch(settings, strategy),
-                [tracking.EpochLogger(label="refit")],
+                chosen,
                 epochs=epochs,
+                callbacks=[tracking.EpochLogger(label="refit")],
                 jit=runtime["xla"],
             )
+            fit = fit_two_phase(model, train, None, plan)
         mlflow.set_tags(
             {"backbone_weights": weights.described, "backbone_identity": weights.identity}
         )

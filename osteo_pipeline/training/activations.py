@@ -11,10 +11,10 @@ almost nothing.
 The backbone is ResNet-50, or any other whose cut points a ``core.model.BlockLayout`` names
 (``osteo compare`` caches VGG-16 this way). Boundaries are filled lazily: the lowest one the
 search space can ask for is computed from the images (one pass of most of the backbone), every
-higher one from the nearest cached lower one (a few
-blocks), keeping the boundaries that pass goes through on the way while they fit in memory.
-Arrays are held in memory up to ``budget_bytes`` and then spill to ``.npy`` memory maps in a
-private temporary folder, removed by ``close``."""
+higher one from the nearest cached lower one (a few blocks), keeping the boundaries that pass
+goes through on the way while they fit in memory. Arrays are held in memory up to
+``budget_bytes`` and then spill to ``.npy`` memory maps in a private temporary folder, removed by
+``close``."""
 
 from __future__ import annotations
 
@@ -28,9 +28,51 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from osteo_pipeline.core.data import XrayAugment
-from osteo_pipeline.core.model import RESNET50_LAYOUT, BlockLayout, backbone_segment
+from osteo_pipeline.config import Settings
+from osteo_pipeline.core.data import XrayAugment, augmenter
+from osteo_pipeline.core.model import (
+    MAX_UNFREEZE_DEPTH,
+    RESNET50_LAYOUT,
+    BlockLayout,
+    backbone_segment,
+)
 from osteo_pipeline.core.preprocess import gray_model_input
+from osteo_pipeline.training.arrays import Arrays
+
+
+def activation_cache(
+    settings: Settings,
+    train: Arrays,
+    val: Arrays | None = None,
+    *,
+    floor_depth: int | None = None,
+    layout: BlockLayout = RESNET50_LAYOUT,
+) -> ActivationCache | None:
+    """The frozen-prefix cache, or ``None`` when disabled in config: augmented views of ``train``
+    and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both ways, for
+    the folds to select from. ``floor_depth`` is the deepest boundary its fits will ask for
+    (default: the search space's deepest with a frozen prefix), ``layout`` the backbone's cut
+    points."""
+    t = settings.tune
+    if not t.activation_cache:
+        return None
+    deepest = min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1)
+    epochs = settings.train.head_epochs + settings.train.finetune_epochs
+    rows = np.arange(len(train.pixels))
+    pixels = train.pixels if val is None else np.concatenate([train.pixels, val.pixels])
+    val_rows = rows if val is None else np.arange(len(train.pixels), len(pixels))
+    return ActivationCache(
+        pixels,
+        rows,
+        val_rows,
+        views=min(t.cache_views, epochs),  # epoch e uses view e mod K
+        augment=augmenter(settings.train.augment, settings.seed),
+        batch_size=settings.train.batch_size,
+        floor_depth=deepest if floor_depth is None else floor_depth,
+        budget_bytes=int(t.cache_memory_mb * 2**20),
+        spill_dir=t.cache_spill_dir,
+        layout=layout,
+    )
 
 
 def view_batches(
@@ -74,9 +116,8 @@ class ActivationCache:
         layout: BlockLayout = RESNET50_LAYOUT,
     ) -> None:
         self.layout = layout
-        self.views = (
-            views if augment is not None else 1
-        )  # without augmentation every view is the same
+        # Without augmentation every view is the same.
+        self.views = views if augment is not None else 1
         self._pixels = pixels
         self._rows = {
             "train": np.asarray(train_rows, dtype=np.int64),
@@ -98,7 +139,8 @@ class ActivationCache:
     def attach(self, model: keras.Model, depths: list[int]) -> None:
         """Make sure the boundaries for ``depths`` are cached, computing missing ones with
         ``model``'s backbone. Every model attached must carry the backbone weights the first one
-        had: ``training.fit.StudyBackbone`` gives each trial the same backbone, reset to them."""
+        had: ``training.backbone.StudyBackbone`` gives each trial the same backbone, reset to
+        them."""
         for depth in sorted(set(depths), reverse=True):
             self._ensure(model, depth)
 
@@ -112,10 +154,9 @@ class ActivationCache:
     def fold(self, train_rows: np.ndarray, val_rows: np.ndarray) -> FoldActivations:
         """The cache seen through one fold: its training rows' views and its validation rows."""
         for split, rows in (("train", train_rows), ("val", val_rows)):
-            if (self._slots[split][rows] < 0).any():
-                raise ValueError(
-                    f"rows {np.asarray(rows)[self._slots[split][rows] < 0][:5].tolist()} are not cached for {split}"
-                )
+            missing = np.asarray(rows)[self._slots[split][rows] < 0]
+            if len(missing):
+                raise ValueError(f"rows {missing[:5].tolist()} are not cached for {split}")
         return FoldActivations(self, self._slots["train"][train_rows], self._slots["val"][val_rows])
 
     def describe(self) -> str:

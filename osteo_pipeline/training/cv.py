@@ -78,17 +78,28 @@ class CVResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "epochs": self.epochs, "head_epochs": self.head_epochs, "finetune_epochs": self.finetune_epochs,
-            "fold": self.fold.tolist(), "labels": self.labels.tolist(), "oof": np.round(self.oof, 6).tolist(),
-            "fold_scores": self.fold_scores, "curve": self.curve,
-        }  # fmt: skip
+            "epochs": self.epochs,
+            "head_epochs": self.head_epochs,
+            "finetune_epochs": self.finetune_epochs,
+            "fold": self.fold.tolist(),
+            "labels": self.labels.tolist(),
+            "oof": np.round(self.oof, 6).tolist(),
+            "fold_scores": self.fold_scores,
+            "curve": self.curve,
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CVResult:
         return cls(
-            int(values["epochs"]), int(values["head_epochs"]), int(values["finetune_epochs"]), np.asarray(values["fold"], dtype=np.int64),
-            np.asarray(values["labels"], dtype=np.int64), np.asarray(values["oof"], dtype=np.float64), list(values["fold_scores"]), list(values["curve"]),
-        )  # fmt: skip
+            epochs=int(values["epochs"]),
+            head_epochs=int(values["head_epochs"]),
+            finetune_epochs=int(values["finetune_epochs"]),
+            fold=np.asarray(values["fold"], dtype=np.int64),
+            labels=np.asarray(values["labels"], dtype=np.int64),
+            oof=np.asarray(values["oof"], dtype=np.float64),
+            fold_scores=list(values["fold_scores"]),
+            curve=list(values["curve"]),
+        )
 
 
 FitFold = Callable[[int, np.ndarray, np.ndarray], FitResult]
@@ -115,7 +126,8 @@ def cross_validate(
         result = fit_fold(index, train, val)
         if not result.val_proba:
             raise ValueError(
-                f"fold {index} returned no per-epoch validation predictions (fit with fixed_epochs and a validation part)"
+                f"fold {index} returned no per-epoch validation predictions"
+                " (fit with fixed_epochs and a validation part)"
             )
         per_fold.append(result.val_proba)
         y = arrays.labels[val]

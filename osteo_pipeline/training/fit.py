@@ -1,38 +1,23 @@
 """Two-phase fine-tuning (head, then top blocks) and prediction: what tuning, cross-validation,
-refitting and the comparison all train with."""
+refitting and the comparison all train with. A :class:`FitPlan` says what each phase runs; the
+fit runs it on whole images or on an activation cache (``training.activations``)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from osteo_pipeline.config import ConfigError, Settings
 from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset, one_hot
-from osteo_pipeline.core.model import (
-    MAX_UNFREEZE_DEPTH,
-    RESNET50_LAYOUT,
-    BlockLayout,
-    FeatureStatistics,
-    ModelSpec,
-    WeightsUnavailableError,
-    backbone,
-    pooled_feature_statistics,
-    set_unfrozen_blocks,
-    top_model,
-    with_head,
-)
+from osteo_pipeline.core.model import set_unfrozen_blocks, top_model
 from osteo_pipeline.core.preprocess import ROI_MODES
-from osteo_pipeline.io.weights import BackboneWeights
-from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.training.activations import ActivationCache, FoldActivations
 from osteo_pipeline.training.arrays import Arrays
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,16 +35,9 @@ class TrainParams:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainParams:
+        network = ("unfreeze_depth", "head_units", "dropout", "l2", "input_size", "roi")
         m = settings.model
-        return cls(
-            settings.train.learning_rate,
-            m.unfreeze_depth,
-            m.head_units,
-            m.dropout,
-            m.l2,
-            m.input_size,
-            m.roi,
-        )
+        return cls(settings.train.learning_rate, **{name: getattr(m, name) for name in network})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], settings: Settings | None = None) -> TrainParams:
@@ -121,220 +99,258 @@ class FitResult:
     val_proba: list[np.ndarray] = field(default_factory=list)
 
 
-def model_spec(settings: Settings, params: TrainParams) -> ModelSpec:
-    return ModelSpec(
-        tuple(settings.data.classes),
-        params.input_size or settings.model.input_size,
-        params.head_units,
-        params.dropout,
-        params.l2,
-    )
+#: Sets what trains for an unfreeze depth (``core.model.set_unfrozen_blocks`` for ResNet-50).
+Unfreeze = Callable[[keras.Model, int], object]
+#: What a phase trains on: the whole model on images, or its top on cached activations.
+DataPath = Literal["images", "activations"]
+#: What a phase does with validation data: stop early on its loss and keep the best weights,
+#: keep the per-image probabilities after every epoch (cross-validation), or none (no data).
+Validation = Literal["early_stopping", "every_epoch", "none"]
 
 
-def build(
-    settings: Settings, params: TrainParams, train_pixels: np.ndarray
-) -> tuple[keras.Model, BackboneWeights]:
-    """The model with its backbone weights, and which weights those are. ``train_pixels`` (model
-    inputs of training images) standardise a random-init backbone's features (``FeatureStatistics``)."""
-    settings = params.apply(settings)
-    base, weights = load_backbone(settings)
-    return with_head(
-        base,
-        model_spec(settings, params),
-        feature_statistics(base, weights, train_pixels, settings),
-    ), weights
+@dataclass(frozen=True)
+class Phase:
+    """One phase as it runs: for how long, how fast, what trains, on what, watched how."""
+
+    name: Literal["head", "finetune"]
+    epochs: int  # at most: early stopping may end the phase sooner
+    learning_rate: float
+    depth: int  # top backbone blocks that train with the head (0: the head alone)
+    data: DataPath
+    validation: Validation
+    jit: bool  # XLA-compile the training step
+    eager: bool  # run the training step eagerly (never together with jit)
+    callbacks: tuple[keras.callbacks.Callback, ...]  # the caller's, the same objects every phase
 
 
-def load_backbone(settings: Settings) -> tuple[keras.Model, BackboneWeights]:
-    """ResNet-50 with the configured weights (``io.weights.resolve``), and which weights those are."""
-    weights = resolve_weights(settings.model.weights, settings.model.allow_random_init_fallback)
-    try:
-        return backbone(
-            None if weights.random_init else str(weights.path), settings.model.input_size
-        ), weights
-    except WeightsUnavailableError:
-        raise
-    except Exception as exc:  # a truncated or foreign .h5 file
-        raise WeightsUnavailableError(
-            f"cannot load backbone weights {weights.described}: {str(exc)[:200]}"
-        ) from exc
+@dataclass(frozen=True)
+class FitPlan:
+    """What a caller asks of a fit; :meth:`phases` turns it into the phases that run.
 
+    ``epochs`` (head, finetune) default to the settings'. ``unfreeze(model, depth)`` sets what
+    trains in each phase (ResNet-50 residual blocks by default; ``steps.compare`` passes VGG-16's,
+    or a no-op for networks trained from scratch). ``fixed_epochs`` (cross-validation): every
+    epoch runs, with no early stopping and no return to the head phase's weights, and the
+    per-image validation probabilities after each epoch are kept (``FitResult.val_proba``), so
+    that one epoch count can be chosen across folds."""
 
-#: Training images a random-init backbone's feature statistics are measured on, at most.
-STATISTICS_SAMPLE = 512
+    settings: Settings  # batch size, class weights, augmentation, seed, patience, head rate
+    params: TrainParams  # the fine-tune phase's learning rate and unfreeze depth
+    epochs: tuple[int, int] | None = None
+    callbacks: Sequence[keras.callbacks.Callback] = ()
+    jit: bool = False
+    fixed_epochs: bool = False
+    unfreeze: Unfreeze = set_unfrozen_blocks
 
-
-def feature_statistics(
-    base: keras.Model, weights: BackboneWeights, train_pixels: np.ndarray, settings: Settings
-) -> FeatureStatistics | None:
-    """The standardisation a random-init backbone's head needs, from (up to ``STATISTICS_SAMPLE``)
-    training images spread over the set; none for pretrained weights."""
-    if not weights.random_init:
-        return None
-    rows = (
-        np.linspace(0, len(train_pixels) - 1, min(len(train_pixels), STATISTICS_SAMPLE))
-        .round()
-        .astype(int)
-    )
-    return pooled_feature_statistics(base, train_pixels[rows], settings.train.batch_size)
-
-
-def _compile(model: keras.Model, learning_rate: float, jit: bool, eager: bool = False) -> None:
-    """Compile with every variable the step needs already made: the optimizer's slots (built on
-    the trainable variables, so after unfreezing) and a metric object rather than the string
-    "accuracy", which Keras resolves inside the first trace. A variable made during a trace makes
-    TensorFlow trace the step a second time (about 5 s for a fine-tune step on the CPU)."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="categorical_crossentropy",
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=jit and not eager,
-        run_eagerly=eager,
-    )
-    model.optimizer.build(model.trainable_variables)
+    def phases(self, data: DataPath, validated: bool) -> tuple[Phase, ...]:
+        """The phases with epochs to run, head first: the head alone at the settings' head
+        learning rate, then the top ``unfreeze_depth`` blocks with it at the trial's rate. The
+        head alone on cached activations runs eagerly: its step is a few small matrix products,
+        cheaper to run than to trace."""
+        t = self.settings.train
+        head_epochs, finetune_epochs = self.epochs or (t.head_epochs, t.finetune_epochs)
+        validation: Validation = "none"
+        if validated:
+            validation = "every_epoch" if self.fixed_epochs else "early_stopping"
+        planned = (
+            ("head", head_epochs, t.head_learning_rate, 0),
+            ("finetune", finetune_epochs, self.params.learning_rate, self.params.unfreeze_depth),
+        )
+        phases = []
+        for name, epochs, learning_rate, depth in planned:
+            eager = data == "activations" and depth == 0
+            jit = self.jit and not eager
+            callbacks = tuple(self.callbacks)
+            phases.append(
+                Phase(name, epochs, learning_rate, depth, data, validation, jit, eager, callbacks)
+            )
+        return tuple(phase for phase in phases if phase.epochs)
 
 
 def fit_two_phase(
     model: keras.Model,
     train: Arrays,
     val: Arrays | None,
-    params: TrainParams,
-    settings: Settings,
-    callbacks: list[keras.callbacks.Callback] | None = None,
-    epochs: tuple[int, int] | None = None,
-    jit: bool = False,
+    plan: FitPlan,
+    *,
     cache: ActivationCache | FoldActivations | None = None,
-    unfreeze: Callable[[keras.Model, int], object] = set_unfrozen_blocks,
-    fixed_epochs: bool = False,
 ) -> FitResult:
     """Phase 1 trains the head (backbone frozen); phase 2 unfreezes the top ``unfreeze_depth``
     residual blocks at ``learning_rate``. With ``val``, each phase stops early on val loss and
     keeps its best weights, and the model ends on the head phase's best when fine-tuning never
-    beat it; without, ``epochs`` (head, finetune) are run as given.
+    beat it; without, the planned epochs run as given.
 
-    With ``cache`` (the search, and ``osteo compare``'s pretrained systems), each phase trains
-    only its trainable top of ``model`` on cached frozen-prefix outputs of fixed augmented views
-    instead of running the whole backbone on freshly augmented images; the weights it updates
-    are ``model``'s own.
-
-    ``unfreeze(model, depth)`` sets what trains in each phase (ResNet-50 residual blocks by
-    default; ``steps.compare`` passes VGG-16's, or a no-op for networks trained from scratch).
-
-    ``fixed_epochs`` (cross-validation): every epoch runs, with no early stopping and no
-    return to the head phase's weights, and the per-image validation probabilities after each
-    epoch are kept (``FitResult.val_proba``), so that one epoch count can be chosen across folds.
+    Without ``cache``, each phase trains the whole model on freshly augmented images. With one
+    (the search, and ``osteo compare``'s pretrained systems), each phase trains only its
+    trainable top of ``model`` on cached frozen-prefix outputs of fixed augmented views; the
+    weights it updates are ``model``'s own.
 
     Epoch numbers run on across phases, so per-epoch logs and pruning see one sequence."""
-    t = settings.train
+    validated = val is not None and len(val.labels) > 0
+    if cache is None:
+        return _fit_on_images(model, train, val if validated else None, plan)
+    return _fit_on_activations(model, cache, train, val if validated else None, plan)
+
+
+def _fit_on_images(
+    model: keras.Model, train: Arrays, val: Arrays | None, plan: FitPlan
+) -> FitResult:
+    """Every phase trains ``model`` on one dataset of augmented, shuffled training images and
+    is validated on the plain validation images."""
+    settings, t = plan.settings, plan.settings.train
     n_classes = len(settings.data.classes)
-    has_val = val is not None and len(val.labels) > 0
     weights = class_weights(train.labels, n_classes, t.class_weight)
-    train_labels, val_labels = train.row_labels, val.row_labels if has_val else None
-    head_epochs, finetune_epochs = epochs or (t.head_epochs, t.finetune_epochs)
-    phases = [
-        (n, depth, lr)
-        for n, depth, lr in (
-            (head_epochs, 0, t.head_learning_rate),
-            (finetune_epochs, params.unfreeze_depth, params.learning_rate),
-        )
-    ]
-    if cache is not None:
-        cache.attach(model, [depth for n, depth, _ in phases if n])
-    else:
-        train_ds = make_dataset(
-            train.pixels,
-            train_labels,
+    train_ds = make_dataset(
+        train.pixels,
+        train.row_labels,
+        n_classes,
+        t.batch_size,
+        augmenter(t.augment, settings.seed),
+        shuffle_seed=settings.seed,
+    )
+    val_ds = None
+    if val is not None:
+        val_ds = make_dataset(val.pixels, val.row_labels, n_classes, t.batch_size)
+    runner = _PhaseRunner(model, val, settings)
+    for phase in plan.phases("images", validated=val is not None):
+        plan.unfreeze(model, phase.depth)
+        runner.run(phase, model, train_ds, val_ds, class_weight=weights)
+    return runner.result()
+
+
+def _fit_on_activations(
+    model: keras.Model,
+    cache: ActivationCache | FoldActivations,
+    train: Arrays,
+    val: Arrays | None,
+    plan: FitPlan,
+) -> FitResult:
+    """Every phase trains the top of ``model`` it unfreezes (``core.model.top_model``, sharing
+    ``model``'s layers) on the cache's activations at that depth: epoch ``e`` on view ``e mod K``,
+    class weights as sample weights."""
+    settings, t = plan.settings, plan.settings.train
+    n_classes = len(settings.data.classes)
+    weights = class_weights(train.labels, n_classes, t.class_weight)
+    phases = plan.phases("activations", validated=val is not None)
+    cache.attach(model, [phase.depth for phase in phases])
+    val_targets = one_hot(val.row_labels, n_classes) if val is not None else None
+    runner = _PhaseRunner(model, val, settings)
+    for phase in phases:
+        plan.unfreeze(model, phase.depth)
+        top = top_model(model, phase.depth, cache.layout)
+        batches = ViewBatches(
+            cache.train(phase.depth),
+            train.row_labels,
             n_classes,
             t.batch_size,
-            augmenter(t.augment, settings.seed),
-            shuffle_seed=settings.seed,
+            weights,
+            settings.seed,
+            first_epoch=runner.epochs_run,
         )
-        val_ds = make_dataset(val.pixels, val_labels, n_classes, t.batch_size) if has_val else None
-    history: dict[str, list[float]] = {}
-    done = [0, 0]  # epochs run per phase: epoch numbers run on across phases
-    useful = [0, 0]  # epochs up to each phase's best validation loss
-    head_best: tuple[float, list[np.ndarray]] | None = None
-    val_proba: list[np.ndarray] = []
+        validation = (cache.val(phase.depth), val_targets) if val is not None else None
+        runner.run(phase, top, batches, validation, batch_size=t.batch_size)
+    return runner.result()
 
-    for phase, (n_epochs, depth, lr) in enumerate(phases):
-        if n_epochs == 0:
-            continue
-        unfreeze(model, depth)
-        start = sum(done)
-        if cache is None:
-            trained, data, validation, class_weight = model, train_ds, val_ds, weights
-        else:
-            trained = top_model(model, depth, cache.layout)
-            data = ViewBatches(
-                cache.train(depth),
-                train_labels,
-                n_classes,
-                t.batch_size,
-                weights,
-                settings.seed,
-                first_epoch=start,
+
+class _PhaseRunner:
+    """Runs the phases of one fit in turn and keeps what they reached: one history, epoch
+    numbers running on across phases, the epochs up to each phase's best validation loss, and
+    the head phase's best weights for when fine-tuning never beats them."""
+
+    def __init__(self, model: keras.Model, val: Arrays | None, settings: Settings) -> None:
+        self.model, self.val, self.train_settings = model, val, settings.train
+        self.history: dict[str, list[float]] = {}
+        self.epochs_run = 0
+        self.to_best = {"head": 0, "finetune": 0}
+        self.head_best: tuple[float, list[np.ndarray]] | None = None
+        self.val_proba: list[np.ndarray] = []
+
+    def run(
+        self,
+        phase: Phase,
+        trained: keras.Model,
+        data: tf.data.Dataset | ViewBatches,
+        validation: tf.data.Dataset | tuple[np.ndarray, np.ndarray] | None,
+        **fit_options: Any,
+    ) -> None:
+        """Compile ``trained`` (``model`` or its top) for ``phase`` and fit it on ``data``;
+        ``fit_options``: what else ``keras.Model.fit`` needs for this kind of data."""
+        _compile(trained, phase)
+        callbacks = list(phase.callbacks)
+        if phase.validation == "every_epoch":
+            batch_size = self.train_settings.batch_size
+            callbacks.append(_EpochPredictions(validation, self.val, self.val_proba, batch_size))
+        elif phase.validation == "early_stopping":
+            patience = self.train_settings.early_stopping_patience
+            stop = keras.callbacks.EarlyStopping(
+                "val_loss", patience=patience, restore_best_weights=True
             )
-            validation = (cache.val(depth), one_hot(val_labels, n_classes)) if has_val else None
-            class_weight = None  # carried by ViewBatches as sample weights
-        # The head alone on cached backbone outputs is a few small matrix products a step: tracing
-        # its step (about 1.5 s on CPU) costs more than running the whole phase eagerly.
-        _compile(trained, lr, jit, eager=cache is not None and depth == 0)
-        phase_callbacks = list(callbacks or [])
-        if has_val and fixed_epochs:
-            inputs = validation[0] if cache is not None else val_ds
-            phase_callbacks.append(_EpochPredictions(inputs, val, val_proba, t.batch_size))
-        elif has_val:
-            phase_callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    "val_loss", patience=t.early_stopping_patience, restore_best_weights=True
-                )
-            )
+            callbacks.append(stop)
         result = trained.fit(
             data,
             validation_data=validation,
-            batch_size=t.batch_size if cache is not None else None,
-            epochs=start + n_epochs,
-            initial_epoch=start,
-            class_weight=class_weight,
-            callbacks=phase_callbacks,
+            epochs=self.epochs_run + phase.epochs,
+            initial_epoch=self.epochs_run,
+            callbacks=callbacks,
             verbose=0,
+            **fit_options,
         )
-        done[phase] = len(result.history.get("loss", []))
-        for key, values in result.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        val_losses = result.history.get("val_loss") if not fixed_epochs else None
-        useful[phase] = int(np.argmin(val_losses)) + 1 if val_losses else done[phase]
-        if val_losses and phase == 0:
-            head_best = (min(val_losses), model.get_weights())
-        elif val_losses and head_best is not None and min(val_losses) >= head_best[0]:
+        self._record(phase, result.history)
+
+    def _record(self, phase: Phase, history: dict[str, list[float]]) -> None:
+        ran = len(history.get("loss", []))
+        self.epochs_run += ran
+        for key, values in history.items():
+            self.history.setdefault(key, []).extend(float(v) for v in values)
+        val_losses = history.get("val_loss") if phase.validation == "early_stopping" else None
+        self.to_best[phase.name] = int(np.argmin(val_losses)) + 1 if val_losses else ran
+        if val_losses and phase.name == "head":
+            self.head_best = (min(val_losses), self.model.get_weights())
+        elif val_losses and self.head_best is not None and min(val_losses) >= self.head_best[0]:
             # Fine-tuning never beat the head phase: end on the head phase's best weights (the
             # ones the objective scored), and a refit skips fine-tuning.
-            model.set_weights(head_best[1])
-            useful[1] = 0
-    return FitResult(history, head_epochs=useful[0], finetune_epochs=useful[1], val_proba=val_proba)
+            self.model.set_weights(self.head_best[1])
+            self.to_best["finetune"] = 0
+
+    def result(self) -> FitResult:
+        head, finetune = self.to_best["head"], self.to_best["finetune"]
+        return FitResult(self.history, head, finetune, self.val_proba)
+
+
+def _compile(model: keras.Model, phase: Phase) -> None:
+    """Compile with every variable the step needs already made: the optimizer's slots (built on
+    the trainable variables, so after unfreezing) and a metric object rather than the string
+    "accuracy", which Keras resolves inside the first trace. A variable made during a trace makes
+    TensorFlow trace the step a second time."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(phase.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=phase.jit,
+        run_eagerly=phase.eager,
+    )
+    model.optimizer.build(model.trainable_variables)
 
 
 class _EpochPredictions(keras.callbacks.Callback):
-    """After each epoch, the per-image probabilities on the validation inputs (cached
-    activations for the trained top, or an image dataset), appended to ``into``."""
+    """After each epoch, the per-image probabilities on the fit's validation data (an image
+    dataset, or cached activations and targets for the trained top), appended to ``into``."""
 
-    def __init__(self, inputs, val: Arrays, into: list[np.ndarray], batch_size: int) -> None:  # noqa: ANN001 - array or tf.data.Dataset
+    def __init__(
+        self,
+        validation: tf.data.Dataset | tuple[np.ndarray, np.ndarray],
+        val: Arrays,
+        into: list[np.ndarray],
+        batch_size: int,
+    ) -> None:
         super().__init__()
-        self.inputs, self.val, self.into, self.batch_size = inputs, val, into, batch_size
+        self.validation, self.val, self.into, self.batch_size = validation, val, into, batch_size
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if isinstance(self.inputs, np.ndarray):
-            x = self.inputs
-            rows = np.concatenate(
-                [
-                    keras.ops.convert_to_numpy(
-                        self.model(x[i : i + self.batch_size], training=False)
-                    )
-                    for i in range(0, len(x), self.batch_size)
-                ]
-            )
+        if isinstance(self.validation, tuple):
+            rows = _call_in_batches(self.model, self.validation[0], self.batch_size)
         else:
-            rows = np.asarray(self.model.predict(self.inputs, verbose=0))
+            rows = np.asarray(self.model.predict(self.validation, verbose=0))
         self.into.append(self.val.image_proba(rows.astype(np.float64)))
 
 
@@ -347,20 +363,23 @@ def predict_val(
 ) -> np.ndarray:
     """Per-image validation probabilities: from the cached boundary activations when there is a
     cache, by calling the top of the model eagerly (a trial's few validation batches cost less
-    than tracing ``predict``, about 1 s)."""
+    than tracing ``predict``)."""
     if cache is None:
         return predict_images(model, val, batch_size)
-    top, x = top_model(model, depth, cache.layout), cache.val(depth)
+    return val.image_proba(
+        _call_in_batches(top_model(model, depth, cache.layout), cache.val(depth), batch_size)
+    )
+
+
+def _call_in_batches(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``model``'s float32 outputs on ``x``, called eagerly batch by batch."""
     batches = [
-        keras.ops.convert_to_numpy(top(x[i : i + batch_size], training=False))
+        keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))
         for i in range(0, len(x), batch_size)
     ]
-    rows = (
-        np.concatenate(batches).astype(np.float32)
-        if batches
-        else np.zeros((0, model.output_shape[-1]), np.float32)
-    )
-    return val.image_proba(rows)
+    if not batches:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.concatenate(batches).astype(np.float32)
 
 
 def predict_images(model: keras.Model, arrays: Arrays, batch_size: int) -> np.ndarray:
@@ -373,70 +392,3 @@ def predict_proba(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
     dataset = make_dataset(pixels, None, model.output_shape[-1], batch_size)
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
-
-
-def activation_cache(
-    settings: Settings,
-    train: Arrays,
-    val: Arrays | None = None,
-    *,
-    floor_depth: int | None = None,
-    layout: BlockLayout = RESNET50_LAYOUT,
-) -> ActivationCache | None:
-    """The frozen-prefix cache, or ``None`` when disabled in config: augmented views of ``train``
-    and plain ``val``; without ``val`` (cross-validation), every row of ``train`` both ways, for
-    the folds to select from. ``floor_depth`` is the deepest boundary its fits will ask for
-    (default: the search space's deepest with a frozen prefix), ``layout`` the backbone's cut points."""
-    t = settings.tune
-    if not t.activation_cache:
-        return None
-    rows = np.arange(len(train.pixels))
-    pixels = train.pixels if val is None else np.concatenate([train.pixels, val.pixels])
-    val_rows = rows if val is None else np.arange(len(train.pixels), len(pixels))
-    return ActivationCache(
-        pixels,
-        rows,
-        val_rows,
-        views=min(
-            t.cache_views, settings.train.head_epochs + settings.train.finetune_epochs
-        ),  # epoch e uses view e mod K
-        augment=augmenter(settings.train.augment, settings.seed),
-        batch_size=settings.train.batch_size,
-        floor_depth=min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1)
-        if floor_depth is None
-        else floor_depth,
-        budget_bytes=int(t.cache_memory_mb * 2**20),
-        spill_dir=t.cache_spill_dir,
-        layout=layout,
-    )
-
-
-class StudyBackbone:
-    """The study's one ResNet-50, built and its weights read on the first trial only (about 2 s
-    a trial). Each trial gets it back reset to those weights, under a new head initialised from the
-    trial's own seed: trials stay independent of each other and of their order, and every trial
-    starts from the backbone weights the activation cache was computed with. ``train_pixels``
-    standardise a random-init backbone's features, once for every trial."""
-
-    def __init__(self, settings: Settings, train_pixels: np.ndarray) -> None:
-        self._settings = settings
-        self._train_pixels = train_pixels
-        self._base: keras.Model | None = None
-        self._weights: list[np.ndarray] = []
-        self._statistics: FeatureStatistics | None = None
-        # Which weights (for each trial's tags), known before the backbone is built.
-        self.weights = resolve_weights(
-            settings.model.weights, settings.model.allow_random_init_fallback
-        )
-
-    def model(self, params: TrainParams, seed: int) -> keras.Model:
-        if self._base is None:
-            self._base, self.weights = load_backbone(self._settings)
-            self._weights = self._base.get_weights()
-            self._statistics = feature_statistics(
-                self._base, self.weights, self._train_pixels, self._settings
-            )
-        else:
-            self._base.set_weights(self._weights)
-        keras.utils.set_random_seed(seed)
-        return with_head(self._base, model_spec(self._settings, params), self._statistics)

@@ -36,7 +36,8 @@ from osteo_pipeline.steps.tune import (
 )
 from osteo_pipeline.steps.validate import validate_folder
 from osteo_pipeline.training.arrays import load_arrays, pixel_cache
-from osteo_pipeline.training.fit import StudyBackbone, TrainParams
+from osteo_pipeline.training.backbone import StudyBackbone
+from osteo_pipeline.training.fit import TrainParams
 
 pytestmark = pytest.mark.slow
 

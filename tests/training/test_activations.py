@@ -20,7 +20,7 @@ from osteo_pipeline.core.model import (
 from osteo_pipeline.core.preprocess import model_input
 from osteo_pipeline.training.activations import ActivationCache, view_batches
 from osteo_pipeline.training.arrays import Arrays
-from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_val
+from osteo_pipeline.training.fit import FitPlan, TrainParams, fit_two_phase, predict_val
 
 pytestmark = pytest.mark.slow
 SIZE, BATCH, VIEWS = 32, 16, 2
@@ -29,9 +29,8 @@ SIZE, BATCH, VIEWS = 32, 16, 2
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
-    gray = np.repeat(
-        rng.integers(0, 256, (9, SIZE, SIZE, 1), dtype=np.uint8), 3, axis=3
-    )  # as decoded: gray in 3 channels
+    # As decoded: gray in 3 channels.
+    gray = np.repeat(rng.integers(0, 256, (9, SIZE, SIZE, 1), dtype=np.uint8), 3, axis=3)
     train = Arrays(gray[:6], np.array([0, 1, 0, 1, 1, 1]))
     val = Arrays(gray[6:], np.array([0, 1, 1]))
     return train, val
@@ -100,9 +99,8 @@ def test_cached_training_matches_the_full_model_on_the_same_views(
     cached = build(tmp_path)
     reference = inference_copy(cached)
     cache = _cache(settings, data, layout=layout)
-    fit_two_phase(
-        cached, train, None, params, settings, epochs=(1, 1), cache=cache, unfreeze=unfreeze
-    )  # no validation: both epochs stay
+    plan = FitPlan(settings, params, epochs=(1, 1), unfreeze=unfreeze)
+    fit_two_phase(cached, train, None, plan, cache=cache)  # no validation: both epochs stay
 
     # The same two epochs on whole images: view 0 in the head phase, view 1 in the fine-tune phase.
     views = [
@@ -143,9 +141,8 @@ def test_cached_training_matches_the_full_model_on_the_same_views(
         rtol=1e-4,
         atol=1e-5,
     )
-    assert (
-        cache.report()["activation_cache_boundaries"] == 3
-    )  # the floor (depth 2), and depths 1 and 0 on one pass up from it
+    # The floor (depth 2), and depths 1 and 0 on one pass up from it.
+    assert cache.report()["activation_cache_boundaries"] == 3
 
 
 def test_boundaries_chained_from_the_floor_equal_a_direct_pass(settings, data):
@@ -172,11 +169,10 @@ def test_over_budget_spills_to_disk_with_the_same_values_and_cleans_up(settings,
     report = spilled.report()
     assert report["activation_cache_memory_mb"] == 0 and report["activation_cache_spilled_mb"] > 0
     assert isinstance(spilled.train(0), np.memmap) and any((tmp_path / "spill").iterdir())
-    # the floor (2) and the asked-for depth (0) spill; boundary 1, passed on the way, is kept only in memory
-    assert (
-        report["activation_cache_boundaries"] == 2
-        and in_memory.report()["activation_cache_boundaries"] == 3
-    )
+    # The floor (2) and the asked-for depth (0) spill; boundary 1, passed on the way, is kept
+    # only in memory.
+    assert report["activation_cache_boundaries"] == 2
+    assert in_memory.report()["activation_cache_boundaries"] == 3
     np.testing.assert_array_equal(np.asarray(spilled.train(0)), in_memory.train(0))
     spilled.close()
     assert not any((tmp_path / "spill").iterdir())

@@ -13,9 +13,7 @@ from osteo_pipeline.training.fit import FitResult
 
 def test_folds_keep_groups_whole_and_validate_every_image_once():
     rng = np.random.default_rng(0)
-    groups = np.repeat(
-        np.arange(30), rng.integers(1, 4, 30)
-    )  # copies of one radiograph share a group
+    groups = np.repeat(np.arange(30), rng.integers(1, 4, 30))  # copies of one radiograph: a group
     labels = (groups % 3 == 0).astype(int)
     folds = cv_folds(labels, groups, 5, seed=1)
     assert len(folds) == 5
@@ -117,7 +115,8 @@ def test_the_estimate_has_a_corrected_interval_around_the_fold_mean():
 def test_fold_models_and_refit_never_train_on_what_they_predict():
     """final_models: each fold model predicts only its held-out fold and the test part, the refit
     trains on all training images, no model sees the test part, groups stay whole, each OOF row is
-    its own image's prediction, and the ensemble is the mean of the fold models' test predictions."""
+    its own image's prediction, and the ensemble is the mean of the fold models' test
+    predictions."""
     labels = np.repeat([0, 1], 20)
     groups = np.arange(40) // 2  # pairs of copies
     order = np.random.default_rng(0).permutation(40)

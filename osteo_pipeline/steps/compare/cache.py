@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from osteo_pipeline.config import Settings
-from osteo_pipeline.training.activations import ActivationCache, FoldActivations
+from osteo_pipeline.training.activations import ActivationCache, FoldActivations, activation_cache
 from osteo_pipeline.training.arrays import Arrays
 from osteo_pipeline.training.cv import rows_of
-from osteo_pipeline.training.fit import activation_cache
 from osteo_pipeline.training.zoo import KerasSystem
 
 

@@ -23,11 +23,12 @@ from osteo_pipeline.steps.compare.cache import close_cache, seen_text
 from osteo_pipeline.steps.compare.data import Data
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.tune import best_params
+from osteo_pipeline.training.activations import activation_cache
+from osteo_pipeline.training.backbone import StudyBackbone
 from osteo_pipeline.training.cv import final_models, rows_of
 from osteo_pipeline.training.fit import (
-    StudyBackbone,
+    FitPlan,
     TrainParams,
-    activation_cache,
     fit_two_phase,
     predict_images,
     predict_val,
@@ -144,10 +145,7 @@ class NestedRecipe:
             model,
             self.arrays.select(train),
             None,
-            params,
-            self.settings,
-            epochs=self.epochs,
-            jit=self.jit,
+            FitPlan(self.settings, params, epochs=self.epochs, jit=self.jit),
             cache=fold,
         )
         proba = (

@@ -27,7 +27,13 @@ from osteo_pipeline.steps.compare.recipe import (
 )
 from osteo_pipeline.training import zoo
 from osteo_pipeline.training.arrays import pixel_cache
-from osteo_pipeline.training.fit import TrainParams, fit_two_phase, predict_images, predict_val
+from osteo_pipeline.training.fit import (
+    FitPlan,
+    TrainParams,
+    fit_two_phase,
+    predict_images,
+    predict_val,
+)
 from osteo_pipeline.training.probes import (
     TEXTURE_SIZE,
     fit_forest,
@@ -135,11 +141,13 @@ class KerasNetwork(SystemBase):
             system.model,
             train,
             val if self.early_stopping else None,
-            system.params,
-            settings,
-            epochs=system.epochs,
-            jit=self.setup.jit,
-            unfreeze=system.unfreeze,
+            FitPlan(
+                settings,
+                system.params,
+                epochs=system.epochs,
+                jit=self.setup.jit,
+                unfreeze=system.unfreeze,
+            ),
             cache=cache,
         )
         batch = settings.train.batch_size

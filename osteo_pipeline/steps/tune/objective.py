@@ -31,17 +31,11 @@ from osteo_pipeline.steps.tune.study import (
     study_objective,
     uses_cv,
 )
-from osteo_pipeline.training.activations import ActivationCache
+from osteo_pipeline.training.activations import ActivationCache, activation_cache
 from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
+from osteo_pipeline.training.backbone import StudyBackbone
 from osteo_pipeline.training.cv import cross_validate, cv_arrays, rows_of
-from osteo_pipeline.training.fit import (
-    FitResult,
-    StudyBackbone,
-    TrainParams,
-    activation_cache,
-    fit_two_phase,
-    predict_val,
-)
+from osteo_pipeline.training.fit import FitPlan, FitResult, TrainParams, fit_two_phase, predict_val
 from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
 
 if TYPE_CHECKING:
@@ -257,10 +251,7 @@ class Objective:
             model,
             arrays["train"],
             arrays["val"],
-            params,
-            self.fit_settings,
-            callbacks,
-            jit=self.runtime["xla"],
+            FitPlan(self.fit_settings, params, callbacks=callbacks, jit=self.runtime["xla"]),
             cache=trial_cache,
         )
         positive = settings.data.classes.index(settings.data.positive)
@@ -307,17 +298,14 @@ class Objective:
             logger = tracking.EpochLogger(
                 prefix=f"fold{fold}_", label=f"trial {trial.number} fold {fold}"
             )
-            return fit_two_phase(
-                model,
-                cv.select(train),
-                cv.select(val),
-                params,
+            plan = FitPlan(
                 self.fit_settings,
-                [logger],
+                params,
+                callbacks=[logger],
                 jit=self.runtime["xla"],
-                cache=fold_cache,
                 fixed_epochs=True,
             )
+            return fit_two_phase(model, cv.select(train), cv.select(val), plan, cache=fold_cache)
 
         def report(fold: int, value: float) -> None:
             mlflow.log_metric(f"cv_running_{t.objective}", value, step=fold)
