@@ -36,6 +36,13 @@ class PlainStderrHandler(logging.StreamHandler):
         """The stream is always the current ``sys.stderr``."""
 
 
+def _shown(record: logging.LogRecord) -> bool:
+    """The package's records from INFO up, other loggers' from WARNING (some libraries set their
+    own loggers to INFO: Great Expectations announces every temporary docs folder)."""
+    ours = record.name == PACKAGE or record.name.startswith(f"{PACKAGE}.")
+    return ours or record.levelno >= logging.WARNING
+
+
 def _not_pickling_notice(record: logging.LogRecord) -> bool:
     """MLflow warns on every logged model that a Python object is pickled: by design here."""
     return "Passing a Python object as `python_model`" not in record.getMessage()
@@ -56,6 +63,7 @@ def configure_logging() -> None:
         else PlainStderrHandler()
     )
     handler.osteo_cli = True  # type: ignore[attr-defined]
+    handler.addFilter(_shown)
     root.addHandler(handler)
     logging.getLogger(PACKAGE).setLevel(logging.INFO)
     for name in QUIETED:
