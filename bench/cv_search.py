@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace, name: str, variant: dict) -> dict:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        summary = next(line for line in done.stderr.splitlines() if line.startswith("study "))
+        summary = next(line for line in done.stdout.splitlines() if line.startswith("study "))
         print(f"{name}: {wall:.0f} s", file=sys.stderr)
         return {
             "variant": name,

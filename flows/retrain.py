@@ -13,6 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NONE as NO_CACHE
 
 from osteo_pipeline.config import Settings, cli_overrides, load_settings
+from osteo_pipeline.core.summaries import MetricsTable, ValidationSummary
 from osteo_pipeline.errors import CheckFailedError, OsteoError
 from osteo_pipeline.io.reports import write_validation_report
 from osteo_pipeline.steps.split import SplitManifest, split_dataset
@@ -42,37 +43,6 @@ def _settings(config: str | None, overrides: list[str] | None) -> Settings:
     return load_settings(config, overrides=cli_overrides(overrides or []))
 
 
-def _validation_markdown(summary: dict[str, Any], report: Path) -> str:
-    lines = [
-        f"## Validation {'passed' if summary['passed'] else 'FAILED'}: `{summary['data_dir']}`",
-        "",
-    ]
-    lines += [
-        "| class | images |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in summary["counts"].items()),
-        "",
-    ]
-    for f in summary["failed_expectations"] + summary["warnings"]:
-        ids = ", ".join(f"`{u['id']}`" for u in f["unexpected"][:10])
-        lines.append(
-            f"- **{f['severity']}** `{f['check']}`: {f['observed']} (bound {f['bound']}) {ids}"
-        )
-    for item in summary["unreadable"][:MAX_LISTED]:
-        lines.append(f"- unreadable `{item['path']}`: {item['reason']}")
-    for conflict in summary["label_conflicts"]:
-        lines.append(
-            f"- label conflict: {' = '.join(conflict['paths'])} ({', '.join(conflict['kinds'])})"
-        )
-    lines += [f"- to fit: {hint}" for hint in summary["suggestions"]]
-    lines += [
-        "",
-        f"{len(summary['duplicate_groups'])} exact-duplicate groups, {len(summary['copy_groups'])} groups of copies ({summary['derived_copies']['links']} derived-copy links).",
-        f"Full report: `{report}`",
-    ]
-    return "\n".join(lines)
-
-
 @task(name="pull-from-s3", cache_policy=NO_CACHE, **TRANSIENT)
 def pull_task(uri: str, settings: Settings) -> str:
     """Stage an ``s3://`` batch locally (checksums verified) in a fresh folder per run; staged
@@ -100,7 +70,7 @@ def validate_task(data_dir: str, settings: Settings) -> ValidationResult:
     result = validate_folder(data_dir, settings, docs_dir=report_dir)
     paths = write_validation_report(result, report_dir, MAX_LISTED, settings.validation.max_pixels)
     create_markdown_artifact(
-        _validation_markdown(result.summary, paths["html"]),
+        ValidationSummary.from_dict(result.summary).to_markdown(paths["html"], listed=MAX_LISTED),
         key="validation-summary",
         description="Great Expectations validation",
     )
@@ -189,15 +159,9 @@ def refit_task(split: SplitManifest, best: dict[str, Any], settings: Settings) -
     result = refit_and_evaluate(
         split, best["params"], settings, source="tuned", tags=best["tags"], cv=best.get("cv")
     )
-    rows = "\n".join(
-        f"| {k} | {v['value']:.3f} | "
-        + (
-            f"{v['low']:.3f} – {v['high']:.3f} |" if v["low"] == v["low"] else "- |"
-        )  # NaN: no CI (ECE)
-        for k, v in result.metrics.items()
-    )
     create_markdown_artifact(
-        f"## Test metrics\n\n| metric | value | 95% CI |\n|---|---|---|\n{rows}\n\nBackbone weights: `{result.weights_used}`",
+        f"## Test metrics\n\n{MetricsTable.from_dict(result.metrics).to_markdown()}\n\n"
+        f"Backbone weights: `{result.weights_used}`",
         key="test-metrics",
     )
     uri = tracking_uri(settings)
@@ -253,7 +217,8 @@ def _run_settings(settings: Settings) -> Settings:
 def retrain_flow(
     data_dir: str, config: str | None = None, overrides: list[str] | None = None
 ) -> dict[str, Any]:
-    """[pull from S3 ->] validate -> split -> tune -> refit best -> evaluate -> register -> gate and promote."""
+    """[pull from S3 ->] validate -> split -> tune -> refit best -> evaluate -> register -> gate
+    and promote."""
     logger = get_run_logger()
     settings = _run_settings(_settings(config, overrides))
     logger.info("this run writes under %s", settings.output_dir)

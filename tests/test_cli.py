@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -282,3 +283,98 @@ def test_validate_prints_the_settings_that_fit_and_config_takes_a_packaged_name(
         ],
     )
     assert three.exit_code == 0, three.output
+
+
+def test_results_go_to_stdout_and_logs_and_errors_to_stderr(data, tmp_path):
+    made = runner.invoke(app, ["synth", str(tmp_path / "more"), "--per-class", "2", "--size", "64"])
+    assert "wrote 4 images" in made.stdout and "wrote" not in made.stderr, made.output
+    report = ["--report-dir", str(tmp_path / "r"), *SMALL]
+    checked = runner.invoke(app, ["validate", str(data), *report])
+    assert checked.exit_code == 0, checked.output
+    assert "Validation PASSED" in checked.stdout and "report: " in checked.stdout
+    assert "checked 24 files" in checked.stderr and "checked 24 files" not in checked.stdout
+    as_json = runner.invoke(app, ["validate", str(data), "--json", *report])
+    summary = json.loads(as_json.stdout)  # nothing but the JSON on stdout
+    assert "report: " in as_json.stderr
+    assert type(summary["files"]) is int and type(summary["seconds"]) is float  # JSON numbers
+    (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    stopped = runner.invoke(app, ["split", str(data), *SMALL])
+    assert stopped.exit_code == 1 and stopped.stdout == "", stopped.output
+    assert "normal/broken.jpg" in stopped.stderr and "stopped:" in stopped.stderr
+    missing = runner.invoke(app, ["validate", str(tmp_path / "missing")])
+    assert missing.stdout == "" and missing.stderr.startswith("error: data folder not found")
+
+
+def test_every_command_takes_the_shared_config_options():
+    """--config and --set are declared once and reach every command that reads settings (all
+    but `weights install`, which only checks a file)."""
+    import typer.main
+
+    def leaves(command, path=()):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from leaves(sub, (*path, name))
+        if not hasattr(command, "commands"):
+            yield " ".join(path), command
+
+    commands = dict(leaves(typer.main.get_command(app)))
+    assert len(commands) == 21
+    for name, command in commands.items():
+        options = {opt for param in command.params for opt in param.opts}
+        expected = {"--config", "-c", "--set", "-s"} if name != "weights install" else set()
+        assert options >= expected and not (options & {"--config", "--set"}) - expected, name
+    shown = runner.invoke(app, ["weights", "show", "--set", "model.weights=none"])
+    assert shown.exit_code == 0 and "random" in shown.stdout.lower(), shown.output
+
+
+def test_package_warnings_reach_caplog_and_stderr_after_an_in_process_call(caplog, capsys):
+    """The CLI's log handler sits on the root: the package's records still propagate (pytest's
+    caplog, an embedding application see them), and it writes to the stderr of the moment."""
+    import logging
+
+    assert runner.invoke(app, ["config"]).exit_code == 0
+    assert logging.getLogger("osteo_pipeline").propagate
+    logging.getLogger("osteo_pipeline.io.copies").warning("a warning after the call")
+    assert "a warning after the call" in caplog.text
+    library = logging.getLogger("a_library.that_sets_info")
+    library.setLevel(logging.INFO)
+    library.info("library chatter")
+    logging.getLogger("osteo_pipeline.steps").info("package progress")
+    stderr = capsys.readouterr().err
+    assert "a warning after the call" in stderr and "Logging error" not in stderr
+    assert "package progress" in stderr and "library chatter" not in stderr
+    assert runner.invoke(app, ["config"]).exit_code == 0  # a second call: still one handler
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "osteo_cli", False)]
+    assert len(ours) == 1
+
+
+def test_crops_draws_the_knee_boxes_of_spread_films(data, tmp_path):
+    figure = tmp_path / "figures" / "crops.png"
+    result = runner.invoke(app, ["crops", str(data), "--out", str(figure), "--limit", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{figure}: 5 films, ") and "knee crops" in result.stdout
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_html_report_names_both_files_of_each_derived_copy_link(tmp_path):
+    data = tmp_path / "d"
+    runner.invoke(app, ["synth", str(data), "--per-class", "6", "--size", "64", "--copies", "0.5"])
+    planted = json.loads((data / ".planted_copies.json").read_text())
+    runner.invoke(app, ["validate", str(data), "--report-dir", str(tmp_path / "r"), *SMALL])
+    html = (tmp_path / "r" / "validation.html").read_text()
+    assert "built-in method" not in html
+    copies = [entry["copy"] for entry in planted if "copy" in entry]
+    assert copies and any(f"&rarr; <code>{copy}</code>" in html for copy in copies), html[-3000:]
+
+
+@pytest.mark.slow
+def test_train_prints_its_metrics_run_and_version_on_stdout(synth_dir, config_file, train_settings):
+    result = runner.invoke(
+        app,
+        ["train", str(synth_dir(per_class=12)), "--params", "config", "--config", str(config_file)],
+    )
+    assert result.exit_code == 0, result.output
+    name = train_settings.registry.model_name
+    for shown in ("test metrics (n=", "balanced_accuracy", f"registered {name} version 1 as"):
+        assert shown in result.stdout and shown not in result.stderr, result.output
+    assert re.search(r"^run [0-9a-f]{32}; model \S+:/", result.stdout, re.M), result.stdout
+    assert "epoch 1" in result.stderr and "epoch 1" not in result.stdout  # progress is a log

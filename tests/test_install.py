@@ -209,7 +209,7 @@ def test_installed_synth_and_validate_report_failures_as_plain_json_through_a_pi
     )
     assert (
         plain.returncode == 1
-        and "normal/empty.png" in plain.stderr
+        and "normal/empty.png" in plain.stdout
         and "Traceback" not in plain.stderr
     )
     piped = subprocess.run(

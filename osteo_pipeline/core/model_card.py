@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-
-def _finite(value: float | None) -> bool:
-    """Metrics come back from JSON artifacts, where a missing value (no CI, no AUC) is null."""
-    return value is not None and math.isfinite(value)
-
-
-def _number(value: float | None) -> str:
-    return f"{value:.3f}" if _finite(value) else "-"
+from osteo_pipeline.core.summaries import MetricsTable
 
 
 def _cv_section(cv: dict[str, Any], n_test: int) -> str:
     """The headline: the out-of-fold estimate with its interval, the test split's numbers beside it."""
-    rows = "\n".join(
-        f"| {metric} | {_number(v['value'])} | "
-        + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
-        for metric, v in cv["metrics"].items()
-    )
+    table = MetricsTable.from_dict(cv["metrics"]).to_markdown("CV estimate", "95% interval")
     return f"""
 ## Headline: cross-validated estimate ({cv["folds"]}-fold, n = {cv["n"]} images)
 Out-of-fold predictions of the chosen parameters, each fold's labels from a calibration fitted on
@@ -29,9 +17,7 @@ the other folds; mean over folds with the 95% corrected resampled t interval. It
 optimistic: the same folds chose the parameters (best of the search's trials) and the epoch
 count. The test split below (n = {n_test}) is the one untouched check.
 
-| metric | CV estimate | 95% interval |
-|---|---|---|
-{rows}
+{table}
 """
 
 
@@ -59,11 +45,7 @@ def render_model_card(
         + f" | {sum(counts.get(split, {}).values())} |"
         for split in ("train", "val", "test")
     )
-    metric_rows = "\n".join(
-        f"| {metric} | {_number(v['value'])} | "
-        + (f"{_number(v['low'])} – {_number(v['high'])} |" if _finite(v["low"]) else "- |")
-        for metric, v in metrics.items()
-    )
+    metrics_table = MetricsTable.from_dict(metrics).to_markdown()
     n_test = sum(counts.get("test", {}).values())
     headline = _cv_section(cv, n_test) if cv else ""
     calibrated_on = "out-of-fold predictions of the cross-validated search" if cv else "validation"
@@ -121,9 +103,7 @@ model. Figures that show evaluated images (prediction and Grad-CAM grids) on the
 {image_grids}.
 
 ## Test metrics (n = {n_test}; positive class `{positive}`; 95% bootstrap CIs)
-| metric | value | 95% CI |
-|---|---|---|
-{metric_rows}
+{metrics_table}
 
 ## Limits
 - Small data: with n = {n_test} test images the CIs above are wide; differences inside them are noise.

@@ -1,4 +1,7 @@
-"""Write a validation result to disk: self-contained HTML (works offline), JSON summary, manifest."""
+"""Write a validation result to disk: self-contained HTML (works offline), JSON summary, manifest.
+
+The HTML is the validation summary's one HTML renderer (``templates/validation_report.html.j2``,
+given the typed :class:`~osteo_pipeline.core.summaries.ValidationSummary`)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from PIL import Image
 
 from osteo_pipeline.core.jsonable import dumps
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_gray
+from osteo_pipeline.core.summaries import ValidationSummary
 from osteo_pipeline.io.manifest import display_path
 
 if TYPE_CHECKING:
@@ -94,14 +98,15 @@ def _copy_rows(
 def write_validation_report(
     result: ValidationResult, report_dir: Path, max_listed: int, max_pixels: int
 ) -> dict[str, Path]:
-    """``validation.html`` (self-contained), ``validation.json`` (the summary) and ``manifest.csv``."""
-    summary, manifest = result.summary, result.scan.manifest
+    """``validation.html`` (self-contained), ``validation.json`` (the summary) and
+    ``manifest.csv``."""
+    summary, manifest = ValidationSummary.from_dict(result.summary), result.scan.manifest
     report_dir.mkdir(parents=True, exist_ok=True)
     html = _ENV.get_template("validation_report.html.j2").render(
         s=summary,
         gx_version=gx.__version__,
         max_listed=max_listed,
-        dup_rows=[{"paths": g} for g in summary["duplicate_groups"]],
+        dup_rows=[{"paths": g} for g in summary.duplicate_groups],
         copy_rows=_copy_rows(result.scan.root, result.copy_groups, manifest, max_pixels),
     )
     paths = {
@@ -110,6 +115,6 @@ def write_validation_report(
         "manifest": report_dir / "manifest.csv",
     }
     write_text_atomic(paths["html"], html)
-    write_json(paths["summary"], summary)
+    write_json(paths["summary"], result.summary)
     manifest.to_csv(paths["manifest"], index=False, errors="surrogateescape")
     return paths

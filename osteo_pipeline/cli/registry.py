@@ -1,0 +1,149 @@
+"""Commands on registered models: ``register``, ``promote``, ``rollback``, ``models``,
+``predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from osteo_pipeline.cli.common import (
+    EXIT_CHECK_FAILED,
+    ConfigSource,
+    InputError,
+    ModelUriArgument,
+    command,
+    out,
+    print_json,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (numbers as numbers).")]
+# Column headings of `osteo models` on the terminal.
+SHORT_HEADINGS = {
+    "version": "ver",
+    "balanced_accuracy": "bal_acc",
+    "recall": "sens",
+    "specificity": "spec",
+    "roc_auc": "auc",
+    "dataset_hash": "dataset",
+}
+
+
+@command(name="register")
+def register_cmd(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of an `osteo train` run.")],
+    *,
+    config: ConfigSource,
+) -> None:
+    """Register a trained run's model as a new version with alias 'staging' (and a model card)."""
+    from osteo_pipeline.steps.registry import register_run
+
+    settings = config.settings()
+    version = register_run(run_id, settings)
+    out.print(
+        f"registered {settings.registry.model_name} version {version} as 'staging'",
+        highlight=False,
+    )
+
+
+@command()
+def promote(
+    version: Annotated[
+        str | None, typer.Option(help="Version to promote (default: the 'staging' alias).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the candidate's test images are, if moved.")
+    ] = None,
+    *,
+    config: ConfigSource,
+) -> None:
+    """Gate a candidate against production on the same held-out images; promote if it passes."""
+    from osteo_pipeline.steps.registry import promote as run_promote
+
+    decision = run_promote(config.settings(), version, data_dir)
+    style = {"passed": "green", "inconclusive": "yellow"}.get(decision.verdict, "red")
+    out.print(f"[{style}]{decision.summary}[/]", highlight=False)
+    production = decision.extra["production"] or "none"
+    if not decision.passed:
+        out.print(f"production unchanged ({production})", highlight=False)
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    out.print(
+        f"production -> version {decision.extra['candidate']} (previous: {production})",
+        highlight=False,
+    )
+
+
+@command()
+def rollback(*, config: ConfigSource) -> None:
+    """Point 'production' back at the 'previous' version."""
+    from osteo_pipeline.steps.registry import rollback as run_rollback
+
+    old, new = run_rollback(config.settings())
+    out.print(f"production: version {old} -> version {new}", highlight=False)
+
+
+@command()
+def models(
+    model: Annotated[
+        str | None, typer.Option("--model", help="Only this registered model (default: every one).")
+    ] = None,
+    json_: JsonOption = False,
+    *,
+    config: ConfigSource,
+) -> None:
+    """List the versions of every registered model (or of --model) with their aliases and key
+    test metrics."""
+    from rich.table import Table
+
+    from osteo_pipeline.steps.registry import LISTED_METRICS, list_versions, registered_models
+
+    settings = config.settings()
+    names = registered_models(settings)
+    if model is not None and model not in names:
+        registered = ", ".join(names) or "none yet"
+        raise InputError(f"no registered model named {model!r}; registered: {registered}")
+    rows = list_versions(settings, [model] if model else names) if names else []
+    if json_:
+        print_json(rows)
+        return
+    if not rows:
+        listed = ", ".join(names)
+        out.print(
+            f"no registered versions yet of {listed}" if names else "no registered models yet"
+        )
+        return
+    table = Table(*(SHORT_HEADINGS.get(k, k) for k in rows[0]))
+    for row in rows:
+        cells: dict[str, Any] = {
+            **row,
+            "run_id": (row["run_id"] or "")[:8],
+            "aliases": ", ".join(row["aliases"]),
+        }
+        for metric in LISTED_METRICS:
+            cells[metric] = f"{row[metric]:.3f}" if row[metric] is not None else "-"
+        table.add_row(*(str(v or "") for v in cells.values()))
+    out.print(table)
+
+
+@command()
+def predict(
+    model_uri: ModelUriArgument,
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+    *,
+    config: ConfigSource,
+) -> None:
+    """Classify image files with a logged or registered model (the same pyfunc the server runs)."""
+    from rich.table import Table
+
+    from osteo_pipeline.steps.predict import predict_files
+
+    result = predict_files(model_uri, images, config.settings())
+    if json_:
+        print_json(result)
+        return
+    table = Table(*result.columns)
+    for row in result.itertuples(index=False):
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)

@@ -1,0 +1,64 @@
+"""Commands that do not train or load a model never import TensorFlow: each runs in a fresh
+interpreter (as the ``osteo`` script does), which reports afterwards whether TensorFlow was
+imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Runs the app as the console script does, then says whether TensorFlow got imported.
+RUN_OSTEO = """
+import sys
+from osteo_pipeline.cli import app
+try:
+    app(sys.argv[1:], prog_name="osteo")
+except SystemExit as done:
+    code = done.code
+print(f"tensorflow imported: {'tensorflow' in sys.modules}", file=sys.stderr)
+sys.exit(code)
+"""
+# Seconds a command may take here. A command that imports TensorFlow is caught by the module
+# check, not by the clock (the import takes 4-20 s, under the bound on a fast machine).
+QUICK_S = 60
+
+
+def _osteo(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_OSTEO, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+    return done, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "on_stdout", "on_stderr"),
+    [
+        (["config", "--set", "seed=5"], 0, "seed: 5", ""),
+        (["models"], 0, "no registered models yet", ""),
+        (["validate", "/nonexistent"], 2, "", "error: data folder not found: /nonexistent"),
+    ],
+    ids=["config", "models", "missing-folder"],
+)
+def test_commands_without_a_model_never_import_tensorflow(
+    args, code, on_stdout, on_stderr, tmp_path
+):
+    store = [
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set",
+        f"tracking.artifact_root={tmp_path / 'mlruns'}",
+    ]
+    done, seconds = _osteo(*args, *store, cwd=tmp_path)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert on_stdout in done.stdout and on_stderr in done.stderr, done.stdout + done.stderr
+    assert "tensorflow imported: False" in done.stderr, done.stderr
+    assert seconds < QUICK_S
