@@ -1,22 +1,23 @@
 """Structure checks that ruff does not make: module size and repeated blocks.
 
 `make lint` (and so CI) runs this. It fails when a module under `osteo_pipeline/` or `flows/` has
-400 lines or more, or when a block of six or more lines of the same shape (the same tokens once
-names, strings and numbers are blanked alike) stands twice inside `osteo_pipeline/`. Blank lines,
-comments, docstrings, import lines and tables of like rows (a window of at most two shapes) do
-not count.
+400 lines or more, or when a run of six or more statements of the same shape (the same tokens once
+names, strings and numbers are blanked alike) stands twice inside `osteo_pipeline/`. Comments,
+docstrings and imports do not count, nor do runs that mostly declare (constants, a dataclass's
+fields) or repeat at most two shapes (a table of like rows).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import sys
 import tokenize
 from collections import defaultdict
 from pathlib import Path
 
 MAX_LINES = 400
-MIN_REPEATED = 6
+MIN_REPEATED = 6  # statements
 SIZE_CHECKED = ("osteo_pipeline", "flows")
 REPEATS_CHECKED = "osteo_pipeline"
 SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
@@ -24,27 +25,32 @@ BLANKED = {tokenize.NAME: "_", tokenize.STRING: "_", tokenize.NUMBER: "_"}
 KEYWORDS = frozenset(__import__("keyword").kwlist) | {"self", "cls", "None", "True", "False"}
 
 
-def code_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, shape) of each line that holds code other than an import or a docstring."""
-    by_line: dict[int, list[tokenize.TokenInfo]] = defaultdict(list)
-    statement: list[tokenize.TokenInfo] = []
+def code_statements(path: Path) -> list[tuple[int, str]]:
+    """(first line, shape) of each statement that is code, not an import or a docstring."""
+    statements: list[tuple[int, str]] = []
+    tokens: list[tokenize.TokenInfo] = []
     for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
         if token.type == tokenize.NEWLINE:
-            if not _import_or_docstring(statement):
-                for part in statement:
-                    by_line[part.start[0]].append(part)
-            statement = []
+            if not _import_or_docstring(tokens):
+                statements.append((tokens[0].start[0], _shape(tokens)))
+            tokens = []
         elif token.type not in SKIPPED and token.type != tokenize.ENDMARKER:
-            statement.append(token)
-    lines = []
-    for number in sorted(by_line):
-        shape = " ".join(
-            t.string if t.string in KEYWORDS else BLANKED.get(t.type, t.string)
-            for t in by_line[number]
-        )
-        if len(shape.replace(" ", "")) > 3:  # lone punctuation (`)`, `],`) does not count
-            lines.append((number, shape))
-    return lines
+            tokens.append(token)
+    return statements
+
+
+def _shape(tokens: list[tokenize.TokenInfo]) -> str:
+    return " ".join(
+        t.string if t.string in KEYWORDS else BLANKED.get(t.type, t.string) for t in tokens
+    )
+
+
+def _declares(shape: str) -> bool:
+    """A decorator, a class line, or a name bound or annotated without a call: declarations."""
+    return (
+        shape.startswith(("@", "class "))
+        or re.fullmatch(r"_( : [^=(]+)?( = [^(]+)?", shape) is not None
+    )
 
 
 def _import_or_docstring(statement: list[tokenize.TokenInfo]) -> bool:
@@ -68,11 +74,11 @@ def oversized(root: Path) -> list[str]:
 def repeated_blocks(root: Path) -> list[str]:
     seen: dict[tuple[str, ...], list[tuple[str, int]]] = defaultdict(list)
     for path in sorted((root / REPEATS_CHECKED).rglob("*.py")):
-        lines = code_lines(path)
+        lines = code_statements(path)
         for start in range(len(lines) - MIN_REPEATED + 1):
             window = tuple(shape for _, shape in lines[start : start + MIN_REPEATED])
-            if len(set(window)) <= 2:  # a table of like rows (a dict literal, a list): data
-                continue
+            if len(set(window)) <= 2 or sum(map(_declares, window)) > MIN_REPEATED // 2:
+                continue  # data or declarations: a table of like rows, a dataclass's fields
             seen[window].append((str(path.relative_to(root)), lines[start][0]))
     problems = []
     reported: set[tuple[str, int]] = set()
@@ -86,7 +92,7 @@ def repeated_blocks(root: Path) -> list[str]:
 
 
 def main() -> int:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
     problems = oversized(root) + repeated_blocks(root)
     for problem in problems:
         print(problem, file=sys.stderr)

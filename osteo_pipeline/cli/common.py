@@ -35,7 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console(soft_wrap=True)  # results
-console = Console(stderr=True, soft_wrap=True)  # progress, notes and errors
+console = Console(stderr=True, soft_wrap=True)  # progress, notes, errors
 
 
 def fit_tables_to_pipe() -> None:
@@ -146,7 +146,7 @@ def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*args, **kwargs)
         except OsteoError as exc:
             # escaped: a message's [a, b] lists are text, not rich markup
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(
                 EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_INPUT
             ) from exc

@@ -30,7 +30,7 @@ DataDir = Annotated[Path, typer.Argument(help="Folder of class folders: DATA_DIR
 @command(name="config")
 def show_config(*, config: ConfigSource) -> None:
     """Print the effective configuration (defaults < file < OSTEO_* env < --set) as YAML."""
-    out.print(settings_to_yaml(config.settings()), end="", highlight=False)
+    out.print(settings_to_yaml(config.settings()), end="")
 
 
 @command()
@@ -80,7 +80,6 @@ def synth(
     )
     out.print(
         f"wrote {sum(counts.values())} images to {out_dir}: {counts} (seed {settings.seed})",
-        highlight=False,
     )
 
 
@@ -116,7 +115,7 @@ def validate(
     else:
         print_validation(summary, out)
     docs = f"; GX Data Docs: {summary.data_docs}" if summary.data_docs else ""
-    (console if json_ else out).print(f"report: {paths['html']}{docs}", highlight=False)
+    (console if json_ else out).print(f"report: {paths['html']}{docs}")
     if not result.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
@@ -150,7 +149,6 @@ def split(
     out.print(
         f"excluded {len(manifest.excluded)} label-conflicting files; dataset hash "
         f"{manifest.dataset_hash[:16]}\nsplit manifest: {path}",
-        highlight=False,
     )
 
 

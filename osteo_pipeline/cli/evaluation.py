@@ -86,7 +86,6 @@ def compare(
     out.print(
         f"{result.files['markdown']} ({result.seconds / 60:.1f} min); MLflow parent run "
         f"{result.parent_run_id}",
-        highlight=False,
     )
 
 
@@ -123,12 +122,10 @@ def evaluate(
         out.print(
             f"left out {len(result.skipped_seen)} images that are copies of images the model "
             f"trained or was calibrated on ({kinds})",
-            highlight=False,
         )
     out.print(
         f"MLflow run {result.run_id} ({result.seconds:.0f} s): figures/reliability_diagram.png, "
         "figures/test_gradcam.png",
-        highlight=False,
     )
 
 
@@ -148,9 +145,7 @@ def crops(
 
     drawn = draw_knee_crops(data_dir, out_file, config.settings(), limit)
     skipped = f" ({drawn.skipped} films could not be read)" if drawn.skipped else ""
-    out.print(
-        f"{drawn.path}: {drawn.films} films, {drawn.crops} knee crops{skipped}", highlight=False
-    )
+    out.print(f"{drawn.path}: {drawn.films} films, {drawn.crops} knee crops{skipped}")
 
 
 @command()
@@ -178,5 +173,4 @@ def explain(
     out.print(
         f"{result.path}: Grad-CAM for '{result.explained}' (predicted {result.predicted}, "
         f"p={result.probability:.2f})",
-        highlight=False,
     )

@@ -60,7 +60,6 @@ def run(data_dir: DataLocation, *, config: ConfigSource) -> None:
         f"version {result['version']} {verdict}: {'; '.join(result['reasons'])}\n"
         f"dataset {result['dataset_hash'][:16]}, run {result['run_id']}, backbone weights: "
         f"{result['weights']}",
-        highlight=False,
     )
 
 
@@ -116,7 +115,6 @@ def schedule(
     console.print(
         f"serving deployment retrain/{plan.deployment}: cron '{plan.cron}' ({plan.timezone}) "
         f"on {target}",
-        highlight=False,
     )
     retrain_flow.serve(
         name=plan.deployment,
@@ -165,7 +163,6 @@ def weights_install(
     installed = from_file(install(source, sha256), "imagenet")
     out.print(
         f"installed {installed.path}\nmodel.weights imagenet now means {installed.described}",
-        highlight=False,
     )
 
 
@@ -179,5 +176,4 @@ def weights_show(*, config: ConfigSource) -> None:
     out.print(
         f"{weights.described}\nidentity {weights.identity}"
         + (f"\nfile {weights.path}" if weights.path else ""),
-        highlight=False,
     )

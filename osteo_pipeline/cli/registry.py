@@ -43,7 +43,6 @@ def register_cmd(
     version = register_run(run_id, settings)
     out.print(
         f"registered {settings.registry.model_name} version {version} as 'staging'",
-        highlight=False,
     )
 
 
@@ -63,14 +62,13 @@ def promote(
 
     decision = run_promote(config.settings(), version, data_dir)
     style = {"passed": "green", "inconclusive": "yellow"}.get(decision.verdict, "red")
-    out.print(f"[{style}]{decision.summary}[/]", highlight=False)
+    out.print(f"[{style}]{decision.summary}[/]")
     production = decision.extra["production"] or "none"
     if not decision.passed:
-        out.print(f"production unchanged ({production})", highlight=False)
+        out.print(f"production unchanged ({production})")
         raise typer.Exit(EXIT_CHECK_FAILED)
     out.print(
         f"production -> version {decision.extra['candidate']} (previous: {production})",
-        highlight=False,
     )
 
 
@@ -80,7 +78,7 @@ def rollback(*, config: ConfigSource) -> None:
     from osteo_pipeline.steps.registry import rollback as run_rollback
 
     old, new = run_rollback(config.settings())
-    out.print(f"production: version {old} -> version {new}", highlight=False)
+    out.print(f"production: version {old} -> version {new}")
 
 
 @command()

@@ -26,7 +26,6 @@ def print_validation(summary: ValidationSummary, to: Console) -> None:
     to.print(
         f"Validation {verdict}: {escape(summary.data_dir)} ({summary.files} files, "
         f"{summary.seconds} s)",
-        highlight=False,
     )
     table = Table("class", "images", "share")
     for count in summary.class_counts():
@@ -39,13 +38,12 @@ def print_validation(summary: ValidationSummary, to: Console) -> None:
         to.print(
             f"[{style}]{failed.severity}[/] {escape(f'{failed.check}: {failed.observed}')} "
             f"{escape(f'(bound {failed.bound}){named}')}",
-            highlight=False,
         )
     for item in summary.unreadable:
-        to.print(f"[red]unreadable[/] {escape(f'{item.path}: {item.reason}')}", highlight=False)
+        to.print(f"[red]unreadable[/] {escape(f'{item.path}: {item.reason}')}")
     for conflict in summary.label_conflicts:
         paths, kinds = " = ".join(conflict.paths), ", ".join(conflict.kinds)
-        to.print(f"[red]label conflict[/] {escape(f'{paths} ({kinds})')}", highlight=False)
+        to.print(f"[red]label conflict[/] {escape(f'{paths} ({kinds})')}")
     for hint in summary.suggestions:
-        to.print(f"[cyan]to fit[/] {escape(hint)}", highlight=False)
-    to.print(summary.copies_line(), highlight=False)
+        to.print(f"[cyan]to fit[/] {escape(hint)}")
+    to.print(summary.copies_line())

@@ -74,7 +74,6 @@ def tune(
         f"MLflow parent run {result.parent_run_id}; next: osteo train {data_dir} --params best\n"
         "more workers (any machine with this storage and data): "
         f"osteo tune-worker {result.study_name}",
-        highlight=False,
     )
 
 
@@ -134,7 +133,7 @@ def tune_worker(
         else zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 10**6 + 1000
     )
     ran = run_worker(study, split, settings, worker=index, timeout_s=timeout)
-    out.print(f"worker {index} ran {ran} trials of study {study}", highlight=False)
+    out.print(f"worker {index} ran {ran} trials of study {study}")
 
 
 @command()
@@ -182,11 +181,9 @@ def train(
     out.print(
         f"run {result.run_id}; model {result.model_uri}; backbone weights: {result.weights_used}; "
         f"{result.seconds:.0f} s",
-        highlight=False,
     )
     if trained.version is not None:
         out.print(
             f"registered {settings.registry.model_name} version {trained.version} as 'staging'; "
             "next: osteo promote",
-            highlight=False,
         )
