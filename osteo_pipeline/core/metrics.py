@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn import metrics as skm
 
 METRIC_NAMES = (
     "accuracy",
@@ -36,6 +35,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _roc_auc(y_true: np.ndarray, proba: np.ndarray, positive: int) -> float:
+    from sklearn import metrics as skm  # imported here: the config's metric names need no sklearn
+
     n_classes = proba.shape[1]
     present = np.unique(y_true)
     if len(present) < 2:
