@@ -68,7 +68,8 @@ def train_settings(tiny_settings: Settings, tmp_path: Path) -> Settings:
                 }
             ),
             "tune": tiny_settings.tune.model_copy(
-                # A validation split, not CV: the lifecycle tests count epochs and trials (tests/training/test_cv.py covers CV).
+                # A validation split, not CV: the lifecycle tests count epochs and trials
+                # (tests/training/test_cv.py covers CV).
                 update={
                     "trials": 2,
                     "storage": f"sqlite:///{tmp_path / 'optuna.db'}",

@@ -1,4 +1,5 @@
-"""Start and stop real servers on 127.0.0.1 for tests and benchmarks (bounded waits, always stopped)."""
+"""Start and stop real servers on 127.0.0.1 for tests and benchmarks (bounded waits, always
+stopped)."""
 
 from __future__ import annotations
 
