@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent  # the checkout: prefect.yaml, flows/
 
 
 def free_port() -> int:

@@ -1,7 +1,9 @@
 """A real `prefect server start` on 127.0.0.1, the retrain deployment served by `osteo schedule`,
 one triggered run on tiny synthetic data, and the new registered version it leaves."""
 
+import asyncio
 import os
+import shutil
 import subprocess
 import time
 
@@ -9,8 +11,10 @@ import mlflow
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
 
-from tests.servers import BIN, free_port, running
+from tests.servers import BIN, REPO, free_port, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -76,3 +80,61 @@ def test_scheduled_deployment_runs_and_registers_a_version(
         f"name = '{train_settings.registry.model_name}'"
     )
     assert len(versions) == 1 and versions[0].tags["gate.decision"] == "passed"
+
+
+@pytest.mark.timeout(600)
+def test_prefect_deploy_of_prefect_yaml_creates_both_deployments(prefect_harness, tmp_path):
+    """`prefect deploy --all` as prefect.yaml's header says to run it, against a temporary API:
+    the weekly retrain on the process pool and the tune worker on its own pool, each with its
+    entrypoint, parameters and the pull step into OSTEO_PROJECT_DIR."""
+    project = tmp_path / "checkout"
+    project.mkdir()
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    (project / "flows").symlink_to(REPO / "flows")
+    env = os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "OSTEO_PROJECT_DIR": str(project),
+        "PYTHONPATH": str(REPO),
+    }
+    prefect = str(BIN / "prefect")
+    for pool in ("osteo-process", "osteo-tune"):
+        command = [prefect, "work-pool", "create", pool, "--type", "process"]
+        created = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert created.returncode == 0, created.stdout + created.stderr
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+    async def deployments() -> dict:
+        async with get_client() as client:
+            found = await client.read_deployments()
+            flows = {f.id: f.name for f in await client.read_flows()}
+        return {f"{flows[d.flow_id]}/{d.name}": d for d in found}
+
+    created = asyncio.run(deployments())
+    assert set(created) == {"retrain/scheduled-retrain", "tune-worker/tune-worker"}
+    retrain, worker = created["retrain/scheduled-retrain"], created["tune-worker/tune-worker"]
+    assert (retrain.entrypoint, retrain.work_pool_name) == (
+        "flows/retrain.py:retrain_flow",
+        "osteo-process",
+    )
+    assert retrain.parameters == {"data_dir": "data/incoming", "config": None, "overrides": []}
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in retrain.schedules] == [
+        ("0 3 * * 1", "UTC", True)
+    ]
+    assert (worker.entrypoint, worker.work_pool_name, worker.schedules) == (
+        "flows/retrain.py:tune_worker_flow",
+        "osteo-tune",
+        [],
+    )
+    for deployment in (retrain, worker):
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}
+        ]
