@@ -100,7 +100,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(store, stdout, result.stderr, found.group(1))
 
 
-@pytest.mark.timeout(900)
 def test_train_prints_its_test_metrics_run_and_registered_version_on_stdout(trained):
     stdout = trained.stdout
     assert re.search(r"balanced_accuracy\D+0\.500\b", stdout), stdout  # the blind candidate's
@@ -114,11 +113,11 @@ def test_train_prints_its_test_metrics_run_and_registered_version_on_stdout(trai
     assert version.run_id == trained.run_id and version.aliases == ["staging"]
 
 
-def test_models_lists_the_version_with_numbers_as_json_and_as_a_table(trained):
+def test_models_lists_the_trained_version_with_its_numbers_as_numbers(trained):
+    """The table view is covered in tests/test_cli.py on hand-made versions."""
     store = trained.store
-    rows = json.loads(
-        _succeeded(osteo("models", "--json", "--config", str(store.config), root=store.root))
-    )
+    listed = osteo("models", "--json", "--config", str(store.config), root=store.root)
+    rows = json.loads(_succeeded(listed))
     assert len(rows) == 1
     row = rows[0]
     assert (row["model"], row["version"], row["aliases"], row["run_id"]) == (
@@ -128,10 +127,10 @@ def test_models_lists_the_version_with_numbers_as_json_and_as_a_table(trained):
         trained.run_id,
     )
     assert row["balanced_accuracy"] == 0.5 and isinstance(row["specificity"], float)
-    table = _succeeded(osteo("models", "--config", str(store.config), root=store.root))
-    line = next(line for line in table.splitlines() if "osteo-knee" in line)
-    assert re.search(r"\b1\b", line) and "staging" in line and trained.run_id[:8] in line
-    assert "0.500" in line, table
+    run = store.client().get_run(trained.run_id)
+    assert len(row["dataset_hash"]) == 12 and run.data.tags["dataset_hash"].startswith(
+        row["dataset_hash"]
+    )
 
 
 def test_predict_classifies_files_with_the_logged_and_the_registered_model(trained):
@@ -182,7 +181,6 @@ def test_a_refused_promote_exits_1_names_the_floor_and_leaves_production_alone(t
     assert client.get_model_version("osteo-knee", "1").tags["gate.decision"] == "rejected"
 
 
-@pytest.mark.timeout(900)
 def test_run_retrains_through_the_flow_and_prints_the_version_and_the_gates_verdict(
     tmp_path,
 ):

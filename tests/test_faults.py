@@ -64,6 +64,7 @@ def _running_runs(settings) -> list[str]:
     ]
 
 
+@pytest.mark.timeout(1800)  # up to 600 s to the kill, then up to 900 s of resumed search
 def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(
     synth_dir, train_settings, tmp_path
 ):

@@ -1,5 +1,6 @@
-"""A real `prefect server start` on 127.0.0.1, the retrain deployment served by `osteo schedule`,
-one triggered run on tiny synthetic data, and the new registered version it leaves."""
+"""The retrain as a deployment: served by `osteo schedule` on a real `prefect server start`
+(127.0.0.1), one triggered run on tiny synthetic data and the version it leaves, gated by the
+real floors; and `prefect deploy` of prefect.yaml, the other way to deploy it."""
 
 import asyncio
 import os
@@ -15,13 +16,17 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
 from tests.servers import BIN, REPO, free_port, running
+from tests.small import write_blind_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_scheduled_deployment_runs_and_registers_a_version(
-    synth_dir, config_file, train_settings, tmp_path
+@pytest.mark.timeout(1800)  # the triggered run is watched for up to 960 s
+def test_scheduled_deployment_runs_and_registers_a_version_the_floors_gate(
+    config_file, train_settings, tmp_path
 ):
+    """The batch is blind (one picture under both classes): its version is registered and the
+    real floors refuse it, as they would any scheduled candidate below them."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -30,7 +35,8 @@ def test_scheduled_deployment_runs_and_registers_a_version(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
-    data = synth_dir(per_class=10)
+    data = tmp_path / "blind"
+    write_blind_dataset(data, list(train_settings.data.classes), 10)
     server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     schedule = [
         str(BIN / "osteo"),
@@ -39,8 +45,6 @@ def test_scheduled_deployment_runs_and_registers_a_version(
         str(data),
         "--config",
         str(config_file),
-        "--set",
-        "registry.floors={}",
         "--set",
         "tune.trials=1",
     ]
@@ -79,7 +83,8 @@ def test_scheduled_deployment_runs_and_registers_a_version(
     versions = MlflowClient().search_model_versions(
         f"name = '{train_settings.registry.model_name}'"
     )
-    assert len(versions) == 1 and versions[0].tags["gate.decision"] == "passed"
+    assert len(versions) == 1 and versions[0].tags["gate.decision"] == "rejected"
+    assert "test balanced_accuracy 0.500 below floor 0.600" in versions[0].tags["gate.reason"]
 
 
 @pytest.mark.timeout(600)

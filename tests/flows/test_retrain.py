@@ -158,6 +158,7 @@ def test_the_floors_refuse_a_candidate_that_cannot_tell_the_classes_apart(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the worker flow run alone may take 600 s
 def test_tune_task_fans_the_study_out_to_worker_flow_runs(
     synth_dir, train_settings, config_file, monkeypatch, tmp_path
 ):
