@@ -1,4 +1,6 @@
-"""Flow tasks called directly (``.fn``) for their logic, and the whole flow once on tiny data."""
+"""Flow tasks called directly (``.fn``) for their logic; the whole flow on the demo's data with
+the demo config's real floors (shared by two tests: a first and a second retrain), and on a blind
+batch whose candidate those floors refuse."""
 
 import os
 import re
@@ -54,7 +56,7 @@ class DemoRetrain:
     its real floors, offline (a random-init backbone), stores under ``root``."""
 
     root: Path
-    overrides: list[str]  # what points the demo config's stores, caches and outputs under root
+    overrides: list[str]  # what points the demo config's stores and outputs under root
     settings: Settings
     result: dict
     aliases: dict[str, int]  # the registry right after it, before any other test runs
