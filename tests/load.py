@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,29 +32,65 @@ def valid_payloads(images: list[bytes]) -> list[str]:
     return [_split(e) for e in encoded] + [_split(*encoded[:4]), _split(_b64(dicom_bytes(ramp)))]
 
 
-#: kind -> (body, content type); each must get a 4xx whose JSON names the reason
-BAD_PAYLOADS: dict[str, tuple[str, str]] = {
-    "not json": ("garbage{", "application/json"),
-    "json, not a dataframe": (json.dumps({"hello": 1}), "application/json"),
-    "wrong column": (
+@dataclass(frozen=True)
+class BadPayload:
+    """A request the server must refuse with ``status`` and a message matching ``reason``."""
+
+    body: str
+    content_type: str
+    status: int
+    reason: str  # regular expression the response's message must match
+
+
+def _bad_row(body: str, reason: str) -> BadPayload:
+    return BadPayload(body, "application/json", 400, reason)
+
+
+#: kind -> the bad request and the refusal it must get
+BAD_PAYLOADS: dict[str, BadPayload] = {
+    "not json": _bad_row("garbage{", r"Ensure that input is a valid JSON formatted string"),
+    "json, not a dataframe": _bad_row(
+        json.dumps({"hello": 1}),
+        r"must be a JSON dictionary with exactly one of the input fields",
+    ),
+    "wrong column": _bad_row(
         json.dumps({"dataframe_split": {"columns": ["img"], "data": [["x"]]}}),
-        "application/json",
+        r"Model is missing inputs \['image'\]",
     ),
-    "not base64": (_split("%%% not base64 %%%"), "application/json"),
-    "text, not an image": (_split(_b64(b"hello, I am not an image")), "application/json"),
-    "truncated jpeg": (_split(_b64(jpeg_bytes(256)[:1500])), "application/json"),
-    "empty string": (_split(""), "application/json"),
-    "null image": (_split(None), "application/json"),
-    "number, not a string": (_split(12345), "application/json"),
-    "1x1 image, below validation's minimum": (_split(_b64(jpeg_bytes(1))), "application/json"),
-    "50-megapixel header": (_split(_b64(png_header_only(10_000, 5_000))), "application/json"),
-    "empty batch": (
+    "not base64": _bad_row(_split("%%% not base64 %%%"), r"row 0: not valid base64"),
+    "text, not an image": _bad_row(
+        _split(_b64(b"hello, I am not an image")), r"row 0: not an image"
+    ),
+    "truncated jpeg": _bad_row(
+        _split(_b64(jpeg_bytes(256)[:1500])),
+        r"row 0: cannot decode image .*image file is truncated",
+    ),
+    "empty string": _bad_row(_split(""), r"row 0: empty or missing image string"),
+    "null image": _bad_row(_split(None), r"row 0: empty or missing image string"),
+    "number, not a string": _bad_row(_split(12345), r"row 0: expected a base64 string, got int"),
+    "1x1 image, below validation's minimum": _bad_row(
+        _split(_b64(jpeg_bytes(1))), r"row 0: 1x1 px is below the \d+x\d+ minimum"
+    ),
+    "50-megapixel header": _bad_row(
+        _split(_b64(png_header_only(10_000, 5_000))),
+        r"row 0: image is 10000x5000 = 50,000,000 px, over the [\d,]+ px limit",
+    ),
+    "empty batch": _bad_row(
         json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}),
-        "application/json",
+        r"empty batch: send at least one row",
     ),
-    "corrupt dicom": (_split(_b64(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")), "application/json"),
-    "one bad row in a batch": (_split(_b64(jpeg_bytes(64)), "%%%"), "application/json"),
-    "wrong content type": ("image=abc", "text/plain"),
+    # Its header names no size: refused by the size check that reads only the header.
+    "corrupt dicom": _bad_row(
+        _split(_b64(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")),
+        r"row 0: 0x0 px is below the \d+x\d+ minimum",
+    ),
+    "one bad row in a batch": _bad_row(
+        _split(_b64(jpeg_bytes(64)), "%%%"),
+        r"1 of 2 rows are not usable images: row 1: not valid base64",
+    ),
+    "wrong content type": BadPayload(
+        "image=abc", "text/plain", 415, r"only supports the following content types"
+    ),
 }
 
 
@@ -64,9 +101,8 @@ class LoadReport:
     valid_latencies_ms: list[float] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # any 5xx or dropped connection
     valid_failures: list[str] = field(default_factory=list)  # valid payload not answered 200
-    bad_not_rejected: list[str] = field(
-        default_factory=list
-    )  # bad payload not a 4xx with a message
+    # a bad payload not refused with its status and a message naming its problem
+    bad_not_rejected: list[str] = field(default_factory=list)
     bad_kinds_seen: set[str] = field(default_factory=set)
 
     def summary(self) -> dict[str, object]:
@@ -114,7 +150,7 @@ def run_load(
                 kind, body, content_type = "valid", rng.choice(valid), "application/json"
             else:
                 kind = bad_kinds[(turn // 2) % len(bad_kinds)]
-                body, content_type = BAD_PAYLOADS[kind]
+                body, content_type = BAD_PAYLOADS[kind].body, BAD_PAYLOADS[kind].content_type
             started = time.perf_counter()
             try:
                 response = session.post(
@@ -139,7 +175,7 @@ def run_load(
                         )
                 else:
                     report.bad_kinds_seen.add(kind)
-                    if not (400 <= response.status_code < 500 and _message(response)):
+                    if not refused_as_expected(BAD_PAYLOADS[kind], response):
                         report.bad_not_rejected.append(
                             f"{kind}: HTTP {response.status_code} {response.text[:200]}"
                         )
@@ -152,6 +188,13 @@ def run_load(
         thread.join()
     report.seconds = time.monotonic() - started
     return report
+
+
+def refused_as_expected(bad: BadPayload, response: requests.Response) -> bool:
+    """The server answered ``bad`` with its status and a message naming its problem."""
+    return (
+        response.status_code == bad.status and re.search(bad.reason, _message(response)) is not None
+    )
 
 
 def _message(response: requests.Response) -> str:

@@ -1,4 +1,5 @@
-"""Start and stop real servers on 127.0.0.1 for tests and benchmarks (bounded waits, always stopped)."""
+"""Start and stop real servers on 127.0.0.1 for tests and benchmarks (bounded waits, always
+stopped)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import requests
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent  # the checkout: prefect.yaml, flows/
 
 
 def free_port() -> int:

@@ -38,6 +38,7 @@ NO_DOCKER = _no_docker()
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.slow,
+    pytest.mark.timeout(5400),  # builds the image when missing (up to an hour)
     pytest.mark.skipif(NO_DOCKER is not None, reason=str(NO_DOCKER)),
 ]
 ROOT = Path(__file__).resolve().parents[1]

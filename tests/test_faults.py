@@ -4,7 +4,6 @@ server, a dead S3 endpoint. Each must end in a clean state or a bounded, clear f
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -64,6 +63,7 @@ def _running_runs(settings) -> list[str]:
     ]
 
 
+@pytest.mark.timeout(1800)  # up to 600 s to the kill, then up to 900 s of resumed search
 def test_search_killed_mid_trial_resumes_without_repeating_finished_trials(
     synth_dir, train_settings, tmp_path
 ):
@@ -204,9 +204,9 @@ def test_dead_tracking_server_fails_fast_and_clearly_and_keeps_local_outputs(
         TrackingUnavailableError, match=rf"127.0.0.1:{port} unreachable after 2 retries"
     ) as failure:
         tune(split, dead)
-    assert re.search(
-        "Max retries exceeded|Connection refused", str(failure.value)
-    )  # a refused connection, nothing else
+    # a connection never made (no timeout, no error page), after the bounded retries
+    assert "Max retries exceeded" in str(failure.value)
+    assert "NewConnectionError" in str(failure.value)
     assert time.monotonic() - started < 60  # bounded, not MLflow's default minutes of retrying
     with pytest.raises(TrackingUnavailableError):
         register_run("0" * 32, dead)  # nothing half-registered: it never gets that far

@@ -31,7 +31,8 @@ from osteo_pipeline.steps.validate import validate_folder
 from tests.registry_helpers import log_candidate, non_inferiority
 from tests.servers import BIN, free_port
 
-pytestmark = pytest.mark.slow
+# a wheel, a fresh venv and installed demos: past the default per-test timeout
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
 SMALL = [

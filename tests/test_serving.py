@@ -53,10 +53,14 @@ def test_bad_rows_are_named(value, reason):
 
 
 def test_wrong_column_and_empty_batch():
-    with pytest.raises(MlflowException, match="column named 'image'"):
+    with pytest.raises(
+        MlflowException, match=r"column named 'image'.*got columns \['img'\]"
+    ) as info:
         decode_rows(pd.DataFrame({"img": [GOOD]}), 32, 10**6)
-    with pytest.raises(MlflowException, match="empty batch"):
+    assert info.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="empty batch: send at least one row") as info:
         decode_rows(pd.DataFrame({"image": []}), 32, 10**6)
+    assert info.value.get_http_status_code() == 400
 
 
 def test_dicom_is_served_like_any_image():
@@ -109,8 +113,11 @@ def test_rows_validation_would_refuse_for_size_or_mode_are_refused_when_bounds_a
 
 def test_a_small_dicom_is_refused_by_its_header():
     small = _b64(dicom_bytes(np.zeros((100, 300), np.uint16)))
-    with pytest.raises(MlflowException, match=r"row 0: 300x100 px is below the 224x224 minimum"):
+    with pytest.raises(
+        MlflowException, match=r"row 0: 300x100 px is below the 224x224 minimum"
+    ) as info:
         decode_rows(pd.DataFrame({"image": [small]}), 32, 10**6, "image", BOUNDS)
+    assert info.value.get_http_status_code() == 400
 
 
 def test_the_door_refuses_exactly_the_files_validation_refuses(synth_dir, tiny_settings):
@@ -137,7 +144,12 @@ def test_the_door_refuses_exactly_the_files_validation_refuses(synth_dir, tiny_s
                 "image",
                 tiny_settings.validation.image_bounds,
             )
-        except MlflowException:
+        except MlflowException as refusal:  # a client's error, naming the row and its reason
+            assert refusal.get_http_status_code() == 400, kind.name
+            assert refusal.message.startswith("1 of 1 rows are not usable images: row 0: "), (
+                kind.name,
+                refusal.message,
+            )
             by_door.add(kind.name)
     assert {"tiny.png", "alpha.png", "cmyk.jpg", "gray-alpha.png"} <= by_validation
     assert by_door == by_validation

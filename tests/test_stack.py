@@ -32,6 +32,7 @@ pytestmark = [
     pytest.mark.stack,
     pytest.mark.docker,
     pytest.mark.slow,
+    pytest.mark.timeout(7200),  # the image and the stack's images, then two retrains
     pytest.mark.skipif(NO_DOCKER is not None, reason=str(NO_DOCKER)),
 ]
 ROOT = Path(__file__).resolve().parents[1]

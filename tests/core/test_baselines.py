@@ -20,7 +20,8 @@ def test_resnet18_is_a_resnet18():
     blocks = {layer.name.rsplit("_", 1)[0] for layer in base.layers if layer.name.endswith("_add")}
     assert len(blocks) == 8  # two basic blocks in each of four stages
     assert base.output.shape[-1] == 512
-    # torchvision's ResNet-18 without its fc layer has 11.18 M parameters (BN statistics included here)
+    # torchvision's ResNet-18 without its fc layer has 11.18 M parameters (BN statistics
+    # included here)
     assert _params(base) == pytest.approx(11.19e6, rel=0.01)
     assert model.predict(np.zeros((2, 64, 64, 3)), verbose=0).shape == (2, 2)
 

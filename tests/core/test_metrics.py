@@ -48,7 +48,9 @@ def test_multiclass_macro_metrics():
     assert m["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"))
-    assert 0 <= m["specificity"] <= 1
+    one_vs_rest = skm.multilabel_confusion_matrix(y, pred)  # per class [[tn, fp], [fn, tp]]
+    specificity = [tn / (tn + fp) for (tn, fp), _ in one_vs_rest]
+    assert m["specificity"] == pytest.approx(np.mean(specificity))
 
 
 def test_bootstrap_ci_brackets_the_point_and_is_deterministic():

@@ -88,7 +88,8 @@ def test_dicom_monochrome1_is_inverted():
 
 
 def test_dicom_rescale_then_window():
-    # values = 2 * stored - 1000 (-1000..1000); window 0 +- 500: -500 and below black, 500 and above white
+    # values = 2 * stored - 1000 (-1000..1000); window 0 +- 500: -500 and below black, 500 and
+    # above white
     gray = _gray(dicom_bytes(RAMP, slope=2.0, intercept=-1000.0, window=(0.0, 1000.0)))
     assert gray[:, :25].max() <= 1 and gray[:, 76:].min() >= 254
     assert abs(gray[:, 50].mean() - 127.5) < 4  # value 0 sits mid-window

@@ -59,7 +59,9 @@ def test_too_few_groups_is_a_clear_error():
 
 def test_too_few_images_per_class_is_a_split_error():
     frame = _frame(n_per_class=3, dup_every=1)
-    with pytest.raises(SplitError):
+    with pytest.raises(
+        SplitError, match="only 6 distinct image groups: too few for a 15% hold-out"
+    ):
         assign_splits(frame, FRACTIONS, seed=0)
 
 

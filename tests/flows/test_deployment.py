@@ -1,7 +1,10 @@
-"""A real `prefect server start` on 127.0.0.1, the retrain deployment served by `osteo schedule`,
-one triggered run on tiny synthetic data, and the new registered version it leaves."""
+"""The retrain as a deployment: served by `osteo schedule` on a real `prefect server start`
+(127.0.0.1), one triggered run on tiny synthetic data and the version it leaves, gated by the
+real floors; and `prefect deploy` of prefect.yaml, the other way to deploy it."""
 
+import asyncio
 import os
+import shutil
 import subprocess
 import time
 
@@ -9,15 +12,21 @@ import mlflow
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
 
-from tests.servers import BIN, free_port, running
+from tests.servers import BIN, REPO, free_port, running
+from tests.small import write_blind_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_scheduled_deployment_runs_and_registers_a_version(
-    synth_dir, config_file, train_settings, tmp_path
+@pytest.mark.timeout(1800)  # the triggered run is watched for up to 960 s
+def test_scheduled_deployment_runs_and_registers_a_version_the_floors_gate(
+    config_file, train_settings, tmp_path
 ):
+    """The batch is blind (one picture under both classes): its version is registered and the
+    real floors refuse it, as they would any scheduled candidate below them."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -26,7 +35,8 @@ def test_scheduled_deployment_runs_and_registers_a_version(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
-    data = synth_dir(per_class=10)
+    data = tmp_path / "blind"
+    write_blind_dataset(data, list(train_settings.data.classes), 10)
     server = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     schedule = [
         str(BIN / "osteo"),
@@ -35,8 +45,6 @@ def test_scheduled_deployment_runs_and_registers_a_version(
         str(data),
         "--config",
         str(config_file),
-        "--set",
-        "registry.floors={}",
         "--set",
         "tune.trials=1",
     ]
@@ -75,4 +83,63 @@ def test_scheduled_deployment_runs_and_registers_a_version(
     versions = MlflowClient().search_model_versions(
         f"name = '{train_settings.registry.model_name}'"
     )
-    assert len(versions) == 1 and versions[0].tags["gate.decision"] == "passed"
+    assert len(versions) == 1 and versions[0].tags["gate.decision"] == "rejected"
+    assert "test balanced_accuracy 0.500 below floor 0.600" in versions[0].tags["gate.reason"]
+
+
+@pytest.mark.timeout(600)
+def test_prefect_deploy_of_prefect_yaml_creates_both_deployments(prefect_harness, tmp_path):
+    """`prefect deploy --all` as prefect.yaml's header says to run it, against a temporary API:
+    the weekly retrain on the process pool and the tune worker on its own pool, each with its
+    entrypoint, parameters and the pull step into OSTEO_PROJECT_DIR."""
+    project = tmp_path / "checkout"
+    project.mkdir()
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    (project / "flows").symlink_to(REPO / "flows")
+    env = os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "OSTEO_PROJECT_DIR": str(project),
+        "PYTHONPATH": str(REPO),
+    }
+    prefect = str(BIN / "prefect")
+    for pool in ("osteo-process", "osteo-tune"):
+        command = [prefect, "work-pool", "create", pool, "--type", "process"]
+        created = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert created.returncode == 0, created.stdout + created.stderr
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+    async def deployments() -> dict:
+        async with get_client() as client:
+            found = await client.read_deployments()
+            flows = {f.id: f.name for f in await client.read_flows()}
+        return {f"{flows[d.flow_id]}/{d.name}": d for d in found}
+
+    created = asyncio.run(deployments())
+    assert set(created) == {"retrain/scheduled-retrain", "tune-worker/tune-worker"}
+    retrain, worker = created["retrain/scheduled-retrain"], created["tune-worker/tune-worker"]
+    assert (retrain.entrypoint, retrain.work_pool_name) == (
+        "flows/retrain.py:retrain_flow",
+        "osteo-process",
+    )
+    assert retrain.parameters == {"data_dir": "data/incoming", "config": None, "overrides": []}
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in retrain.schedules] == [
+        ("0 3 * * 1", "UTC", True)
+    ]
+    assert (worker.entrypoint, worker.work_pool_name, worker.schedules) == (
+        "flows/retrain.py:tune_worker_flow",
+        "osteo-tune",
+        [],
+    )
+    for deployment in (retrain, worker):
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}
+        ]

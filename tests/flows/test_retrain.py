@@ -1,6 +1,10 @@
-"""Flow tasks called directly (``.fn``) for their logic, and the whole flow once on tiny data."""
+"""Flow tasks called directly (``.fn``) for their logic; the whole flow on the demo's data with
+the demo config's real floors (shared by two tests: a first and a second retrain), and on a blind
+batch whose candidate those floors refuse."""
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -11,7 +15,9 @@ from optuna.trial import TrialState
 from prefect.logging import disable_run_logger
 
 from flows.retrain import ValidationFailed, retrain_flow, split_task, validate_flow, validate_task
-from osteo_pipeline.config import cli_overrides, load_settings
+from osteo_pipeline.config import Settings, cli_overrides, load_settings
+from osteo_pipeline.steps.synth import write_synthetic_dataset
+from tests.small import clear_user_env, write_blind_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -44,38 +50,83 @@ def test_failed_validation_stops_the_flow_before_training(synth_dir, config_file
         validate_flow(str(root), str(config_file))
 
 
-@pytest.mark.slow
-def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(
-    synth_dir, config_file, train_settings
-):
-    """The scheduled retrain's life: the first run promotes version 1; the next one, on a new
-    batch, tunes a study of its own and refits with that study's best trial (not the first's)."""
-    first = retrain_flow(
-        str(synth_dir(per_class=10)), str(config_file), ["registry.floors={}", "tune.trials=1"]
+@dataclass(frozen=True)
+class DemoRetrain:
+    """The demo's first scheduled retrain: ``osteo synth``'s data, the packaged demo config with
+    its real floors, offline (a random-init backbone), stores under ``root``."""
+
+    root: Path
+    overrides: list[str]  # what points the demo config's stores and outputs under root
+    settings: Settings
+    result: dict
+    aliases: dict[str, int]  # the registry right after it, before any other test runs
+    version_tags: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def demo_retrain(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> DemoRetrain:
+    root = tmp_path_factory.mktemp("demo")
+    overrides = [
+        "model.weights=none",  # what the demo trains on offline, without trying a download
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        f"tracking.artifact_root={root / 'mlruns'}",
+        f"tune.storage=sqlite:///{root / 'optuna.db'}",
+        f"output_dir={root / 'outputs'}",
+    ]
+    settings = load_settings("demo", overrides=cli_overrides(overrides), environ={})
+    assert settings.registry.floors == {"balanced_accuracy": 0.6, "recall": 0.5}  # the real ones
+    write_synthetic_dataset(root / "first", list(settings.data.classes), 24, 256, 42)  # make demo
+    with pytest.MonkeyPatch.context() as environment:  # before the per-test clean environment
+        clear_user_env(environment, root)
+        result = retrain_flow(str(root / "first"), "demo", overrides)
+    mlflow.set_tracking_uri(settings.tracking.uri)
+    client, name = MlflowClient(), settings.registry.model_name
+    aliases = client.get_registered_model(name).aliases
+    return DemoRetrain(
+        root, overrides, settings, result, aliases, client.get_model_version(name, "1").tags
     )
-    assert first["version"] == "1" and first["promoted"]
-    mlflow.set_tracking_uri(train_settings.tracking.uri)
-    client = MlflowClient()
-    aliases = client.get_registered_model(train_settings.registry.model_name).aliases
-    assert aliases == {"production": 1} or aliases == {"production": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_demo_retrain_promotes_its_first_version_through_the_real_floors(demo_retrain):
+    """The scheduled retrain's first run on the demo data: version 1 clears the configured floors
+    (the gate says so, floor by floor) and becomes production."""
+    first = demo_retrain.result
+    assert first["version"] == "1" and first["promoted"], first["reasons"]
+    assert re.fullmatch(r"test balanced_accuracy \d\.\d{3} >= floor 0\.600", first["reasons"][0])
+    assert re.fullmatch(r"test recall \d\.\d{3} >= floor 0\.500", first["reasons"][1])
+    assert first["reasons"][2:] == ["no production model: floors decide"]
+    assert demo_retrain.aliases == {"production": 1}
+    tags = demo_retrain.version_tags
+    assert tags["gate.decision"] == "passed" and tags["gate.evaluated_against"] == "none"
     assert (Path(first["run_dir"]) / "split.json").is_file() and (
         Path(first["run_dir"]) / "validation" / "validation.html"
     ).is_file()
 
-    second = retrain_flow(
-        str(synth_dir(per_class=10, seed=5)),
-        str(config_file),
-        ["registry.floors={}", "tune.trials=1"],
-    )
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_second_retrain_on_new_data_tunes_a_study_of_its_own(demo_retrain):
+    """The next scheduled run, on a new batch, tunes a study of its own and refits with that
+    study's best trial (not the first's), and its version is gated against production."""
+    first, settings = demo_retrain.result, demo_retrain.settings
+    data = demo_retrain.root / "second"
+    write_synthetic_dataset(data, list(settings.data.classes), 24, 256, 5)
+    second = retrain_flow(str(data), "demo", [*demo_retrain.overrides, "tune.trials=1"])
     assert second["dataset_hash"] != first["dataset_hash"] and second["run_dir"] != first["run_dir"]
-    storage = train_settings.tune.storage
-    study_name = f"{train_settings.tune.study_name}-{second['dataset_hash'][:12]}-random"
+    assert second["version"] == "2"
+    # gated against version 1 on the same images, whatever the verdict
+    assert any("balanced_accuracy candidate - production = " in r for r in second["reasons"])
+    storage = settings.tune.storage
+    study_name = f"{settings.tune.study_name}-{second['dataset_hash'][:12]}-random"
     study = optuna.load_study(study_name=study_name, storage=storage)
     assert study.user_attrs["dataset_hash"] == second["dataset_hash"]
     assert (
         len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 1
     )  # tune.trials=1: its own trial
-    run = client.get_run(second["run_id"])
+    mlflow.set_tracking_uri(settings.tracking.uri)
+    run = MlflowClient().get_run(second["run_id"])
     assert run.data.tags["osteo.study"] == study_name
     best = study.best_trial
     assert (
@@ -84,9 +135,32 @@ def test_retrain_flow_end_to_end_then_a_second_retrain_on_new_data(
     )
     for name in ("learning_rate", "unfreeze_depth", "head_units", "dropout"):
         assert float(run.data.params[f"chosen.{name}"]) == pytest.approx(best.params[name])
+    tags = MlflowClient().get_model_version(settings.registry.model_name, "2").tags
+    assert tags["gate.evaluated_against"] == "1"
 
 
 @pytest.mark.slow
+def test_the_floors_refuse_a_candidate_that_cannot_tell_the_classes_apart(
+    tmp_path, config_file, train_settings
+):
+    """A retrain on a batch where one picture is filed under both classes: its candidate gives
+    every test image one label (balanced accuracy 0.5), the real floors refuse it, and nothing
+    becomes production; the version stays staged with the gate's decision on it."""
+    assert train_settings.registry.floors == {"balanced_accuracy": 0.6, "recall": 0.5}
+    write_blind_dataset(tmp_path / "blind", list(train_settings.data.classes), 10)
+    result = retrain_flow(str(tmp_path / "blind"), str(config_file), ["tune.trials=1"])
+    assert result["version"] == "1" and not result["promoted"]
+    assert "test balanced_accuracy 0.500 below floor 0.600" in result["reasons"], result["reasons"]
+    mlflow.set_tracking_uri(train_settings.tracking.uri)
+    client = MlflowClient()
+    assert client.get_registered_model(train_settings.registry.model_name).aliases == {"staging": 1}
+    tags = client.get_model_version(train_settings.registry.model_name, "1").tags
+    assert tags["gate.decision"] == "rejected"
+    assert "test balanced_accuracy 0.500 below floor 0.600" in tags["gate.reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # the worker flow run alone may take 600 s
 def test_tune_task_fans_the_study_out_to_worker_flow_runs(
     synth_dir, train_settings, config_file, monkeypatch, tmp_path
 ):

@@ -65,6 +65,7 @@ def _wait(processes: list[subprocess.Popen], timeout: float = 900) -> list[int]:
     return [p.wait(timeout=timeout) for p in processes]
 
 
+@pytest.mark.timeout(1800)  # each worker process is awaited for up to 900 s
 def test_three_workers_share_one_study_a_budget_and_survive_a_killed_worker(
     synth_dir, train_settings, tmp_path
 ):
