@@ -1,5 +1,5 @@
 """End to end on tiny synthetic data: a 2-trial study, resume, then a refit whose logged model
-loads back and predicts. Random-init ResNet-50 at 32 px: no download, about a minute per phase set."""
+loads back and predicts. Random-init ResNet-50 at 32 px: no download."""
 
 import base64
 import io
