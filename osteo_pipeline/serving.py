@@ -25,6 +25,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from osteo_pipeline.core.calibration import Calibration
@@ -37,10 +38,21 @@ from osteo_pipeline.core.preprocess import (
     per_image,
     views_per_image,
 )
+from osteo_pipeline.io.registry import registered_version
 
 IMAGE_COLUMN = "image"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MAX_ERRORS_LISTED = 20
+#: The model config that names the registered version a loaded model is (``model_version`` in
+#: its answers). Declared empty when the model is logged, since a run is registered after that
+#: (and may be registered under several names); set when it is loaded: by ``osteo serve`` through
+#: MLflow's ``SERVING_MODEL_CONFIG``, in a process by ``load_registered``.
+REGISTERED_MODEL, REGISTERED_VERSION = "registered_model", "registered_version"
+
+
+def served_as(name: str, version: str) -> dict[str, str]:
+    """The model config that tells a model, as it loads, which registered version it is."""
+    return {REGISTERED_MODEL: name, REGISTERED_VERSION: str(version)}
 
 
 def probability_column(label: str) -> str:
@@ -80,7 +92,8 @@ def decode_rows(
     over ``max_pixels``, or (with ``bounds``) one that validation would refuse for size or mode."""
     if IMAGE_COLUMN not in frame.columns:
         raise _bad_request(
-            f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); got columns {list(frame.columns)}"
+            f"request needs a column named {IMAGE_COLUMN!r} (base64 PNG/JPEG); "
+            f"got columns {list(frame.columns)}"
         )
     if len(frame) == 0:
         raise _bad_request("empty batch: send at least one row")
@@ -130,7 +143,10 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
         self.classes: list[str] = meta["classes"]
         self.size: int = meta["input_size"]
         self.max_pixels: int = meta["max_pixels"]
-        self.version: str = meta.get("version", "")
+        served = context.model_config or {}
+        name, version = served.get(REGISTERED_MODEL), served.get(REGISTERED_VERSION)
+        # Empty when loaded without being told (a run's model, `mlflow models serve` by hand).
+        self.model_version = f"{name}/{version}" if name and version else ""
         self.roi: str = meta.get("roi", "image")
         self.bounds = ImageBounds.from_dict(meta.get("image_bounds"))
         self.views = views_per_image(self.roi)
@@ -159,7 +175,7 @@ class OsteoClassifier(mlflow.pyfunc.PythonModel):
             {probability_column(c): proba[:, i] for i, c in enumerate(self.classes)}
         )
         result.insert(0, "label", [self.classes[i] for i in self.calibration.labels(proba)])
-        result["model_version"] = self.version
+        result["model_version"] = self.model_version
         return result
 
 
@@ -188,16 +204,16 @@ def log_pyfunc(
     classes: list[str],
     input_size: int,
     max_pixels: int,
-    version: str,
+    run_id: str,
     calibration: Calibration | None = None,
     roi: str = "image",
     *,
     bounds: ImageBounds,
 ) -> Any:
-    """Log the model (no optimizer state) as the ``model`` pyfunc of the active run, with the
-    calibration (temperature, threshold) fitted on validation and the image ``bounds`` its data
-    was validated with (requests outside them are refused). Its input example is a synthetic
-    radiograph (``core.synth``), never one of the training or test images."""
+    """Log the model (no optimizer state) as the ``model`` pyfunc of the active run ``run_id``,
+    with the calibration (temperature, threshold) fitted on validation and the image ``bounds``
+    its data was validated with (requests outside them are refused). Its input example is a
+    synthetic radiograph (``core.synth``), never one of the training or test images."""
     from osteo_pipeline.core.model import inference_copy
     from osteo_pipeline.core.synth import example_radiograph
 
@@ -209,7 +225,7 @@ def log_pyfunc(
             "classes": classes,
             "input_size": input_size,
             "max_pixels": max_pixels,
-            "version": version,
+            "run_id": run_id,
             "calibration": (calibration or Calibration()).as_dict(),
             "roi": roi,
             "image_bounds": bounds.as_dict(),
@@ -225,7 +241,20 @@ def log_pyfunc(
             input_example=example,
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=requirements(),
+            model_config=served_as("", ""),
         )
+
+
+def load_registered(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """The pyfunc at ``model_uri``. A URI naming a registered version (``models:/NAME/VERSION``,
+    or ``models:/NAME@ALIAS`` resolved once, here) loads that exact version, told which it is."""
+    found = registered_version(model_uri, MlflowClient())
+    if found is None:
+        return mlflow.pyfunc.load_model(model_uri)
+    name, version = found
+    return mlflow.pyfunc.load_model(
+        f"models:/{name}/{version}", model_config=served_as(name, version)
+    )
 
 
 def load_classifier(model_uri: str) -> OsteoClassifier:

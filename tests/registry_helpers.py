@@ -10,7 +10,7 @@ import numpy as np
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.calibration import Calibration
-from osteo_pipeline.io import tracking
+from osteo_pipeline.io import run_artifacts, tracking
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
 from osteo_pipeline.steps.split import SplitManifest
@@ -39,8 +39,8 @@ def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str
     arrays = load_arrays(split, settings, pixel_cache(settings))
     model = brightness_model(settings.model.input_size, skill)
     with mlflow.start_run(tags={"osteo.kind": "train", "backbone_weights": "test-double"}) as run:
-        tracking.log_settings(settings)
-        tracking.log_dataset(split)
+        run_artifacts.log_settings(settings)
+        run_artifacts.log_dataset(split)
         evaluate_predictions(
             arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration()
         )
@@ -50,7 +50,7 @@ def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str
             list(settings.data.classes),
             settings.model.input_size,
             v.max_pixels,
-            run.info.run_id,
+            run_id=run.info.run_id,
             bounds=v.image_bounds,
         )
     return run.info.run_id

@@ -42,82 +42,115 @@ class GateDecision:
         return f"{self.verdict.upper()}: " + "; ".join(self.reasons)
 
 
+@dataclass(frozen=True)
+class Cases:
+    """The held-out cases both models are judged on: true class indices, and the positive one."""
+
+    y_true: np.ndarray
+    positive: int
+
+
+@dataclass(frozen=True)
+class Answers:
+    """One model's answers on the cases: its probabilities and, when given, the labels it serves
+    (its own calibrated threshold); without them, the arg-max of its probabilities."""
+
+    proba: np.ndarray
+    labels: np.ndarray | None = None
+
+    def served(self) -> np.ndarray:
+        return self.proba.argmax(axis=1) if self.labels is None else np.asarray(self.labels)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a candidate must show: ``floors`` (metric -> minimum), and against production the CI
+    of ``compare_metric`` above ``-margin`` on at least ``min_paired_cases`` cases."""
+
+    floors: dict[str, float]
+    compare_metric: str
+    margin: float = 0.0
+    min_paired_cases: int = 1
+    n_resamples: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FloorEvidence:
+    """More values the floors apply to, besides the test metrics (e.g. the lower bounds of a
+    cross-validated estimate), and what they are (``source`` names them in the reasons)."""
+
+    values: dict[str, float | None]
+    source: str
+
+
 def decide(
-    y_true: np.ndarray,
-    candidate_proba: np.ndarray,
-    production_proba: np.ndarray | None,
-    positive: int,
-    floors: dict[str, float],
-    compare_metric: str,
-    margin: float = 0.0,
-    min_paired_cases: int = 1,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    candidate_pred: np.ndarray | None = None,
-    production_pred: np.ndarray | None = None,
-    floor_values: dict[str, float] | None = None,
-    floor_source: str = "test",
+    *,
+    cases: Cases,
+    candidate: Answers,
+    production: Answers | None,
+    policy: GatePolicy,
+    also_floored: FloorEvidence | None = None,
 ) -> GateDecision:
     """The gate's decision (see the module docstring). Floors apply to the candidate's metrics on
-    these cases and, when given, to ``floor_values`` too (e.g. the lower bounds of a
-    cross-validated estimate, named by ``floor_source``): a small-data model must clear both. Given ``*_pred``, each model is scored on the
-    labels it serves (its own calibrated threshold) instead of the arg-max of its probabilities."""
-    y_true = np.asarray(y_true)
-    candidate_pred = (
-        candidate_proba.argmax(axis=1) if candidate_pred is None else np.asarray(candidate_pred)
-    )
-    candidate = classification_metrics(y_true, candidate_proba, positive, candidate_pred)
+    these cases and, when given, to ``also_floored`` too: a small-data model must clear both.
+    Each model is scored on the labels it serves (``Answers.served``)."""
+    y_true, positive = np.asarray(cases.y_true), cases.positive
+    candidate_pred = candidate.served()
+    scores = classification_metrics(y_true, candidate.proba, positive, candidate_pred)
     reasons, passed = [], True
-    judged = [("test", candidate)] + (
-        [(floor_source, floor_values)] if floor_values is not None else []
+    judged = [("test", scores)] + (
+        [(also_floored.source, also_floored.values)] if also_floored is not None else []
     )
     for source, values in judged:
-        for name, floor in sorted(floors.items()):
+        for name, floor in sorted(policy.floors.items()):
             value = values.get(name, float("nan"))
             if value is None or not np.isfinite(value) or value < floor:
                 passed = False
-                reasons.append(
-                    f"{source} {name} {float('nan') if value is None else value:.3f} below floor {floor:.3f}"
-                )
+                shown = float("nan") if value is None else value
+                reasons.append(f"{source} {name} {shown:.3f} below floor {floor:.3f}")
             else:
                 reasons.append(f"{source} {name} {value:.3f} >= floor {floor:.3f}")
-    if production_proba is None:
+    if production is None:
         reasons.append("no production model: floors decide")
-        return GateDecision(passed, reasons, candidate, n_cases=len(y_true))
+        return GateDecision(passed, reasons, scores, n_cases=len(y_true))
 
-    production_pred = (
-        production_proba.argmax(axis=1) if production_pred is None else np.asarray(production_pred)
-    )
-    production = classification_metrics(y_true, production_proba, positive, production_pred)
+    production_pred = production.served()
+    production_scores = classification_metrics(y_true, production.proba, positive, production_pred)
+    metric, margin, n = policy.compare_metric, policy.margin, len(y_true)
 
     def paired(index: np.ndarray) -> dict[str, float]:
-        y = y_true[index]
-        auc = compare_metric == "roc_auc"
-        score = lambda proba, pred: classification_metrics(
-            y, proba[index], positive, pred[index], with_auc=auc
-        )[compare_metric]  # noqa: E731
+        def score(proba: np.ndarray, pred: np.ndarray) -> float:
+            return classification_metrics(
+                y_true[index], proba[index], positive, pred[index], with_auc=metric == "roc_auc"
+            )[metric]
+
         return {
-            "diff": score(candidate_proba, candidate_pred)
-            - score(production_proba, production_pred)
+            "diff": score(candidate.proba, candidate_pred)
+            - score(production.proba, production_pred)
         }
 
-    low, high = bootstrap_ci(len(y_true), paired, n_resamples, seed).get(
+    low, high = bootstrap_ci(n, paired, policy.n_resamples, policy.seed).get(
         "diff", (float("nan"), float("nan"))
     )
-    diff = candidate[compare_metric] - production[compare_metric]
+    diff = scores[metric] - production_scores[metric]
     difference = {"value": diff, "low": low, "high": high}
-    text = f"{compare_metric} candidate - production = {diff:+.3f} (95% CI {low:+.3f} to {high:+.3f}, n={len(y_true)} paired cases)"
+    text = (
+        f"{metric} candidate - production = {diff:+.3f} "
+        f"(95% CI {low:+.3f} to {high:+.3f}, n={n} paired cases)"
+    )
     if high < -margin:
         reasons.append(f"worse than production: {text}")
         passed = False
     elif not passed:
         reasons.append(f"compared with production: {text}")
-    elif len(y_true) < min_paired_cases:
+    elif n < policy.min_paired_cases:
         reasons.append(
-            f"inconclusive: {len(y_true)} paired cases, fewer than registry.min_paired_cases={min_paired_cases}; production kept ({text})"
+            f"inconclusive: {n} paired cases, fewer than "
+            f"registry.min_paired_cases={policy.min_paired_cases}; production kept ({text})"
         )
         return GateDecision(
-            False, reasons, candidate, production, difference, len(y_true), verdict=INCONCLUSIVE
+            False, reasons, scores, production_scores, difference, n, verdict=INCONCLUSIVE
         )
     elif low > -margin:
         reasons.append(
@@ -126,9 +159,9 @@ def decide(
     else:
         reasons.append(f"inconclusive: the interval spans {-margin:+.3f}; production kept ({text})")
         return GateDecision(
-            False, reasons, candidate, production, difference, len(y_true), verdict=INCONCLUSIVE
+            False, reasons, scores, production_scores, difference, n, verdict=INCONCLUSIVE
         )
     verdict = PASSED if passed else REJECTED
     return GateDecision(
-        verdict == PASSED, reasons, candidate, production, difference, len(y_true), verdict=verdict
+        verdict == PASSED, reasons, scores, production_scores, difference, n, verdict=verdict
     )

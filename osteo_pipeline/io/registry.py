@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import uuid
@@ -19,6 +20,7 @@ from osteo_pipeline.errors import OsteoError
 
 STAGING, PRODUCTION, PREVIOUS = "staging", "production", "previous"
 REPLACED_TAG = "osteo.replaced_version"  # set on a version when it becomes production
+ROLLED_BACK_TAG = "osteo.rolled_back"  # set on a version production was rolled back from
 LOCK_INFIX = ".lock."  # a registry lock is the registered model <name>.lock.<purpose>
 
 
@@ -47,6 +49,21 @@ def model_names(client: MlflowClient) -> list[str]:
         token = page.token
         if not token:
             return sorted(names)
+
+
+def registered_version(model_uri: str, client: MlflowClient) -> tuple[str, str] | None:
+    """The (name, version) a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names now;
+    ``None`` for any other URI (a run's model, a logged model's id)."""
+    found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([^/@]+))", model_uri)
+    if found is None:
+        return None
+    name, version, alias = found.groups()
+    if alias is None:
+        return name, version
+    aliased = Registry(name, client).aliases().get(alias)
+    if aliased is None:
+        raise RegistryError(f"model {name!r} has no {alias!r} alias ({model_uri})")
+    return name, aliased
 
 
 @dataclass

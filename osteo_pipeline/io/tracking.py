@@ -1,8 +1,8 @@
-"""MLflow side effects: where to track, run bookkeeping, environment and dataset identity."""
+"""MLflow side effects: where to track, run bookkeeping, the environment's facts. What a run
+holds (its artifacts and tags) is named in ``io.run_artifacts``."""
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import platform
@@ -12,7 +12,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import keras
 import mlflow
 import requests
 from mlflow.entities import Metric
@@ -21,10 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.jsonable import dumps
-from osteo_pipeline.core.redact import is_secret_key, redact, redact_url
+from osteo_pipeline.core.redact import redact_url
 from osteo_pipeline.errors import OsteoError
 
-log = logging.getLogger(__name__)
 PACKAGES = (
     "tensorflow",
     "keras",
@@ -43,9 +41,8 @@ PACKAGES = (
 #: training; with it, the pipeline's experiments open on their runs.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
-_configured_uri: str | None = (
-    None  # what ``configure`` last set (MLflow copies it into the environment)
-)
+# What ``configure`` last set (MLflow copies it into the environment).
+_configured_uri: str | None = None
 _user_uri: str | None = None  # the user's MLFLOW_TRACKING_URI, as it was before MLflow overwrote it
 
 
@@ -113,8 +110,8 @@ def configure(settings: Settings) -> str:
         raise TrackingUnavailableError(
             redact_url(
                 f"MLflow tracking server {uri} unreachable after {retries} retries with backoff "
-                f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was logged or registered; start the "
-                "server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere."
+                f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was logged or registered; "
+                "start the server or point tracking.uri / MLFLOW_TRACKING_URI elsewhere."
             )
         ) from exc
     if experiment is None:
@@ -154,6 +151,7 @@ def _git_commit() -> str:
 
 def environment() -> dict[str, str]:
     """Versions and machine facts that decide whether a result can be reproduced."""
+    import keras
     import tensorflow as tf
 
     facts = {
@@ -201,53 +199,6 @@ def log_json(payload: Any, artifact_file: str, run_id: str | None = None) -> Non
         MlflowClient().log_text(run_id, dumps(payload), artifact_file)
 
 
-def log_environment() -> None:
-    facts = environment()
-    mlflow.set_tags({f"env.{k}": v for k, v in facts.items()})
-    log_json(facts, "environment.json")
-
-
-def safe_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Params fit for the tracking store: credential-named keys dropped, URL passwords masked."""
-    return {k: redact(v) for k, v in params.items() if not is_secret_key(k)}
-
-
-def log_settings(settings: Settings) -> None:
-    """Every setting as a param, and ``config.json``: both with URL passwords masked."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, item)
-        else:
-            flat[prefix] = dumps(value, indent=None) if isinstance(value, list | tuple) else value
-
-    dumped = redact(settings.model_dump(mode="json"))
-    walk("", {k: dumped[k] for k in ("seed", "data", "split", "model", "train", "tune")})
-    mlflow.log_params(safe_params(flat))
-    log_json(dumped, "config.json")
-
-
-def log_dataset(split: Any, context: str = "training") -> None:
-    """The split manifest as an MLflow dataset input: its hash is the digest, counts are params."""
-    frame = split.files
-    dataset = mlflow.data.from_pandas(
-        frame,
-        source=str(split.data_dir),
-        name=f"knee-xray-{split.dataset_hash[:12]}",
-        digest=split.dataset_hash[:32],
-    )
-    mlflow.log_input(dataset, context=context)
-    mlflow.set_tag("dataset_hash", split.dataset_hash)
-    counts = split.counts()
-    mlflow.log_params(
-        {f"n_{name}": sum(c.values()) for name, c in counts.items()}
-        | {"dataset_hash": split.dataset_hash}
-    )
-    log_json(split.to_dict(), "split_manifest.json")
-
-
 def fail_run(run_id: str, reason: str) -> bool:
     """Close a run its process left RUNNING as FAILED, saying why; ``False`` when it had ended."""
     client = MlflowClient()
@@ -269,22 +220,3 @@ def set_tags_on(run_id: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     for key, value in tags.items():
         client.set_tag(run_id, key, redact_url(str(value)))
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch Keras logs (loss, accuracy, val_*) to the active MLflow run, step = epoch, and a
-    progress line (``label`` names what is training: a trial, a fold, the refit)."""
-
-    def __init__(self, prefix: str = "", label: str = "") -> None:
-        super().__init__()
-        self.prefix = prefix
-        self.label = label
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if logs:
-            values = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
-            mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in values.items()}, step=epoch)
-            shown = ", ".join(
-                f"{k} {values[k]:.4f}" for k in ("loss", "val_loss", "val_accuracy") if k in values
-            )
-            log.info("%sepoch %d: %s", f"{self.label} " if self.label else "", epoch + 1, shown)

@@ -21,7 +21,7 @@ from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import Calibration, expected_calibration_error, reliability
 from osteo_pipeline.core.explain import explainable, grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
-from osteo_pipeline.io import tracking
+from osteo_pipeline.io import run_artifacts, tracking
 from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.serving import load_classifier
@@ -36,7 +36,7 @@ def evaluate_predictions(
     raw_proba: np.ndarray,
     settings: Settings,
     calibration: Calibration,
-    prefix: str = "test_",
+    prefix: str = run_artifacts.TEST_PREFIX,
     model: keras.Model | None = None,
 ) -> dict[str, Any]:
     """Metrics with CIs for the model's raw probabilities ``raw_proba`` on ``arrays``, calibrated
@@ -74,7 +74,7 @@ def evaluate_predictions(
     # The grids show the images themselves: patient data, logged only when the config asks.
     grids = settings.tracking.log_image_grids
     mlflow.set_tag(
-        "image_grids",
+        run_artifacts.IMAGE_GRIDS_TAG,
         "logged (tracking.log_image_grids)"
         if grids
         else "not logged: they would hold patient images (tracking.log_image_grids)",
@@ -118,7 +118,7 @@ def evaluate_predictions(
         "n": len(arrays.labels),
         "predictions": predictions,
     }
-    tracking.log_json(summary, f"{prefix}evaluation.json")
+    tracking.log_json(summary, run_artifacts.evaluation_file(prefix))
     return {
         **report,
         **{k: {"value": v, "low": float("nan"), "high": float("nan")} for k, v in ece.items()},

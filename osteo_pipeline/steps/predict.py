@@ -19,10 +19,10 @@ class PredictError(OsteoError):
 def predict_files(model_uri: str, images: list[Path], settings: Settings) -> pd.DataFrame:
     """One row per image: ``file``, ``label`` and ``p_<class>`` per class. A refused image is
     named by its file, not by its row."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from osteo_pipeline.io import tracking
+    from osteo_pipeline.serving import load_registered
 
     tracking.configure(settings)
     payload = []
@@ -32,7 +32,7 @@ def predict_files(model_uri: str, images: list[Path], settings: Settings) -> pd.
         except OSError as exc:
             raise PredictError(f"cannot read {image}: {exc.strerror or exc}") from exc
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = load_registered(model_uri)
         result = model.predict(pd.DataFrame({"image": payload}))
     except MlflowException as exc:
         message = str(exc.message)

@@ -27,13 +27,15 @@ import numpy as np
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import fit_calibration
-from osteo_pipeline.io import tracking
+from osteo_pipeline.core.model_card import CvEstimate
+from osteo_pipeline.io import run_artifacts, tracking
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.evaluate import evaluate_predictions
 from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
 from osteo_pipeline.training.backbone import build
 from osteo_pipeline.training.cv import CVResult, cv_arrays, oof_estimate
+from osteo_pipeline.training.epoch_logger import EpochLogger
 from osteo_pipeline.training.fit import FitPlan, TrainParams, fit_two_phase, predict_images
 from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
 
@@ -67,16 +69,14 @@ def refit_and_evaluate(
     runtime = configure_runtime(settings)
     tracking.configure(settings)
     chosen = TrainParams.from_dict(params, settings)
-    settings = chosen.apply(
-        settings
-    )  # input size and roi as chosen: pixels, backbone and the logged model agree
-    epochs = (
-        tuple(  # 0 fine-tune epochs is a result (fine-tuning did not help), not a missing value
-            default if params.get(key) is None else int(params[key])
-            for key, default in (
-                ("head_epochs", settings.train.head_epochs),
-                ("finetune_epochs", settings.train.finetune_epochs),
-            )
+    # Input size and roi as chosen: pixels, backbone and the logged model agree.
+    settings = chosen.apply(settings)
+    # 0 fine-tune epochs is a result (fine-tuning did not help), not a missing value.
+    epochs = tuple(
+        default if params.get(key) is None else int(params[key])
+        for key, default in (
+            ("head_epochs", settings.train.head_epochs),
+            ("finetune_epochs", settings.train.finetune_epochs),
         )
     )
     arrays = load_arrays(split, settings, pixel_cache(settings))
@@ -87,16 +87,20 @@ def refit_and_evaluate(
         epochs = (oof.head_epochs, oof.finetune_epochs)
     with mlflow.start_run(
         run_name=f"train-{split.dataset_hash[:8]}",
-        tags={"osteo.kind": "train", "params_source": source, **(tags or {})},
+        tags={
+            run_artifacts.KIND_TAG: run_artifacts.TRAINING_KIND,
+            run_artifacts.PARAMS_SOURCE_TAG: source,
+            **(tags or {}),
+        },
     ) as run:
-        tracking.log_settings(settings)
+        run_artifacts.log_settings(settings)
         mlflow.log_params(
-            {f"chosen.{k}": v for k, v in chosen.as_dict().items()}
+            {f"{run_artifacts.CHOSEN_PREFIX}{k}": v for k, v in chosen.as_dict().items()}
             | {"epochs.head": epochs[0], "epochs.finetune": epochs[1]}
             | {f"runtime.{k}": v for k, v in runtime.items()}
         )
-        tracking.log_dataset(split)
-        tracking.log_environment()
+        run_artifacts.log_dataset(split)
+        run_artifacts.log_environment()
         strategy = distribution(settings)
         mlflow.log_param("runtime.replicas", strategy.num_replicas_in_sync)
         with strategy.scope():
@@ -105,13 +109,11 @@ def refit_and_evaluate(
                 global_batch(settings, strategy),
                 chosen,
                 epochs=epochs,
-                callbacks=[tracking.EpochLogger(label="refit")],
+                callbacks=[EpochLogger(label="refit")],
                 jit=runtime["xla"],
             )
             fit = fit_two_phase(model, train, None, plan)
-        mlflow.set_tags(
-            {"backbone_weights": weights.described, "backbone_identity": weights.identity}
-        )
+        run_artifacts.log_backbone(weights.described, weights.identity)
         if weights.random_init:
             mlflow.set_tag("WARNING", f"backbone trained from RANDOM INIT: {weights.described}")
         figure = plots.training_curves(fit.history, phase_boundary=fit.head_epochs)
@@ -124,7 +126,7 @@ def refit_and_evaluate(
                 arrays["val"].labels,
                 positive,
             )
-            mlflow.set_tag("calibrated_on", "val")
+            run_artifacts.log_calibrated_on_val()
         else:
             calibration = fit_calibration(oof.oof, oof.labels, positive)
             _log_cv_estimate(oof, positive, settings)
@@ -135,9 +137,9 @@ def refit_and_evaluate(
             list(settings.data.classes),
             settings.model.input_size,
             settings.validation.max_pixels,
-            run.info.run_id,
-            calibration,
-            settings.model.roi,
+            run_id=run.info.run_id,
+            calibration=calibration,
+            roi=settings.model.roi,
             bounds=settings.validation.image_bounds,
         )
         return RefitResult(
@@ -158,14 +160,16 @@ def _matching_cv(
         return None
     if cv.get("dataset_hash", split.dataset_hash) != split.dataset_hash:
         log.warning(
-            "the chosen trial was cross-validated on other data: calibrating on val instead of its out-of-fold predictions"
+            "the chosen trial was cross-validated on other data: calibrating on val instead of "
+            "its out-of-fold predictions"
         )
         return None
     result = CVResult.from_dict(cv)
     labels = np.concatenate([arrays["train"].labels, arrays["val"].labels])
     if len(result.labels) != len(labels) or not np.array_equal(result.labels, labels):
         log.warning(
-            "the chosen trial was cross-validated on other images: calibrating on val instead of its out-of-fold predictions"
+            "the chosen trial was cross-validated on other images: calibrating on val instead of "
+            "its out-of-fold predictions"
         )
         return None
     return result
@@ -175,17 +179,11 @@ def _log_cv_estimate(result: CVResult, positive: int, settings: Settings) -> Non
     """The out-of-fold estimate with its interval, as metrics and ``cv_estimate.json``."""
     estimate = oof_estimate(result, positive)
     tracking.log_intervals(estimate, "cv_")
-    mlflow.set_tags(
-        {"calibrated_on": "out-of-fold predictions", "cv_folds": str(int(result.fold.max()) + 1)}
-    )
-    tracking.log_json(
+    run_artifacts.log_cv_estimate(
+        CvEstimate(estimate, folds=int(result.fold.max()) + 1, n=len(result.labels)),
         {
-            "metrics": estimate,
-            "folds": int(result.fold.max()) + 1,
-            "n": len(result.labels),
             "epochs": result.epochs,
             "objective": settings.tune.objective,
             "interval": "corrected resampled t (Nadeau & Bengio), 95%",
         },
-        "cv_estimate.json",
     )

@@ -9,39 +9,54 @@ promotion retried after it succeeded reports the recorded decision."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from osteo_pipeline.config import Settings
-from osteo_pipeline.core.gate import GateDecision, decide
-from osteo_pipeline.core.model_card import render_model_card
+from osteo_pipeline.core.gate import (
+    PASSED,
+    REJECTED,
+    Cases,
+    FloorEvidence,
+    GateDecision,
+    GatePolicy,
+    decide,
+)
+from osteo_pipeline.core.model_card import (
+    CardData,
+    CardIdentity,
+    CardModel,
+    CardResults,
+    render_model_card,
+)
 from osteo_pipeline.core.redact import redact_url
 from osteo_pipeline.io import tracking
-from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.registry import (
     PREVIOUS,
     PRODUCTION,
     REPLACED_TAG,
+    ROLLED_BACK_TAG,
     STAGING,
     Registry,
     RegistryError,
     model_names,
 )
-from osteo_pipeline.serving import IMAGE_COLUMN, probability_column
-from osteo_pipeline.steps.seen import seen_images, training_images
-
-KEY_METRICS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "roc_auc")
+from osteo_pipeline.io.run_artifacts import (
+    DATASET_HASH_TAG,
+    MODEL_CARD_TAG,
+    GateRecord,
+    TrainingRun,
+    log_model_card,
+    tagged_metrics,
+)
+from osteo_pipeline.steps.gate_data import evaluation_set, predict_set, without_seen
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -55,73 +70,43 @@ def register_run(run_id: str, settings: Settings) -> str:
     (a retried task, a second ``osteo register``) gets its existing version back, with the card,
     tags and alias completed."""
     registry = open_registry(settings)
-    client = registry.client
+    run = TrainingRun(run_id, registry.client)
     try:
-        run = client.get_run(run_id)
-        evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/test_evaluation.json")
+        tags = run.version_tags()
     except (MlflowException, OSError) as exc:
         raise RegistryError(
             redact_url(
-                f"run {run_id!r} is not an `osteo train` run in {tracking.tracking_uri(settings)}: {str(exc)[:200]}"
+                f"run {run_id!r} is not an `osteo train` run in "
+                f"{tracking.tracking_uri(settings)}: {str(exc)[:200]}"
             )
         ) from exc
-    split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
-    metrics = evaluation["metrics"]
-    tags = {
-        f"metric.test_{k}": f"{metrics[k]['value']:.4f}"
-        for k in KEY_METRICS
-        if metrics.get(k, {}).get("value") is not None
-    }
-    tags |= {
-        "dataset_hash": split["dataset_hash"],
-        "run_id": run_id,
-        "backbone_weights": run.data.tags.get("backbone_weights", ""),
-    }
     existing = registry.version_of_run(run_id)
     if existing is not None:
         version = str(existing.version)
         registry.tag(version, tags)
     else:
-        version = str(
-            registry.create_version(
-                _logged_model_uri(run_id, run.info.experiment_id), run_id, tags
-            ).version
-        )
-    params = {
-        k.removeprefix("chosen."): v for k, v in run.data.params.items() if k.startswith("chosen.")
-    }
-    classes = json.loads(run.data.params.get("data.classes", "[]")) or list(settings.data.classes)
-    card = render_model_card(
-        registry.name,
-        version,
-        run_id,
-        classes,
-        evaluation["positive_class"],
-        split["dataset_hash"],
-        split["counts"],
-        len(split["excluded"]),
-        metrics,
-        params,
-        run.data.tags.get("backbone_weights", "?"),
-        int(run.data.params.get("model.input_size", 0)),
-        evaluation.get("calibration"),
-        run.data.tags.get("image_grids", "not logged"),
-        run.data.params.get("model.roi", "image"),
-        cv_estimate(run_id),
-    )
-    client.log_text(run_id, card, f"model_card_v{version}.md")
-    registry.tag(version, {"model_card": f"runs:/{run_id}/model_card_v{version}.md"})
+        model_uri = _logged_model_uri(run_id, run.run.info.experiment_id)
+        version = str(registry.create_version(model_uri, run_id, tags).version)
+    card = log_model_card(run_id, version, _model_card(run, registry.name, version))
+    registry.tag(version, {MODEL_CARD_TAG: card})
     registry.set_alias(STAGING, version)
     return version
 
 
-def cv_estimate(run_id: str) -> dict[str, Any] | None:
-    """The run's out-of-fold estimate (``cv_estimate.json``), when its parameters were chosen by
-    cross-validation."""
-    try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/cv_estimate.json")
-    except (MlflowException, OSError):
-        return None
+def _model_card(run: TrainingRun, name: str, version: str) -> str:
+    split, evaluation = run.split, run.evaluation
+    return render_model_card(
+        identity=CardIdentity(name, version, run.run_id),
+        data=CardData(run.classes, split.dataset_hash, split.counts(), len(split.excluded)),
+        model=CardModel(run.backbone_weights or "?", run.input_size, run.roi, run.chosen_params),
+        results=CardResults(
+            evaluation.positive_class,
+            evaluation.metrics,
+            evaluation.calibration,
+            run.cv_estimate,
+            run.image_grids or "not logged",
+        ),
+    )
 
 
 def _logged_model_uri(run_id: str, experiment_id: str) -> str:
@@ -135,88 +120,6 @@ def _logged_model_uri(run_id: str, experiment_id: str) -> str:
     return models[0].model_uri
 
 
-@dataclass
-class EvaluationSet:
-    y_true: np.ndarray
-    images: list[str]  # base64 file bytes, as a client would send them
-    classes: list[str]
-    positive: int
-    dataset_hash: str
-    contents: list[Content]  # the files, by content hash
-    left_out: dict[str, str] = field(default_factory=dict)  # path -> why it was left out
-
-
-def evaluation_set(run_id: str, data_dir: Path | None) -> EvaluationSet:
-    """The candidate's held-out test images (from its logged split manifest), read from disk."""
-    split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
-    evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/test_evaluation.json")
-    root = Path(data_dir or split["data_dir"])
-    test = [f for f in split["files"] if f["split"] == "test"]
-    missing = [f["path"] for f in test if not (root / f["path"]).is_file()]
-    if missing:
-        raise RegistryError(
-            f"evaluation images missing under {root} (pass --data-dir): {missing[:5]}"
-        )
-    config = mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json")
-    classes = config["data"]["classes"]
-    return EvaluationSet(
-        y_true=np.array([classes.index(f["label"]) for f in test]),
-        images=[base64.b64encode((root / f["path"]).read_bytes()).decode("ascii") for f in test],
-        classes=classes,
-        positive=classes.index(evaluation["positive_class"]),
-        dataset_hash=split["dataset_hash"],
-        contents=[Content(f["sha256"], root / f["path"], None) for f in test],
-    )
-
-
-def without_seen(data: EvaluationSet, model_uris: list[str], settings: Settings) -> EvaluationSet:
-    """``data`` without the images that are copies (identical or derived) of images any of the
-    models trained or was calibrated on: production may have trained on a derived copy of a new
-    test image, and that would flatter it."""
-    seen = [content for uri in model_uris for content in training_images(uri)]
-    reasons = seen_images(data.contents, seen, settings)
-    keep = [i for i, c in enumerate(data.contents) if c.sha256 not in reasons]
-    if not keep:
-        raise RegistryError(
-            f"every test image of the candidate is a copy of an image {' or '.join(model_uris)} trained on: nothing left to gate on"
-        )
-    left_out = {str(c.path): reasons[c.sha256] for c in data.contents if c.sha256 in reasons}
-    return EvaluationSet(
-        data.y_true[keep],
-        [data.images[i] for i in keep],
-        data.classes,
-        data.positive,
-        data.dataset_hash,
-        [data.contents[i] for i in keep],
-        left_out,
-    )
-
-
-def predict_set(
-    model_uri: str, data: EvaluationSet, batch: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """The served probabilities and labels (class indices), exactly as clients would get them."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    frames = [
-        model.predict(pd.DataFrame({IMAGE_COLUMN: data.images[i : i + batch]}))
-        for i in range(0, len(data.images), batch)
-    ]
-    result = pd.concat(frames, ignore_index=True)
-    columns = [probability_column(c) for c in data.classes]
-    if not set(columns) <= set(result.columns):
-        raise RegistryError(
-            f"{model_uri} predicts {list(result.columns)}, not the classes {data.classes}"
-        )
-    unknown = set(result["label"]) - set(data.classes)
-    if unknown:
-        raise RegistryError(
-            f"{model_uri} predicts labels {sorted(unknown)} outside the classes {data.classes}"
-        )
-    return result[columns].to_numpy(dtype=np.float64), result["label"].map(
-        data.classes.index
-    ).to_numpy(dtype=np.int64)
-
-
 def promote(
     settings: Settings, version: str | None = None, data_dir: Path | None = None
 ) -> GateDecision:
@@ -224,6 +127,7 @@ def promote(
     move ``production`` only when it passes (``core.gate``: an inconclusive comparison keeps
     production)."""
     registry = open_registry(settings)
+    # The candidate, and the production it is gated against.
     candidate = registry.version(version) if version else registry.by_alias(STAGING)
     if candidate is None:
         raise RegistryError(
@@ -231,48 +135,23 @@ def promote(
         )
     production = registry.by_alias(PRODUCTION)
     if production is not None and production.version == candidate.version:
-        if candidate.tags.get("gate.decision") == "passed":  # a retry after its own promotion
+        record = GateRecord.from_tags(candidate.tags)
+        if record is not None and record.decision == PASSED:  # a retry after its own promotion
             return _already_promoted(candidate)
         raise RegistryError(f"version {candidate.version} is already {PRODUCTION}")
-    data = evaluation_set(candidate.run_id, data_dir)
+    # The candidate's test images, without copies of what either model trained on.
+    run = TrainingRun(candidate.run_id, registry.client)
+    compared = [v for v in (candidate, production) if v is not None]
     data = without_seen(
-        data, [registry.uri(v.version) for v in (candidate, production) if v is not None], settings
+        evaluation_set(run, data_dir), [registry.uri(v.version) for v in compared], settings
     )
-    candidate_proba, candidate_pred = predict_set(registry.uri(candidate.version), data)
-    production_proba, production_pred = (
-        predict_set(registry.uri(production.version), data) if production else (None, None)
-    )
-    r = settings.registry
-    estimate = cv_estimate(candidate.run_id) if r.floors_on == "cv_lower" else None
-    if (
-        estimate is None
-        and r.floors_on == "cv_lower"
-        and registry.client.get_run(candidate.run_id).data.tags.get("calibrated_on")
-        == "out-of-fold predictions"
-    ):
-        raise RegistryError(
-            f"run {candidate.run_id} was cross-validated but its cv_estimate.json cannot be read: the CV floors cannot be checked"
-        )
-    floor_values = (
-        {name: _number(estimate["metrics"].get(name, {}).get("low")) for name in r.floors}
-        if estimate
-        else None
-    )
+    # The gate's decision on the labels each model serves.
     decision = decide(
-        data.y_true,
-        candidate_proba,
-        production_proba,
-        data.positive,
-        r.floors,
-        r.compare_metric,
-        r.margin,
-        r.min_paired_cases,
-        r.bootstrap_resamples,
-        settings.seed,
-        candidate_pred,
-        production_pred,
-        floor_values,
-        f"CV lower bound ({estimate['folds']}-fold)" if estimate else "test",
+        cases=Cases(data.y_true, data.positive),
+        candidate=predict_set(registry.uri(candidate.version), data),
+        production=predict_set(registry.uri(production.version), data) if production else None,
+        policy=_policy(settings),
+        also_floored=_cv_floors(run, settings),
     )
     gated_against = str(production.version) if production else None
     decision.extra = {
@@ -282,78 +161,96 @@ def promote(
         "left_out": data.left_out,
     }
     if data.left_out:
-        kinds = ", ".join(
-            f"{n} {kind}" for kind, n in sorted(Counter(data.left_out.values()).items())
-        )
+        kinds = Counter(data.left_out.values())
         decision.reasons.append(
-            f"left out {len(data.left_out)} test images that are copies of images a compared model trained on ({kinds}); gated on {len(data.y_true)}"
+            f"left out {len(data.left_out)} test images that are copies of images a compared "
+            f"model trained on ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}); "
+            f"gated on {len(data.y_true)}"
         )
-    gate_tags = {
-        "gate.evaluated_against": gated_against or "none",
-        "gate.evaluation_dataset": data.dataset_hash,
-    }
-    # Compare-and-set on the alias: under the registry lock, production must still be the
-    # version the gate compared against; another promotion that won the race refuses this one.
+    # The decision on the candidate's tags, then the aliases.
+    return _record_and_move(registry, candidate, gated_against, decision, data.dataset_hash)
+
+
+def _policy(settings: Settings) -> GatePolicy:
+    r = settings.registry
+    return GatePolicy(
+        floors=r.floors,
+        compare_metric=r.compare_metric,
+        margin=r.margin,
+        min_paired_cases=r.min_paired_cases,
+        n_resamples=r.bootstrap_resamples,
+        seed=settings.seed,
+    )
+
+
+def _cv_floors(run: TrainingRun, settings: Settings) -> FloorEvidence | None:
+    """The lower ends of the candidate's cross-validated estimate, which the floors apply to as
+    well (``registry.floors_on: cv_lower``), when it has one."""
+    if settings.registry.floors_on != "cv_lower":
+        return None
+    estimate = run.cv_estimate
+    if estimate is None and run.cross_validated:
+        raise RegistryError(
+            f"run {run.run_id} was cross-validated but its cv_estimate.json cannot be read: "
+            "the CV floors cannot be checked"
+        )
+    if estimate is None:
+        return None
+    return FloorEvidence(
+        {name: estimate.metrics.get(name, {}).get("low") for name in settings.registry.floors},
+        f"CV lower bound ({estimate.folds}-fold)",
+    )
+
+
+def _record_and_move(
+    registry: Registry,
+    candidate: ModelVersion,
+    gated_against: str | None,
+    decision: GateDecision,
+    dataset_hash: str,
+) -> GateDecision:
+    """Tag the decision on the candidate and, when it passed, move the aliases. Compare-and-set:
+    under the registry lock, production must still be the version the gate compared against;
+    another promotion that won the race refuses this one."""
     with registry.lock("promotion"):
         current = registry.by_alias(PRODUCTION)
         now = str(current.version) if current else None
         if now == str(candidate.version):  # another attempt at this same promotion got there first
             return _already_promoted(registry.version(candidate.version))
-        if not decision.passed:
-            registry.tag(
-                candidate.version,
-                gate_tags
-                | {"gate.decision": decision.verdict, "gate.reason": decision.summary[:5000]},
-            )
-            return decision
-        if now != gated_against:
-            decision.passed, decision.verdict = False, "rejected"
+        if decision.passed and now != gated_against:
+            decision.passed, decision.verdict = False, REJECTED
             decision.reasons.append(
-                f"production moved from {gated_against or 'none'} to {now} while the gate ran: not promoted; run `osteo promote` again to gate against it"
+                f"production moved from {gated_against or 'none'} to {now} while the gate ran: "
+                "not promoted; run `osteo promote` again to gate against it"
             )
             decision.extra["production"] = now
-            registry.tag(
-                candidate.version,
-                gate_tags | {"gate.decision": "rejected", "gate.reason": decision.summary[:5000]},
-            )
+        record = GateRecord(decision.verdict, decision.summary, gated_against, dataset_hash)
+        registry.tag(candidate.version, record.as_tags())
+        if not decision.passed:
             return decision
-        registry.tag(
-            candidate.version,
-            gate_tags | {"gate.decision": "passed", "gate.reason": decision.summary[:5000]},
-        )
-        if production is not None:
-            registry.tag(candidate.version, {REPLACED_TAG: production.version})
-            registry.set_alias(PREVIOUS, production.version)
+        if gated_against is not None:
+            registry.tag(candidate.version, {REPLACED_TAG: gated_against})
+            registry.set_alias(PREVIOUS, gated_against)
         registry.set_alias(PRODUCTION, candidate.version)
-        if (
-            staged := registry.by_alias(STAGING)
-        ) is not None and staged.version == candidate.version:
+        staged = registry.by_alias(STAGING)
+        if staged is not None and staged.version == candidate.version:
             registry.drop_alias(STAGING)
     return decision
 
 
-def _number(value: Any) -> float:
-    """A metric read back from JSON, where a missing value (NaN when written) is null."""
-    return float("nan") if value is None else float(value)
-
-
 def _already_promoted(candidate: ModelVersion) -> GateDecision:
     """The decision an earlier attempt recorded, for a retry that finds its promotion done."""
+    record = GateRecord.from_tags(candidate.tags) or GateRecord(PASSED, "", None, None)
     reasons = [
-        f"already promoted: version {candidate.version} is production (an earlier attempt's gate: {candidate.tags.get('gate.reason', '')})"
+        f"already promoted: version {candidate.version} is production "
+        f"(an earlier attempt's gate: {record.reason})"
     ]
-    metrics = {
-        k.removeprefix("metric.test_"): float(v)
-        for k, v in candidate.tags.items()
-        if k.startswith("metric.test_")
-    }
-    against = candidate.tags.get("gate.evaluated_against", "none")
     extra = {
         "candidate": str(candidate.version),
-        "production": None if against == "none" else against,
-        "evaluation_dataset": candidate.tags.get("gate.evaluation_dataset"),
+        "production": record.evaluated_against,
+        "evaluation_dataset": record.evaluation_dataset,
     }
-    return GateDecision(True, reasons, metrics, extra=extra)
+    return GateDecision(True, reasons, tagged_metrics(candidate.tags), extra=extra)
 
 
 def rollback(settings: Settings) -> tuple[str, str]:
@@ -372,11 +269,12 @@ def rollback(settings: Settings) -> tuple[str, str]:
             target = production.tags.get(REPLACED_TAG)
             if not target:
                 raise RegistryError(
-                    f"nothing to roll back to: version {production.version} replaced no earlier version"
+                    f"nothing to roll back to: version {production.version} replaced no "
+                    "earlier version"
                 )
             previous = registry.version(target)
         registry.set_alias(PRODUCTION, previous.version)
-        registry.tag(production.version, {"osteo.rolled_back": "true"})
+        registry.tag(production.version, {ROLLED_BACK_TAG: "true"})
         earlier = previous.tags.get(REPLACED_TAG)
         if earlier:
             registry.set_alias(PREVIOUS, earlier)
@@ -393,15 +291,6 @@ def registered_models(settings: Settings) -> list[str]:
     return model_names(open_registry(settings).client)
 
 
-def _number(tag: str | None) -> float | None:
-    """A metric tag's value as a number; None when missing or not a finite number."""
-    try:
-        value = float(tag) if tag is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and np.isfinite(value) else None
-
-
 def list_versions(settings: Settings, models: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per version of ``models`` (default: ``registry.model_name``), by model then
     version: its aliases, run, test metrics (numbers), data, gate decision and creation time."""
@@ -412,17 +301,20 @@ def list_versions(settings: Settings, models: list[str] | None = None) -> list[d
         by_version: dict[str, list[str]] = {}
         for alias, version in registry.aliases().items():
             by_version.setdefault(str(version), []).append(alias)
-        rows += [
-            {
-                "model": name,
-                "version": int(v.version),
-                "aliases": sorted(by_version.get(str(v.version), [])),
-                "run_id": v.run_id,
-                **{m: _number(v.tags.get(f"metric.test_{m}")) for m in LISTED_METRICS},
-                "dataset_hash": (v.tags.get("dataset_hash") or "")[:12],
-                "gate": v.tags.get("gate.decision", ""),
-                "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M"),
-            }
-            for v in registry.versions()
-        ]
+        for v in registry.versions():
+            metrics, record = tagged_metrics(v.tags), GateRecord.from_tags(v.tags)
+            rows.append(
+                {
+                    "model": name,
+                    "version": int(v.version),
+                    "aliases": sorted(by_version.get(str(v.version), [])),
+                    "run_id": v.run_id,
+                    **{m: metrics.get(m) for m in LISTED_METRICS},
+                    "dataset_hash": (v.tags.get(DATASET_HASH_TAG) or "")[:12],
+                    "gate": record.decision if record else "",
+                    "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime(
+                        "%Y-%m-%d %H:%M"
+                    ),
+                }
+            )
     return rows

@@ -4,13 +4,10 @@ and the promotion gate leave those out, so no model is scored on what it trained
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlflow
-
 from osteo_pipeline.config import Settings
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io.copies import Content, copy_finder
+from osteo_pipeline.io.run_artifacts import TrainingRun
 
 
 class TrainingManifestError(OsteoError):
@@ -19,22 +16,21 @@ class TrainingManifestError(OsteoError):
 
 def training_images(model_uri: str) -> list[Content]:
     """The images the model's training run trained or calibrated on (its split manifest's train
-    and val files). Without the manifest nothing could be left out and images the model trained on would
-    be scored as new: that stops the caller, it is never skipped quietly."""
+    and val files). Without the manifest nothing could be left out and images the model trained
+    on would be scored as new: that stops the caller, it is never skipped quietly."""
     try:
-        run_id = mlflow.models.get_model_info(model_uri).run_id
-        split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split_manifest.json")
-        root = Path(split["data_dir"])
-        return [
-            Content(f["sha256"], root / f["path"], None)
-            for f in split["files"]
-            if f["split"] in ("train", "val")
-        ]
+        split = TrainingRun.of_model(model_uri).split
     except Exception as exc:  # noqa: BLE001 - MLflow reports a missing run or artifact in many ways
         raise TrainingManifestError(
-            f"cannot read the training split manifest of {model_uri} ({type(exc).__name__}: {str(exc)[:200]}); evaluation "
-            "stopped, since images it trained on could not be left out"
+            f"cannot read the training split manifest of {model_uri} "
+            f"({type(exc).__name__}: {str(exc)[:200]}); evaluation stopped, since images it "
+            "trained on could not be left out"
         ) from exc
+    seen = split.files[split.files["split"].isin(("train", "val"))]
+    return [
+        Content(sha256, split.data_dir / path, None)
+        for sha256, path in zip(seen["sha256"], seen["path"])
+    ]
 
 
 def seen_images(

@@ -11,6 +11,7 @@ the served model and the alias never disagree for longer than one poll."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.pyfunc.scoring_server import SERVING_MODEL_CONFIG
+
 from osteo_pipeline.config import Settings
+from osteo_pipeline.io.registry import Registry
+from osteo_pipeline.serving import served_as
 from osteo_pipeline.steps.registry import open_registry
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,10 @@ class Served:
     process: subprocess.Popen | None
 
 
-def scoring_server(model_uri: str, settings: Settings) -> subprocess.Popen:
+def scoring_server(registry: Registry, version: str, settings: Settings) -> subprocess.Popen:
+    """`mlflow models serve` on exactly ``version``, told which registered version it serves
+    (MLflow's ``SERVING_MODEL_CONFIG`` reaches the model's ``load_context``), so every answer's
+    ``model_version`` names it."""
     s = settings.serving
     command = [
         sys.executable,
@@ -42,7 +50,7 @@ def scoring_server(model_uri: str, settings: Settings) -> subprocess.Popen:
         "models",
         "serve",
         "-m",
-        model_uri,
+        registry.uri(version),
         "--env-manager",
         "local",
         "-h",
@@ -52,9 +60,11 @@ def scoring_server(model_uri: str, settings: Settings) -> subprocess.Popen:
         "--workers",
         str(s.workers),
     ]
-    # MLflow starts `uvicorn` from PATH: the one installed beside this Python, venv activated or not.
+    # MLflow starts `uvicorn` from PATH: the one installed beside this Python, venv activated
+    # or not.
     env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        SERVING_MODEL_CONFIG: json.dumps(served_as(registry.name, version)),
     }
     return subprocess.Popen(command, env=env)
 
@@ -92,7 +102,7 @@ def follow_alias(settings: Settings, stop: threading.Event | None = None) -> Non
             if version != served.version:
                 _stop(served.process)
                 served = Served(
-                    version, scoring_server(registry.uri(version), settings) if version else None
+                    version, scoring_server(registry, version, settings) if version else None
                 )
                 if version:
                     log.info(
@@ -119,9 +129,7 @@ def follow_alias(settings: Settings, stop: threading.Event | None = None) -> Non
                     served.process.returncode,
                 )
                 time.sleep(min(settings.serving.poll_s, 5))
-                served = Served(
-                    served.version, scoring_server(registry.uri(served.version), settings)
-                )
+                served = Served(served.version, scoring_server(registry, served.version, settings))
             stop.wait(settings.serving.poll_s)
     finally:
         _stop(served.process)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from osteo_pipeline.core.gate import decide
+from osteo_pipeline.core.gate import Answers, Cases, FloorEvidence, GatePolicy, decide
 
 Y = np.array([0, 1] * 20)
 GOOD = np.stack([1 - (0.2 + 0.6 * Y), 0.2 + 0.6 * Y], axis=1)  # always right
@@ -12,16 +12,13 @@ COIN = np.stack(
 FLOORS = {"balanced_accuracy": 0.6, "recall": 0.5}
 
 
-def _decide(candidate, production, **kw):
+def _decide(candidate, production, floors=FLOORS, served=None, also_floored=None, **policy):
     return decide(
-        Y,
-        candidate,
-        production,
-        1,
-        kw.pop("floors", FLOORS),
-        "balanced_accuracy",
-        n_resamples=200,
-        **kw,
+        cases=Cases(Y, positive=1),
+        candidate=Answers(candidate, served),
+        production=None if production is None else Answers(production),
+        policy=GatePolicy(floors, "balanced_accuracy", n_resamples=200, **policy),
+        also_floored=also_floored,
     )
 
 
@@ -88,8 +85,7 @@ def test_floors_can_apply_to_a_cross_validated_lower_bound():
     decision = _decide(
         GOOD,
         None,
-        floor_values={"balanced_accuracy": 0.55, "recall": 0.9},
-        floor_source="CV lower bound",
+        also_floored=FloorEvidence({"balanced_accuracy": 0.55, "recall": 0.9}, "CV lower bound"),
     )
     assert (
         not decision.passed
@@ -103,7 +99,7 @@ def test_models_are_scored_on_the_labels_they_serve():
     shy = np.stack([1 - (0.1 + 0.25 * Y), 0.1 + 0.25 * Y], axis=1)
     assert not _decide(shy, None).passed
     served = (shy[:, 1] >= 0.25).astype(int)
-    decision = _decide(shy, COIN, candidate_pred=served)
+    decision = _decide(shy, COIN, served=served)
     assert decision.passed and decision.candidate["balanced_accuracy"] == 1.0
 
 
@@ -111,15 +107,13 @@ def test_a_small_data_model_must_clear_the_floors_on_test_and_on_its_cv_lower_bo
     decision = _decide(
         COIN,
         None,
-        floor_values={"balanced_accuracy": 0.9, "recall": 0.9},
-        floor_source="CV lower bound",
+        also_floored=FloorEvidence({"balanced_accuracy": 0.9, "recall": 0.9}, "CV lower bound"),
     )
     assert not decision.passed and "test balanced_accuracy 0.500 below floor" in decision.summary
     missing = _decide(
         GOOD,
         None,
-        floor_values={"balanced_accuracy": None, "recall": 0.9},
-        floor_source="CV lower bound",
+        also_floored=FloorEvidence({"balanced_accuracy": None, "recall": 0.9}, "CV lower bound"),
     )
     assert (
         not missing.passed and "CV lower bound balanced_accuracy nan below floor" in missing.summary
@@ -129,3 +123,12 @@ def test_a_small_data_model_must_clear_the_floors_on_test_and_on_its_cv_lower_bo
 def test_shown_worse_is_rejected_even_on_few_cases():
     decision = _decide(BAD, GOOD, floors={}, min_paired_cases=100)
     assert decision.verdict == "rejected" and "worse than production" in decision.summary
+
+
+def test_the_gate_takes_its_inputs_by_keyword_only():
+    """Positional arrays are easy to swap (a candidate for production): the gate takes named,
+    typed inputs."""
+    with pytest.raises(TypeError):
+        decide(Cases(Y, 1), Answers(GOOD), None, GatePolicy(FLOORS, "balanced_accuracy"))
+    assert Answers(GOOD).served().tolist() == Y.tolist()  # no served labels: the arg-max
+    assert Answers(GOOD, labels=1 - Y).served().tolist() == (1 - Y).tolist()

@@ -13,7 +13,7 @@ from PIL import Image
 from osteo_pipeline.core.synth import derived_copy
 from osteo_pipeline.io.copies import Content, CopyCheckError
 from osteo_pipeline.io.images import sha256_file
-from osteo_pipeline.steps import registry
+from osteo_pipeline.steps import gate_data
 from osteo_pipeline.steps.seen import seen_images
 from osteo_pipeline.steps.synth import write_synthetic_dataset
 
@@ -73,9 +73,9 @@ def test_the_gate_leaves_out_copies_of_what_either_model_trained_on(
 ):
     seen, new, expected = trained_and_new
     monkeypatch.setattr(
-        registry, "training_images", lambda uri: seen if uri == "models:/production" else []
+        gate_data, "training_images", lambda uri: seen if uri == "models:/production" else []
     )
-    data = registry.EvaluationSet(
+    data = gate_data.EvaluationSet(
         np.arange(len(new)) % 2,
         [c.path.name for c in new],
         ["normal", "osteoporosis"],
@@ -83,7 +83,7 @@ def test_the_gate_leaves_out_copies_of_what_either_model_trained_on(
         "hash",
         new,
     )
-    kept = registry.without_seen(data, ["models:/candidate", "models:/production"], tiny_settings)
+    kept = gate_data.without_seen(data, ["models:/candidate", "models:/production"], tiny_settings)
     assert sorted(Path(p).name for p in kept.left_out) == sorted(expected)
     assert len(kept.y_true) == len(kept.images) == len(kept.contents) == len(new) - len(expected)
     assert not {c.path.name for c in kept.contents} & set(expected)

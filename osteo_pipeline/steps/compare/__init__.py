@@ -26,7 +26,7 @@ from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
 from osteo_pipeline.core.compare_report import markdown_report
 from osteo_pipeline.core.splits import Fold, group_folds
-from osteo_pipeline.io import tracking
+from osteo_pipeline.io import run_artifacts, tracking
 from osteo_pipeline.io.reports import write_json
 from osteo_pipeline.steps.compare.data import Data, ensure_pixels, load_data
 from osteo_pipeline.steps.compare.runs import run_system
@@ -95,8 +95,8 @@ def compare(
 
 def _log_parent(data: Data, folds: list[Fold], settings: Settings) -> None:
     c = settings.compare
-    tracking.log_settings(settings)
-    tracking.log_environment()
+    run_artifacts.log_settings(settings)
+    run_artifacts.log_environment()
     mlflow.log_params(
         {"dataset_hash": data.identity, "n_images": len(data.frame), "cv": f"{c.folds}x{c.repeats}"}
     )

@@ -35,6 +35,7 @@ from osteo_pipeline.training.activations import ActivationCache, activation_cach
 from osteo_pipeline.training.arrays import Arrays, load_arrays, pixel_cache
 from osteo_pipeline.training.backbone import StudyBackbone
 from osteo_pipeline.training.cv import cross_validate, cv_arrays, rows_of
+from osteo_pipeline.training.epoch_logger import EpochLogger
 from osteo_pipeline.training.fit import FitPlan, FitResult, TrainParams, fit_two_phase, predict_val
 from osteo_pipeline.training.runtime import configure_runtime, distribution, global_batch
 
@@ -244,7 +245,7 @@ class Objective:
             }
         )
         callbacks = [
-            tracking.EpochLogger(label=f"trial {trial.number}"),
+            EpochLogger(label=f"trial {trial.number}"),
             KerasPruningCallback(trial, OBJECTIVE),
         ]
         fit = fit_two_phase(
@@ -295,9 +296,7 @@ class Objective:
                 if cache is not None
                 else None
             )
-            logger = tracking.EpochLogger(
-                prefix=f"fold{fold}_", label=f"trial {trial.number} fold {fold}"
-            )
+            logger = EpochLogger(prefix=f"fold{fold}_", label=f"trial {trial.number} fold {fold}")
             plan = FitPlan(
                 self.fit_settings,
                 params,

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.redact import redact, redact_url
-from osteo_pipeline.io import tracking
+from osteo_pipeline.io import run_artifacts, tracking
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.io.weights import resolve as resolve_weights
 from osteo_pipeline.steps.tune.study import (
@@ -261,9 +261,9 @@ def _create_parent_run(study: optuna.Study, split: SplitManifest, settings: Sett
             "optuna.storage": redact_url(settings.tune.storage),
         },
     ) as parent:
-        tracking.log_settings(settings)
-        tracking.log_dataset(split)
-        tracking.log_environment()
+        run_artifacts.log_settings(settings)
+        run_artifacts.log_dataset(split)
+        run_artifacts.log_environment()
     study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
     return parent.info.run_id
 
