@@ -18,9 +18,10 @@ from osteo_pipeline.training.arrays import load_arrays, pixel_cache
 from osteo_pipeline.training.fit import predict_proba
 
 
-def brightness_model(size: int, skill: float) -> keras.Model:
+def brightness_model(size: int, skill: float, shift: float = 0.0) -> keras.Model:
     """p(osteoporosis) rises as the image darkens when ``skill`` > 0 (the synthetic cue), falls
-    when < 0 (a worse model), and is constant at 0 (chance)."""
+    when < 0 (a worse model), and is constant at 0 (chance). ``shift`` > 0 moves the cut towards
+    brighter images: the darkest normal images are called osteoporosis too."""
     inputs = keras.Input((size, size, 3), name="image")
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     outputs = keras.layers.Dense(2, activation="softmax", name="probabilities")(pooled)
@@ -28,16 +29,18 @@ def brightness_model(size: int, skill: float) -> keras.Model:
     weight = np.zeros((3, 2), np.float32)
     weight[:, 1] = -skill / 3.0  # caffe-preprocessed channel means: darker is more negative
     model.get_layer("probabilities").set_weights(
-        [weight, np.array([0.0, -skill * 34.0], np.float32)]
+        [weight, np.array([0.0, -skill * 34.0 + shift], np.float32)]
     )
     return model
 
 
-def log_candidate(split: SplitManifest, settings: Settings, skill: float) -> str:
+def log_candidate(
+    split: SplitManifest, settings: Settings, skill: float, shift: float = 0.0
+) -> str:
     """A finished training run with a servable model; returns its run id."""
     tracking.configure(settings)
     arrays = load_arrays(split, settings, pixel_cache(settings))
-    model = brightness_model(settings.model.input_size, skill)
+    model = brightness_model(settings.model.input_size, skill, shift)
     with mlflow.start_run(tags={"osteo.kind": "train", "backbone_weights": "test-double"}) as run:
         run_artifacts.log_settings(settings)
         run_artifacts.log_dataset(split)

@@ -451,17 +451,22 @@ def test_the_model_server_command_waits_for_production_then_follows_the_alias(
         with Image.open(split.data_dir / split.files["path"][0]) as first:
             image = encode_image(np.asarray(first.convert("L")))
         runs = [log_candidate(split, train_settings, 1.0) for _ in range(2)]
-        register_run(runs[0], train_settings)
+        name = train_settings.registry.model_name
+        assert register_run(runs[0], train_settings) == "1"
         assert promote(train_settings).passed
         _until(
-            lambda: _predicted_version(port, image) == runs[0], 300, "version 1 served", server, log
+            lambda: _predicted_version(port, image) == f"{name}/1",
+            300,
+            "version 1 served",
+            server,
+            log,
         )
         assert (
             register_run(runs[1], train_settings) == "2"
             and promote(train_settings, version="2").passed
         )
         _until(
-            lambda: _predicted_version(port, image) == runs[1],
+            lambda: _predicted_version(port, image) == f"{name}/2",
             300,
             "version 2 served after its promotion",
             server,
@@ -469,7 +474,7 @@ def test_the_model_server_command_waits_for_production_then_follows_the_alias(
         )
         rollback(train_settings)
         _until(
-            lambda: _predicted_version(port, image) == runs[0],
+            lambda: _predicted_version(port, image) == f"{name}/1",
             300,
             "version 1 served after the rollback",
             server,

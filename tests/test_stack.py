@@ -257,7 +257,7 @@ def test_the_stack_retrains_through_its_deployment_and_serves_each_promotion(sta
     image = base64.b64encode(next((tmp_path / "host" / "normal").iterdir()).read_bytes()).decode()
     _until(
         "the model server on version 1",
-        lambda: _served(stack, image) == first.run_id,
+        lambda: _served(stack, image) == f"{MODEL}/{first.version}",
         stack,
         600,
         every=5,
@@ -274,7 +274,7 @@ def test_the_stack_retrains_through_its_deployment_and_serves_each_promotion(sta
     assert second.version == "2" and second.run_id != first.run_id
     _until(
         "the model server on version 2",
-        lambda: _served(stack, image) == second.run_id,
+        lambda: _served(stack, image) == f"{MODEL}/{second.version}",
         stack,
         600,
         every=5,

@@ -1,17 +1,27 @@
 """Registry behaviour with a real MLflow store: aliases, the gate, rollback, crash safety."""
 
+import json
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from osteo_pipeline.core.calibration import Calibration
+from osteo_pipeline.core.jsonable import dumps
+from osteo_pipeline.core.metrics import metrics_with_ci
+from osteo_pipeline.io import tracking
 from osteo_pipeline.io.registry import PREVIOUS, PRODUCTION, STAGING, Registry, RegistryError
+from osteo_pipeline.serving import log_pyfunc
 from osteo_pipeline.steps.registry import list_versions, promote, register_run, rollback
 from osteo_pipeline.steps.split import split_dataset
 from osteo_pipeline.steps.validate import validate_folder
-from tests.registry_helpers import log_candidate, non_inferiority
+from osteo_pipeline.training.arrays import load_arrays, pixel_cache
+from osteo_pipeline.training.fit import predict_proba
+from tests.registry_helpers import brightness_model, log_candidate, non_inferiority
 
 pytestmark = pytest.mark.slow
-GOOD, WORSE, CHANCE = 1.0, -1.0, 0.0
+GOOD, CHANCE = 1.0, 0.0
+OVERCALLS = 10.0  # a cut that also calls the darker normal test images osteoporosis (4 of 6)
 
 
 @pytest.fixture
@@ -49,18 +59,29 @@ def test_first_candidate_staged_then_promoted_with_card_and_tags(env):
     assert "Not a diagnosis" in card and "95% CI" in card and mv.tags["dataset_hash"] in card
 
 
-def test_worse_candidate_is_refused_and_production_unchanged(env):
-    settings, candidate = env
-    good = candidate(GOOD)
-    promote(settings)
-    worse = candidate(WORSE)
+def test_worse_candidate_above_the_floors_is_refused_for_not_beating_production(
+    synth_dir, train_settings
+):
+    """The comparison with production, not a floor, refuses it: the candidate clears every
+    floor, but on the same held-out cases it is shown worse than production (the default gate)."""
+    settings = train_settings
+    split = split_dataset(validate_folder(synth_dir(per_class=40), settings), settings)
+    good = register_run(log_candidate(split, settings, GOOD), settings)
+    assert promote(settings).passed
+    worse = register_run(log_candidate(split, settings, GOOD, shift=OVERCALLS), settings)
     decision = promote(settings, version=worse)
-    assert not decision.passed
-    assert _aliases(settings)[PRODUCTION] == good
+    assert not decision.passed and decision.verdict == "rejected"
+    assert "below floor" not in decision.summary
+    assert "test balanced_accuracy 0.667 >= floor 0.600" in decision.summary
+    assert "test recall 1.000 >= floor 0.500" in decision.summary
     assert (
-        MlflowClient().get_model_version(settings.registry.model_name, worse).tags["gate.decision"]
-        == "rejected"
+        "worse than production: balanced_accuracy candidate - production = -0.333"
+        in decision.summary
     )
+    assert decision.difference["high"] < 0 and decision.n_cases == 12
+    assert _aliases(settings)[PRODUCTION] == good
+    tags = MlflowClient().get_model_version(settings.registry.model_name, worse).tags
+    assert tags["gate.decision"] == "rejected" and tags["gate.evaluated_against"] == good
 
 
 def test_equal_candidate_passes_and_rollback_restores(env):
@@ -201,7 +222,8 @@ def test_a_promotion_retried_after_it_succeeded_reports_success(env):
 
 def test_two_promotions_racing_against_one_production_cannot_both_pass(env, monkeypatch):
     """Both gates run against production v1 before either moves the alias: the compare-and-set
-    lets the first through and refuses the second, whose gate compared against a stale production."""
+    lets the first through and refuses the second, whose gate compared against a stale
+    production."""
     import threading
 
     import osteo_pipeline.steps.registry as steps_registry
@@ -273,3 +295,70 @@ def test_evaluation_stops_when_the_training_manifest_cannot_be_read(train_settin
         )
     with pytest.raises(TrainingManifestError, match="cannot read the training split manifest"):
         evaluate_model(info.model_uri, synth_dir(per_class=4, seed=3), train_settings)
+
+
+def _legacy_run(split, settings) -> str:
+    """A training run as the code before ``io.run_artifacts`` logged it: every artifact and tag
+    under its literal name."""
+    tracking.configure(settings)
+    size, classes = settings.model.input_size, list(settings.data.classes)
+    test = load_arrays(split, settings, pixel_cache(settings))["test"]
+    model = brightness_model(size, GOOD)
+    proba = predict_proba(model, test.pixels, 8)
+    tags = {
+        "osteo.kind": "train",
+        "params_source": "config",
+        "backbone_weights": "legacy-double",
+        "calibrated_on": "val",
+        "image_grids": "not logged: they would hold patient images",
+    }
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_params({"data.classes": json.dumps(classes), "model.input_size": size})
+        mlflow.log_params({"model.roi": "image", "chosen.learning_rate": 0.001})
+        mlflow.log_text(dumps(settings.model_dump(mode="json")), "config.json")
+        mlflow.log_text(dumps(split.to_dict()), "split_manifest.json")
+        evaluation = {
+            "metrics": metrics_with_ci(test.labels, proba, classes.index(settings.data.positive)),
+            "calibration": Calibration().as_dict(),
+            "positive_class": settings.data.positive,
+            "n": len(test.labels),
+            "predictions": [],
+        }
+        mlflow.log_text(dumps(evaluation), "test_evaluation.json")
+        log_pyfunc(
+            model,
+            classes,
+            size,
+            settings.validation.max_pixels,
+            run.info.run_id,
+            bounds=settings.validation.image_bounds,
+        )
+    return run.info.run_id
+
+
+def test_a_run_logged_with_the_legacy_layout_registers_is_promoted_and_gated_against(
+    env, synth_dir
+):
+    """Versions registered before the run's names had one home keep working: the legacy run
+    registers with its tags and card, is promoted, and a new candidate is gated against it (its
+    split manifest read to leave out what it trained on)."""
+    settings, candidate = env
+    split = split_dataset(validate_folder(synth_dir(per_class=12), settings), settings)
+    legacy_run = _legacy_run(split, settings)
+    legacy = register_run(legacy_run, settings)
+    tags = MlflowClient().get_model_version(settings.registry.model_name, legacy).tags
+    assert tags["metric.test_balanced_accuracy"] == "1.0000" and tags["run_id"] == legacy_run
+    assert (
+        tags["dataset_hash"] == split.dataset_hash and tags["backbone_weights"] == "legacy-double"
+    )
+    card = mlflow.artifacts.load_text(tags["model_card"])
+    assert f"Training run `{legacy_run}`" in card and "Backbone weights: `legacy-double`" in card
+    assert "| learning_rate | 0.001 |" in card and split.dataset_hash in card
+    assert promote(settings).passed and _aliases(settings) == {PRODUCTION: legacy}
+    newer = candidate(GOOD)
+    decision = promote(settings, version=newer)
+    assert decision.passed and decision.extra["production"] == legacy
+    assert "balanced_accuracy candidate - production = +0.000" in decision.summary
+    newer_tags = MlflowClient().get_model_version(settings.registry.model_name, newer).tags
+    assert newer_tags["gate.evaluated_against"] == legacy
+    assert _aliases(settings) == {PRODUCTION: newer, PREVIOUS: legacy}
