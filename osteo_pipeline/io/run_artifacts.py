@@ -99,16 +99,19 @@ def log_dataset(split: SplitManifest, context: str = "training") -> None:
 
 
 def log_environment() -> None:
+    """The versions and machine facts (``tracking.environment``) as tags and a JSON file."""
     facts = environment()
     mlflow.set_tags({f"env.{k}": v for k, v in facts.items()})
     log_json(facts, ENVIRONMENT)
 
 
 def log_backbone(described: str, identity: str) -> None:
+    """Which backbone weights the model started from: their description and content identity."""
     mlflow.set_tags({BACKBONE_WEIGHTS_TAG: described, BACKBONE_IDENTITY_TAG: identity})
 
 
 def log_calibrated_on_val() -> None:
+    """The temperature and threshold were fitted on the validation split."""
     mlflow.set_tag(CALIBRATED_ON_TAG, CALIBRATED_ON_VAL)
 
 
