@@ -152,6 +152,7 @@ def test_predict_classifies_files_with_the_logged_and_the_registered_model(train
     assert [r["file"] for r in records] == [str(i) for i in images]
     for record in records:
         assert record["label"] in {"normal", "osteoporosis"}
+        assert record["model_version"] == ""  # a run's model is no registered version
         assert record["p_normal"] + record["p_osteoporosis"] == pytest.approx(1.0, abs=1e-5)
     # one picture: one answer
     assert records[0]["p_normal"] == pytest.approx(records[1]["p_normal"], abs=1e-6)
@@ -167,6 +168,7 @@ def test_predict_classifies_files_with_the_logged_and_the_registered_model(train
     )
     line = next(line for line in table.splitlines() if images[0].name in line)
     assert records[0]["label"] in line and f"{records[0]['p_normal']:.3f}" in line, table
+    assert "osteo-knee/1" in table, table  # the alias, resolved: the version that answered
 
 
 def test_a_refused_promote_exits_1_names_the_floor_and_leaves_production_alone(trained):
