@@ -20,6 +20,7 @@ try:
 except SystemExit as done:
     code = done.code
 print(f"tensorflow imported: {'tensorflow' in sys.modules}", file=sys.stderr)
+print(f"great_expectations imported: {'great_expectations' in sys.modules}", file=sys.stderr)
 sys.exit(code)
 """
 # Seconds a command may take here. A command that imports TensorFlow is caught by the module
@@ -62,3 +63,11 @@ def test_commands_without_a_model_never_import_tensorflow(
     assert on_stdout in done.stdout and on_stderr in done.stderr, done.stdout + done.stderr
     assert "tensorflow imported: False" in done.stderr, done.stderr
     assert seconds < QUICK_S
+
+
+@pytest.mark.parametrize("command", ["validate", "split", "tune", "compare", "crops"])
+def test_a_missing_data_folder_is_refused_before_great_expectations_loads(command, tmp_path):
+    done, _ = _osteo(command, str(tmp_path / "absent"), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: data folder not found: {tmp_path / 'absent'}" in done.stderr
+    assert "great_expectations imported: False" in done.stderr, done.stderr

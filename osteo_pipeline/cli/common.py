@@ -138,11 +138,16 @@ def _with_config_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     """The errors a user can cause become one ``error:`` line on stderr and exit code 2 (1 for a
-    failed check), never a traceback."""
+    failed check), never a traceback. A ``data_dir`` folder that is not there is refused before
+    the command imports its step (Great Expectations or TensorFlow take seconds to load)."""
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if isinstance(kwargs.get("data_dir"), Path):
+                from osteo_pipeline.io.manifest import require_folder
+
+                require_folder(kwargs["data_dir"])
             return function(*args, **kwargs)
         except OsteoError as exc:
             # escaped: a message's [a, b] lists are text, not rich markup

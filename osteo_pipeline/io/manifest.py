@@ -118,17 +118,21 @@ def _candidates(
     return rows, class_dirs, ignored
 
 
+def require_folder(root: Path) -> Path:
+    """``root`` if it is a folder; else a :class:`DataDirError` naming it."""
+    if not root.exists():
+        raise DataDirError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataDirError(f"not a folder: {root} (expected DATA_DIR/<class>/<image>)")
+    return root
+
+
 def scan_folder(
     data_dir: str | Path, extensions: list[str], max_pixels: int, workers: int | None = None
 ) -> Scan:
     """Build the manifest of ``data_dir``; raises :class:`DataDirError` only for the folder
     itself."""
-    root = Path(data_dir)
-    if not root.exists():
-        raise DataDirError(f"data folder not found: {root}")
-    if not root.is_dir():
-        raise DataDirError(f"not a folder: {root} (expected DATA_DIR/<class>/<image>)")
-    root = root.resolve()
+    root = require_folder(Path(data_dir)).resolve()
     try:
         rows, class_dirs, ignored = _candidates(root, {e.lower() for e in extensions})
     except OSError as exc:
