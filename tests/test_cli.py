@@ -154,6 +154,7 @@ def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(
             "missing.jpg",
         ),
         (["compare", str(data), "--cv", "five"], 2, "--cv"),
+        (["compare", str(data), "--sizes", "abc"], 2, "compare.sizes", "valid integer"),
         (["crops", str(tmp_path / "missing")], 2, "data folder not found"),
         (["evaluate", "models:/nope/1", str(data), *store], 2, "nope"),
         (["explain", "models:/nope/1", str(a_file), *store], 2, "nope"),

@@ -171,3 +171,10 @@ def test_a_trial_is_admitted_only_where_it_lies_in_the_space():
     assert USABLE.admits(fits_usable | {"l2": 0.9, "input_size": 224, "roi": "image"}, MODEL)
     assert not USABLE.admits(fits_usable | {"input_size": 96}, MODEL)
     assert not USABLE.admits(fits_usable | {"roi": "knees"}, MODEL)
+
+
+def test_the_deepest_unfreeze_depth_is_the_backbones_block_count():
+    """The search space's bound (no TensorFlow to import) is the model's count of blocks."""
+    from osteo_pipeline.core import model, search_space
+
+    assert search_space.MAX_UNFREEZE_DEPTH == model.MAX_UNFREEZE_DEPTH == 16

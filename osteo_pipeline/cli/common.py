@@ -60,6 +60,7 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         "-s",
+        metavar="KEY=VALUE",
         help="Override a config key, e.g. --set validation.min_width=512 (repeatable).",
     ),
 ]

@@ -24,7 +24,10 @@ from osteo_pipeline.core.summaries import ValidationSummary
 if TYPE_CHECKING:
     from osteo_pipeline.io.split_manifest import SplitManifest
 
-DataDir = Annotated[Path, typer.Argument(help="Folder of class folders: DATA_DIR/<class>/<image>.")]
+DataDir = Annotated[
+    Path,
+    typer.Argument(metavar="DATA_DIR", help="Folder of class folders: DATA_DIR/<class>/<image>."),
+]
 
 
 @command(name="config")

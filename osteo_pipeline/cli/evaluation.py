@@ -69,7 +69,7 @@ def compare(
         compare__systems=csv_list(systems),
         compare__folds=folds,
         compare__repeats=repeats,
-        compare__sizes=[int(v) for v in csv_list(sizes)] if sizes else None,
+        compare__sizes=csv_list(sizes),  # the config model parses and bounds the numbers
     )
     result = run_compare(
         data_dir, settings, command="osteo " + " ".join(sys.argv[1:]), out_dir=out_dir

@@ -14,7 +14,9 @@ from osteo_pipeline.core.summaries import MetricsTable
 
 StudyOption = Annotated[
     str | None,
-    typer.Option(help="Base study name; the study is BASE-<dataset hash> (tune.study_name)."),
+    typer.Option(
+        help="Base study name; the study is BASE-<data hash>-<backbone> (tune.study_name)."
+    ),
 ]
 TimeoutOption = Annotated[
     float | None, typer.Option(help="Stop starting new trials after S seconds.")
@@ -81,7 +83,9 @@ def tune(
 def tune_worker(
     study: Annotated[
         str,
-        typer.Argument(help="The study to join, as `osteo tune` printed it (BASE-<dataset hash>)."),
+        typer.Argument(
+            help="The study to join, as `osteo tune` printed it (BASE-<data hash>-<backbone>)."
+        ),
     ],
     data_dir: Annotated[
         Path | None,

@@ -96,8 +96,9 @@ class TuneSettings(Section):
     timeout_s: float | None = Field(default=None, gt=0)
     """A worker starts no new trial after this many seconds."""
     study_name: str = "osteo-knee"
-    """Base name: a study belongs to one dataset version and is named <study_name>-<first 12 hex
-    digits of the dataset hash>. New data starts a new study; the same data resumes its study."""
+    """Base name: a study belongs to one dataset version and one backbone, and is named
+    <study_name>-<first 12 hex digits of the dataset hash>-<random|first 12 of the weights'
+    sha256>. New data starts a new study; the same data and weights resume theirs."""
     storage: str = "sqlite:///optuna.db"
     """Optuna RDB storage URL (SQLite on one machine; PostgreSQL for workers on several).
     Passwords are never logged."""

@@ -2,8 +2,8 @@
 preprocessing. Inputs are decoded uint8 arrays (see ``io.pixels``), never files.
 
 The per-batch work runs in NumPy and OpenCV (``tf.numpy_function``): it is all a decode-once
-cache leaves each epoch, and with TensorFlow's image ops it cost 3.3 ms of CPU per 224 px image,
-with OpenCV 1.0 ms (bench/training_speed.py, cached input-pipeline epoch)."""
+cache leaves each epoch, and OpenCV does it in a fraction of the CPU time of TensorFlow's image
+ops (docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -256,10 +256,10 @@ def _float32_policies(config: Any) -> Any:
 
 
 def inference_copy(model: keras.Model) -> keras.Model:
-    """The same architecture and weights in float32, uncompiled: saved without optimizer state
-    (~95 MB, not ~280), and without a mixed-precision policy a GPU run trained under, which a CPU
+    """The same architecture and weights in float32, uncompiled: saved without optimizer state (a
+    third of the size), and without a mixed-precision policy a GPU run trained under, which a CPU
     server would otherwise compute in float16 (slow, and not what was validated)."""
-    # Rebuilt from config: ``clone_model`` keeps the nested backbone's training state (~285 MB).
+    # Rebuilt from config: ``clone_model`` keeps the nested backbone's training state.
     copy = keras.Model.from_config(_float32_policies(model.get_config()))
     copy.set_weights(model.get_weights())
     return copy

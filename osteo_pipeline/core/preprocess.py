@@ -290,8 +290,8 @@ def gray_model_input(gray: np.ndarray) -> np.ndarray:
     computed from their one channel (N x H x W, or N x H x W x 1, floats in the uint8 range). On
     gray the channel swap changes nothing, so each output channel is the gray image plus that
     channel's offset: the same numbers as replicating first. OpenCV interleaves the three channels
-    (``cv2.merge``), about 8x faster than a broadcast add writing them, on the training
-    pipeline's hot path."""
+    (``cv2.merge``), much faster than a broadcast add writing them, on the training pipeline's
+    hot path (docs/performance.md)."""
     gray = np.asarray(gray, np.float32)
     gray = gray.reshape(gray.shape[:3])
     out = np.empty((*gray.shape, 3), np.float32)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from osteo_pipeline.errors import OsteoError
+
+if TYPE_CHECKING:
+    from sklearn.model_selection import StratifiedGroupKFold
 
 SPLITS = ("train", "val", "test")
 
@@ -47,6 +50,8 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
 
 def _splitter(groups: np.ndarray, n_splits: int, seed: int, what: str) -> StratifiedGroupKFold:
     """A shuffled StratifiedGroupKFold, once there are at least ``n_splits`` groups for ``what``."""
+    from sklearn.model_selection import StratifiedGroupKFold  # here: run readers need no sklearn
+
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise SplitError(f"only {n_groups} distinct image groups: too few for {what}")

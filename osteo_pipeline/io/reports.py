@@ -9,10 +9,10 @@ import base64
 import io
 import os
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import great_expectations as gx
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
@@ -104,7 +104,7 @@ def write_validation_report(
     report_dir.mkdir(parents=True, exist_ok=True)
     html = _ENV.get_template("validation_report.html.j2").render(
         s=summary,
-        gx_version=gx.__version__,
+        gx_version=version("great_expectations"),
         max_listed=max_listed,
         dup_rows=[{"paths": g} for g in summary.duplicate_groups],
         copy_rows=_copy_rows(result.scan.root, result.copy_groups, manifest, max_pixels),

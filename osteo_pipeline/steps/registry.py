@@ -96,15 +96,25 @@ def register_run(run_id: str, settings: Settings) -> str:
 def _model_card(run: TrainingRun, name: str, version: str) -> str:
     split, evaluation = run.split, run.evaluation
     return render_model_card(
-        identity=CardIdentity(name, version, run.run_id),
-        data=CardData(run.classes, split.dataset_hash, split.counts(), len(split.excluded)),
-        model=CardModel(run.backbone_weights or "?", run.input_size, run.roi, run.chosen_params),
+        identity=CardIdentity(name=name, version=version, run_id=run.run_id),
+        data=CardData(
+            classes=run.classes,
+            dataset_hash=split.dataset_hash,
+            counts=split.counts(),
+            excluded=len(split.excluded),
+        ),
+        model=CardModel(
+            weights=run.backbone_weights or "?",
+            input_size=run.input_size,
+            roi=run.roi,
+            params=run.chosen_params,
+        ),
         results=CardResults(
-            evaluation.positive_class,
-            evaluation.metrics,
-            evaluation.calibration,
-            run.cv_estimate,
-            run.image_grids or "not logged",
+            positive=evaluation.positive_class,
+            metrics=evaluation.metrics,
+            calibration=evaluation.calibration,
+            cv=run.cv_estimate,
+            image_grids=run.image_grids or "not logged",
         ),
     )
 

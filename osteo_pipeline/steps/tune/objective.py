@@ -22,6 +22,7 @@ from osteo_pipeline.core.metrics import classification_metrics
 from osteo_pipeline.core.model import MAX_UNFREEZE_DEPTH
 from osteo_pipeline.core.splits import cv_folds
 from osteo_pipeline.io import tracking
+from osteo_pipeline.io.run_artifacts import BACKBONE_WEIGHTS_TAG, CV_FOLDS_TAG
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.steps.tune.study import (
     OBJECTIVE,
@@ -240,7 +241,7 @@ class Objective:
         trial_cache = self._cache(data, params)
         mlflow.set_tags(
             {
-                "backbone_weights": backbone.weights.described,
+                BACKBONE_WEIGHTS_TAG: backbone.weights.described,
                 "activation_cache": str(trial_cache is not None).lower(),
             }
         )
@@ -283,9 +284,9 @@ class Objective:
         cache = self._cache(data, params)
         mlflow.set_tags(
             {
-                "backbone_weights": backbone.weights.described,
+                BACKBONE_WEIGHTS_TAG: backbone.weights.described,
                 "activation_cache": str(cache is not None).lower(),
-                "cv_folds": str(t.cv_folds),
+                CV_FOLDS_TAG: str(t.cv_folds),
             }
         )
 
