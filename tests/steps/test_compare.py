@@ -259,8 +259,8 @@ def test_metadata_probe_finds_a_planted_scanner_shortcut(train_settings, tmp_pat
     assert result.rows[0]["balanced_accuracy"]["mean"] == pytest.approx(1.0)
 
 
-def test_cli_rejects_a_malformed_cv():
-    result = CliRunner().invoke(app, ["compare", "somewhere", "--cv", "5by3"])
+def test_cli_rejects_a_malformed_cv(tmp_path):
+    result = CliRunner().invoke(app, ["compare", str(tmp_path), "--cv", "5by3"])
     assert result.exit_code == 2 and "FOLDSxREPEATS" in result.output
 
 
