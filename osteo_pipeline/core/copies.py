@@ -1,25 +1,25 @@
-"""Derived copies of a radiograph: the same picture resized, re-encoded, contrast-stretched,
-padded, mirrored, rotated or cropped, wherever it is filed and under whatever label.
+"""Derived copies of a radiograph: the same picture resized, squashed to a square, cropped,
+padded, mirrored, rotated, inverted, re-encoded or re-toned, wherever it is filed and under
+whatever label.
 
 Three steps, each cheap enough for tens of thousands of images:
 
 1. **Features** (:func:`features`): the picture is trimmed of constant borders (padding), shrunk
-   to :data:`WORK_SIDE` and contrast-equalised (CLAHE); ORB keypoints are taken from it and from
-   its mirror image. ORB is rotation- and scale-invariant; the mirror covers left-right flips.
-2. **Candidates** (:func:`candidate_pairs`): every keypoint looks up its nearest keypoints of all
-   other images in a Hamming nearest-neighbour index (faiss; an inverted file for large sets, so
-   sub-quadratic); each image's
-   partners with the most close keypoints, plain or mirrored, become candidate pairs.
-3. **Verification** (:func:`verify`): the two images' keypoints are matched (ratio test), a
-   similarity transform (rotation, scale, shift) is fitted with RANSAC, the copy is warped onto
-   its source, and the high-passed pixels of the overlap must correlate. Distinct radiographs
-   share anatomy but not fine structure and noise, so this keeps two patients apart, while
-   resizing to 224 px, JPEG re-encoding and contrast changes keep a copy's correlation high.
+   to :data:`WORK_SIDE`, smoothed and equalised; ORB keypoints are taken from it, from its mirror
+   image and from its inverse, and for a square picture (often a film squashed to a square) from
+   it stretched back along either axis. ORB is rotation- and scale-invariant; the mirror covers
+   left-right flips, the inverse a swap of dark and bright.
+2. **Candidates** (:mod:`~osteo_pipeline.core.copy_candidates`): every keypoint (plain,
+   inverted, stretched) looks up its nearest keypoints of all other images in a Hamming
+   nearest-neighbour index (faiss; an inverted file for large sets, so sub-quadratic); each
+   image's partners with the most close keypoints, in each pose, become candidate pairs.
+3. **Verification** (:func:`verify`, :mod:`~osteo_pipeline.core.copy_fit`): a plausible affine
+   fit, then a pixel check of the two pictures' detail at the resolution they share.
 
-Each link carries its kind (``resized``, ``re-encoded``, ``padded`` or ``crop``, with ``mirrored``
-and/or ``rotated-N`` in front when the orientation changed) and its score. Byte-identical copies
-(``exact``) are found by content hash before any of this. Groups are the connected components of
-the links (:func:`connected_groups`).
+Each link carries its kind (:mod:`~osteo_pipeline.core.copy_kinds`: e.g.
+``crop+squashed-1.6+mirrored+brightened``) and its score. Byte-identical copies (``exact``) are
+found by content hash before any of this. Groups are the connected components of the links
+(:func:`connected_groups`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+from scipy.cluster.hierarchy import DisjointSet
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from osteo_pipeline.core import copy_fit, copy_kinds
+from osteo_pipeline.core.copy_candidates import candidate_pairs
+from osteo_pipeline.core.copy_fit import Pose
 
 #: Longest side, in px, of the picture that features and verification use.
 WORK_SIDE = 512
@@ -42,8 +47,10 @@ MIN_SIDE = 200
 
 #: Keypoints per orientation and image.
 KEYPOINTS = 200
+#: Keypoints of each picture that only looks others up (the inverse, the stretches of a square).
+LOOKUP_KEYPOINTS = 64
 #: Version of the features and the matching: cached results of another version are not reused.
-VERSION = "copies-orb-5"
+VERSION = "copies-orb-6"
 
 
 @dataclass(frozen=True)
@@ -56,16 +63,53 @@ class Features:
     descriptors: np.ndarray  # (n, 32) uint8 ORB descriptors
     mirrored_points: np.ndarray  # the same of the mirror image, in the mirror image's coordinates
     mirrored_descriptors: np.ndarray
+    inverted_points: np.ndarray  # the same of the inverse (dark and bright swapped)
+    inverted_descriptors: np.ndarray
+    # a square picture's keypoints once stretched back by each of STRETCHES (points in its own
+    # coordinates), and the stretch of each
+    stretched_points: np.ndarray
+    stretched_descriptors: np.ndarray
+    stretched_by: np.ndarray
+
+    ARRAYS = (
+        "points",
+        "descriptors",
+        "mirrored_points",
+        "mirrored_descriptors",
+        "inverted_points",
+        "inverted_descriptors",
+        "stretched_points",
+        "stretched_descriptors",
+        "stretched_by",
+    )
+
+    def fitted(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+        """The keypoints (points, descriptors) this picture is fitted with in ``pose``: its
+        inverse's, or its own with those of all its stretches (their points are in its own
+        coordinates, and one of them may describe a squashed copy's corners best)."""
+        if pose.inverted:
+            return self.inverted_points, self.inverted_descriptors
+        return (
+            np.concatenate([self.points, self.stretched_points]),
+            np.concatenate([self.descriptors, self.stretched_descriptors]),
+        )
+
+    def lookups(self) -> list[tuple[Pose, np.ndarray]]:
+        """Each pose this picture looks up in, with its descriptors."""
+        return [
+            (Pose(inverted=True), self.inverted_descriptors),
+            *[
+                (Pose(stretch=float(f)), self.stretched_descriptors[self.stretched_by == f])
+                for f in np.unique(self.stretched_by)
+            ],
+        ]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """As plain arrays, for caching (:meth:`from_arrays` reads them back)."""
         return {
             "shape": np.asarray(self.shape),
             "trimmed": np.asarray(self.trimmed),
-            "points": self.points,
-            "descriptors": self.descriptors,
-            "mirrored_points": self.mirrored_points,
-            "mirrored_descriptors": self.mirrored_descriptors,
+            **{name: getattr(self, name) for name in self.ARRAYS},
         }
 
     @classmethod
@@ -73,10 +117,7 @@ class Features:
         return cls(
             shape=(int(arrays["shape"][0]), int(arrays["shape"][1])),
             trimmed=bool(arrays["trimmed"]),
-            **{
-                k: arrays[k]
-                for k in ("points", "descriptors", "mirrored_points", "mirrored_descriptors")
-            },
+            **{name: arrays[name] for name in cls.ARRAYS},
         )
 
 
@@ -123,11 +164,18 @@ def working_picture(gray: np.ndarray) -> np.ndarray:
     return _shrink(trim_borders(np.asarray(gray)))
 
 
-def _orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    equalised = cv2.normalize(picture, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+def _orb(picture: np.ndarray, keypoints: int = KEYPOINTS) -> tuple[np.ndarray, np.ndarray]:
+    # smoothed (noise, grain and JPEG blocks make no corners), then equalised over the whole
+    # picture with a clip limit (a global monotone change of tones, such as a gamma or an
+    # equalisation, then leaves nearly the same picture, and a flat background is not blown up
+    # into noise), then locally (CLAHE)
+    smooth = cv2.GaussianBlur(np.clip(picture, 0, 255).astype(np.float32), (0, 0), 1.0)
+    equalised = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(1, 1)).apply(
+        smooth.round().astype(np.uint8)
+    )
     equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(equalised)
     orb = cv2.ORB_create(
-        nfeatures=KEYPOINTS,
+        nfeatures=keypoints,
         scaleFactor=1.3,
         nlevels=5,
         edgeThreshold=15,
@@ -140,112 +188,42 @@ def _orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
 
 
+#: A square picture is often a film squashed to a square: it also looks up stretched back
+#: (width over height times these).
+STRETCHES = (0.5, 0.71, 1.41, 2.0)
+
+
+def _stretched_orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ORB of ``picture`` stretched by each of :data:`STRETCHES` (area kept), points mapped
+    back into ``picture``, and the stretch of each keypoint."""
+    parts = []
+    for stretch in STRETCHES:
+        fx, fy = np.sqrt(stretch), 1 / np.sqrt(stretch)
+        stretched = cv2.resize(picture, None, fx=fx, fy=fy, interpolation=cv2.INTER_AREA)
+        points, descriptors = _orb(stretched, LOOKUP_KEYPOINTS)
+        parts.append((points / np.float32([fx, fy]), descriptors, np.full(len(points), stretch)))
+    points, descriptors, stretch = (np.concatenate(column) for column in zip(*parts))
+    return points.astype(np.float32), descriptors, stretch.astype(np.float32)
+
+
 def features(gray: np.ndarray) -> Features:
     """The :class:`Features` of a grayscale picture (any size, uint8 or float)."""
     gray = np.asarray(gray)
     content = trim_borders(gray)
     picture, trimmed = _shrink(content), content.shape != gray.shape
+    points = np.zeros((0, 2), np.float32)
+    none = (points, np.zeros((0, 32), np.uint8))
     if min(gray.shape) < MIN_SIDE or min(content.shape) < MIN_SIDE // 2:
-        none = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
-        return Features(picture.shape, trimmed, *none, *none)
-    points, descriptors = _orb(picture)
-    mirrored_points, mirrored_descriptors = _orb(np.ascontiguousarray(np.fliplr(picture)))
+        return Features(picture.shape, trimmed, *none, *none, *none, *none, np.zeros(0, np.float32))
+    square = abs(np.log(gray.shape[1] / gray.shape[0])) < 0.03
     return Features(
-        picture.shape, trimmed, points, descriptors, mirrored_points, mirrored_descriptors
+        picture.shape,
+        trimmed,
+        *_orb(picture),
+        *_orb(np.ascontiguousarray(np.fliplr(picture))),
+        *_orb(255 - picture, LOOKUP_KEYPOINTS),
+        *(_stretched_orb(picture) if square else (*none, np.zeros(0, np.float32))),
     )
-
-
-#: Below this many keypoints an exact index is faster than an approximate one.
-EXACT_UP_TO = 50_000
-
-
-def _hamming_index(descriptors: np.ndarray):
-    """Nearest neighbours in Hamming space with faiss: exact for small sets; above
-    :data:`EXACT_UP_TO` keypoints an inverted file of sqrt(n) cells, 8 searched per query, so
-    the total cost grows as n^1.5, not n^2."""
-    import faiss
-
-    bits = descriptors.shape[1] * 8
-    data = np.ascontiguousarray(descriptors)
-    if len(data) <= EXACT_UP_TO:
-        index = faiss.IndexBinaryFlat(bits)
-    else:
-        cells = int(np.sqrt(len(data)))
-        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, cells)
-        sample = np.random.default_rng(0).choice(
-            len(data), min(len(data), 40 * cells), replace=False
-        )
-        index.train(data[np.sort(sample)])
-        index.nprobe = 8
-    index.add(data)
-    return index
-
-
-def candidate_pairs(
-    prints: Sequence[Features],
-    queried: Iterable[int],
-    sources: Iterable[int] | None = None,
-    neighbours: int = 5,
-    max_distance: int = 40,
-    min_votes: int = 6,
-    partners: int = 4,
-) -> list[tuple[int, int, bool]]:
-    """``(copy, source, mirrored)`` pairs worth verifying: for each image in ``queried``, the
-    ``partners`` images among ``sources`` (default: all) holding the most keypoints within
-    ``max_distance`` bits of one of its own, counting a source's mirror image separately."""
-    queried = sorted(set(queried))
-    sources = sorted(set(range(len(prints)) if sources is None else sources))
-    if not queried or not sources:
-        return []
-    owner_parts, mirror_parts, descriptor_parts = [], [], []
-    for i in sources:
-        for mirrored, desc in (
-            (False, prints[i].descriptors),
-            (True, prints[i].mirrored_descriptors),
-        ):
-            owner_parts.append(np.full(len(desc), i))
-            mirror_parts.append(np.full(len(desc), mirrored))
-            descriptor_parts.append(desc)
-    owners, mirrors = np.concatenate(owner_parts), np.concatenate(mirror_parts)
-    if len(owners) == 0:
-        return []
-    index = _hamming_index(np.concatenate(descriptor_parts))
-    pairs = []
-    for copy in queried:
-        desc = prints[copy].descriptors
-        if len(desc) == 0:
-            continue
-        distances, rows = index.search(np.ascontiguousarray(desc), neighbours)
-        close = (rows >= 0) & (distances <= max_distance)
-        close &= owners[np.where(rows >= 0, rows, 0)] != copy
-        hit_owner, hit_mirror = owners[rows[close]], mirrors[rows[close]]
-        keypoint = np.nonzero(close)[0]
-        # one vote per (keypoint, partner, orientation), however many of its neighbours it holds
-        votes = np.unique(np.stack([keypoint, hit_owner, hit_mirror]), axis=1)
-        partner_keys, counts = np.unique(votes[1:], axis=1, return_counts=True)
-        best = np.argsort(-counts, kind="stable")[:partners]
-        pairs += [
-            (copy, int(partner_keys[0, b]), bool(partner_keys[1, b]))
-            for b in best
-            if counts[b] >= min_votes
-        ]
-    return pairs
-
-
-def _highpass(image: np.ndarray) -> np.ndarray:
-    return image - cv2.GaussianBlur(image, (0, 0), 1.5)
-
-
-@dataclass(frozen=True)
-class Match:
-    score: float  # correlation of high-passed pixels over the overlap, -1 when no fit was found
-    transform: np.ndarray | None  # 2x3 similarity from the copy's picture into the source's
-    cover: float  # share of the source's picture the copy covers
-    # share of the copy's picture that lies on the source (< 1: the source is a crop of it)
-    inside: float
-
-
-NO_MATCH = Match(-1.0, None, 0.0, 0.0)
 
 
 def verify(
@@ -253,95 +231,33 @@ def verify(
     copy_picture: np.ndarray,
     source: Features,
     source_picture: np.ndarray,
-    mirrored: bool,
-) -> Match:
-    """Fit the copy onto the source (or onto its mirror image) and score the fit: RANSAC on ratio-
-    tested keypoint matches, then normalised correlation of the high-passed overlap."""
-    points, descriptors = (
+    pose: Pose,
+    threshold: float = 0.5,
+) -> copy_fit.Match:
+    """Fit the copy onto the source in ``pose`` (against the source's mirror image, with the
+    copy's inverted keypoints) and score the fit (:mod:`~osteo_pipeline.core.copy_fit`): a
+    glance at half size first, which most fits of two different knees do not pass. A fit
+    scoring below ``threshold`` is refined on the pixels and scored again."""
+    copy_points, copy_descriptors = copy.fitted(pose)
+    source_points, source_descriptors = (
         (source.mirrored_points, source.mirrored_descriptors)
-        if mirrored
+        if pose.mirrored
         else (source.points, source.descriptors)
     )
-    if len(copy.descriptors) < 6 or len(descriptors) < 6:
-        return NO_MATCH
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(copy.descriptors, descriptors, k=2)
-    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < 0.85 * m[1].distance]
-    if len(good) < 6:
-        return NO_MATCH
-    from_points = copy.points[[m.queryIdx for m in good]]
-    to_points = points[[m.trainIdx for m in good]]
-    transform, inliers = cv2.estimateAffinePartial2D(
-        from_points, to_points, method=cv2.RANSAC, ransacReprojThreshold=3.0
-    )
-    if transform is None or int(inliers.sum()) < 6:
-        return NO_MATCH
-    scale2 = abs(float(np.linalg.det(transform[:, :2])))
-    if (
-        not 0.01 <= scale2 <= 100
-    ):  # degenerate, or a copy more than 10x smaller or larger: not a fit
-        return NO_MATCH
-    target = np.ascontiguousarray(np.fliplr(source_picture)) if mirrored else source_picture
-    # Compare in the frame of the coarser picture: a 224 px crop of a 2,400 px film holds less
-    # detail than the film's working picture, and detail only one side has is not a difference.
-    if scale2 > 1:  # the copy is the coarser one: bring the source down onto it
-        fixed, moving, onto = (
-            copy_picture,
-            cv2.GaussianBlur(target, (0, 0), 0.5 * np.sqrt(scale2)),
-            cv2.invertAffineTransform(transform),
-        )
-    else:  # the source is the coarser one (or as fine): bring the copy down onto it
-        fixed, moving, onto = (
-            target,
-            cv2.GaussianBlur(copy_picture, (0, 0), 0.5 / np.sqrt(scale2))
-            if scale2 < 1
-            else copy_picture,
-            transform,
-        )
-    height, width = fixed.shape
-    warped = cv2.warpAffine(moving, onto, (width, height), flags=cv2.INTER_LINEAR)
-    overlap = cv2.warpAffine(np.ones_like(moving), onto, (width, height)) > 0.99
-    overlap = cv2.erode(overlap.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-    if overlap.sum() < 400:
-        return NO_MATCH
-    a, b = _highpass(warped)[overlap], _highpass(fixed)[overlap]
-    a, b = a - a.mean(), b - b.mean()
-    score = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
-    area = float(overlap.sum()) * (scale2 if scale2 > 1 else 1.0)  # the overlap in source pixels
-    return Match(
-        score,
-        transform,
-        min(1.0, area / target.size),
-        min(1.0, area / (copy_picture.size * scale2)),
-    )
-
-
-def link_kind(
-    match: Match,
-    mirrored: bool,
-    copy: Features,
-    source: Features,
-    copy_size: tuple[int, int],
-    source_size: tuple[int, int],
-) -> str:
-    """Name how a copy derives from its source: orientation first, then crop, padded, resized or
-    re-encoded (same size once turned, other bytes: a re-encoding or a contrast change). Sizes
-    are (width, height); (0, 0) when not known."""
-    assert match.transform is not None
-    angle = float(np.degrees(np.arctan2(match.transform[1, 0], match.transform[0, 0])))
-    quarter = round(angle / 90) % 4
-    orientation = [] if not mirrored else ["mirrored"]
-    if abs(angle - 90 * round(angle / 90)) > 5:
-        orientation.append(f"rotated-{round(angle) % 360}")
-    elif quarter:
-        orientation.append(f"rotated-{90 * quarter}")
-    if match.cover < 0.8:
-        base = "crop"
-    elif copy.trimmed != source.trimmed:
-        base = "padded"
-    else:
-        turned = tuple(copy_size[::-1]) if quarter % 2 else tuple(copy_size)
-        base = "re-encoded" if turned == tuple(source_size) != (0, 0) else "resized"
-    return "+".join([*orientation, base])
+    transform = copy_fit.fit(copy_points, copy_descriptors, source_points, source_descriptors)
+    if transform is None:
+        return copy_fit.NO_MATCH
+    target = np.ascontiguousarray(np.fliplr(source_picture)) if pose.mirrored else source_picture
+    match = copy_fit.NO_MATCH
+    if copy_fit.glance(copy_picture, target, transform, pose.inverted) >= threshold / 2:
+        match = copy_fit.compare(copy_picture, target, transform, pose.inverted)
+    if match.score >= threshold:
+        return match
+    refined = copy_fit.refine(copy_picture, target, transform, pose.inverted)
+    if refined is None:
+        return match
+    again = copy_fit.compare(copy_picture, target, refined, pose.inverted)
+    return again if again.score > match.score else match
 
 
 def find_links(
@@ -356,32 +272,46 @@ def find_links(
     picture (:func:`working_picture`), ``sizes`` each file's (width, height), (0, 0) when not
     known. Only pairs of an image in ``queried`` (default: all) and one in ``sources`` (default:
     all) are looked for: a re-validation matches its new files against all, an evaluation its
-    images against the training images."""
+    images against the training images. Candidates are verified most votes first, and a pair
+    already joined through other links is not verified again: groups are what the links are
+    for, so each image needs one link into its group, not one to every member."""
     everyone = set(range(len(prints)))
     queried = everyone if queried is None else set(queried)
     sources = everyone if sources is None else set(sources)
     candidates = candidate_pairs(prints, queried, sources) + candidate_pairs(
         prints, sources - queried, sources=queried
     )
-    links: dict[frozenset[int], Link] = {}
-    for copy, source, mirrored in candidates:
-        if frozenset((copy, source)) in links:
+    joined, links = DisjointSet(range(len(prints))), []
+    for copy, source, pose, _ in sorted(candidates, key=lambda c: -c.votes):
+        if joined.connected(copy, source):  # linked already, through others: nothing to add
             continue
-        match = verify(prints[copy], pictures(copy), prints[source], pictures(source), mirrored)
+        match = verify(
+            prints[copy], pictures(copy), prints[source], pictures(source), pose, threshold
+        )
         if (
             match.score >= threshold and match.inside < 0.8 <= match.cover
         ):  # the source is the crop: turn the link round
             turned = verify(
-                prints[source], pictures(source), prints[copy], pictures(copy), mirrored
+                prints[source], pictures(source), prints[copy], pictures(copy), pose, threshold
             )
             if turned.score >= threshold:
                 copy, source, match = source, copy, turned
+        if match.score >= threshold and copy_kinds.copy_first(
+            match, pose.mirrored, sizes[copy], sizes[source]
+        ):
+            copy, source = source, copy
+            match = copy_fit.read_backwards(match, pose.mirrored)
         if match.score >= threshold:
-            kind = link_kind(
-                match, mirrored, prints[copy], prints[source], sizes[copy], sizes[source]
+            kind = copy_kinds.name(
+                match,
+                pose,
+                (prints[copy].trimmed, prints[source].trimmed),
+                sizes[copy],
+                sizes[source],
             )
-            links[frozenset((copy, source))] = Link(source, copy, kind, round(match.score, 3))
-    return sorted(links.values(), key=lambda link: (link.source, link.copy))
+            joined.merge(copy, source)
+            links.append(Link(source, copy, kind, round(match.score, 3)))
+    return sorted(links, key=lambda link: (link.source, link.copy))
 
 
 def connected_groups(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from osteo_pipeline.core.synth import COPY_KINDS, derived_copy, generate
+from osteo_pipeline.core.synth import generate
+from osteo_pipeline.core.synth_copies import COPY_KINDS, derived_copy
 from osteo_pipeline.errors import OsteoError
 
 #: Where the planted derived copies are listed (hidden: scans skip it).
@@ -40,8 +41,9 @@ def write_synthetic_dataset(
     """``OUT_DIR/<class>/<class>_NNN.(jpg|png)``; deterministic for ``seed``. Returns counts.
 
     ``copies``: the share of images that also get one derived copy of every kind in
-    :data:`~osteo_pipeline.core.synth.COPY_KINDS` (a quarter of them filed under another class),
-    listed in ``OUT_DIR/.planted_copies.json``: a corpus for testing copy detection."""
+    :data:`~osteo_pipeline.core.synth_copies.COPY_KINDS` (a quarter of them filed under another
+    class), listed in ``OUT_DIR/.planted_copies.json`` with the change of aspect ratio each was
+    given: a corpus for testing copy detection."""
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise OsteoError(f"cannot write synthetic images into {root}: it is a file, not a folder")
@@ -56,16 +58,18 @@ def write_synthetic_dataset(
             continue
         pixels = np.asarray(item.image.convert("L"))
         for kind in COPY_KINDS:
-            image, format_ = derived_copy(pixels, kind, rng)
+            planted_copy = derived_copy(pixels, kind, rng)
             others = [c for c in classes if c != item.label]
             label = str(rng.choice(others)) if others and rng.random() < MISFILED else item.label
             name = (
                 f"{label}/{Path(source).stem}_{kind}."
-                f"{'jpg' if format_.startswith('JPEG') else 'png'}"
+                f"{'jpg' if planted_copy.format.startswith('JPEG') else 'png'}"
             )
-            save_image(image, root / name, format_)
+            save_image(planted_copy.image, root / name, planted_copy.format)
             counts[label] += 1
-            planted.append({"source": source, "copy": name, "kind": kind})
+            planted.append(
+                {"source": source, "copy": name, "kind": kind, "squash": planted_copy.squash}
+            )
     if copies:
         (root / PLANTED).write_text(json.dumps(planted, indent=1), encoding="utf-8")
     return counts

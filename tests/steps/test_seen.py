@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osteo_pipeline.core.synth import derived_copy
+from osteo_pipeline.core.synth_copies import derived_copy
 from osteo_pipeline.io.copies import Content, CopyCheckError
 from osteo_pipeline.io.images import sha256_file
 from osteo_pipeline.steps import gate_data
@@ -36,8 +36,7 @@ def trained_and_new(tmp_path: Path) -> tuple[list[Content], list[Content], dict[
     source = np.asarray(Image.open(train / "normal" / "normal_001.png").convert("L"))
     rng = np.random.default_rng(0)
     for kind in ("mirrored", "knee-crop-224"):
-        image, _ = derived_copy(source, kind, rng)
-        image.save(new / "normal" / f"{kind}.jpg", quality=70)
+        derived_copy(source, kind, rng).image.save(new / "normal" / f"{kind}.jpg", quality=70)
     shutil.copy(train / "osteoporosis" / "osteoporosis_000.jpg", new / "osteoporosis" / "same.jpg")
     expected = {"mirrored.jpg": "mirrored", "knee-crop-224.jpg": "crop", "same.jpg": "identical"}
     return _contents(train), _contents(new), expected

@@ -83,7 +83,7 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
     from PIL import Image
 
     from osteo_pipeline.core.splits import group_folds
-    from osteo_pipeline.core.synth import COPY_KINDS, derived_copy
+    from osteo_pipeline.core.synth_copies import COPY_KINDS, derived_copy
     from osteo_pipeline.steps.split import usable_images
     from osteo_pipeline.steps.synth import save_image, write_synthetic_dataset
 
@@ -94,19 +94,19 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
     for source in ("normal/normal_001.png", "osteoporosis/osteoporosis_002.jpg"):
         pixels = np.asarray(Image.open(root / source).convert("L"))
         for kind in COPY_KINDS:
-            image, format_ = derived_copy(pixels, kind, rng)
+            derived = derived_copy(pixels, kind, rng)
             copy = (
                 f"{source.split('/')[0]}/copy_{kind}_{source.split('/')[1]}."
-                f"{'jpg' if format_.startswith('JPEG') else 'png'}"
+                f"{'jpg' if derived.format.startswith('JPEG') else 'png'}"
             )
-            save_image(image, root / copy, format_)
+            save_image(derived.image, root / copy, derived.format)
             planted.append((source, copy))
-    image, format_ = derived_copy(
+    misfiled = derived_copy(
         np.asarray(Image.open(root / "normal/normal_004.jpg").convert("L")),
         "mirrored-knee-crop-224",
         rng,
     )
-    save_image(image, root / "osteoporosis/misfiled.jpg", format_)
+    save_image(misfiled.image, root / "osteoporosis/misfiled.jpg", misfiled.format)
     settings = tiny_settings.model_copy(deep=True)
     settings.validation.fail_on_label_conflicts = False
     validation = validate_folder(root, settings)
@@ -115,7 +115,7 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
     assert all(split_of[source] == split_of[copy] for source, copy in planted)
     excluded = {e["path"]: e["reason"] for e in manifest.excluded}
     assert set(excluded) == {"normal/normal_004.jpg", "osteoporosis/misfiled.jpg"}
-    assert "mirrored+crop" in excluded["osteoporosis/misfiled.jpg"]
+    assert "crop+mirrored" in excluded["osteoporosis/misfiled.jpg"]
     frame, _ = usable_images(validation, settings)
     group_of = dict(zip(frame["path"], frame["group"]))
     assert all(group_of[source] == group_of[copy] for source, copy in planted)
