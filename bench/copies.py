@@ -206,7 +206,7 @@ def main() -> None:
         type=float,
         default=round(0.5 / len(COPY_KINDS), 4),
         help="Share of sources with one copy of every kind (default: about one copy per two "
-        "sources, as many as before the kinds grew).",
+        "sources).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "copies.json")

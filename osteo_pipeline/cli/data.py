@@ -54,8 +54,9 @@ def synth(
         float,
         typer.Option(
             help=(
-                "Share of images that also get a derived copy of every kind (resized, JPEG 60, "
-                "contrast, padded, mirrored, rotated, knee crops at 224 px), listed in "
+                "Share of images that also get a derived copy of every kind (resized or squashed "
+                "to 224 px, cropped, padded, mirrored, turned, inverted, re-toned, blurred, "
+                "sharpened, noised, labelled, and combinations), listed in "
                 "OUT_DIR/.planted_copies.json."
             ),
             min=0,

@@ -47,7 +47,8 @@ MIN_SIDE = 200
 
 #: Keypoints per orientation and image.
 KEYPOINTS = 200
-#: Keypoints of each picture that only looks others up (the inverse, the stretches of a square).
+#: Keypoints of each extra picture (the inverse, the stretches of a square): they look others up
+#: and fit, but are not looked up.
 LOOKUP_KEYPOINTS = 64
 #: Version of the features and the matching: cached results of another version are not reused.
 VERSION = "copies-orb-6"
@@ -236,8 +237,9 @@ def verify(
 ) -> copy_fit.Match:
     """Fit the copy onto the source in ``pose`` (against the source's mirror image, with the
     copy's inverted keypoints) and score the fit (:mod:`~osteo_pipeline.core.copy_fit`): a
-    glance at half size first, which most fits of two different knees do not pass. A fit
-    scoring below ``threshold`` is refined on the pixels and scored again."""
+    glance at half size first, and the full check only for a fit that passes it (most fits of
+    two different knees do not). A fit scoring below ``threshold`` is refined on the pixels
+    and scored again."""
     copy_points, copy_descriptors = copy.fitted(pose)
     source_points, source_descriptors = (
         (source.mirrored_points, source.mirrored_descriptors)
@@ -281,10 +283,13 @@ def find_links(
     candidates = candidate_pairs(prints, queried, sources) + candidate_pairs(
         prints, sources - queried, sources=queried
     )
-    joined, links = DisjointSet(range(len(prints))), []
+    joined, links, tried = DisjointSet(range(len(prints))), [], set()
     for copy, source, pose, _ in sorted(candidates, key=lambda c: -c.votes):
         if joined.connected(copy, source):  # linked already, through others: nothing to add
             continue
+        if (copy, source, pose.mirrored, pose.inverted) in tried:  # another stretch, same fit
+            continue
+        tried.add((copy, source, pose.mirrored, pose.inverted))
         match = verify(
             prints[copy], pictures(copy), prints[source], pictures(source), pose, threshold
         )
@@ -296,8 +301,9 @@ def find_links(
             )
             if turned.score >= threshold:
                 copy, source, match = source, copy, turned
+        trimmed = (prints[copy].trimmed, prints[source].trimmed)
         if match.score >= threshold and copy_kinds.copy_first(
-            match, pose.mirrored, sizes[copy], sizes[source]
+            match, pose.mirrored, trimmed, sizes[copy], sizes[source]
         ):
             copy, source = source, copy
             match = copy_fit.read_backwards(match, pose.mirrored)

@@ -5,8 +5,8 @@ scales (a film squashed to a square, a half of it squashed), any rotation, a mir
 against the source's mirror image), shifts (crops). It must stay within what redistributions do
 (:func:`plausible`): a zoom of at most :data:`MAX_ZOOM` either way, an aspect change of at most
 :data:`MAX_ASPECT`, squashed along the axes of one of the two pictures, within
-:data:`MAX_AXIS_TILT` degrees. A shear or a squash along a diagonal is what it takes to bend one
-knee onto another, never what a redistribution did.
+:data:`MAX_AXIS_TILT` degrees. A squash along a diagonal is what it takes to bend one knee onto
+another, never what a redistribution did.
 
 The pixel check compares the two pictures at the resolution they share (each is blurred along
 the axes where it is finer than the other) in the coarser one's frame, where both have structure
@@ -48,9 +48,9 @@ MIN_OVERLAP = 400
 
 @dataclass(frozen=True)
 class Pose:
-    """How a candidate copy is matched to its source: against the source's mirror image, with
-    the copy's inverted keypoints (and pixels), or with the copy's keypoints of its picture
-    stretched by ``stretch`` (width over height: a film squashed to a square, stretched back)."""
+    """How a candidate copy is matched to its source: against the source's mirror image, and
+    with the copy's inverted keypoints (and pixels) or not. ``stretch``: which of a square
+    copy's stretched pictures proposed the pair (the fit then uses all its keypoints)."""
 
     mirrored: bool = False
     inverted: bool = False

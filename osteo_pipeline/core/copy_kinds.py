@@ -5,7 +5,8 @@ A kind reads ``base[+squashed-R][+mirrored][+rotated-N][+inverted][+tones...][+d
 - base: ``crop`` (it covers under 80% of its source), ``padded`` (one of the two had constant
   borders), ``re-encoded`` (the same size once turned, other bytes) or ``resized``;
 - ``squashed-R``: the aspect ratio changed by R (1.6: one axis scaled 1.6 times the other);
-- ``mirrored``, ``rotated-N`` (degrees, the copy turned counter-clockwise onto its source);
+- ``mirrored``, ``rotated-N`` (the copy is its source turned N degrees, as ``np.rot90`` turns:
+  counter-clockwise as displayed);
 - ``inverted``: dark and bright swapped (MONOCHROME1 against MONOCHROME2);
 - tones, from the curve that maps the source's grey levels onto the copy's: ``brightened`` or
   ``darkened`` (mean), ``contrast-stretched`` or ``contrast-reduced`` (spread), ``equalised``
@@ -66,7 +67,9 @@ def geometry(
 TONE_SAMPLE = 8_000
 
 
-def _tone_curve(source: np.ndarray, copy: np.ndarray, bins: int = 24) -> np.ndarray:
+def _tone_curve(
+    source: np.ndarray, copy: np.ndarray, bins: int = 24
+) -> tuple[np.ndarray, np.ndarray]:
     """(levels, curve): the source's median grey level at each of ``bins`` quantiles of its
     values, and the copy's median there."""
     order = np.argsort(source, kind="stable")[: len(source) // bins * bins].reshape(bins, -1)
@@ -145,14 +148,22 @@ LOSSES = ("blurred", "noisy", "marked")
 
 
 def copy_first(
-    match: Match, mirrored: bool, copy_size: tuple[int, int], source_size: tuple[int, int]
+    match: Match,
+    mirrored: bool,
+    trimmed: tuple[bool, bool],
+    copy_size: tuple[int, int],
+    source_size: tuple[int, int],
 ) -> bool:
     """Whether a link between two pictures that are not crops of each other should be read the
-    other way round. Either could be the original: the larger file is taken for it (copies are
-    made smaller; sizes are (width, height), (0, 0) when not known, then the finer working
-    picture), and of two of one size, the one the other lost something from (:data:`LOSSES`)."""
+    other way round. Either could be the original: the one without padding is taken for it
+    (``trimmed``: the copy's, the source's constant borders were cut), then the larger file
+    (copies are made smaller; sizes are (width, height), (0, 0) when not known, then the finer
+    working picture), and of two of one size, the one the other lost something from
+    (:data:`LOSSES`)."""
     if match.transform is None or match.aligned is None or min(match.cover, match.inside) < 0.8:
         return False
+    if trimmed[0] != trimmed[1]:
+        return trimmed[1]
     pixels = float(np.prod(copy_size)), float(np.prod(source_size))
     if min(pixels) > 0:
         larger = pixels[0] / pixels[1]  # the copy's file against the source's

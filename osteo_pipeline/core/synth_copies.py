@@ -5,7 +5,7 @@ sharpened, noised or labelled, alone and combined. ``osteo synth --copies``, the
 
 Each kind is a chain of steps (:data:`COPY_KINDS`) and the names the detector must report for it
 (:mod:`~osteo_pipeline.core.copy_kinds`). Photometric strengths scale with the picture so that
-each change is visible in the detector's 512 px working picture.
+each change is visible in the detector's working picture.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
+
+from osteo_pipeline.core.copies import WORK_SIDE
 
 #: Pixels x random generator -> pixels.
 Step = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -37,7 +39,8 @@ class CopyKind:
 
 @dataclass(frozen=True)
 class PlantedCopy:
-    """One derived copy, its Pillow format, and the change of aspect ratio it was given (>= 1)."""
+    """One derived copy, its format (a Pillow format; ``JPEG-60``: JPEG at quality 60), and the
+    change of aspect ratio it was given (>= 1)."""
 
     image: Image.Image
     format: str
@@ -125,8 +128,8 @@ def _clahe(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _working_px(pixels: np.ndarray) -> float:
-    """Pixels of ``pixels`` per pixel of the detector's 512 px working picture (at least 1)."""
-    return max(1.0, max(pixels.shape) / 512)
+    """Pixels of ``pixels`` per pixel of the detector's working picture (at least 1)."""
+    return max(1.0, max(pixels.shape) / WORK_SIDE)
 
 
 def _blurred(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -48,7 +48,8 @@ class Content:
 
     sha256: str
     path: Path
-    size: tuple[int, int] | None  # None: not known (tells "resized" from "re-encoded" only)
+    size: tuple[int, int] | None  # None: not known (names "resized" or "re-encoded", and the
+    # larger of two files is read as the original)
 
 
 @dataclass

@@ -63,13 +63,13 @@ def test_copy_groups_join_identical_and_derived_copies_with_their_links():
 def test_a_derived_copy_under_another_label_is_a_conflict_named_by_its_kind():
     rows = [*ROWS[:5], ("osteoporosis/b_mirror.png", "osteoporosis", "h5", None)]
     m = _manifest(rows)
-    links = [*LINKS, {"source": "h2", "copy": "h5", "kind": "mirrored+re-encoded", "score": 0.8}]
+    links = [*LINKS, {"source": "h2", "copy": "h5", "kind": "re-encoded+mirrored", "score": 0.8}]
     m["group"] = quality.copy_group_column(m, {"h1": 0, "h2": 1, "h3": 1, "h5": 1})
     conflicts = quality.label_conflicts(quality.copy_groups(m, links))
     assert conflicts[1] == {
         "paths": ["normal/b.png", "normal/b_resaved.png", "osteoporosis/b_mirror.png"],
         "labels": ["normal", "osteoporosis"],
-        "kinds": ["mirrored+re-encoded", "resized"],
+        "kinds": ["re-encoded+mirrored", "resized"],
     }
 
 
