@@ -9,7 +9,8 @@ radiographs with planted copies, how the time grows with n, and recall/precision
 two distinct contents, to check by eye), then a copy of DIR in a temporary folder (never in the
 project) with derived copies of ``--planted`` of its radiographs planted (every kind in
 ``COPY_KINDS``, from the real pixels), validated as a user would (``validate_folder``, cold
-cache): time and the recall of the planted copies, per kind.
+cache): time, the recall of the planted copies per kind, and any group that joins two of the
+planted radiographs (a false link).
 
 Distinct single-knee radiographs (``osteo synth``'s renderer, shorter side ``--knee`` px); for a
 ``--share`` of them, one derived copy of every kind in ``COPY_KINDS`` (the default share plants
@@ -21,6 +22,7 @@ sizes is log(t2/t1) / log(n2/n1): 2 would be all-pairs, 1 linear."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -179,6 +181,14 @@ def measure_real(data_dir: Path, planted: int, seed: int) -> dict[str, object]:
         seconds = time.perf_counter() - started
         group = {path: i for i, g in enumerate(result.copy_groups) for path in g["paths"]}
         missed = [(s, c, k) for s, c, k in plants if group.get(s, -1) != group.get(c, -2)]
+        # a planted copy in the group of another radiograph than its own (joined wrongly; two
+        # byte-identical files are one radiograph)
+        content = {s: hashlib.sha256((root / s).read_bytes()).hexdigest() for s, _, _ in plants}
+        source_of = {c: content[s] for s, c, _ in plants} | {s: content[s] for s, _, _ in plants}
+        sources_in = [
+            {source_of[path] for path in g["paths"] if path in source_of}
+            for g in result.copy_groups
+        ]
         return report | {
             "files_with_planted": result.summary["files"],
             "validate_s": round(seconds, 1),
@@ -190,6 +200,7 @@ def measure_real(data_dir: Path, planted: int, seed: int) -> dict[str, object]:
                 for kind in COPY_KINDS
             },
             "missed": missed,
+            "groups_joining_two_radiographs": sum(len(s) > 1 for s in sources_in),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

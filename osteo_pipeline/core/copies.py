@@ -41,8 +41,9 @@ from osteo_pipeline.core.copy_fit import Pose
 WORK_SIDE = 512
 #: Pictures whose shorter side is below this (px) are matched only when identical: below it, the
 #: fine structure that tells two patients apart is gone (distinct synthetic knees at 160 px
-#: correlate up to 0.43 after fitting, at 224 px up to 0.34). Trimming a black background may
-#: leave less, but not under half of it.
+#: correlate up to 0.43 after fitting, at 224 px up to 0.34). Trimming a constant background may
+#: leave less, but not under a third of it (half a film with a wide collimated border, squashed
+#: to 224 px, keeps the knee in 75 to 95 px of its width).
 MIN_SIDE = 200
 
 #: Keypoints per orientation and image.
@@ -51,7 +52,7 @@ KEYPOINTS = 200
 #: and fit, but are not looked up.
 LOOKUP_KEYPOINTS = 64
 #: Version of the features and the matching: cached results of another version are not reused.
-VERSION = "copies-orb-6"
+VERSION = "copies-orb-7"
 
 
 @dataclass(frozen=True)
@@ -165,28 +166,72 @@ def working_picture(gray: np.ndarray) -> np.ndarray:
     return _shrink(trim_borders(np.asarray(gray)))
 
 
-def _orb(picture: np.ndarray, keypoints: int = KEYPOINTS) -> tuple[np.ndarray, np.ndarray]:
-    # smoothed (noise, grain and JPEG blocks make no corners), then equalised over the whole
-    # picture with a clip limit (a global monotone change of tones, such as a gamma or an
-    # equalisation, then leaves nearly the same picture, and a flat background is not blown up
-    # into noise), then locally (CLAHE)
-    smooth = cv2.GaussianBlur(np.clip(picture, 0, 255).astype(np.float32), (0, 0), 1.0)
-    equalised = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(1, 1)).apply(
-        smooth.round().astype(np.uint8)
-    )
-    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(equalised)
-    orb = cv2.ORB_create(
+#: ORB's settings: a coarse pyramid (5 levels, 1.3 apart) and small patches, for pictures of
+#: :data:`WORK_SIDE` px.
+ORB_SCALE, ORB_LEVELS = 1.3, 5
+
+
+def _orb(keypoints: int) -> cv2.ORB:
+    return cv2.ORB_create(
         nfeatures=keypoints,
-        scaleFactor=1.3,
-        nlevels=5,
+        scaleFactor=ORB_SCALE,
+        nlevels=ORB_LEVELS,
         edgeThreshold=15,
         patchSize=15,
         fastThreshold=5,
     )
-    keypoints, descriptors = orb.detectAndCompute(equalised, None)
-    if descriptors is None:
+
+
+def _equalised(picture: np.ndarray) -> np.ndarray:
+    """The picture ORB reads: smoothed (noise, grain and JPEG blocks make no corners), then
+    equalised over the whole picture with a clip limit (a global monotone change of tones, such
+    as a gamma or an equalisation, then leaves nearly the same picture, and a flat background is
+    not blown up into noise), then locally (CLAHE)."""
+    smooth = cv2.GaussianBlur(np.clip(picture, 0, 255).astype(np.float32), (0, 0), 1.0)
+    equalised = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(1, 1)).apply(
+        smooth.round().astype(np.uint8)
+    )
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(equalised)
+
+
+def _as_arrays(
+    keypoints: Sequence[cv2.KeyPoint], descriptors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if descriptors is None or not len(keypoints):
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
+
+
+def _turned(
+    keypoints: Sequence[cv2.KeyPoint], width: int | None, angle: Callable[[float], float]
+) -> list[cv2.KeyPoint]:
+    """``keypoints`` with their orientation turned by ``angle``, and mirrored left to right in a
+    picture ``width`` px wide (not when None) exactly as ORB's pyramid mirrors them (each level
+    ``round(width / scale)`` px wide)."""
+    turned = []
+    for k in keypoints:
+        x = k.pt[0]
+        if width is not None:
+            scale = ORB_SCALE**k.octave
+            x = (round(width / scale) - 1) * scale - x
+        turned.append(
+            cv2.KeyPoint(x, k.pt[1], k.size, angle(k.angle) % 360, k.response, k.octave, k.class_id)
+        )
+    return turned
+
+
+def _strongest(keypoints: Sequence[cv2.KeyPoint], count: int) -> list[cv2.KeyPoint]:
+    """The ``count`` keypoints ORB would keep of ``keypoints`` had it been asked for that many:
+    the strongest of each pyramid level, in ORB's share per level."""
+    factor = 1 / ORB_SCALE
+    share = count * (1 - factor) / (1 - factor**ORB_LEVELS)
+    kept, left = [], count
+    for level in range(ORB_LEVELS):
+        wanted = left if level == ORB_LEVELS - 1 else min(left, round(share * factor**level))
+        on_level = sorted((k for k in keypoints if k.octave == level), key=lambda k: -k.response)
+        kept += on_level[:wanted]
+        left -= wanted
+    return kept
 
 
 #: A square picture is often a film squashed to a square: it also looks up stretched back
@@ -194,36 +239,50 @@ def _orb(picture: np.ndarray, keypoints: int = KEYPOINTS) -> tuple[np.ndarray, n
 STRETCHES = (0.5, 0.71, 1.41, 2.0)
 
 
-def _stretched_orb(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ORB of ``picture`` stretched by each of :data:`STRETCHES` (area kept), points mapped
-    back into ``picture``, and the stretch of each keypoint."""
+def _stretched_orb(equalised: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ORB of the ``equalised`` picture stretched by each of :data:`STRETCHES` (area kept),
+    points mapped back into the picture, and the stretch of each keypoint."""
     parts = []
     for stretch in STRETCHES:
         fx, fy = np.sqrt(stretch), 1 / np.sqrt(stretch)
-        stretched = cv2.resize(picture, None, fx=fx, fy=fy, interpolation=cv2.INTER_AREA)
-        points, descriptors = _orb(stretched, LOOKUP_KEYPOINTS)
+        stretched = cv2.resize(equalised, None, fx=fx, fy=fy, interpolation=cv2.INTER_AREA)
+        points, descriptors = _as_arrays(*_orb(LOOKUP_KEYPOINTS).detectAndCompute(stretched, None))
         parts.append((points / np.float32([fx, fy]), descriptors, np.full(len(points), stretch)))
     points, descriptors, stretch = (np.concatenate(column) for column in zip(*parts))
     return points.astype(np.float32), descriptors, stretch.astype(np.float32)
 
 
 def features(gray: np.ndarray) -> Features:
-    """The :class:`Features` of a grayscale picture (any size, uint8 or float)."""
+    """The :class:`Features` of a grayscale picture (any size, uint8 or float).
+
+    The mirror image and the inverse have the same corners as the picture (FAST and the Harris
+    score are symmetric under both), turned: a mirror takes an orientation a to 180 - a, an
+    inverse to a + 180. So their keypoints are found once and only described again, at a fifth
+    of the cost of detecting them anew and with the same descriptors."""
     gray = np.asarray(gray)
     content = trim_borders(gray)
     picture, trimmed = _shrink(content), content.shape != gray.shape
-    points = np.zeros((0, 2), np.float32)
-    none = (points, np.zeros((0, 32), np.uint8))
-    if min(gray.shape) < MIN_SIDE or min(content.shape) < MIN_SIDE // 2:
+    none = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+    if min(gray.shape) < MIN_SIDE or min(content.shape) < MIN_SIDE // 3:
         return Features(picture.shape, trimmed, *none, *none, *none, *none, np.zeros(0, np.float32))
+    equalised = _equalised(picture)
+    orb = _orb(KEYPOINTS)
+    keypoints, descriptors = orb.detectAndCompute(equalised, None)
+    mirrored = orb.compute(
+        np.ascontiguousarray(np.fliplr(equalised)),
+        _turned(keypoints, equalised.shape[1], lambda a: 180 - a),
+    )
+    inverted = orb.compute(
+        255 - equalised, _turned(_strongest(keypoints, LOOKUP_KEYPOINTS), None, lambda a: a + 180)
+    )
     square = abs(np.log(gray.shape[1] / gray.shape[0])) < 0.03
     return Features(
         picture.shape,
         trimmed,
-        *_orb(picture),
-        *_orb(np.ascontiguousarray(np.fliplr(picture))),
-        *_orb(255 - picture, LOOKUP_KEYPOINTS),
-        *(_stretched_orb(picture) if square else (*none, np.zeros(0, np.float32))),
+        *_as_arrays(keypoints, descriptors),
+        *_as_arrays(*mirrored),
+        *_as_arrays(*inverted),
+        *(_stretched_orb(equalised) if square else (*none, np.zeros(0, np.float32))),
     )
 
 
@@ -239,7 +298,9 @@ def verify(
     copy's inverted keypoints) and score the fit (:mod:`~osteo_pipeline.core.copy_fit`): a
     glance at half size first, and the full check only for a fit that passes it (most fits of
     two different knees do not). A fit scoring below ``threshold`` is refined on the pixels
-    and scored again."""
+    and scored again; one still short of it, but by less than half, is scored once more with
+    the copy's tones mapped onto the source's (an equalisation bends tones too far for the
+    detail's local normalisation alone)."""
     copy_points, copy_descriptors = copy.fitted(pose)
     source_points, source_descriptors = (
         (source.mirrored_points, source.mirrored_descriptors)
@@ -256,10 +317,14 @@ def verify(
     if match.score >= threshold:
         return match
     refined = copy_fit.refine(copy_picture, target, transform, pose.inverted)
-    if refined is None:
-        return match
-    again = copy_fit.compare(copy_picture, target, refined, pose.inverted)
-    return again if again.score > match.score else match
+    if refined is not None:
+        again = copy_fit.compare(copy_picture, target, refined, pose.inverted)
+        match = again if again.score > match.score else match
+    if threshold / 2 <= match.score < threshold:  # re-toned? compared with its tones mapped back
+        assert match.transform is not None
+        toned = copy_fit.compare(copy_picture, target, match.transform, pose.inverted, toned=True)
+        match = toned if toned.score > match.score else match
+    return match
 
 
 def find_links(

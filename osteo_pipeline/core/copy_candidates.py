@@ -18,26 +18,31 @@ if TYPE_CHECKING:
 
 #: Below this many keypoints an exact index is faster than an approximate one.
 EXACT_UP_TO = 50_000
+#: Keypoints per cell of the approximate index, and cells searched per query.
+CELL_SIZE, PROBES = 1024, 8
 
 
 def _hamming_index(descriptors: np.ndarray):
     """Nearest neighbours in Hamming space with faiss: exact for small sets; above
-    :data:`EXACT_UP_TO` keypoints an inverted file of sqrt(n) cells, 8 searched per query, so
-    the total cost grows as n^1.5, not n^2."""
+    :data:`EXACT_UP_TO` keypoints an inverted file of cells of about :data:`CELL_SIZE`
+    keypoints each (centred on keypoints drawn at random), the :data:`PROBES` nearest of them
+    found through an HNSW graph and searched. A query's cost then stays nearly flat as n grows
+    (with a flat list of sqrt(n) cells it grows as sqrt(n)), so the total grows about as n."""
     import faiss
 
     bits = descriptors.shape[1] * 8
     data = np.ascontiguousarray(descriptors)
     if len(data) <= EXACT_UP_TO:
         index = faiss.IndexBinaryFlat(bits)
-    else:
-        cells = int(np.sqrt(len(data)))
-        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, cells)
-        sample = np.random.default_rng(0).choice(
-            len(data), min(len(data), 40 * cells), replace=False
-        )
-        index.train(data[np.sort(sample)])
-        index.nprobe = 8
+        index.add(data)
+        return index
+    cells = len(data) // CELL_SIZE
+    centres = np.random.default_rng(0).choice(len(data), cells, replace=False)
+    quantizer = faiss.IndexBinaryHNSW(bits, 16)
+    quantizer.add(data[np.sort(centres)])
+    index = faiss.IndexBinaryIVF(quantizer, bits, cells)
+    index.referenced_objects = [quantizer]  # faiss holds it by a plain pointer
+    index.nprobe = PROBES
     index.add(data)
     return index
 
@@ -57,14 +62,18 @@ def candidate_pairs(
     queried: Iterable[int],
     sources: Iterable[int] | None = None,
     neighbours: int = 10,
+    square_neighbours: int = 30,
     max_distance: int = 40,
-    min_votes: int = 6,
+    min_votes: int = 5,
     partners: int = 4,
 ) -> list[Candidate]:
     """Pairs worth verifying: for each image in ``queried``, the
     ``partners`` images among ``sources`` (default: all) holding the most keypoints within
     ``max_distance`` bits of one of its own, counting a source's mirror image separately, and the
-    best two of each other pose it looks up in (its inverse; stretched back, for a square)."""
+    best two of each other pose it looks up in (its inverse; stretched back, for a square).
+    Each keypoint counts its ``neighbours`` nearest, a square picture's its
+    ``square_neighbours`` nearest: a picture squashed to a square matches its source's keypoints
+    less closely, and among tens of thousands of images more of the nearest are others'."""
     queried = sorted(set(queried))
     sources = sorted(set(range(len(prints)) if sources is None else sources))
     if not queried or not sources:
@@ -90,8 +99,10 @@ def candidate_pairs(
         )
         if len(pose_of) == 0:
             continue
+        square = len(prints[copy].stretched_descriptors) > 0
         distances, rows = index.search(
-            np.ascontiguousarray(np.concatenate(descriptors)), neighbours
+            np.ascontiguousarray(np.concatenate(descriptors)),
+            square_neighbours if square else neighbours,
         )
         close = (rows >= 0) & (distances <= max_distance)
         close &= owners[np.where(rows >= 0, rows, 0)] != copy

@@ -37,8 +37,11 @@ MAX_AXIS_TILT = 20.0
 MIN_MATCHES = 6
 #: A refined fit (:func:`refine`) is kept only when the two smoothed pictures then correlate this
 #: well: a copy's nearly always do, even noised or squashed, while refining also pulls two
-#: different knees' anatomy together, but not this close (docs/validation.md has the figures).
+#: different knees' anatomy together, but not this close (docs/validation.md has the figures)...
 MIN_AGREEMENT = 0.98
+#: ... or this well once the copy's tones are mapped onto the source's, as a re-toned copy's do: a
+#: fitted tone curve absorbs some of any difference, so the bar is higher.
+MIN_TONED_AGREEMENT = 0.99
 #: Fits whose smoothed pictures correlate less than this are not refined: those of copies start
 #: above it, while most fits of two different knees start lower (refining costs an ECC run).
 MIN_START_AGREEMENT = 0.85
@@ -170,12 +173,40 @@ def fit(
 REFINE_SIDE = 256
 
 
-def _agreement(copy: np.ndarray, source: np.ndarray, transform: np.ndarray) -> float:
-    """Correlation of ``copy`` and ``source`` warped onto it by ``transform`` (copy -> source)."""
+def _warped_onto(
+    copy: np.ndarray, source: np.ndarray, transform: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``source`` warped into ``copy``'s frame by ``transform`` (copy -> source), and where it
+    lands."""
     height, width = copy.shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(source, transform, (width, height), flags=flags)
     inside = cv2.warpAffine(np.ones_like(source), transform, (width, height), flags=flags) > 0.99
+    return warped, inside
+
+
+def _matched(picture: np.ndarray, reference: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``picture`` with its tones mapped onto ``reference``'s over ``where`` (quantile matching):
+    a gamma, a contrast change or an equalisation undone, so that correlation, which forgives
+    only linear changes of tone, sees the same picture."""
+    if where.sum() < MIN_OVERLAP // 4:
+        return picture
+    levels = np.linspace(0, 100, 101)
+    return np.interp(
+        picture, np.percentile(picture[where], levels), np.percentile(reference[where], levels)
+    ).astype(np.float32)
+
+
+def _toned_like(copy: np.ndarray, source: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """``copy`` with its tones mapped onto those of ``source`` (warped onto it by ``transform``)
+    where the two overlap."""
+    warped, inside = _warped_onto(copy, source, transform)
+    return _matched(copy, warped, inside)
+
+
+def _agreement(copy: np.ndarray, source: np.ndarray, transform: np.ndarray) -> float:
+    """Correlation of ``copy`` and ``source`` warped onto it by ``transform`` (copy -> source)."""
+    warped, inside = _warped_onto(copy, source, transform)
     if inside.sum() < MIN_OVERLAP // 4:
         return -1.0
     return float(np.corrcoef(copy[inside], warped[inside])[0, 1])
@@ -213,9 +244,10 @@ def refine(
 ) -> np.ndarray | None:
     """The fit polished on the pixels themselves (OpenCV's ECC, affine, from ``transform``, on
     both pictures shrunk to :data:`REFINE_SIDE`): the keypoints of a picture squashed 2:1 or
-    noised sit a pixel or two off, enough to blur the pixel check. None when that does not
-    converge, leaves the plausible, or the two smoothed pictures then correlate below
-    :data:`MIN_AGREEMENT`."""
+    noised sit a pixel or two off, enough to blur the pixel check. It is polished with the copy's
+    tones mapped onto the source's (:func:`_toned_like`). None when that does not converge,
+    leaves the plausible, or the two smoothed pictures then correlate below
+    :data:`MIN_AGREEMENT`, and below :data:`MIN_TONED_AGREEMENT` with the copy's tones mapped."""
     copy_picture = 255 - copy_picture if inverted else copy_picture
     scale = min(1.0, REFINE_SIDE / max(*copy_picture.shape, *source_picture.shape))
 
@@ -226,9 +258,10 @@ def refine(
     start = _shrunk_transform(transform, scale)
     if _agreement(copy_small, source_small, start) < MIN_START_AGREEMENT:
         return None  # too far off to be worth polishing (most fits of two different knees)
+    copy_toned = _toned_like(copy_small, source_small, start)
     try:
-        agreement, polished = cv2.findTransformECC(
-            copy_small,
+        toned_agreement, polished = cv2.findTransformECC(
+            copy_toned,
             source_small,
             start,
             cv2.MOTION_AFFINE,
@@ -238,7 +271,10 @@ def refine(
         )
     except cv2.error:  # did not converge
         return None
-    if agreement < MIN_AGREEMENT or not plausible(polished[:, :2]):
+    if not plausible(polished[:, :2]) or (
+        toned_agreement < MIN_TONED_AGREEMENT
+        and _agreement(copy_small, source_small, polished) < MIN_AGREEMENT
+    ):
         return None
     polished = polished.astype(np.float64)
     polished[:, 2] /= scale
@@ -280,9 +316,11 @@ def compare(
     source_picture: np.ndarray,
     transform: np.ndarray,
     inverted: bool,
+    toned: bool = False,
 ) -> Match:
     """Score a fitted transform (copy -> source picture, the source already mirrored where the
-    copy is): the two pictures brought to a common resolution in the coarser one's frame."""
+    copy is): the two pictures brought to a common resolution in the coarser one's frame;
+    ``toned``: the copy's tones mapped onto the source's there first (:func:`_matched`)."""
     zoom2 = abs(float(np.linalg.det(transform[:, :2])))  # source pixels per copy pixel
     onto_source = transform
     onto_copy = cv2.invertAffineTransform(transform)
@@ -297,6 +335,10 @@ def compare(
     warped = cv2.warpAffine(moving, onto, (width, height), flags=cv2.INTER_LINEAR)
     overlap = cv2.warpAffine(np.ones_like(moving), onto, (width, height)) > 0.99
     overlap = cv2.erode(overlap.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    if toned and zoom2 > 1:
+        fixed = _matched(fixed, warped, overlap)
+    elif toned:
+        warped = _matched(warped, fixed, overlap)
     area = float(overlap.sum()) * (zoom2 if zoom2 > 1 else 1.0)  # the overlap in source pixels
     fixed_seen, warped_seen = Seen.of(fixed), Seen.of(warped)
     compared = (
