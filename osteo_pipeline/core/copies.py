@@ -221,8 +221,8 @@ def _turned(
 
 
 def _strongest(keypoints: Sequence[cv2.KeyPoint], count: int) -> list[cv2.KeyPoint]:
-    """The ``count`` keypoints ORB would keep of ``keypoints`` had it been asked for that many:
-    the strongest of each pyramid level, in ORB's share per level."""
+    """About the ``count`` keypoints ORB would keep had it been asked for that many: the
+    strongest (Harris) of ``keypoints`` on each pyramid level, in ORB's share per level."""
     factor = 1 / ORB_SCALE
     share = count * (1 - factor) / (1 - factor**ORB_LEVELS)
     kept, left = [], count
@@ -320,8 +320,7 @@ def verify(
     if refined is not None:
         again = copy_fit.compare(copy_picture, target, refined, pose.inverted)
         match = again if again.score > match.score else match
-    if threshold / 2 <= match.score < threshold:  # re-toned? compared with its tones mapped back
-        assert match.transform is not None
+    if match.transform is not None and threshold / 2 <= match.score < threshold:  # re-toned?
         toned = copy_fit.compare(copy_picture, target, match.transform, pose.inverted, toned=True)
         match = toned if toned.score > match.score else match
     return match

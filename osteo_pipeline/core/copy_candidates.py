@@ -26,8 +26,9 @@ def _hamming_index(descriptors: np.ndarray):
     """Nearest neighbours in Hamming space with faiss: exact for small sets; above
     :data:`EXACT_UP_TO` keypoints an inverted file of cells of about :data:`CELL_SIZE`
     keypoints each (centred on keypoints drawn at random), the :data:`PROBES` nearest of them
-    found through an HNSW graph and searched. A query's cost then stays nearly flat as n grows
-    (with a flat list of sqrt(n) cells it grows as sqrt(n)), so the total grows about as n."""
+    found through an HNSW graph (its default search breadth, 16, is at least that) and
+    searched. A query's cost then stays nearly flat as n grows (with a flat list of sqrt(n)
+    cells it grows as sqrt(n)), so the total grows about as n."""
     import faiss
 
     bits = descriptors.shape[1] * 8
@@ -36,12 +37,11 @@ def _hamming_index(descriptors: np.ndarray):
         index = faiss.IndexBinaryFlat(bits)
         index.add(data)
         return index
-    cells = len(data) // CELL_SIZE
+    cells = max(1, len(data) // CELL_SIZE)
     centres = np.random.default_rng(0).choice(len(data), cells, replace=False)
     quantizer = faiss.IndexBinaryHNSW(bits, 16)
     quantizer.add(data[np.sort(centres)])
     index = faiss.IndexBinaryIVF(quantizer, bits, cells)
-    index.referenced_objects = [quantizer]  # faiss holds it by a plain pointer
     index.nprobe = PROBES
     index.add(data)
     return index

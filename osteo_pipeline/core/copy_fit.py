@@ -17,7 +17,10 @@ copy's does whatever was done to its tones: brightness, contrast, gamma, histogr
 and CLAHE (locally monotone changes scale detail locally, and the local contrast divides that
 out), blur, sharpening, noise, a burnt-in label (clipping bounds its weight). An inverted copy
 (MONOCHROME1 against MONOCHROME2) is found by its inverted keypoints and compared inverted. A fit
-that falls short is polished once on the pixels (:func:`refine`) and scored again.
+that falls short is polished once on the pixels (:func:`refine`) and scored again, and one still
+short by less than half is scored once more with the copy's tones mapped onto the source's
+(``compare(..., toned=True)``): an equalisation bends tones further than the local contrast
+divides out.
 """
 
 from __future__ import annotations
@@ -192,9 +195,10 @@ def _matched(picture: np.ndarray, reference: np.ndarray, where: np.ndarray) -> n
     if where.sum() < MIN_OVERLAP // 4:
         return picture
     levels = np.linspace(0, 100, 101)
-    return np.interp(
-        picture, np.percentile(picture[where], levels), np.percentile(reference[where], levels)
-    ).astype(np.float32)
+    # a tone held by many pixels (flat background) spans several levels: it maps to their mean
+    tones, level_of = np.unique(np.percentile(picture[where], levels), return_inverse=True)
+    mapped = np.bincount(level_of, np.percentile(reference[where], levels)) / np.bincount(level_of)
+    return np.interp(picture, tones, mapped).astype(np.float32)
 
 
 def _toned_like(copy: np.ndarray, source: np.ndarray, transform: np.ndarray) -> np.ndarray:
@@ -335,10 +339,6 @@ def compare(
     warped = cv2.warpAffine(moving, onto, (width, height), flags=cv2.INTER_LINEAR)
     overlap = cv2.warpAffine(np.ones_like(moving), onto, (width, height)) > 0.99
     overlap = cv2.erode(overlap.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-    if toned and zoom2 > 1:
-        fixed = _matched(fixed, warped, overlap)
-    elif toned:
-        warped = _matched(warped, fixed, overlap)
     area = float(overlap.sum()) * (zoom2 if zoom2 > 1 else 1.0)  # the overlap in source pixels
     fixed_seen, warped_seen = Seen.of(fixed), Seen.of(warped)
     compared = (
@@ -346,7 +346,12 @@ def compare(
     )
     if compared.sum() < MIN_OVERLAP:
         return NO_MATCH
-    a, b = warped_seen.detail()[compared], fixed_seen.detail()[compared]
+    scored_fixed, scored_warped = fixed_seen, warped_seen
+    if toned and zoom2 > 1:  # for the score only: the kind is read from the pictures as they are
+        scored_fixed = Seen.of(_matched(fixed, warped, overlap))
+    elif toned:
+        scored_warped = Seen.of(_matched(warped, fixed, overlap))
+    a, b = scored_warped.detail()[compared], scored_fixed.detail()[compared]
     a0, b0 = a - a.mean(), b - b.mean()
     score = float((a0 * b0).sum() / np.sqrt((a0 * a0).sum() * (b0 * b0).sum() + 1e-9))
     copy_side, source_side = (fixed_seen, warped_seen) if zoom2 > 1 else (warped_seen, fixed_seen)
