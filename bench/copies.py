@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from osteo_pipeline.core import copies
+from osteo_pipeline.core import copies, copy_features
 from osteo_pipeline.core.synth import render
 from osteo_pipeline.core.synth_copies import COPY_KINDS, derived_copy
 
@@ -87,12 +87,12 @@ def measure(n: int, knee: int, share: float, seed: int) -> dict[str, float]:
     images, source_of, kinds = corpus(n, knee, share, seed)
     started = time.perf_counter()
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        prints = list(pool.map(copies.features, images, chunksize=64))
+        prints = list(pool.map(copy_features.features, images, chunksize=64))
     featured = time.perf_counter()
 
     @lru_cache(maxsize=2048)
     def picture(i: int) -> np.ndarray:
-        return copies.working_picture(images[i])
+        return copy_features.working_picture(images[i])
 
     links = copies.find_links(prints, picture, [im.shape[::-1] for im in images])
     matched = time.perf_counter()

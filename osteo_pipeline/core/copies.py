@@ -4,16 +4,15 @@ whatever label.
 
 Three steps, each cheap enough for tens of thousands of images:
 
-1. **Features** (:func:`features`): the picture is trimmed of constant borders (padding), shrunk
-   to :data:`WORK_SIDE`, smoothed and equalised; ORB keypoints are taken from it, from its mirror
-   image and from its inverse, and for a square picture (often a film squashed to a square) from
-   it stretched back along either axis. ORB is rotation- and scale-invariant; the mirror covers
-   left-right flips, the inverse a swap of dark and bright.
+1. **Features** (:mod:`~osteo_pipeline.core.copy_features`): ORB keypoints of the picture
+   trimmed, shrunk and equalised, of its mirror image and its inverse, of a square picture
+   stretched back, and of a picture whose tones a full equalisation reshapes, so equalised.
 2. **Candidates** (:mod:`~osteo_pipeline.core.copy_candidates`): every keypoint (plain,
-   inverted, stretched) looks up its nearest keypoints of all other images in a Hamming
+   inverted, stretched, equalised) looks up its nearest keypoints of all other images in a Hamming
    nearest-neighbour index (faiss; an inverted file for large sets, so sub-quadratic); each
    image's partners with the most close keypoints, in each pose, become candidate pairs.
-3. **Verification** (:func:`verify`, :mod:`~osteo_pipeline.core.copy_fit`): a plausible affine
+3. **Verification** (:func:`verify`, :mod:`~osteo_pipeline.core.copy_fit`,
+   :mod:`~osteo_pipeline.core.copy_check`): a plausible affine
    fit, then a pixel check of the two pictures' detail at the resolution they share.
 
 Each link carries its kind (:mod:`~osteo_pipeline.core.copy_kinds`: e.g.
@@ -25,102 +24,20 @@ found by content hash before any of this. Groups are the connected components of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-import cv2
 import numpy as np
 from scipy.cluster.hierarchy import DisjointSet
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from osteo_pipeline.core import copy_fit, copy_kinds
+from osteo_pipeline.core import copy_check, copy_fit, copy_kinds
 from osteo_pipeline.core.copy_candidates import candidate_pairs
+from osteo_pipeline.core.copy_features import Features
 from osteo_pipeline.core.copy_fit import Pose
 
-#: Longest side, in px, of the picture that features and verification use.
-WORK_SIDE = 512
-#: Pictures whose shorter side is below this (px) are matched only when identical: below it, the
-#: fine structure that tells two patients apart is gone (distinct synthetic knees at 160 px
-#: correlate up to 0.43 after fitting, at 224 px up to 0.34). Trimming a constant background may
-#: leave less, but not under a third of it (half a film with a wide collimated border, squashed
-#: to 224 px, keeps the knee in 75 to 95 px of its width).
-MIN_SIDE = 200
-
-#: Keypoints per orientation and image.
-KEYPOINTS = 200
-#: Keypoints of each extra picture (the inverse, the stretches of a square): they look others up
-#: and fit, but are not looked up.
-LOOKUP_KEYPOINTS = 64
 #: Version of the features and the matching: cached results of another version are not reused.
-VERSION = "copies-orb-7"
-
-
-@dataclass(frozen=True)
-class Features:
-    """What matching needs of one image (all coordinates in its working picture)."""
-
-    shape: tuple[int, int]  # (height, width) of the working picture
-    trimmed: bool  # constant borders (padding) were cut off
-    points: np.ndarray  # (n, 2) float32 keypoint positions
-    descriptors: np.ndarray  # (n, 32) uint8 ORB descriptors
-    mirrored_points: np.ndarray  # the same of the mirror image, in the mirror image's coordinates
-    mirrored_descriptors: np.ndarray
-    inverted_points: np.ndarray  # the same of the inverse (dark and bright swapped)
-    inverted_descriptors: np.ndarray
-    # a square picture's keypoints once stretched back by each of STRETCHES (points in its own
-    # coordinates), and the stretch of each
-    stretched_points: np.ndarray
-    stretched_descriptors: np.ndarray
-    stretched_by: np.ndarray
-
-    ARRAYS = (
-        "points",
-        "descriptors",
-        "mirrored_points",
-        "mirrored_descriptors",
-        "inverted_points",
-        "inverted_descriptors",
-        "stretched_points",
-        "stretched_descriptors",
-        "stretched_by",
-    )
-
-    def fitted(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
-        """The keypoints (points, descriptors) this picture is fitted with in ``pose``: its
-        inverse's, or its own with those of all its stretches (their points are in its own
-        coordinates, and one of them may describe a squashed copy's corners best)."""
-        if pose.inverted:
-            return self.inverted_points, self.inverted_descriptors
-        return (
-            np.concatenate([self.points, self.stretched_points]),
-            np.concatenate([self.descriptors, self.stretched_descriptors]),
-        )
-
-    def lookups(self) -> list[tuple[Pose, np.ndarray]]:
-        """Each pose this picture looks up in, with its descriptors."""
-        return [
-            (Pose(inverted=True), self.inverted_descriptors),
-            *[
-                (Pose(stretch=float(f)), self.stretched_descriptors[self.stretched_by == f])
-                for f in np.unique(self.stretched_by)
-            ],
-        ]
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """As plain arrays, for caching (:meth:`from_arrays` reads them back)."""
-        return {
-            "shape": np.asarray(self.shape),
-            "trimmed": np.asarray(self.trimmed),
-            **{name: getattr(self, name) for name in self.ARRAYS},
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Features:
-        return cls(
-            shape=(int(arrays["shape"][0]), int(arrays["shape"][1])),
-            trimmed=bool(arrays["trimmed"]),
-            **{name: arrays[name] for name in cls.ARRAYS},
-        )
+VERSION = "copies-orb-8"
 
 
 @dataclass(frozen=True)
@@ -136,156 +53,6 @@ class Link:
         return asdict(self)
 
 
-def trim_borders(gray: np.ndarray, tolerance: int = 3) -> np.ndarray:
-    """``gray`` without constant rows and columns at its edges (padding: their values span at
-    most ``tolerance`` grey levels, where even smooth anatomy carries noise); never cut below a
-    quarter of either side, so a nearly blank image is left as it is."""
-    rows = np.ptp(gray, axis=1) > tolerance
-    cols = np.ptp(gray, axis=0) > tolerance
-    if not rows.any() or not cols.any():
-        return gray
-    top, bottom = int(np.argmax(rows)), len(rows) - int(np.argmax(rows[::-1]))
-    left, right = int(np.argmax(cols)), len(cols) - int(np.argmax(cols[::-1]))
-    if (bottom - top) * 4 < gray.shape[0] or (right - left) * 4 < gray.shape[1]:
-        return gray
-    return gray[top:bottom, left:right]
-
-
-def _shrink(picture: np.ndarray) -> np.ndarray:
-    scale = min(1.0, WORK_SIDE / max(picture.shape))
-    small = (
-        cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        if scale < 1
-        else picture
-    )
-    return np.ascontiguousarray(small, dtype=np.float32)
-
-
-def working_picture(gray: np.ndarray) -> np.ndarray:
-    """The picture features and verification use: trimmed, shrunk to :data:`WORK_SIDE`, float32."""
-    return _shrink(trim_borders(np.asarray(gray)))
-
-
-#: ORB's settings: a coarse pyramid (5 levels, 1.3 apart) and small patches, for pictures of
-#: :data:`WORK_SIDE` px.
-ORB_SCALE, ORB_LEVELS = 1.3, 5
-
-
-def _orb(keypoints: int) -> cv2.ORB:
-    return cv2.ORB_create(
-        nfeatures=keypoints,
-        scaleFactor=ORB_SCALE,
-        nlevels=ORB_LEVELS,
-        edgeThreshold=15,
-        patchSize=15,
-        fastThreshold=5,
-    )
-
-
-def _equalised(picture: np.ndarray) -> np.ndarray:
-    """The picture ORB reads: smoothed (noise, grain and JPEG blocks make no corners), then
-    equalised over the whole picture with a clip limit (a global monotone change of tones, such
-    as a gamma or an equalisation, then leaves nearly the same picture, and a flat background is
-    not blown up into noise), then locally (CLAHE)."""
-    smooth = cv2.GaussianBlur(np.clip(picture, 0, 255).astype(np.float32), (0, 0), 1.0)
-    equalised = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(1, 1)).apply(
-        smooth.round().astype(np.uint8)
-    )
-    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(equalised)
-
-
-def _as_arrays(
-    keypoints: Sequence[cv2.KeyPoint], descriptors: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    if descriptors is None or not len(keypoints):
-        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-    return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
-
-
-def _turned(
-    keypoints: Sequence[cv2.KeyPoint], width: int | None, angle: Callable[[float], float]
-) -> list[cv2.KeyPoint]:
-    """``keypoints`` with their orientation turned by ``angle``, and mirrored left to right in a
-    picture ``width`` px wide (not when None) exactly as ORB's pyramid mirrors them (each level
-    ``round(width / scale)`` px wide)."""
-    turned = []
-    for k in keypoints:
-        x = k.pt[0]
-        if width is not None:
-            scale = ORB_SCALE**k.octave
-            x = (round(width / scale) - 1) * scale - x
-        turned.append(
-            cv2.KeyPoint(x, k.pt[1], k.size, angle(k.angle) % 360, k.response, k.octave, k.class_id)
-        )
-    return turned
-
-
-def _strongest(keypoints: Sequence[cv2.KeyPoint], count: int) -> list[cv2.KeyPoint]:
-    """About the ``count`` keypoints ORB would keep had it been asked for that many: the
-    strongest (Harris) of ``keypoints`` on each pyramid level, in ORB's share per level."""
-    factor = 1 / ORB_SCALE
-    share = count * (1 - factor) / (1 - factor**ORB_LEVELS)
-    kept, left = [], count
-    for level in range(ORB_LEVELS):
-        wanted = left if level == ORB_LEVELS - 1 else min(left, round(share * factor**level))
-        on_level = sorted((k for k in keypoints if k.octave == level), key=lambda k: -k.response)
-        kept += on_level[:wanted]
-        left -= wanted
-    return kept
-
-
-#: A square picture is often a film squashed to a square: it also looks up stretched back
-#: (width over height times these).
-STRETCHES = (0.5, 0.71, 1.41, 2.0)
-
-
-def _stretched_orb(equalised: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ORB of the ``equalised`` picture stretched by each of :data:`STRETCHES` (area kept),
-    points mapped back into the picture, and the stretch of each keypoint."""
-    parts = []
-    for stretch in STRETCHES:
-        fx, fy = np.sqrt(stretch), 1 / np.sqrt(stretch)
-        stretched = cv2.resize(equalised, None, fx=fx, fy=fy, interpolation=cv2.INTER_AREA)
-        points, descriptors = _as_arrays(*_orb(LOOKUP_KEYPOINTS).detectAndCompute(stretched, None))
-        parts.append((points / np.float32([fx, fy]), descriptors, np.full(len(points), stretch)))
-    points, descriptors, stretch = (np.concatenate(column) for column in zip(*parts))
-    return points.astype(np.float32), descriptors, stretch.astype(np.float32)
-
-
-def features(gray: np.ndarray) -> Features:
-    """The :class:`Features` of a grayscale picture (any size, uint8 or float).
-
-    The mirror image and the inverse have the same corners as the picture (FAST and the Harris
-    score are symmetric under both), turned: a mirror takes an orientation a to 180 - a, an
-    inverse to a + 180. So their keypoints are found once and only described again, at a fifth
-    of the cost of detecting them anew and with the same descriptors."""
-    gray = np.asarray(gray)
-    content = trim_borders(gray)
-    picture, trimmed = _shrink(content), content.shape != gray.shape
-    none = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
-    if min(gray.shape) < MIN_SIDE or min(content.shape) < MIN_SIDE // 3:
-        return Features(picture.shape, trimmed, *none, *none, *none, *none, np.zeros(0, np.float32))
-    equalised = _equalised(picture)
-    orb = _orb(KEYPOINTS)
-    keypoints, descriptors = orb.detectAndCompute(equalised, None)
-    mirrored = orb.compute(
-        np.ascontiguousarray(np.fliplr(equalised)),
-        _turned(keypoints, equalised.shape[1], lambda a: 180 - a),
-    )
-    inverted = orb.compute(
-        255 - equalised, _turned(_strongest(keypoints, LOOKUP_KEYPOINTS), None, lambda a: a + 180)
-    )
-    square = abs(np.log(gray.shape[1] / gray.shape[0])) < 0.03
-    return Features(
-        picture.shape,
-        trimmed,
-        *_as_arrays(keypoints, descriptors),
-        *_as_arrays(*mirrored),
-        *_as_arrays(*inverted),
-        *(_stretched_orb(equalised) if square else (*none, np.zeros(0, np.float32))),
-    )
-
-
 def verify(
     copy: Features,
     copy_picture: np.ndarray,
@@ -293,14 +60,15 @@ def verify(
     source_picture: np.ndarray,
     pose: Pose,
     threshold: float = 0.5,
-) -> copy_fit.Match:
+) -> copy_check.Match:
     """Fit the copy onto the source in ``pose`` (against the source's mirror image, with the
-    copy's inverted keypoints) and score the fit (:mod:`~osteo_pipeline.core.copy_fit`): a
-    glance at half size first, and the full check only for a fit that passes it (most fits of
-    two different knees do not). A fit scoring below ``threshold`` is refined on the pixels
-    and scored again; one still short of it, but by less than half, is scored once more with
-    the copy's tones mapped onto the source's (an equalisation bends tones too far for the
-    detail's local normalisation alone)."""
+    copy's inverted or fully equalised keypoints) and score the fit
+    (:mod:`~osteo_pipeline.core.copy_check`): a glance at half size first, and the full check
+    only for a fit that passes it (most fits of two different knees do not); both with the
+    copy's tones mapped onto the source's when it was fitted with its fully equalised keypoints.
+    A fit scoring below ``threshold`` is refined on the pixels and scored again; one still short
+    of it, but by less than half, is scored once more with the copy's tones mapped onto the
+    source's (an equalisation bends tones too far for the detail's local normalisation alone)."""
     copy_points, copy_descriptors = copy.fitted(pose)
     source_points, source_descriptors = (
         (source.mirrored_points, source.mirrored_descriptors)
@@ -309,19 +77,20 @@ def verify(
     )
     transform = copy_fit.fit(copy_points, copy_descriptors, source_points, source_descriptors)
     if transform is None:
-        return copy_fit.NO_MATCH
+        return copy_check.NO_MATCH
     target = np.ascontiguousarray(np.fliplr(source_picture)) if pose.mirrored else source_picture
-    match = copy_fit.NO_MATCH
-    if copy_fit.glance(copy_picture, target, transform, pose.inverted) >= threshold / 2:
-        match = copy_fit.compare(copy_picture, target, transform, pose.inverted)
+    match = copy_check.NO_MATCH
+    toned = pose.equalised  # keypoints of the fully equalised copy: its tones may be far off
+    if copy_check.glance(copy_picture, target, transform, pose.inverted, toned) >= threshold / 2:
+        match = copy_check.compare(copy_picture, target, transform, pose.inverted, toned)
     if match.score >= threshold:
         return match
     refined = copy_fit.refine(copy_picture, target, transform, pose.inverted)
     if refined is not None:
-        again = copy_fit.compare(copy_picture, target, refined, pose.inverted)
+        again = copy_check.compare(copy_picture, target, refined, pose.inverted)
         match = again if again.score > match.score else match
     if match.transform is not None and threshold / 2 <= match.score < threshold:  # re-toned?
-        toned = copy_fit.compare(copy_picture, target, match.transform, pose.inverted, toned=True)
+        toned = copy_check.compare(copy_picture, target, match.transform, pose.inverted, toned=True)
         match = toned if toned.score > match.score else match
     return match
 
@@ -335,12 +104,13 @@ def find_links(
     threshold: float = 0.5,
 ) -> list[Link]:
     """Verified derived-copy links among ``prints``; ``pictures(i)`` gives image i's working
-    picture (:func:`working_picture`), ``sizes`` each file's (width, height), (0, 0) when not
-    known. Only pairs of an image in ``queried`` (default: all) and one in ``sources`` (default:
-    all) are looked for: a re-validation matches its new files against all, an evaluation its
-    images against the training images. Candidates are verified most votes first, and a pair
-    already joined through other links is not verified again: groups are what the links are
-    for, so each image needs one link into its group, not one to every member."""
+    picture (:func:`~osteo_pipeline.core.copy_features.working_picture`), ``sizes`` each file's
+    (width, height), (0, 0) when not known. Only pairs of an image in ``queried`` (default: all)
+    and one in ``sources`` (default: all) are looked for: a re-validation matches its new files
+    against all, an evaluation its images against the training images. Candidates are verified
+    most votes first, and a pair already joined through other links is not verified again:
+    groups are what the links are for, so each image needs one link into its group, not one to
+    every member."""
     everyone = set(range(len(prints)))
     queried = everyone if queried is None else set(queried)
     sources = everyone if sources is None else set(sources)
@@ -351,17 +121,22 @@ def find_links(
     for copy, source, pose, _ in sorted(candidates, key=lambda c: -c.votes):
         if joined.connected(copy, source):  # linked already, through others: nothing to add
             continue
-        if (copy, source, pose.mirrored, pose.inverted) in tried:  # another stretch, same fit
+        fitted = (copy, source, replace(pose, stretch=1.0))
+        if fitted in tried:  # another stretch, same fit
             continue
-        tried.add((copy, source, pose.mirrored, pose.inverted))
+        tried.add(fitted)
         match = verify(
             prints[copy], pictures(copy), prints[source], pictures(source), pose, threshold
         )
         if (
             match.score >= threshold and match.inside < 0.8 <= match.cover
         ):  # the source is the crop: turn the link round
+            # the source fitted onto the copy: with its own equalised keypoints, if it has some
+            back = replace(
+                pose, equalised=pose.equalised and len(prints[source].equalised_descriptors) > 0
+            )
             turned = verify(
-                prints[source], pictures(source), prints[copy], pictures(copy), pose, threshold
+                prints[source], pictures(source), prints[copy], pictures(copy), back, threshold
             )
             if turned.score >= threshold:
                 copy, source, match = source, copy, turned
@@ -370,7 +145,7 @@ def find_links(
             match, pose.mirrored, trimmed, sizes[copy], sizes[source]
         ):
             copy, source = source, copy
-            match = copy_fit.read_backwards(match, pose.mirrored)
+            match = copy_check.read_backwards(match, pose.mirrored)
         if match.score >= threshold:
             kind = copy_kinds.name(
                 match,

@@ -13,7 +13,7 @@ import numpy as np
 from osteo_pipeline.core.copy_fit import Pose
 
 if TYPE_CHECKING:
-    from osteo_pipeline.core.copies import Features
+    from osteo_pipeline.core.copy_features import Features
 
 
 #: Below this many keypoints an exact index is faster than an approximate one.
@@ -70,7 +70,8 @@ def candidate_pairs(
     """Pairs worth verifying: for each image in ``queried``, the
     ``partners`` images among ``sources`` (default: all) holding the most keypoints within
     ``max_distance`` bits of one of its own, counting a source's mirror image separately, and the
-    best two of each other pose it looks up in (its inverse; stretched back, for a square).
+    best two of each other pose it looks up in (its inverse; stretched back, for a square; fully
+    equalised, for a picture whose tones that reshapes).
     Each keypoint counts its ``neighbours`` nearest, a square picture's its
     ``square_neighbours`` nearest: a picture squashed to a square matches its source's keypoints
     less closely, and among tens of thousands of images more of the nearest are others'."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from osteo_pipeline.core.copy_fit import Aligned, Match, Pose, read_backwards, sample
+from osteo_pipeline.core.copy_check import Aligned, Match, read_backwards, sample
+from osteo_pipeline.core.copy_fit import Pose
 
 #: Aspect changes below this are not named.
 MIN_SQUASH = 1.08

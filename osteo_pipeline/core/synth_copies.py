@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from osteo_pipeline.core.copies import WORK_SIDE
+from osteo_pipeline.core.copy_features import WORK_SIDE
 
 #: Pixels x random generator -> pixels.
 Step = Callable[[np.ndarray, np.random.Generator], np.ndarray]

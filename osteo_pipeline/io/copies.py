@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from osteo_pipeline.config import ValidationSettings
-from osteo_pipeline.core import copies
+from osteo_pipeline.core import copies, copy_features
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_gray
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io.cachedir import cache_folder
@@ -85,7 +85,7 @@ class CopyFinder:
         self.max_pixels = max_pixels
         self.threshold = threshold
         self.folder = cache_dir / copies.VERSION if cache_dir else None
-        self._features: dict[str, copies.Features] = {}
+        self._features: dict[str, copy_features.Features] = {}
         self._picture = lru_cache(maxsize=512)(self._load_picture)
         self._warned = False
         self._warn_lock = threading.Lock()
@@ -103,14 +103,16 @@ class CopyFinder:
         )
 
     def _load_picture(self, path: Path) -> np.ndarray:
-        return copies.working_picture(load_gray(path, copies.WORK_SIDE * 2, self.max_pixels))
+        return copy_features.working_picture(
+            load_gray(path, copy_features.WORK_SIDE * 2, self.max_pixels)
+        )
 
-    def _stored(self, sha256: str) -> copies.Features | None:
+    def _stored(self, sha256: str) -> copy_features.Features | None:
         if self.folder is None:
             return None
         try:
             with np.load(self.folder / sha256[:2] / f"{sha256}.npz") as arrays:
-                return copies.Features.from_arrays(dict(arrays))
+                return copy_features.Features.from_arrays(dict(arrays))
         except FileNotFoundError:
             return None
         except OSError as exc:  # a folder that cannot be searched or read
@@ -119,7 +121,7 @@ class CopyFinder:
         except Exception:  # noqa: BLE001 - a torn or foreign file (any of numpy's zip errors): compute again
             return None
 
-    def _store(self, sha256: str, found: copies.Features) -> None:
+    def _store(self, sha256: str, found: copy_features.Features) -> None:
         if self.folder is None:
             return
         stored = self.folder / sha256[:2] / f"{sha256}.npz"
@@ -131,23 +133,23 @@ class CopyFinder:
         except OSError as exc:
             self._cache_failed("write", exc)
 
-    def features(self, content: Content) -> copies.Features:
+    def features(self, content: Content) -> copy_features.Features:
         """The content's features: from memory, the cache, or computed from its file (raises
         :class:`ImageDecodeError` or :class:`OSError` when the file cannot be read)."""
         if content.sha256 not in self._features:
             found = self._stored(content.sha256)
             if found is None:
-                found = copies.features(
-                    load_gray(content.path, copies.WORK_SIDE * 2, self.max_pixels)
+                found = copy_features.features(
+                    load_gray(content.path, copy_features.WORK_SIDE * 2, self.max_pixels)
                 )
                 self._store(content.sha256, found)
             self._features[content.sha256] = found
         return self._features[content.sha256]
 
-    def _features_or_none(self, contents: Sequence[Content]) -> list[copies.Features | None]:
+    def _features_or_none(self, contents: Sequence[Content]) -> list[copy_features.Features | None]:
         """Features of each content; None (with a warning) where its file cannot be decoded."""
 
-        def one(content: Content) -> copies.Features | None:
+        def one(content: Content) -> copy_features.Features | None:
             try:
                 return self.features(content)
             except (ImageDecodeError, OSError) as exc:

@@ -11,10 +11,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
 
-from osteo_pipeline.core import copies, copy_candidates, copy_fit
+from osteo_pipeline.core import copies, copy_candidates, copy_check, copy_features, copy_fit
 from osteo_pipeline.core.preprocess import load_gray
 from osteo_pipeline.core.synth import render_bilateral
 from osteo_pipeline.core.synth_copies import COPY_KINDS, PHOTOMETRIC
@@ -116,11 +118,12 @@ def test_each_link_says_how_the_copy_was_made(corpora):
     planted = json.loads((root / PLANTED).read_text())
     for entry in planted:
         grays = [
-            load_gray(root / entry[end], 2 * copies.WORK_SIDE, 10**8) for end in ("source", "copy")
+            load_gray(root / entry[end], 2 * copy_features.WORK_SIDE, 10**8)
+            for end in ("source", "copy")
         ]
-        pictures = [copies.working_picture(g) for g in grays]
+        pictures = [copy_features.working_picture(g) for g in grays]
         links = copies.find_links(
-            [copies.features(g) for g in grays],
+            [copy_features.features(g) for g in grays],
             pictures.__getitem__,
             [g.shape[::-1] for g in grays],
         )
@@ -169,8 +172,8 @@ def test_the_two_knees_of_a_film_are_linked_through_the_film_never_to_each_other
     half = film.shape[1] // 2
     left, right = film[:, :half], np.ascontiguousarray(np.fliplr(film[:, half:]))
     pictures = [film, left, right]
-    prints = [copies.features(p) for p in pictures]
-    working = [copies.working_picture(p) for p in pictures]
+    prints = [copy_features.features(p) for p in pictures]
+    working = [copy_features.working_picture(p) for p in pictures]
     links = copies.find_links(prints, working.__getitem__, [p.shape[::-1] for p in pictures])
     assert {(link.source, link.copy) for link in links} == {(0, 1), (0, 2)}, links
     assert copies.find_links(prints[1:], working[1:].__getitem__, [(0, 0)] * 2) == []
@@ -180,14 +183,16 @@ def test_padding_is_trimmed_and_anatomy_is_not():
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 255, (50, 40)).astype(np.uint8)
     padded = np.pad(picture, ((7, 3), (5, 9)), constant_values=0)
-    assert np.array_equal(copies.trim_borders(padded), picture)
+    assert np.array_equal(copy_features.trim_borders(padded), picture)
     # every row the same ramp: its dark first columns are anatomy, not a border to trim
     smooth = np.tile(np.linspace(0, 255, 40), (50, 1)).astype(np.uint8)
-    assert np.array_equal(copies.trim_borders(smooth), smooth)
+    assert np.array_equal(copy_features.trim_borders(smooth), smooth)
 
 
 def test_small_pictures_are_only_matched_when_identical():
-    tiny = copies.features(np.random.default_rng(0).integers(0, 255, (150, 150)).astype(np.uint8))
+    tiny = copy_features.features(
+        np.random.default_rng(0).integers(0, 255, (150, 150)).astype(np.uint8)
+    )
     assert len(tiny.descriptors) == 0 and len(tiny.mirrored_descriptors) == 0
 
 
@@ -200,3 +205,67 @@ def test_groups_are_connected_components():
 def test_every_photometric_step_is_planted_by_some_kind():
     planted = {step for kind in COPY_KINDS.values() for step in kind.steps}
     assert set(PHOTOMETRIC) <= planted
+
+
+def _film(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    film = (render_bilateral("x", 0.5, 500, rng) * 255).round().astype(np.uint8)
+    return copy_features.working_picture(film).round().astype(np.uint8)
+
+
+def test_burnt_in_labels_get_no_keypoints_and_a_bright_cortex_is_no_label():
+    """Scanners print the same labels on many films: a label on dark ground is found and gets no
+    keypoints. A brightened film's saturated cortex is thin too, but long or beside bright bone."""
+    film = _film(4)
+    marked = film.copy()
+    cv2.putText(marked, "PA 46", (215, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 255, 3)  # between knees
+    drawn = (marked == 255) & (film < 255)
+    label = copy_check.burnt_in(marked.astype(np.float32))
+    assert drawn.any() and label[drawn].all()
+    assert label.mean() < 0.05
+    points = copy_features.features(marked).points.round().astype(int)
+    assert not label[points[:, 1], points[:, 0]].any()
+    brightened = np.clip(film.astype(np.float32) * 1.8, 0, 255)
+    assert (brightened >= 252).mean() > 0.02  # its bone is blown out
+    assert copy_check.burnt_in(brightened).mean() < 0.01
+
+
+def _mostly_dark(seed: int, shape: tuple[int, int] = (400, 330)) -> np.ndarray:
+    """A picture whose texture sits in a few dark levels (soft tissue on a film exposed for
+    bone), with a bright textured region (bone) on two thirds of it or less."""
+    rng = np.random.default_rng(seed)
+
+    def field(sigma: float) -> np.ndarray:
+        smooth = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), sigma)
+        return smooth / smooth.std()
+
+    bone = cv2.GaussianBlur((field(25) > 0.3).astype(np.float32), (0, 0), 2)
+    picture = 3 + 1.2 * (field(2) + field(6)) + bone * (150 + 20 * field(1.5))
+    return np.clip(picture, 0, 255).round().astype(np.uint8)
+
+
+def test_an_equalised_copy_of_a_mostly_dark_picture_is_found_through_its_full_equalisation(
+    monkeypatch,
+):
+    """Equalising a picture whose texture sits in a few dark levels shows that texture and blows
+    its bright parts out: little of the copy matches the picture's keypoints, but it matches
+    those of the picture's own full equalisation. With them, each of 8 such copies is linked to
+    its picture (either way: same-size pairs read either way), and the link names a change of
+    tones read from the pictures as they are; without them, half are missed."""
+
+    def equalised(picture: np.ndarray) -> np.ndarray:
+        return np.asarray(ImageOps.equalize(Image.fromarray(picture)))
+
+    def linked(seed: int) -> list[copies.Link]:
+        dark = _mostly_dark(seed)
+        pictures = [dark, equalised(dark), _mostly_dark(100 + seed), equalised(_mostly_dark(200))]
+        working = [copy_features.working_picture(p) for p in pictures]
+        prints = [copy_features.features(p) for p in pictures]
+        return copies.find_links(prints, working.__getitem__, [p.shape[::-1] for p in pictures])
+
+    for seed in range(8):
+        found = linked(seed)
+        assert [{link.source, link.copy} for link in found] == [{0, 1}], (seed, found)
+        assert {"equalised", "gamma"} & set(found[0].kind.split("+")), (seed, found)
+    monkeypatch.setattr(copy_features, "RESHAPED", float("inf"))
+    assert sum(bool(linked(seed)) for seed in range(8)) <= 4
