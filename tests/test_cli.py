@@ -266,7 +266,7 @@ def test_validate_prints_the_settings_that_fit_and_config_takes_a_packaged_name(
     )
     assert result.exit_code == 1
     assert (
-        "to fit class folder 'osteopenia' is not in data.classes [normal, osteoporosis]: add it "
+        "to fit: class folder 'osteopenia' is not in data.classes [normal, osteoporosis]: add it "
         "(--set 'data.classes=[normal, osteopenia, osteoporosis]', or --config knee-3class)"
         in result.output
     ), result.output

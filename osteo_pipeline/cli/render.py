@@ -45,5 +45,5 @@ def print_validation(summary: ValidationSummary, to: Console) -> None:
         paths, kinds = " = ".join(conflict.paths), ", ".join(conflict.kinds)
         to.print(f"[red]label conflict[/] {escape(f'{paths} ({kinds})')}")
     for hint in summary.suggestions:
-        to.print(f"[cyan]to fit[/] {escape(hint)}")
+        to.print(f"[cyan]to fit:[/] {escape(hint)}")
     to.print(summary.copies_line())

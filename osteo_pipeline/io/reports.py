@@ -30,12 +30,20 @@ _ENV = Environment(
 )
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` through a temporary file of its own in the same folder, then rename: a
-    crash never leaves half a file, and two writers never share a temporary name."""
+    crash never leaves half a file, and two writers never share a temporary name. The file gets
+    the permissions ``open`` would give it (the temporary one is private to its owner)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
         os.replace(tmp, path)
