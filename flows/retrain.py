@@ -15,9 +15,10 @@ from prefect.cache_policies import NONE as NO_CACHE
 from osteo_pipeline.config import Settings, cli_overrides, load_settings
 from osteo_pipeline.core.summaries import MetricsTable, ValidationSummary
 from osteo_pipeline.errors import CheckFailedError, OsteoError
+from osteo_pipeline.io.gx_checks import MAX_LISTED
 from osteo_pipeline.io.reports import write_validation_report
 from osteo_pipeline.steps.split import SplitManifest, split_dataset
-from osteo_pipeline.steps.validate import MAX_LISTED, ValidationResult, validate_folder
+from osteo_pipeline.steps.validate import ValidationResult, validate_folder
 
 TRANSIENT = {"retries": 3, "retry_delay_seconds": [5, 20, 60]}
 

@@ -146,9 +146,9 @@ def _one_line_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             if isinstance(kwargs.get("data_dir"), Path):
-                from osteo_pipeline.io.manifest import require_folder
+                from osteo_pipeline.io.sources import require_data
 
-                require_folder(kwargs["data_dir"])
+                require_data(kwargs["data_dir"])
             return function(*args, **kwargs)
         except OsteoError as exc:
             # escaped: a message's [a, b] lists are text, not rich markup

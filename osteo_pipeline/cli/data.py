@@ -26,7 +26,13 @@ if TYPE_CHECKING:
 
 DataDir = Annotated[
     Path,
-    typer.Argument(metavar="DATA_DIR", help="Folder of class folders: DATA_DIR/<class>/<image>."),
+    typer.Argument(
+        metavar="DATA",
+        help=(
+            "Folder of class folders (DATA/<class>/<image>) or a clinical manifest "
+            "(.csv/.parquet: path, patient_id, label or t_score, ...)."
+        ),
+    ),
 ]
 
 
@@ -63,16 +69,41 @@ def synth(
             max=1,
         ),
     ] = 0.0,
+    manifest: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "A clinical corpus instead: DICOM (MONOCHROME1, 12-bit, VOI LUT) and PNG files in "
+                "OUT_DIR/<patient id>/<date>/, 1-4 per patient, and OUT_DIR/manifest.csv with "
+                "T-scores; PER_CLASS counts patients."
+            )
+        ),
+    ] = False,
     *,
     config: ConfigSource,
 ) -> None:
     """Write synthetic knee-like radiographs whose bone texture differs by class (optionally with
-    planted derived copies, to test copy detection)."""
+    planted derived copies, to test copy detection, or as a clinical export with a manifest)."""
     from osteo_pipeline.steps.synth import write_synthetic_dataset
+    from osteo_pipeline.steps.synth_clinical import MANIFEST_NAME, write_clinical_dataset
 
     settings = config.settings(
         synth__per_class=per_class, synth__size=size, seed=seed, data__classes=csv_list(classes)
     )
+    if manifest:
+        counts = write_clinical_dataset(
+            out_dir,
+            settings.data.classes,
+            settings.synth.per_class,
+            settings.synth.size,
+            settings.seed,
+        )
+        patients = len(settings.data.classes) * settings.synth.per_class
+        out.print(
+            f"wrote {sum(counts.values())} images of {patients} patients to {out_dir}: {counts} "
+            f"(seed {settings.seed}); manifest: {Path(out_dir) / MANIFEST_NAME}"
+        )
+        return
     counts = write_synthetic_dataset(
         out_dir,
         settings.data.classes,
@@ -106,8 +137,9 @@ def validate(
     config: ConfigSource,
 ) -> None:
     """Check a batch of labeled X-rays with Great Expectations; exit 1 if it fails."""
+    from osteo_pipeline.io.gx_checks import MAX_LISTED
     from osteo_pipeline.io.reports import write_validation_report
-    from osteo_pipeline.steps.validate import MAX_LISTED, validate_folder
+    from osteo_pipeline.steps.validate import validate_folder
 
     settings = config.settings()
     target = report_dir or settings.output_dir / "validation"

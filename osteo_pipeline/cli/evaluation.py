@@ -103,9 +103,7 @@ def _model_input_errors() -> Iterator[None]:
 @command()
 def evaluate(
     model_uri: ModelUriArgument,
-    data_dir: Annotated[
-        Path, typer.Argument(help="Folder of labeled class folders to evaluate on.")
-    ],
+    data_dir: DataDir,
     *,
     config: ConfigSource,
 ) -> None:

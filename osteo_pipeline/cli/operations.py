@@ -14,7 +14,10 @@ from osteo_pipeline.cli.common import ConfigSource, InputError, app, command, co
 DataLocation = Annotated[
     str,
     typer.Argument(
-        help="Folder of class folders, or s3://bucket/prefix of <class>/<file> objects."
+        help=(
+            "Folder of class folders, a clinical manifest (.csv/.parquet), or "
+            "s3://bucket/prefix of <class>/<file> objects."
+        )
     ),
 ]
 
@@ -30,11 +33,17 @@ def _prefect_environment() -> None:
 
 
 def _data_location(value: str) -> str:
-    """An ``s3://bucket/prefix`` URI as given, a local folder made absolute (checked before any
-    Prefect server starts)."""
+    """An ``s3://bucket/prefix`` URI as given, a local folder or manifest made absolute (checked
+    before any Prefect server starts)."""
     if value.startswith("s3://"):
         return value
+    from osteo_pipeline.io.clinical import is_manifest
+
     folder = Path(value)
+    if is_manifest(folder):
+        if not folder.is_file():
+            raise InputError(f"manifest not found: {folder}")
+        return str(folder.resolve())
     if not folder.is_dir():
         raise InputError(
             f"data folder not found: {folder}"

@@ -21,6 +21,7 @@ from osteo_pipeline.config.base import (
     MAX_WORKERS,
     ConfigError,
 )
+from osteo_pipeline.config.clinical import ClinicalSettings
 from osteo_pipeline.config.data import (
     DataSettings,
     SplitSettings,
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_WORKERS",
     "MIN_INPUT_SIZE",
     "AugmentSettings",
+    "ClinicalSettings",
     "CompareSettings",
     "ConfigError",
     "DataSettings",

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from osteo_pipeline.config.base import Section
+from osteo_pipeline.config.clinical import ClinicalSettings
 from osteo_pipeline.config.data import (
     DataSettings,
     SplitSettings,
@@ -31,6 +32,9 @@ class Settings(Section):
     validation: ValidationSettings = ValidationSettings()
     """What every image and the batch as a whole must satisfy before anything trains on it; the
     model server refuses what validation would."""
+    clinical: ClinicalSettings = ClinicalSettings()
+    """Clinical manifests: T-score cut-offs, the X-ray to density-exam interval, allowed views,
+    the patient-ID key."""
     split: SplitSettings = SplitSettings()
     """Train / val / test fractions; copies of one radiograph stay in one split."""
     synth: SynthSettings = SynthSettings()

@@ -15,7 +15,7 @@ import great_expectations.expectations as gxe
 from osteo_pipeline.config import Settings
 
 #: The suites, each checked against the table of the same name.
-SUITE_NAMES = ("files", "classes", "contents")
+SUITE_NAMES = ("files", "classes", "contents", "manifest")
 SUITES_PACKAGE = "osteo_pipeline.expectations"
 
 
@@ -38,6 +38,8 @@ def suite_parameters(settings: Settings) -> dict[str, Any]:
         "min_class_share": v.min_class_share,
         "max_class_share": v.max_class_share,
         "min_images_per_class": v.min_images_per_class,
+        "min_t_score": settings.clinical.plausible_t_score[0],
+        "max_t_score": settings.clinical.plausible_t_score[1],
     }
 
 

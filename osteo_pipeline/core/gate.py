@@ -48,6 +48,8 @@ class Cases:
 
     y_true: np.ndarray
     positive: int
+    groups: np.ndarray | None = None
+    """The patient of each case: the paired bootstrap resamples patients, not images."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def decide(
             - score(production.proba, production_pred)
         }
 
-    low, high = bootstrap_ci(n, paired, policy.n_resamples, policy.seed).get(
+    low, high = bootstrap_ci(n, paired, policy.n_resamples, policy.seed, groups=cases.groups).get(
         "diff", (float("nan"), float("nan"))
     )
     diff = scores[metric] - production_scores[metric]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 METRIC_NAMES = (
     "accuracy",
@@ -106,14 +107,26 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap CIs of each value ``statistic(index)`` returns, resampling case
-    indices with replacement. Paired comparisons pass a statistic that scores both models on the
-    same resampled index."""
+    indices with replacement, or with ``groups`` (a cluster per case: the patient) whole clusters,
+    since one patient's images are not independent cases. Paired comparisons pass a statistic
+    that scores both models on the same resampled index."""
     rng = np.random.default_rng(seed)
+    members = None
+    if groups is not None:
+        cluster, names = pd.factorize(np.asarray(groups, dtype=object), use_na_sentinel=False)
+        members = [np.flatnonzero(cluster == c) for c in range(len(names))]
     samples: dict[str, list[float]] = {}
     for _ in range(n_resamples):
-        for name, value in statistic(rng.integers(0, n_cases, n_cases)).items():
+        if members is None:
+            index = rng.integers(0, n_cases, n_cases)
+        else:
+            index = np.concatenate(
+                [members[c] for c in rng.integers(0, len(members), len(members))]
+            )
+        for name, value in statistic(index).items():
             if np.isfinite(value):
                 samples.setdefault(name, []).append(value)
     tail = (1 - level) / 2 * 100
@@ -130,9 +143,11 @@ def metrics_with_ci(
     y_pred: np.ndarray | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Each metric's point value and 95% bootstrap CI: ``{name: {value, low, high}}``; labels are
-    ``y_pred`` (e.g. from a validation-chosen threshold) or the arg-max."""
+    ``y_pred`` (e.g. from a validation-chosen threshold) or the arg-max; ``groups`` (patients)
+    are resampled whole."""
     y_true = np.asarray(y_true)
     y_pred = proba.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     point = classification_metrics(y_true, proba, positive, y_pred)
@@ -141,6 +156,7 @@ def metrics_with_ci(
         lambda i: classification_metrics(y_true[i], proba[i], positive, y_pred[i]),
         n_resamples,
         seed,
+        groups=groups,
     )
     nan = (float("nan"), float("nan"))
     return {

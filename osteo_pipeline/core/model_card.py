@@ -57,6 +57,38 @@ class CardResults:
     calibration: dict[str, Any] | None = None
     cv: CvEstimate | None = None
     image_grids: str = "not logged"
+    clinical: dict[str, Any] | None = None
+    """Per patient exam and per sex and age band (data from a clinical manifest), or None."""
+
+
+def _clinical_section(clinical: dict[str, Any] | None) -> str:
+    """What the results are per: images only (class folders), or exams and subgroups too."""
+    if not clinical:
+        return (
+            "\n## Per patient\nThe data named no patients (class folders): results are per image, "
+            "and images of one person may have been counted as independent cases.\n"
+        )
+    exam = clinical["per_exam"]
+    lines = [
+        "",
+        f"## Per patient exam (n = {exam['n_exams']} exams of {exam['n_patients']} patients)",
+        "An exam's probability is the mean of its images'; CIs resample patients.",
+        MetricsTable.from_dict(exam["metrics"]).to_markdown(),
+        "",
+        "## By sex and age band",
+    ]
+    groups = clinical.get("subgroups") or {}
+    if not groups:
+        lines.append("Sex and age were not known for the test images.")
+    for name, entry in sorted(groups.items()):
+        if "metrics" in entry:
+            lines += [
+                f"### {name} (n = {entry['n']} images of {entry['n_patients']} patients)",
+                MetricsTable.from_dict(entry["metrics"]).to_markdown(),
+            ]
+        else:
+            lines.append(f"- {name}: {entry['n']}, not scored")
+    return "\n".join(lines) + "\n"
 
 
 def _cv_section(cv: CvEstimate, n_test: int) -> str:
@@ -155,7 +187,7 @@ model. Figures that show evaluated images (prediction and Grad-CAM grids) on the
 
 ## Test metrics (n = {n_test}; positive class `{results.positive}`; 95% bootstrap CIs)
 {metrics_table}
-
+{_clinical_section(results.clinical)}
 ## Limits
 - Small data: with n = {n_test} test images the CIs above are wide; differences inside them are
   noise.

@@ -24,7 +24,7 @@ Image.MAX_IMAGE_PIXELS = None  # callers enforce their own limit (see ``open_ima
 #: Bump whenever ``load_gray_views`` may return other pixels for the same file (decoding, resizing,
 #: gray conversion): on-disk pixel caches are keyed by it, so training never reuses arrays made by
 #: older preprocessing while serving decodes with the new one.
-PREPROCESS_VERSION = 3
+PREPROCESS_VERSION = 4
 
 
 class ImageDecodeError(ValueError):
@@ -54,13 +54,22 @@ def read_dicom(source: str | Path | bytes):  # noqa: ANN201 - pydicom.Dataset
     try:
         return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:
-        raise ImageDecodeError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+        raise ImageDecodeError(f"unreadable DICOM ({_unnamed(exc, source)})") from exc
+
+
+def _unnamed(exc: Exception, source: str | Path | bytes) -> str:
+    """The error without the file's path: callers name the image their own way (a clinical
+    manifest by row, since its paths carry patient IDs)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if isinstance(source, bytes) else text.replace(str(source), "the file")
 
 
 def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
-    """Display-ready 8-bit gray of a DICOM radiograph: the modality LUT (rescale slope and
-    intercept), then the first VOI window when the file has one (else the 0.5-99.5 percentile
-    range), then MONOCHROME1 inverted so that bone is bright as in MONOCHROME2."""
+    """Display-ready 8-bit gray of a DICOM radiograph, as PS3.3 C.11 defines the pipeline: the
+    stored values (any bit depth) through the modality LUT (rescale slope and intercept), then the
+    VOI LUT (the first VOI LUT Sequence item, else the first window with its VOI LUT Function,
+    else the 0.5-99.5 percentile range), then MONOCHROME1 inverted so bone is bright as in
+    MONOCHROME2."""
     from pydicom.pixels import apply_modality_lut
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -72,6 +81,11 @@ def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
         raise ImageDecodeError(
             f"multi-frame DICOM ({dataset.NumberOfFrames} frames): send one radiograph per file"
         )
+    if "PixelData" not in dataset:
+        raise ImageDecodeError(
+            f"DICOM without pixel data (SOP class {dataset.get('SOPClassUID', 'unknown')}): "
+            "not an image"
+        )
     try:
         stored = dataset.pixel_array
     except Exception as exc:
@@ -80,19 +94,33 @@ def dicom_to_gray(dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
             f"cannot decode DICOM pixel data (transfer syntax {syntax}): {exc}"
         ) from exc
     values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
-    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if center is not None and width is not None:
-        center, width = (
-            _first(center),
-            _first(width),
-        )  # several windows may be listed: the first is the default
-        low, high = center - width / 2, center + width / 2
-    else:
-        low, high = np.percentile(values, [0.5, 99.5])
-    gray = np.clip((values - low) / max(high - low, 1e-6), 0, 1)
+    gray = _voi(values, dataset)
     if photometric == "MONOCHROME1":
         gray = 1 - gray
     return np.round(gray * 255).astype(np.uint8)
+
+
+def _voi(values: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 - pydicom.Dataset
+    """The VOI transform of modality values to [0, 1] (PS3.3 C.11.2)."""
+    sequence = dataset.get("VOILUTSequence")
+    if sequence:
+        from pydicom.pixels import apply_voi
+
+        lut = np.asarray(sequence[0].LUTData, dtype=np.float64)
+        mapped = apply_voi(np.round(values).astype(np.int64), dataset).astype(np.float64)
+        low, high = float(lut.min()), float(lut.max())
+        return np.clip((mapped - low) / max(high - low, 1e-6), 0, 1)
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is not None and width is not None:
+        c, w = _first(center), max(_first(width), 1.0)  # several windows: the first is the default
+        function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
+        if function == "SIGMOID":
+            return 1 / (1 + np.exp(-4 * (values - c) / w))
+        if function == "LINEAR_EXACT":
+            return np.clip((values - c) / w + 0.5, 0, 1)
+        return np.clip((values - (c - 0.5)) / max(w - 1, 1e-6) + 0.5, 0, 1)
+    low, high = np.percentile(values, [0.5, 99.5])
+    return np.clip((values - low) / max(high - low, 1e-6), 0, 1)
 
 
 def _first(value) -> float:  # noqa: ANN001 - a DICOM DS or multi-valued DS
@@ -157,7 +185,7 @@ def open_image(
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as exc:
-        raise ImageDecodeError(f"not an image ({type(exc).__name__}: {exc})") from exc
+        raise ImageDecodeError(f"not an image ({_unnamed(exc, source)})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(

@@ -79,8 +79,10 @@ def label_conflicts(groups: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def class_table(manifest: pd.DataFrame, classes: list[str], class_dirs: list[str]) -> pd.DataFrame:
-    """One row per configured class and per class folder found: readable-image count and share."""
-    counts = readable(manifest)["label"].value_counts()
+    """One row per configured class and per class folder found: readable-image count and share,
+    and the share of patients (images of a folder, which has no patients)."""
+    usable = readable(manifest)
+    counts = usable["label"].value_counts()
     labels = list(dict.fromkeys([*classes, *class_dirs]))
     total = int(counts.sum())
     table = pd.DataFrame(
@@ -91,6 +93,13 @@ def class_table(manifest: pd.DataFrame, classes: list[str], class_dirs: list[str
         }
     )
     table["share"] = table["count"] / total if total else 0.0
+    if "patient" in usable:
+        patients = usable.groupby("label")["patient"].nunique()
+        table["patients"] = [int(patients.get(label, 0)) for label in labels]
+        everyone = usable["patient"].nunique()
+        table["patient_share"] = table["patients"] / everyone if everyone else 0.0
+    else:
+        table["patients"], table["patient_share"] = table["count"], table["share"]
     return table
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from osteo_pipeline.core.clinical import overlap_check
 from osteo_pipeline.errors import OsteoError
 
 if TYPE_CHECKING:
@@ -48,6 +49,13 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     return mask
 
 
+def worst_in_group(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row's stratum for folds: the highest class index (classes run mildest first) in its
+    group, so a patient is stratified by their most severe label."""
+    frame = pd.DataFrame({"label": np.asarray(labels), "group": np.asarray(groups)})
+    return frame.groupby("group")["label"].transform("max").to_numpy()
+
+
 def _splitter(groups: np.ndarray, n_splits: int, seed: int, what: str) -> StratifiedGroupKFold:
     """A shuffled StratifiedGroupKFold, once there are at least ``n_splits`` groups for ``what``."""
     from sklearn.model_selection import StratifiedGroupKFold  # here: run readers need no sklearn
@@ -59,12 +67,13 @@ def _splitter(groups: np.ndarray, n_splits: int, seed: int, what: str) -> Strati
 
 
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
-    """Split name per row of ``frame`` (columns ``label`` and ``group``); groups never straddle.
+    """Split name per row of ``frame`` (columns ``label`` and ``group``, and ``stratum`` to
+    stratify by instead of ``label``); groups never straddle.
 
     Rows are ordered by content before splitting, so the result does not depend on file order."""
     order = frame.sort_values(["label", "sha256", "path"]).index
     ordered = frame.loc[order]
-    labels = ordered["label"].to_numpy()
+    labels = ordered["stratum" if "stratum" in ordered else "label"].to_numpy()
     groups = ordered["group"].to_numpy()
     split = np.full(len(ordered), "train", dtype=object)
 
@@ -101,35 +110,49 @@ def group_folds(
     val_fraction: float,
     seed: int,
 ) -> list[Fold]:
-    """Repeated stratified group k-fold: each repeat reshuffles (seed + repeat), every duplicate
-    group lies wholly in one of train, val or test, and every row is tested once per repeat."""
+    """Repeated stratified group k-fold: each repeat reshuffles (seed + repeat), every group (of
+    copies, and of a patient's images) lies wholly in one of train, val or test, checked, strata
+    are each group's most severe label, and every row is tested once per repeat."""
     labels, groups = np.asarray(labels), np.asarray(groups)
+    strata = worst_in_group(labels, groups)
     folds = []
     for repeat in range(repeats):
         splitter = _splitter(groups, n_splits, seed + repeat, f"{n_splits} folds")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            parts = list(splitter.split(np.zeros(len(labels)), labels, groups))
+            parts = list(splitter.split(np.zeros(len(labels)), strata, groups))
         for fold, (rest, test) in enumerate(parts):
             val = _holdout(
-                labels[rest], groups[rest], val_fraction, seed + 1000 * (repeat + 1) + fold
+                strata[rest], groups[rest], val_fraction, seed + 1000 * (repeat + 1) + fold
             )
             folds.append(Fold(repeat, fold, rest[~val], rest[val], test))
+            overlap_check(
+                {
+                    part: groups[rows]
+                    for part, rows in (("train", rest[~val]), ("val", rest[val]), ("test", test))
+                },
+                f"fold {folds[-1].name}",
+            )
     return folds
 
 
 def cv_folds(
     labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified group k-fold: (train, val) indices per fold; every group of copies lies in one
-    part, and every row is validated exactly once."""
+    """Stratified group k-fold: (train, val) indices per fold; every group (of copies, and of a
+    patient's images) lies in one part, checked, strata are each group's most severe label, and
+    every row is validated exactly once."""
     labels, groups = np.asarray(labels), np.asarray(groups)
     splitter = _splitter(
         groups, n_splits, seed, f"{n_splits}-fold cross-validation (tune.cv_folds)"
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return list(splitter.split(np.zeros(len(labels)), labels, groups))
+        strata = worst_in_group(labels, groups)
+        folds = list(splitter.split(np.zeros(len(labels)), strata, groups))
+    for number, (train, val) in enumerate(folds):
+        overlap_check({"train": groups[train], "val": groups[val]}, f"CV fold {number}")
+    return folds
 
 
 def dataset_hash(frame: pd.DataFrame) -> str:

@@ -79,6 +79,12 @@ class Unexpected:
     value: Any
 
 
+def named_row(row_id: str, column: str | None, value: Any) -> str:
+    """How a failing row is named: a file by its path; a clinical manifest's row (``row 7``) with
+    the column and what it holds, since the row alone does not say what to fix."""
+    return f"{row_id}, column {column}: {value}" if str(row_id).startswith("row ") else row_id
+
+
 @dataclass(frozen=True)
 class FailedExpectation:
     """A Great Expectations check the batch did not meet; ``critical`` ones fail validation."""
@@ -94,8 +100,11 @@ class FailedExpectation:
     why: str
 
     def listed_ids(self, limit: int) -> tuple[list[str], bool]:
-        """The first ``limit`` rows' ids, and whether more were found."""
-        return [u.id for u in self.unexpected[:limit]], len(self.unexpected) > limit
+        """The first ``limit`` rows' ids (a manifest's rows with the column and what is in it),
+        and whether more were found."""
+        return [named_row(u.id, self.column, u.value) for u in self.unexpected[:limit]], len(
+            self.unexpected
+        ) > limit
 
 
 @dataclass(frozen=True)

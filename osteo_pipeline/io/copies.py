@@ -50,6 +50,11 @@ class Content:
     path: Path
     size: tuple[int, int] | None  # None: not known (names "resized" or "re-encoded", and the
     # larger of two files is read as the original)
+    name: str | None = None  # how messages name it (a manifest's ``row N``); default: its path
+
+    @property
+    def shown(self) -> str:
+        return self.name or str(self.path)
 
 
 @dataclass
@@ -153,7 +158,7 @@ class CopyFinder:
             try:
                 return self.features(content)
             except (ImageDecodeError, OSError) as exc:
-                log.warning("derived copies: %s left out of matching (%s)", content.path, exc)
+                log.warning("derived copies: %s left out of matching (%s)", content.shown, exc)
                 return None
 
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
@@ -265,7 +270,7 @@ class CopyFinder:
         if missing:
             raise CopyCheckError(
                 f"cannot check for derived copies of {len(missing)} of {len(originals)} "
-                f"training images: their files cannot be read (first: {missing[0].path}); "
+                f"training images: their files cannot be read (first: {missing[0].shown}); "
                 "make the training data available where its split manifest says"
             )
         kept = [

@@ -48,6 +48,15 @@ class Scan:
     manifest: pd.DataFrame
     class_dirs: list[str]
     ignored: list[dict[str, str]] = field(default_factory=list)
+    files: dict[str, Path] | None = None
+    """The file of each ``path`` when paths are not relative to ``root`` (a clinical manifest
+    names its images by row)."""
+    rows: pd.DataFrame | None = None
+    """A clinical manifest's rows with their problems (the ``manifest`` suite's table)."""
+
+    def file(self, path: str) -> Path:
+        """The file the manifest's ``path`` names."""
+        return self.files[path] if self.files is not None else self.root / path
 
 
 def display_path(path: str) -> str:
@@ -127,16 +136,13 @@ def require_folder(root: Path) -> Path:
     return root
 
 
-def scan_folder(
-    data_dir: str | Path, extensions: list[str], max_pixels: int, workers: int | None = None
-) -> Scan:
-    """Build the manifest of ``data_dir``; raises :class:`DataDirError` only for the folder
-    itself."""
-    root = require_folder(Path(data_dir)).resolve()
-    try:
-        rows, class_dirs, ignored = _candidates(root, {e.lower() for e in extensions})
-    except OSError as exc:
-        raise DataDirError(f"cannot read data folder {root}: {exc.strerror or exc}") from exc
+def inspect_all(
+    rows: list[tuple[str, str, Path | None, str | None]],
+    max_pixels: int,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """The manifest of candidate files ``(path, label, file, error)``: each file's facts, read in
+    parallel (``error`` set: the file is not opened)."""
 
     def facts(row: tuple[str, str, Path | None, str | None]) -> ImageFacts:
         _, _, file, error = row
@@ -166,4 +172,19 @@ def scan_folder(
     )
     for column in ("width", "height", "channels", "bytes"):
         manifest[column] = manifest[column].astype("Int64")
+    return manifest
+
+
+def scan_folder(
+    data_dir: str | Path, extensions: list[str], max_pixels: int, workers: int | None = None
+) -> Scan:
+    """Build the manifest of ``data_dir``; raises :class:`DataDirError` only for the folder
+    itself."""
+    root = require_folder(Path(data_dir)).resolve()
+    try:
+        rows, class_dirs, ignored = _candidates(root, {e.lower() for e in extensions})
+    except OSError as exc:
+        raise DataDirError(f"cannot read data folder {root}: {exc.strerror or exc}") from exc
+
+    manifest = inspect_all(rows, max_pixels, workers)
     return Scan(root=root, manifest=manifest, class_dirs=class_dirs, ignored=ignored)

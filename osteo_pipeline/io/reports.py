@@ -23,6 +23,7 @@ from osteo_pipeline.core.summaries import ValidationSummary
 from osteo_pipeline.io.manifest import display_path
 
 if TYPE_CHECKING:
+    from osteo_pipeline.io.manifest import Scan
     from osteo_pipeline.steps.validate import ValidationResult
 
 _ENV = Environment(
@@ -75,7 +76,7 @@ def _thumbnail(path: Path, max_pixels: int) -> str | None:
 
 
 def _copy_rows(
-    root: Path, copy_groups: list[dict[str, Any]], manifest: pd.DataFrame, max_pixels: int
+    scan: Scan, copy_groups: list[dict[str, Any]], manifest: pd.DataFrame, max_pixels: int
 ) -> list[dict[str, Any]]:
     """Groups of copies that hold a derived (not only identical) copy, conflicts first, with
     thumbnails (``copy_groups`` by raw path, as validation found them)."""
@@ -90,7 +91,7 @@ def _copy_rows(
                 {
                     "path": display_path(p),
                     "label": labels.get(p, "?"),
-                    "src": _thumbnail(root / p, max_pixels),
+                    "src": _thumbnail(scan.file(p), max_pixels),
                 }
                 for p in g["paths"]
             ],
@@ -115,7 +116,7 @@ def write_validation_report(
         gx_version=version("great_expectations"),
         max_listed=max_listed,
         dup_rows=[{"paths": g} for g in summary.duplicate_groups],
-        copy_rows=_copy_rows(result.scan.root, result.copy_groups, manifest, max_pixels),
+        copy_rows=_copy_rows(result.scan, result.copy_groups, manifest, max_pixels),
     )
     paths = {
         "html": report_dir / "validation.html",

@@ -47,8 +47,17 @@ IMAGE_GRIDS_TAG = "image_grids"
 CALIBRATED_ON_TAG, CV_FOLDS_TAG = "calibrated_on", "cv_folds"
 CALIBRATED_ON_VAL, CALIBRATED_ON_OOF = "val", "out-of-fold predictions"
 CHOSEN_PREFIX = "chosen."  # params: the training parameters the run used
+PATIENT_CHECK_TAG = "osteo.patient_overlap_check"  # the split's check that no patient crosses it
 INPUT_SIZE_PARAM, ROI_PARAM = "model.input_size", "model.roi"  # logged settings (log_settings)
-LOGGED_SECTIONS = ("seed", "data", "split", "model", "train", "tune")  # settings logged as params
+LOGGED_SECTIONS = (
+    "seed",
+    "data",
+    "clinical",
+    "split",
+    "model",
+    "train",
+    "tune",
+)  # settings logged as params
 
 # Tags of a registered version.
 RUN_ID_TAG, MODEL_CARD_TAG, METRIC_TAG_PREFIX = "run_id", "model_card", "metric.test_"
@@ -90,6 +99,12 @@ def log_dataset(split: SplitManifest, context: str = "training") -> None:
     )
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag(DATASET_HASH_TAG, split.dataset_hash)
+    if split.patient_check is not None:
+        check = split.patient_check
+        mlflow.set_tag(
+            PATIENT_CHECK_TAG,
+            f"passed, {check['what']}: {check['patients']} in {check['parts']} parts, none in two",
+        )
     counts = split.counts()
     mlflow.log_params(
         {f"n_{name}": sum(c.values()) for name, c in counts.items()}
@@ -139,6 +154,7 @@ class EvaluationSummary:
     metrics: Intervals
     positive_class: str
     calibration: dict[str, Any] | None
+    clinical: dict[str, Any] | None = None  # per exam and per subgroup (clinical manifests)
 
 
 class TrainingRun:
@@ -169,8 +185,9 @@ class TrainingRun:
     @cached_property
     def evaluation(self) -> EvaluationSummary:
         found = self._artifact(TEST_EVALUATION)
+        clinical = {k: found[k] for k in ("per_exam", "subgroups") if k in found}
         return EvaluationSummary(
-            found["metrics"], found["positive_class"], found.get("calibration")
+            found["metrics"], found["positive_class"], found.get("calibration"), clinical or None
         )
 
     @cached_property

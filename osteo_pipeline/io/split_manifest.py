@@ -19,10 +19,11 @@ class SplitManifest:
     """The exact data a model sees: every file, its label and split, and the hash naming it all."""
 
     data_dir: Path
-    files: pd.DataFrame  # path, label, split, sha256, group
+    files: pd.DataFrame  # path, label, split, sha256, group (+ patient, exam, side, sex, age)
     dataset_hash: str
     excluded: list[dict[str, str]]
     seed: int
+    patient_check: dict[str, object] | None = None  # no patient or group in two splits
 
     def counts(self) -> dict[str, dict[str, int]]:
         table = self.files.groupby(["split", "label"]).size()
@@ -38,6 +39,7 @@ class SplitManifest:
             "seed": self.seed,
             "counts": self.counts(),
             "excluded": self.excluded,
+            "patient_check": self.patient_check,
             "files": self.files.to_dict(orient="records"),
         }
 
@@ -49,7 +51,15 @@ class SplitManifest:
             dataset_hash=payload["dataset_hash"],
             excluded=payload["excluded"],
             seed=payload["seed"],
+            patient_check=payload.get("patient_check"),
         )
+
+    def file_paths(self, frame: pd.DataFrame, data_dir: Path | None = None) -> list[Path]:
+        """The files of ``frame``'s rows (a subset of ``files``), under ``data_dir`` when the data
+        has moved: a folder's paths, or a clinical manifest's rows."""
+        from osteo_pipeline.io.sources import locate
+
+        return locate(data_dir or self.data_dir, list(frame["path"]), list(frame["sha256"]))
 
     def save(self, path: Path) -> Path:
         return write_json(path, self.to_dict())

@@ -14,7 +14,7 @@ from osteo_pipeline.core import plots
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_gray
 from osteo_pipeline.core.quality import readable
 from osteo_pipeline.core.roi import knee_boxes
-from osteo_pipeline.io.manifest import scan_folder
+from osteo_pipeline.io.sources import scan_data
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,14 @@ def draw_knee_crops(data_dir: Path, out_file: Path, settings: Settings, limit: i
     """Draw the knee boxes on up to ``limit`` readable films spread over ``data_dir`` (in path
     order) and save the grid as ``out_file``."""
     # 1. The films: readable ones, spread evenly over the folder.
-    manifest = scan_folder(
-        data_dir, settings.data.extensions, settings.validation.max_pixels
-    ).manifest
-    chosen = _spread(sorted(readable(manifest)["path"]), limit)
+    scan = scan_data(data_dir, settings)
+    chosen = _spread(sorted(readable(scan.manifest)["path"]), limit)
     # 2. Their knee boxes, found on pixels decoded as training decodes them for crops.
     films, skipped = [], 0
     for path in chosen:
         try:
             gray = load_gray(
-                Path(data_dir) / path, 3 * settings.model.input_size, settings.validation.max_pixels
+                scan.file(path), 3 * settings.model.input_size, settings.validation.max_pixels
             )
         except ImageDecodeError as exc:
             log.warning("%s: skipped (%s)", path, exc)

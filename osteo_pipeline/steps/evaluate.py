@@ -15,17 +15,19 @@ import keras
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core import plots
 from osteo_pipeline.core.calibration import Calibration, expected_calibration_error, reliability
+from osteo_pipeline.core.exams import by_exam, subgroups
 from osteo_pipeline.core.explain import explainable, grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
 from osteo_pipeline.io import run_artifacts, tracking
 from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.serving import load_classifier
-from osteo_pipeline.steps.seen import seen_images, training_images
+from osteo_pipeline.steps.seen import seen_images, training_images, training_patients
 from osteo_pipeline.training.arrays import Arrays
 
 GRID_IMAGES = 16
@@ -38,16 +40,21 @@ def evaluate_predictions(
     calibration: Calibration,
     prefix: str = run_artifacts.TEST_PREFIX,
     model: keras.Model | None = None,
+    clinical: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Metrics with CIs for the model's raw probabilities ``raw_proba`` on ``arrays``, calibrated
     and thresholded by ``calibration``; logs metrics and figures (Grad-CAM too, given a ``model``
-    of the pipeline's layout) to the active run. Returns ``{metric: {value, low, high}}`` plus
-    ``ece`` entries."""
+    of the pipeline's layout) to the active run. With ``clinical`` (the images' patient, exam,
+    sex and age, from a clinical manifest) intervals resample patients, and results per exam and
+    per subgroup are logged too. Returns ``{metric: {value, low, high}}`` plus ``ece`` entries."""
     classes = list(settings.data.classes)
     positive = classes.index(settings.data.positive)
     proba = calibration.probabilities(raw_proba)
     predicted = calibration.labels(proba)
-    report = metrics_with_ci(arrays.labels, proba, positive, predicted, seed=settings.seed)
+    patients = None if clinical is None else clinical["patient"].to_numpy()
+    report = metrics_with_ci(
+        arrays.labels, proba, positive, predicted, seed=settings.seed, groups=patients
+    )
     ece = {
         "ece": expected_calibration_error(proba, arrays.labels),
         "ece_uncalibrated": expected_calibration_error(raw_proba, arrays.labels),
@@ -111,7 +118,13 @@ def evaluate_predictions(
         for p, t, k, row in zip(arrays.paths, arrays.labels, predicted, proba)
     ]
     summary = {
+        "unit": "image; intervals resample patients" if clinical is not None else "image",
         "metrics": report,
+        **(
+            _clinical_results(arrays, proba, calibration, settings, clinical, prefix)
+            if clinical is not None
+            else {}
+        ),
         "calibration": calibration.as_dict(),
         **ece,
         "positive_class": settings.data.positive,
@@ -122,6 +135,45 @@ def evaluate_predictions(
     return {
         **report,
         **{k: {"value": v, "low": float("nan"), "high": float("nan")} for k, v in ece.items()},
+    }
+
+
+def _clinical_results(
+    arrays: Arrays,
+    proba: np.ndarray,
+    calibration: Calibration,
+    settings: Settings,
+    clinical: pd.DataFrame,
+    prefix: str,
+) -> dict[str, Any]:
+    """Per exam (the mean probability of its images) and per sex and age band; exam metrics are
+    logged as ``<prefix>exam_<metric>``."""
+    positive = list(settings.data.classes).index(settings.data.positive)
+    exams, exam_labels, exam_proba = by_exam(clinical, arrays.labels, proba)
+    per_exam = metrics_with_ci(
+        exam_labels,
+        exam_proba,
+        positive,
+        calibration.labels(exam_proba),
+        seed=settings.seed,
+        groups=exams["patient"].to_numpy(),
+    )
+    tracking.log_intervals(per_exam, f"{prefix}exam_")
+    return {
+        "per_exam": {
+            "n_exams": len(exams),
+            "n_patients": int(exams["patient"].nunique()),
+            "metrics": per_exam,
+        },
+        "subgroups": subgroups(
+            clinical,
+            arrays.labels,
+            proba,
+            calibration.labels,
+            positive,
+            settings.clinical.age_bands,
+            settings.seed,
+        ),
     }
 
 
@@ -157,20 +209,22 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
             f"{data_dir} failed validation; run `osteo validate {data_dir}` for the report"
         )
     frame, _ = usable_images(validation, settings)
-    root = validation.scan.root
-    reasons = seen_images(
-        [Content(sha, root / path, None) for sha, path in zip(frame["sha256"], frame["path"])],
+    scan = validation.scan
+    copies = seen_images(
+        [Content(sha, scan.file(p), None, p) for sha, p in zip(frame["sha256"], frame["path"])],
         training_images(model_uri),
         settings,
     )
-    left_out = frame["sha256"].isin(reasons)
-    skipped = sorted(frame.loc[left_out, "path"])
-    why = [
-        {"path": path, "why": reasons[sha]}
-        for path, sha in zip(frame["path"], frame["sha256"])
-        if sha in reasons
+    # Each row's reason to be left out: a copy of a trained-on image, or a trained-on patient.
+    patients = training_patients(model_uri, settings) if "patient" in frame else set()
+    reasons = [
+        copies.get(sha) or ("patient seen in training" if patient in patients else None)
+        for sha, patient in zip(frame["sha256"], frame.get("patient", frame["sha256"]))
     ]
-    kinds = Counter(reasons[sha] for sha in frame.loc[left_out, "sha256"])
+    left_out = pd.Series([r is not None for r in reasons], index=frame.index)
+    skipped = sorted(frame.loc[left_out, "path"])
+    why = [{"path": p, "why": r} for p, r in zip(frame["path"], reasons) if r is not None]
+    kinds = Counter(r for r in reasons if r is not None)
     frame = frame[~left_out].reset_index(drop=True)
     if frame.empty:
         raise ValueError(
@@ -179,7 +233,7 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
         )
     index = {c: i for i, c in enumerate(classifier.classes)}
     cache = PixelCache(classifier.size, classifier.max_pixels, roi_mode=classifier.roi)
-    pixels = cache.load([validation.scan.root / p for p in frame["path"]], list(frame["sha256"]))
+    pixels = cache.load([scan.file(p) for p in frame["path"]], list(frame["sha256"]))
     arrays = Arrays(
         pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]), cache.views
     )
@@ -196,7 +250,13 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
         )
         mlflow.log_dict({"left_out": sorted(why, key=lambda w: w["path"])}, "left_out.json")
         metrics = evaluate_predictions(
-            arrays, raw, settings, classifier.calibration, prefix="eval_", model=classifier.model
+            arrays,
+            raw,
+            settings,
+            classifier.calibration,
+            prefix="eval_",
+            model=classifier.model,
+            clinical=frame if "patient" in frame else None,
         )
         return EvaluationResult(
             run.info.run_id,

@@ -18,7 +18,7 @@ from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.registry import RegistryError
 from osteo_pipeline.io.run_artifacts import TrainingRun
 from osteo_pipeline.serving import IMAGE_COLUMN, probability_column
-from osteo_pipeline.steps.seen import seen_images, training_images
+from osteo_pipeline.steps.seen import seen_images, training_images, training_patients
 
 
 @dataclass
@@ -29,7 +29,14 @@ class EvaluationSet:
     positive: int
     dataset_hash: str
     contents: list[Content]  # the files, by content hash
-    left_out: dict[str, str] = field(default_factory=dict)  # path -> why it was left out
+    names: list[str]  # how the split manifest names them (a path, or a manifest's ``row N``)
+    left_out: dict[str, str] = field(default_factory=dict)  # name -> why it was left out
+    patients: list[str] | None = None  # pseudonyms (a clinical manifest): the resampling unit
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """The patient of each image as a number, for the bootstrap; None: images are resampled."""
+        return None if self.patients is None else pd.factorize(np.asarray(self.patients))[0]
 
 
 def evaluation_set(run: TrainingRun, data_dir: Path | None) -> EvaluationSet:
@@ -37,18 +44,24 @@ def evaluation_set(run: TrainingRun, data_dir: Path | None) -> EvaluationSet:
     split, classes = run.split, run.classes
     root = Path(data_dir or split.data_dir)
     test = split.subset("test")
-    missing = [path for path in test["path"] if not (root / path).is_file()]
+    files = split.file_paths(test, root)
+    missing = [path for path, file in zip(test["path"], files) if not file.is_file()]
     if missing:
         raise RegistryError(
             f"evaluation images missing under {root} (pass --data-dir): {missing[:5]}"
         )
     return EvaluationSet(
         y_true=np.array([classes.index(label) for label in test["label"]]),
-        images=[base64.b64encode((root / p).read_bytes()).decode("ascii") for p in test["path"]],
+        images=[base64.b64encode(file.read_bytes()).decode("ascii") for file in files],
         classes=classes,
         positive=classes.index(run.evaluation.positive_class),
         dataset_hash=split.dataset_hash,
-        contents=[Content(sha, root / p, None) for sha, p in zip(test["sha256"], test["path"])],
+        contents=[
+            Content(sha, file, None, name)
+            for sha, file, name in zip(test["sha256"], files, test["path"])
+        ],
+        names=list(test["path"]),
+        patients=list(test["patient"]) if "patient" in test else None,
     )
 
 
@@ -57,8 +70,16 @@ def without_seen(data: EvaluationSet, model_uris: list[str], settings: Settings)
     models trained or was calibrated on: production may have trained on a derived copy of a new
     test image, and that would flatter it."""
     seen = [content for uri in model_uris for content in training_images(uri)]
-    reasons = seen_images(data.contents, seen, settings)
-    keep = [i for i, c in enumerate(data.contents) if c.sha256 not in reasons]
+    copies = seen_images(data.contents, seen, settings)
+    reasons = {i: copies[c.sha256] for i, c in enumerate(data.contents) if c.sha256 in copies}
+    if data.patients is not None:
+        known = set().union(*(training_patients(uri, settings) for uri in model_uris))
+        reasons |= {
+            i: "patient seen in training"
+            for i, patient in enumerate(data.patients)
+            if patient in known and i not in reasons
+        }
+    keep = [i for i in range(len(data.contents)) if i not in reasons]
     if not keep:
         raise RegistryError(
             "every test image of the candidate is a copy of an image "
@@ -69,7 +90,9 @@ def without_seen(data: EvaluationSet, model_uris: list[str], settings: Settings)
         y_true=data.y_true[keep],
         images=[data.images[i] for i in keep],
         contents=[data.contents[i] for i in keep],
-        left_out={str(c.path): reasons[c.sha256] for c in data.contents if c.sha256 in reasons},
+        names=[data.names[i] for i in keep],
+        patients=None if data.patients is None else [data.patients[i] for i in keep],
+        left_out={data.names[i]: why for i, why in sorted(reasons.items())},
     )
 
 

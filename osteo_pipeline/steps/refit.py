@@ -131,7 +131,15 @@ def refit_and_evaluate(
             calibration = fit_calibration(oof.oof, oof.labels, positive)
             _log_cv_estimate(oof, positive, settings)
         proba = predict_images(model, arrays["test"], settings.train.batch_size)
-        report = evaluate_predictions(arrays["test"], proba, settings, calibration, model=model)
+        test = split.subset("test")
+        report = evaluate_predictions(
+            arrays["test"],
+            proba,
+            settings,
+            calibration,
+            model=model,
+            clinical=test if "patient" in test else None,
+        )
         info = log_pyfunc(
             model,
             list(settings.data.classes),

@@ -115,6 +115,7 @@ def _model_card(run: TrainingRun, name: str, version: str) -> str:
             calibration=evaluation.calibration,
             cv=run.cv_estimate,
             image_grids=run.image_grids or "not logged",
+            clinical=evaluation.clinical,
         ),
     )
 
@@ -157,7 +158,7 @@ def promote(
     )
     # The gate's decision on the labels each model serves.
     decision = decide(
-        cases=Cases(data.y_true, data.positive),
+        cases=Cases(data.y_true, data.positive, data.groups),
         candidate=predict_set(registry.uri(candidate.version), data),
         production=predict_set(registry.uri(production.version), data) if production else None,
         policy=_policy(settings),
@@ -172,10 +173,10 @@ def promote(
     }
     if data.left_out:
         kinds = Counter(data.left_out.values())
+        counted = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
         decision.reasons.append(
-            f"left out {len(data.left_out)} test images that are copies of images a compared "
-            f"model trained on ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}); "
-            f"gated on {len(data.y_true)}"
+            f"left out {len(data.left_out)} test images that are copies of images (or images of "
+            f"patients) a compared model trained on ({counted}); gated on {len(data.y_true)}"
         )
     # The decision on the candidate's tags, then the aliases.
     return _record_and_move(registry, candidate, gated_against, decision, data.dataset_hash)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.errors import OsteoError
+from osteo_pipeline.io.clinical import key_fingerprint
 from osteo_pipeline.io.copies import Content, copy_finder
 from osteo_pipeline.io.run_artifacts import TrainingRun
 
@@ -28,9 +29,27 @@ def training_images(model_uri: str) -> list[Content]:
         ) from exc
     seen = split.files[split.files["split"].isin(("train", "val"))]
     return [
-        Content(sha256, split.data_dir / path, None)
-        for sha256, path in zip(seen["sha256"], seen["path"])
+        Content(sha256, file, None, name)
+        for sha256, file, name in zip(seen["sha256"], split.file_paths(seen), seen["path"])
     ]
+
+
+def training_patients(model_uri: str, settings: Settings) -> set[str]:
+    """The patients (pseudonyms) whose images the model trained or calibrated on; empty for data
+    without patients. Pseudonyms match only under the key that made them: another key raises
+    :class:`TrainingManifestError` rather than matching no one."""
+    split = TrainingRun.of_model(model_uri).split
+    if "patient" not in split.files:
+        return set()
+    made_with = (split.patient_check or {}).get("key")
+    if made_with != key_fingerprint(settings.clinical):
+        raise TrainingManifestError(
+            f"the patients {model_uri} trained on were pseudonymised with another key than "
+            f"${settings.clinical.patient_key_env} holds now, so they cannot be left out of "
+            "this evaluation: set it to the key of that training run"
+        )
+    seen = split.files[split.files["split"].isin(("train", "val"))]
+    return set(seen["patient"].dropna())
 
 
 def seen_images(

@@ -64,7 +64,7 @@ def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> 
     arrays = {}
     for name in ("train", "val", "test"):
         subset = split.subset(name)
-        paths = [split.data_dir / p for p in subset["path"]]
+        paths = split.file_paths(subset)
         arrays[name] = Arrays(
             cache.load(paths, list(subset["sha256"])),
             subset["label"].map(index).to_numpy(dtype=np.int64),

@@ -81,6 +81,7 @@ def test_the_gate_leaves_out_copies_of_what_either_model_trained_on(
         1,
         "hash",
         new,
+        [f"{c.path.parent.name}/{c.path.name}" for c in new],
     )
     kept = gate_data.without_seen(data, ["models:/candidate", "models:/production"], tiny_settings)
     assert sorted(Path(p).name for p in kept.left_out) == sorted(expected)

@@ -125,3 +125,71 @@ def test_derived_copies_share_a_split_and_a_fold_and_a_misfiled_one_is_excluded_
             path: name for name in ("train", "val", "test") for path in paths[getattr(fold, name)]
         }
         assert all(part[source] == part[copy] for source, copy in planted)
+
+
+def test_no_patient_crosses_the_split_or_a_fold_of_a_clinical_manifest(
+    tmp_path, tiny_settings, monkeypatch
+):
+    from osteo_pipeline.core.splits import group_folds
+    from osteo_pipeline.steps.synth_clinical import write_clinical_dataset
+
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key")
+    write_clinical_dataset(tmp_path / "clinic", ["normal", "osteoporosis"], 12, 64, 3)
+    manifest = tmp_path / "clinic" / "manifest.csv"
+    split = split_dataset(validate_folder(manifest, tiny_settings), tiny_settings)
+    files = split.files
+    assert files.groupby("patient").size().max() > 1  # patients with several images
+    assert (files.groupby("patient")["split"].nunique() == 1).all()
+    assert {k: v for k, v in split.patient_check.items() if k != "key"} == {
+        "what": "the split by patient",
+        "parts": 3,
+        "patients": 24,
+        "shared": 0,
+    }
+    for name in ("train", "val", "test"):  # stratified by patient: every class in every split
+        assert set(split.subset(name)["label"]) == {"normal", "osteoporosis"}
+    patients = files["patient"].to_numpy()
+    for fold in group_folds(files["label"], files["group"], 3, 2, 0.2, 0):
+        parts = [set(patients[fold.train]), set(patients[fold.val]), set(patients[fold.test])]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert split.to_dict()["patient_check"]["shared"] == 0  # saved with the manifest
+
+
+def test_a_leaky_split_is_stopped_before_training(tmp_path, tiny_settings, monkeypatch):
+    import osteo_pipeline.steps.split as split_step
+    from osteo_pipeline.core.clinical import PatientOverlapError
+    from osteo_pipeline.steps.synth_clinical import write_clinical_dataset
+
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key")
+    write_clinical_dataset(tmp_path / "clinic", ["normal", "osteoporosis"], 6, 64, 4)
+    validation = validate_folder(tmp_path / "clinic" / "manifest.csv", tiny_settings)
+
+    def by_image(frame, fractions, seed):  # splits images, not patients
+        return frame.index.map(lambda i: ("train", "val", "test")[i % 3]).to_series(
+            index=frame.index
+        )
+
+    monkeypatch.setattr(split_step, "assign_splits", by_image)
+    with pytest.raises(PatientOverlapError, match="patients cross the parts of the split"):
+        split_dataset(validation, tiny_settings)
+
+
+def test_patients_seen_in_training_are_only_matched_under_their_key(
+    tmp_path, tiny_settings, monkeypatch
+):
+    from osteo_pipeline.steps import seen
+    from osteo_pipeline.steps.seen import TrainingManifestError, training_patients
+    from osteo_pipeline.steps.synth_clinical import write_clinical_dataset
+
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "the training key")
+    write_clinical_dataset(tmp_path / "clinic", ["normal", "osteoporosis"], 6, 64, 4)
+    split = split_dataset(
+        validate_folder(tmp_path / "clinic" / "manifest.csv", tiny_settings), tiny_settings
+    )
+    run = type("Run", (), {"split": split})
+    monkeypatch.setattr(seen.TrainingRun, "of_model", staticmethod(lambda uri: run))
+    trained = set(split.files.loc[split.files["split"] != "test", "patient"])
+    assert training_patients("models:/m/1", tiny_settings) == trained
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "another key")
+    with pytest.raises(TrainingManifestError, match="another key"):
+        training_patients("models:/m/1", tiny_settings)

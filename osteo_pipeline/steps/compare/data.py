@@ -11,6 +11,7 @@ import pandas as pd
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.splits import dataset_hash
+from osteo_pipeline.io.sources import locate
 from osteo_pipeline.steps.split import usable_images
 from osteo_pipeline.steps.validate import ValidationResult, validate_folder
 from osteo_pipeline.training.arrays import Arrays, pixel_cache
@@ -34,7 +35,7 @@ class Data:
 
     def images(self) -> list[Path]:
         """Every usable image's file, in row order."""
-        return [self.root / p for p in self.frame["path"]]
+        return locate(self.root, list(self.frame["path"]))
 
 
 def load_data(data_dir: Path, settings: Settings) -> Data:

@@ -1,0 +1,383 @@
+"""Read a clinical manifest (CSV or Parquet, one row per image) into the :class:`Scan` a class
+folder gives, plus who, which knee and which exam each image is.
+
+Columns: ``path`` (relative to the manifest's folder), ``patient_id``, and ``label`` or
+``t_score``; optional ``side`` (L/R/both), ``view``, ``study_date``, ``age``, ``sex``,
+``label_source`` and ``dxa_date``. A DICOM file's tags fill what a row leaves blank; a row that
+disagrees with its tags is reported.
+
+Images are named by their manifest row (``row 7``: the seventh row below the header), never by
+their path: PACS exports put patient IDs in folder names, and the file names end up in reports,
+split manifests and run artifacts. Patient IDs become keyed hashes (``core.clinical.pseudonym``)
+as they are read; the plain ID leaves this module in no column.
+
+A manifest that cannot be read as a table at all (empty, wrong delimiter, missing column) raises
+:class:`ManifestError`; every problem of a row is a column the ``manifest`` expectation suite
+checks, so all of them are reported at once, by row and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from osteo_pipeline.config import ClinicalSettings, Settings
+from osteo_pipeline.core.clinical import (
+    SEXES,
+    SIDES,
+    normal_cell,
+    parse_age,
+    parse_date,
+    parse_number,
+    pseudonym,
+    who_label,
+)
+from osteo_pipeline.core.preprocess import is_dicom
+from osteo_pipeline.io.manifest import DataDirError, Scan, inspect_all
+
+log = logging.getLogger(__name__)
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+REQUIRED = ("path", "patient_id")
+OPTIONAL = ("label", "t_score", "side", "view", "study_date", "age", "sex", "label_source")
+OPTIONAL += ("dxa_date",)
+KNOWN = REQUIRED + OPTIONAL
+#: Where a DICOM file keeps what a row may leave blank (the first tag present wins).
+TAGS = {
+    "patient_id": ("PatientID",),
+    "sex": ("PatientSex",),
+    "age": ("PatientAge",),
+    "side": ("ImageLaterality", "Laterality"),
+    "view": ("ViewPosition",),
+    "study_date": ("StudyDate", "AcquisitionDate"),
+}
+
+
+class ManifestError(DataDirError):
+    """The manifest cannot be read as a table of images (exit 2); the message names the file and
+    the row or column."""
+
+
+def is_manifest(location: str | Path) -> bool:
+    """Whether ``location`` names a manifest file rather than a folder of class folders."""
+    path = Path(location)
+    return path.suffix.lower() in MANIFEST_SUFFIXES and not path.is_dir()
+
+
+def row_ref(number: int) -> str:
+    """How reports, split manifests and artifacts name an image of a manifest."""
+    return f"row {number}"
+
+
+def patient_key(settings: ClinicalSettings) -> bytes:
+    """The key of the keyed hash that stands in for patient IDs, from the environment (never
+    logged). Required: without one key for every run, the patients a model trained on could not
+    be recognised when it is evaluated or gated later."""
+    value = os.environ.get(settings.patient_key_env, "")
+    if not value:
+        raise ManifestError(
+            f"a clinical manifest needs a patient key: set ${settings.patient_key_env} to a "
+            "secret of your own and keep it for every run (patient IDs become keyed hashes)"
+        )
+    return value.encode("utf-8")
+
+
+def key_fingerprint(settings: ClinicalSettings) -> str:
+    """Which key made a split's pseudonyms, without revealing it: a later run under another key
+    cannot match patients, and says so instead of matching none."""
+    return pseudonym(patient_key(settings), "osteo-pipeline key fingerprint")[:12]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """The manifest as text cells (blank for missing), columns lower-cased; structural problems
+    raise :class:`ManifestError`, which names the known columns only (a file without a header
+    would otherwise show its first row: a path and a patient ID)."""
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    if path.stat().st_size == 0:
+        raise ManifestError(
+            f"{path}: empty file (expected a header row: path, patient_id, label or t_score)"
+        )
+    try:
+        if path.suffix.lower() == ".csv":
+            # blank lines are kept as rows, so ``row N`` is the Nth line below the header
+            table = pd.read_csv(
+                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=False
+            )
+        else:
+            table = _as_text(pd.read_parquet(path))
+    except (ValueError, UnicodeDecodeError, OSError, ImportError) as exc:
+        raise ManifestError(f"{path}: cannot read it as {path.suffix[1:]}: {exc}") from exc
+    written = _header(path, table)
+    names = written if len(written) == len(table.columns) else list(table.columns)
+    columns = [str(c).strip().lower() for c in names]
+    known = [c for c in dict.fromkeys(columns) if c in KNOWN]
+    if len(columns) == 1:
+        found = next((d for d in (";", "\t", "|") if d in columns[0]), None)
+        if found:
+            raise ManifestError(
+                f"{path} row 0 (header): one column only; separate columns with commas "
+                f"(found {found!r})"
+            )
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        shown = f"column {repeated[0]!r}" if repeated[0] in KNOWN else "a column name"
+        raise ManifestError(f"{path} row 0 (header): {shown} appears twice")
+    table.columns = columns
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ManifestError(
+            f"{path} row 0 (header): missing column {missing[0]!r} (found {len(columns)} "
+            f"columns; known ones: {', '.join(known) or 'none'})"
+        )
+    if "label" not in columns and "t_score" not in columns:
+        raise ManifestError(f"{path} row 0 (header): needs a 'label' or a 't_score' column")
+    while len(table) and not "".join(map(str, table.iloc[-1])).strip():
+        table = table.iloc[:-1]  # blank lines at the end
+    if table.empty:
+        raise ManifestError(f"{path}: a header and no rows")
+    for column in OPTIONAL:
+        if column not in table:
+            table[column] = ""
+    return table.map(lambda v: str(v).strip()).reset_index(drop=True)
+
+
+def _as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """A Parquet table as the text a CSV would hold: dates as YYYY-MM-DD, whole numbers without
+    ``.0`` (an ID 123 stays 123), missing as blank."""
+    columns = {}
+    for name in table.columns:
+        values = table[name]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            values = values.dt.strftime("%Y-%m-%d")
+        elif pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+            values = values.astype("Int64")
+        columns[name] = [("" if pd.isna(v) else str(v)) for v in values.astype(object)]
+    return pd.DataFrame(columns, columns=list(table.columns), dtype=object)
+
+
+def _header(path: Path, table: pd.DataFrame) -> list[str]:
+    """The column names as written (pandas renames a repeated ``path`` to ``path.1``)."""
+    if path.suffix.lower() != ".csv":
+        return list(table.columns)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _inside(folder: Path, raw: str) -> tuple[Path | None, str | None]:
+    """The file a ``path`` cell names, or why it may not be read."""
+    if not raw:
+        return None, "empty path"
+    relative = PurePosixPath(raw.replace("\\", "/"))
+    if relative.is_absolute() or raw[1:3] == ":/" or ".." in relative.parts:
+        return None, "path leaves the manifest's folder (absolute or with ..)"
+    file = folder / relative
+    if not file.resolve().is_relative_to(folder.resolve()):
+        return None, "path leaves the manifest's folder (through a symlink)"
+    return file, None
+
+
+@dataclass
+class _Row:
+    """What one manifest row says, and what is wrong with it."""
+
+    ref: str
+    cells: dict[str, str]
+    file: Path | None
+    problems: dict[str, str]
+
+
+def _dicom_tags(file: Path) -> dict[str, str]:
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception:  # unreadable: the image check reports it
+        return {}
+    found = {}
+    for column, names in TAGS.items():
+        value = next((str(header.get(n)) for n in names if header.get(n) not in (None, "")), "")
+        found[column] = value
+    return found
+
+
+def _fill_from_tags(row: _Row) -> None:
+    """Blank cells from the DICOM tags; a cell that disagrees with them is a problem."""
+    if row.file is None or not row.file.is_file() or not is_dicom(row.file):
+        return
+    disagree = []
+    for column, tag in _dicom_tags(row.file).items():
+        given = row.cells[column]
+        if not tag:
+            continue
+        if not given:
+            row.cells[column] = tag
+        elif normal_cell(column, given) != normal_cell(column, tag):
+            disagree.append(column)  # which, never the values (an ID, a date)
+    if disagree:
+        row.problems["tags"] = "differs from the DICOM tags: " + ", ".join(disagree)
+
+
+def _parse(table: pd.DataFrame, folder: Path) -> list[_Row]:
+    rows = []
+    for number, cells in enumerate(table.to_dict(orient="records"), start=1):
+        file, path_problem = _inside(folder, cells["path"])
+        row = _Row(row_ref(number), cells, file, {})
+        if path_problem:
+            row.problems["path"] = path_problem
+        _fill_from_tags(row)
+        rows.append(row)
+    return rows
+
+
+def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame:
+    """One record per row: the values the suite checks, each problem in its own column."""
+    clinical = settings.clinical
+    records = []
+    for row in rows:
+        cells, problems = row.cells, dict(row.problems)
+        try:
+            t_score = parse_number(cells["t_score"])
+        except ValueError:
+            t_score, problems["t_score"] = np.nan, f"{cells['t_score']!r} is not a number"
+        label = cells["label"]
+        if np.isfinite(t_score):
+            by_t = who_label(
+                t_score, clinical.normal_min_t_score, clinical.osteoporosis_max_t_score
+            )
+            if label and label != by_t:
+                problems["label"] = f"label {label!r} but T-score {t_score:g} is {by_t}"
+            label = label or by_t
+        elif not label and "t_score" not in problems:
+            problems["label"] = "neither a label nor a T-score"
+        dates = {}
+        for column in ("study_date", "dxa_date"):
+            try:
+                dates[column] = parse_date(cells[column]) if cells[column] else None
+            except ValueError:
+                problems["date"] = f"{column} {cells[column]!r} is not a date (YYYY-MM-DD)"
+        try:
+            age = parse_age(cells["age"]) if cells["age"] else np.nan
+        except ValueError:
+            age, problems["age"] = np.nan, f"{cells['age']!r} is not an age"
+        patient = pseudonym(key, cells["patient_id"]) if cells["patient_id"] else None
+        side = SIDES.get(cells["side"].upper(), cells["side"]) if cells["side"] else None
+        view = cells["view"].upper() or None
+        records.append(
+            {
+                "row": row.ref,
+                "path_problem": problems.get("path"),
+                "patient": patient,
+                "t_score": t_score,
+                "t_score_problem": problems.get("t_score"),
+                "label": label or None,
+                "label_problem": problems.get("label"),
+                "side": side,
+                "view": view,
+                "view_allowed": clinical.allowed_views is None
+                or view in {v.upper() for v in clinical.allowed_views},
+                "date_problem": problems.get("date"),
+                "age": age,
+                "age_problem": problems.get("age"),
+                "sex": SEXES.get(cells["sex"].upper(), cells["sex"]) if cells["sex"] else None,
+                "tag_conflict": problems.get("tags"),
+                "label_source": cells["label_source"] or None,
+                "exam": pseudonym(key, f"{cells['patient_id']}|{side}|{dates.get('study_date')}")
+                if patient
+                else None,
+                "days_to_dxa": abs((dates["study_date"] - dates["dxa_date"]).days)
+                if dates.get("study_date") and dates.get("dxa_date")
+                else np.nan,
+            }
+        )
+    frame = pd.DataFrame.from_records(records)
+    # The same file on two rows: named by the first row, never by its path (it may hold an ID).
+    files = pd.Series([str(row.file.resolve()) if row.file else row.ref for row in rows])
+    first = files.groupby(files).transform(lambda same: same.index[0] + 1)
+    frame["same_file_as"] = [
+        f"the same file as row {f}" if f != i + 1 else None for i, f in enumerate(first)
+    ]
+    labelled = frame.dropna(subset=["exam", "label"])
+    per_exam = labelled.groupby("exam")["label"].nunique()
+    frame["exam_labels"] = frame["exam"].map(per_exam).fillna(0).astype(int)
+    return frame
+
+
+def _exclusion(record: pd.Series, settings: Settings) -> str | None:
+    """Why a well-formed row is left out of training (not a failure), or None."""
+    limit = settings.clinical.max_days_xray_to_dxa
+    if limit is not None:
+        days = record["days_to_dxa"]
+        if not np.isfinite(days):
+            return "no study_date and dxa_date to check clinical.max_days_xray_to_dxa against"
+        if days > limit:
+            return (
+                f"X-ray and density exam {days:.0f} days apart, over "
+                f"clinical.max_days_xray_to_dxa={limit}"
+            )
+    label = record["label"]
+    if label not in settings.data.classes and record["t_score"] == record["t_score"]:
+        return f"T-score {record['t_score']:g} is {label}, not one of data.classes"
+    return None
+
+
+def scan_manifest(location: str | Path, settings: Settings, workers: int | None = None) -> Scan:
+    """The :class:`Scan` of a manifest: its usable rows as the image manifest (named by row),
+    every row with its problems as ``Scan.rows`` for the ``manifest`` suite, and the rows left out
+    (with reasons) as ``ignored``."""
+    path = Path(location).resolve()
+    table = read_table(path)
+    rows = _parse(table, path.parent)
+    checked = _row_table(rows, settings, patient_key(settings.clinical))
+    ignored, images = [], []
+    for row, record in zip(rows, checked.to_dict(orient="records")):
+        if row.file is None or record["label_problem"] or record["t_score_problem"]:
+            continue
+        reason = _exclusion(pd.Series(record), settings)
+        if reason:
+            ignored.append({"path": row.ref, "reason": reason})
+        else:
+            images.append((row, record))
+    files = {row.ref: row.file for row, _ in images}
+    manifest = inspect_all(
+        [(row.ref, record["label"], row.file, None) for row, record in images],
+        settings.validation.max_pixels,
+        workers,
+    )
+    manifest["error"] = [
+        error.replace(str(files[ref]), ref) if isinstance(error, str) else None
+        for ref, error in zip(manifest["path"], manifest["error"])
+    ]
+    extra = ("patient", "exam", "side", "view", "sex", "age", "t_score", "label_source")
+    for column in extra:
+        manifest[column] = [record[column] for _, record in images]
+    return Scan(
+        root=path,
+        manifest=manifest,
+        class_dirs=sorted(set(manifest["label"])),
+        ignored=ignored,
+        files=files,
+        rows=checked,
+    )
+
+
+def manifest_files(location: Path, refs: list[str]) -> list[Path]:
+    """The files of the rows ``refs`` (``row N``) of the manifest at ``location``: how a split
+    manifest made from it finds its images again."""
+    table = read_table(Path(location))
+    folder = Path(location).resolve().parent
+    files = []
+    for ref in refs:
+        number = int(ref.removeprefix("row "))
+        if not 1 <= number <= len(table):
+            raise ManifestError(f"{location} has no {ref}: was it edited since the split?")
+        file, problem = _inside(folder, table["path"].iat[number - 1])
+        if file is None:
+            raise ManifestError(f"{location} {ref}, column 'path': {problem}")
+        files.append(file)
+    return files
