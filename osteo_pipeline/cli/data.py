@@ -30,7 +30,7 @@ DataDir = Annotated[
         metavar="DATA",
         help=(
             "Folder of class folders (DATA/<class>/<image>) or a clinical manifest "
-            "(.csv/.parquet: path, patient_id, label or t_score, ...)."
+            "(.csv/.parquet: path, patient_id, label or t_score, ...; needs $OSTEO_PATIENT_KEY)."
         ),
     ),
 ]
@@ -45,7 +45,11 @@ def show_config(*, config: ConfigSource) -> None:
 @command()
 def synth(
     out_dir: Annotated[
-        Path, typer.Argument(help="Folder to write OUT_DIR/<class>/*.{jpg,png} into.")
+        Path,
+        typer.Argument(
+            help="Folder to write OUT_DIR/<class>/*.{jpg,png} into (with --manifest: a clinical "
+            "export and OUT_DIR/manifest.csv)."
+        ),
     ],
     per_class: Annotated[int | None, typer.Option(help="Images per class.", min=1)] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
@@ -166,7 +170,8 @@ def split(
     *,
     config: ConfigSource,
 ) -> None:
-    """Validate, then write a deterministic stratified split that keeps duplicates together."""
+    """Validate, then write a deterministic stratified split that keeps copies of one radiograph,
+    and a manifest's patients, together."""
     from rich.table import Table
 
     settings = config.settings()

@@ -134,3 +134,27 @@ def normal_cell(column: str, value: str) -> str:
         except ValueError:
             return value
     return value.upper() if column == "view" else value
+
+
+def row_label(
+    written: str,
+    t_score: float,
+    classes: Sequence[str],
+    cutoffs: tuple[float, float],
+    ignore_unlisted: bool = False,
+) -> tuple[str | None, str | None]:
+    """A manifest row's label (``written`` as one of ``classes``, in any case, else the T-score's
+    WHO category under ``cutoffs``: normal min, osteoporosis max) and what is wrong with it.
+    Problems name classes and numbers, never the cell: a misplaced patient ID must not be
+    printed."""
+    label = next((c for c in classes if c.lower() == written.lower()), written or None)
+    if written and label not in classes and not ignore_unlisted:
+        return None, f"not one of data.classes ({', '.join(classes)})"
+    if np.isfinite(t_score):
+        by_t = who_label(t_score, *cutoffs)
+        if label and label != by_t and label in classes:
+            return label, f"label {label} but T-score {t_score:g} is {by_t}"
+        return label or by_t, None
+    if not label:
+        return None, "neither a label nor a T-score"
+    return label, None

@@ -19,9 +19,9 @@ MIN_SUBGROUP = 5
 def by_exam(
     frame: pd.DataFrame, labels: np.ndarray, proba: np.ndarray
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """One row per exam (``frame``'s ``exam`` and ``patient`` columns, aligned with ``labels`` and
-    ``proba``): its patient, label (one per exam, validation checks it) and the mean probability
-    of its images."""
+    """One row per exam, a patient's visit (``frame``'s ``exam`` and ``patient`` columns, aligned
+    with ``labels`` and ``proba``): its patient, its most severe label (classes run mildest
+    first; the knees of one visit may differ) and the mean probability of its images."""
     exams = pd.DataFrame({"exam": frame["exam"].to_numpy(), "label": labels})
     exams["patient"] = frame["patient"].to_numpy()
     for column in ("sex", "age"):
@@ -30,7 +30,8 @@ def by_exam(
     order = pd.factorize(exams["exam"])[0]
     mean = np.stack([proba[order == i].mean(axis=0) for i in range(order.max() + 1)])
     first = exams.groupby(order).first().reset_index(drop=True)
-    return first, first["label"].to_numpy(dtype=np.int64), mean
+    worst = exams.groupby(order)["label"].max().to_numpy(dtype=np.int64)
+    return first.assign(label=worst), worst, mean
 
 
 def age_band(age: float, edges: Sequence[int]) -> str | None:

@@ -38,8 +38,6 @@ def suite_parameters(settings: Settings) -> dict[str, Any]:
         "min_class_share": v.min_class_share,
         "max_class_share": v.max_class_share,
         "min_images_per_class": v.min_images_per_class,
-        "min_t_score": settings.clinical.plausible_t_score[0],
-        "max_t_score": settings.clinical.plausible_t_score[1],
     }
 
 

@@ -36,9 +36,10 @@ from osteo_pipeline.core.clinical import (
     parse_date,
     parse_number,
     pseudonym,
-    who_label,
+    row_label,
 )
 from osteo_pipeline.core.preprocess import is_dicom
+from osteo_pipeline.io.dicom_files import dicom_tags
 from osteo_pipeline.io.manifest import DataDirError, Scan, inspect_all
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,9 @@ REQUIRED = ("path", "patient_id")
 OPTIONAL = ("label", "t_score", "side", "view", "study_date", "age", "sex", "label_source")
 OPTIONAL += ("dxa_date",)
 KNOWN = REQUIRED + OPTIONAL
-#: Where a DICOM file keeps what a row may leave blank (the first tag present wins).
-TAGS = {
-    "patient_id": ("PatientID",),
-    "sex": ("PatientSex",),
-    "age": ("PatientAge",),
-    "side": ("ImageLaterality", "Laterality"),
-    "view": ("ViewPosition",),
-    "study_date": ("StudyDate", "AcquisitionDate"),
-}
+MIN_KEY_LENGTH = 32  # characters of $OSTEO_PATIENT_KEY: 16 random bytes written as hex
+#: What the ``manifest`` suite checks per row, each a ``<name>_problem`` column (null: fine).
+PROBLEMS = ("path", "patient", "t_score", "label", "side", "view", "date", "age", "sex", "tags")
 
 
 class ManifestError(DataDirError):
@@ -79,10 +74,13 @@ def patient_key(settings: ClinicalSettings) -> bytes:
     logged). Required: without one key for every run, the patients a model trained on could not
     be recognised when it is evaluated or gated later."""
     value = os.environ.get(settings.patient_key_env, "")
-    if not value:
+    if len(value) < MIN_KEY_LENGTH:
         raise ManifestError(
-            f"a clinical manifest needs a patient key: set ${settings.patient_key_env} to a "
-            "secret of your own and keep it for every run (patient IDs become keyed hashes)"
+            f"a clinical manifest needs a patient key of at least {MIN_KEY_LENGTH} characters in "
+            f"${settings.patient_key_env}"
+            f"{f' (it holds {len(value)})' if value else ''}: a random secret of your own, kept "
+            "for every run, e.g. python3 -c 'import secrets; print(secrets.token_hex(32))' "
+            "(patient IDs become keyed hashes; a guessable key would let them be recomputed)"
         )
     return value.encode("utf-8")
 
@@ -175,7 +173,10 @@ def _inside(folder: Path, raw: str) -> tuple[Path | None, str | None]:
         return None, "empty path"
     relative = PurePosixPath(raw.replace("\\", "/"))
     if relative.is_absolute() or raw[1:3] == ":/" or ".." in relative.parts:
-        return None, "path leaves the manifest's folder (absolute or with ..)"
+        return None, (
+            "path leaves the manifest's folder (absolute or with ..): keep the manifest in the "
+            "export's top folder, paths relative to it"
+        )
     file = folder / relative
     if not file.resolve().is_relative_to(folder.resolve()):
         return None, "path leaves the manifest's folder (through a symlink)"
@@ -192,26 +193,12 @@ class _Row:
     problems: dict[str, str]
 
 
-def _dicom_tags(file: Path) -> dict[str, str]:
-    import pydicom
-
-    try:
-        header = pydicom.dcmread(file, stop_before_pixels=True)
-    except Exception:  # unreadable: the image check reports it
-        return {}
-    found = {}
-    for column, names in TAGS.items():
-        value = next((str(header.get(n)) for n in names if header.get(n) not in (None, "")), "")
-        found[column] = value
-    return found
-
-
 def _fill_from_tags(row: _Row) -> None:
     """Blank cells from the DICOM tags; a cell that disagrees with them is a problem."""
     if row.file is None or not row.file.is_file() or not is_dicom(row.file):
         return
     disagree = []
-    for column, tag in _dicom_tags(row.file).items():
+    for column, tag in dicom_tags(row.file).items():
         given = row.cells[column]
         if not tag:
             continue
@@ -220,7 +207,10 @@ def _fill_from_tags(row: _Row) -> None:
         elif normal_cell(column, given) != normal_cell(column, tag):
             disagree.append(column)  # which, never the values (an ID, a date)
     if disagree:
-        row.problems["tags"] = "differs from the DICOM tags: " + ", ".join(disagree)
+        row.problems["tags"] = (
+            "the DICOM tags say otherwise (the manifest's value is used) for: "
+            + ", ".join(disagree)
+        )
 
 
 def _parse(table: pd.DataFrame, folder: Path) -> list[_Row]:
@@ -236,58 +226,70 @@ def _parse(table: pd.DataFrame, folder: Path) -> list[_Row]:
 
 
 def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame:
-    """One record per row: the values the suite checks, each problem in its own column."""
+    """One record per row: the values the suite checks, each problem in its own column (what is
+    wrong, never the cell itself)."""
     clinical = settings.clinical
+    allowed_views = clinical.allowed_views
     records = []
     for row in rows:
         cells, problems = row.cells, dict(row.problems)
         try:
             t_score = parse_number(cells["t_score"])
         except ValueError:
-            t_score, problems["t_score"] = np.nan, f"{cells['t_score']!r} is not a number"
-        label = cells["label"]
-        if np.isfinite(t_score):
-            by_t = who_label(
-                t_score, clinical.normal_min_t_score, clinical.osteoporosis_max_t_score
+            t_score, problems["t_score"] = np.nan, "not a number (write e.g. -2.7)"
+        low, high = clinical.plausible_t_score
+        if np.isfinite(t_score) and not low <= t_score <= high:
+            t_score, problems["t_score"] = (
+                np.nan,
+                (f"outside clinical.plausible_t_score ({low:g} to {high:g}): a typing error?"),
             )
-            if label and label != by_t:
-                problems["label"] = f"label {label!r} but T-score {t_score:g} is {by_t}"
-            label = label or by_t
-        elif not label and "t_score" not in problems:
-            problems["label"] = "neither a label nor a T-score"
+        label, problems["label"] = row_label(
+            cells["label"],
+            t_score,
+            settings.data.classes,
+            (clinical.normal_min_t_score, clinical.osteoporosis_max_t_score),
+            settings.data.ignore_unlisted_classes,
+        )
+        if "t_score" in problems and problems["label"] == "neither a label nor a T-score":
+            problems["label"] = None
         dates = {}
         for column in ("study_date", "dxa_date"):
             try:
                 dates[column] = parse_date(cells[column]) if cells[column] else None
             except ValueError:
-                problems["date"] = f"{column} {cells[column]!r} is not a date (YYYY-MM-DD)"
+                problems["date"] = f"{column} is not a date (YYYY-MM-DD, YYYYMMDD or DD.MM.YYYY)"
         try:
             age = parse_age(cells["age"]) if cells["age"] else np.nan
         except ValueError:
-            age, problems["age"] = np.nan, f"{cells['age']!r} is not an age"
+            age, problems["age"] = np.nan, "not an age in years"
+        if np.isfinite(age) and not 0 <= age <= 120:
+            problems["age"] = "outside 0-120 years"
         patient = pseudonym(key, cells["patient_id"]) if cells["patient_id"] else None
-        side = SIDES.get(cells["side"].upper(), cells["side"]) if cells["side"] else None
+        if patient is None:
+            problems["patient"] = "blank, and no DICOM PatientID to fill it"
+        side = SIDES.get(cells["side"].upper()) if cells["side"] else None
+        if cells["side"] and side is None:
+            problems["side"] = "not L, R or both (left, right also read)"
+        sex = SEXES.get(cells["sex"].upper()) if cells["sex"] else None
+        if cells["sex"] and sex is None:
+            problems["sex"] = "not F, M or O (female, male, other also read)"
         view = cells["view"].upper() or None
+        if allowed_views is not None and view not in {v.upper() for v in allowed_views}:
+            problems["view"] = f"not one of clinical.allowed_views ({', '.join(allowed_views)})"
         records.append(
             {
                 "row": row.ref,
-                "path_problem": problems.get("path"),
+                **{f"{name}_problem": problems.get(name) for name in PROBLEMS},
                 "patient": patient,
                 "t_score": t_score,
-                "t_score_problem": problems.get("t_score"),
-                "label": label or None,
-                "label_problem": problems.get("label"),
+                "label": label,
                 "side": side,
                 "view": view,
-                "view_allowed": clinical.allowed_views is None
-                or view in {v.upper() for v in clinical.allowed_views},
-                "date_problem": problems.get("date"),
                 "age": age,
-                "age_problem": problems.get("age"),
-                "sex": SEXES.get(cells["sex"].upper(), cells["sex"]) if cells["sex"] else None,
-                "tag_conflict": problems.get("tags"),
+                "sex": sex,
                 "label_source": cells["label_source"] or None,
-                "exam": pseudonym(key, f"{cells['patient_id']}|{side}|{dates.get('study_date')}")
+                # a visit: both knees and every view of one patient on one day
+                "exam": pseudonym(key, f"{cells['patient_id']}|{dates.get('study_date')}")
                 if patient
                 else None,
                 "days_to_dxa": abs((dates["study_date"] - dates["dxa_date"]).days)
@@ -302,9 +304,11 @@ def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame
     frame["same_file_as"] = [
         f"the same file as row {f}" if f != i + 1 else None for i, f in enumerate(first)
     ]
-    labelled = frame.dropna(subset=["exam", "label"])
-    per_exam = labelled.groupby("exam")["label"].nunique()
-    frame["exam_labels"] = frame["exam"].map(per_exam).fillna(0).astype(int)
+    # One label per knee and visit (a patient, side and study date).
+    knee = frame["exam"].astype(str) + "|" + frame["side"].astype(str)
+    labelled = frame["exam"].notna() & frame["label"].notna()
+    per_knee = frame[labelled].groupby(knee[labelled])["label"].nunique()
+    frame["exam_labels"] = knee.map(per_knee).fillna(0).astype(int)
     return frame
 
 
@@ -336,7 +340,9 @@ def scan_manifest(location: str | Path, settings: Settings, workers: int | None 
     checked = _row_table(rows, settings, patient_key(settings.clinical))
     ignored, images = [], []
     for row, record in zip(rows, checked.to_dict(orient="records")):
-        if row.file is None or record["label_problem"] or record["t_score_problem"]:
+        if row.file is None or any(
+            isinstance(record[f"{name}_problem"], str) for name in ("label", "t_score")
+        ):
             continue
         reason = _exclusion(pd.Series(record), settings)
         if reason:

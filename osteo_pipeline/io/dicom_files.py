@@ -1,4 +1,5 @@
-"""Write a gray radiograph as a DICOM file in the encodings PACS exports use, each one decoding
+"""DICOM files beyond their pixels: the tags a clinical manifest may leave blank, and a gray
+radiograph written in the encodings PACS exports use, each one decoding
 (``core.preprocess.dicom_to_gray``) back to the same pixels: what the synthetic clinical corpus and
 the decoder's tests are made of."""
 
@@ -11,6 +12,15 @@ import numpy as np
 #: The encodings: 8-bit MONOCHROME2 and MONOCHROME1 (inverted) with a window, 12-bit stored
 #: values with a rescale slope and intercept, and 12-bit values through a VOI LUT Sequence.
 VARIANTS = ("mono2-8bit", "mono1-8bit", "12bit-rescaled", "voi-lut")
+#: Where a DICOM file keeps what a row may leave blank (the first tag present wins).
+TAGS = {
+    "patient_id": ("PatientID",),
+    "sex": ("PatientSex",),
+    "age": ("PatientAge",),
+    "side": ("ImageLaterality", "Laterality"),
+    "view": ("ViewPosition",),
+    "study_date": ("StudyDate", "AcquisitionDate"),
+}
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, for presentation
 
 
@@ -64,3 +74,19 @@ def write_dicom(
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     dicom_dataset(gray, variant, tags, uid_seed).save_as(path, enforce_file_format=True)
+
+
+def dicom_tags(file: Path) -> dict[str, str]:
+    """The manifest columns a DICOM file's header can fill (blank when absent or unreadable);
+    the header is read without its pixels and kept nowhere."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception:  # unreadable: the image check reports it
+        return {}
+    found = {}
+    for column, names in TAGS.items():
+        value = next((str(header.get(n)) for n in names if header.get(n) not in (None, "")), "")
+        found[column] = value
+    return found

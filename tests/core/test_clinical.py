@@ -78,10 +78,10 @@ def test_bootstrap_resamples_whole_patients():
     assert seen <= {0.0, 0.5, 1.0}
 
 
-def test_exams_average_their_images():
+def test_exams_average_their_images_and_take_the_worse_knee():
     frame = pd.DataFrame({"exam": ["e1", "e1", "e2"], "patient": ["p", "p", "q"]})
     proba = np.array([[0.2, 0.8], [0.4, 0.6], [0.9, 0.1]])
-    exams, labels, mean = by_exam(frame, np.array([1, 1, 0]), proba)
+    exams, labels, mean = by_exam(frame, np.array([0, 1, 0]), proba)
     assert list(exams["exam"]) == ["e1", "e2"] and list(labels) == [1, 0]
     assert np.allclose(mean, [[0.3, 0.7], [0.9, 0.1]])
 

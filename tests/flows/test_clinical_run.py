@@ -33,7 +33,7 @@ def test_a_manifest_runs_end_to_end_and_no_store_keeps_a_patient_id(
     with open(export / "manifest.csv", newline="", encoding="utf-8") as handle:
         ids = {row["patient_id"] for row in csv.DictReader(handle)}
     assert all(any(p.name == i for p in export.iterdir()) for i in ids)  # IDs name folders
-    monkeypatch.setenv("OSTEO_PATIENT_KEY", "a key only this test knows")
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "a key only this test knows, long enough")
 
     result = retrain_flow(str(export / "manifest.csv"), str(config_file))
 

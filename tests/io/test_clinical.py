@@ -27,7 +27,7 @@ SMALL += ["--set", "validation.min_images_per_class=2"]
 
 @pytest.fixture(autouse=True)
 def _patient_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key")
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key " + "0" * 32)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,12 @@ def _bad(corpus: Path, name: str):
         "unreadable_file": (changed(1, path="notes.txt"), 1, "row 2, column path"),
         "t_score_text": (changed(3, t_score="abc"), 1, "row 4, column t_score"),
         "t_score_implausible": (changed(3, t_score="12"), 1, "row 4, column t_score"),
+        "patient_id_as_t_score": (
+            changed(3, t_score=rows[3]["patient_id"], age=rows[3]["patient_id"]),
+            1,
+            "row 4, column t_score",
+        ),
+        "unknown_label": (changed(png, label="osteoporsis"), 1, f"row {png + 1}, column label"),
         "label_contradicts_t_score": (
             changed(0, label="osteoporosis", t_score="0.5"),
             1,
@@ -157,6 +163,8 @@ BAD = [
     "unreadable_file",
     "t_score_text",
     "t_score_implausible",
+    "patient_id_as_t_score",
+    "unknown_label",
     "label_contradicts_t_score",
     "two_labels_one_exam",
     "unknown_side",
@@ -186,7 +194,10 @@ def test_a_bad_manifest_gets_one_line_naming_row_and_column(corpus, tmp_path, na
     ]
     assert len(lines) == 1, result.output
     assert _tree(corpus) == before  # nothing written next to the data
-    assert not [r["patient_id"] for r in _rows(corpus) if r["patient_id"] in result.output]
+    ids = [r["patient_id"] for r in _rows(corpus)]
+    assert not [i for i in ids if i in result.output]
+    written = [p for p in (tmp_path / "report").rglob("*") if p.is_file()]
+    assert not [(p.name, i) for p in written for i in ids if i.encode() in p.read_bytes()]
 
 
 def test_a_view_outside_the_allowed_ones_fails(corpus, tmp_path):
@@ -227,7 +238,10 @@ def test_a_manifest_that_disagrees_with_the_tags_is_reported(corpus, tmp_path):
         app, ["validate", str(path), "--report-dir", str(tmp_path / "r"), *SMALL]
     )
     assert result.exit_code == 0, result.output  # a warning: the row is used
-    assert f"row {first_dicom + 1}, column path: differs from the DICOM tags: sex" in result.output
+    assert (
+        f"row {first_dicom + 1}, column DICOM tags: the DICOM tags say otherwise (the manifest's "
+        "value is used) for: sex"
+    ) in result.output
 
 
 def test_copy_of_the_corpus_elsewhere_still_finds_its_files(corpus, tmp_path):

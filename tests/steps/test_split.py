@@ -133,7 +133,7 @@ def test_no_patient_crosses_the_split_or_a_fold_of_a_clinical_manifest(
     from osteo_pipeline.core.splits import group_folds
     from osteo_pipeline.steps.synth_clinical import write_clinical_dataset
 
-    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key")
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key " + "0" * 32)
     write_clinical_dataset(tmp_path / "clinic", ["normal", "osteoporosis"], 12, 64, 3)
     manifest = tmp_path / "clinic" / "manifest.csv"
     split = split_dataset(validate_folder(manifest, tiny_settings), tiny_settings)
@@ -160,7 +160,7 @@ def test_a_leaky_split_is_stopped_before_training(tmp_path, tiny_settings, monke
     from osteo_pipeline.core.clinical import PatientOverlapError
     from osteo_pipeline.steps.synth_clinical import write_clinical_dataset
 
-    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key")
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "test key " + "0" * 32)
     write_clinical_dataset(tmp_path / "clinic", ["normal", "osteoporosis"], 6, 64, 4)
     validation = validate_folder(tmp_path / "clinic" / "manifest.csv", tiny_settings)
 
@@ -181,7 +181,7 @@ def test_patients_seen_in_training_are_only_matched_under_their_key(
     from osteo_pipeline.steps.seen import TrainingManifestError, training_patients
     from osteo_pipeline.steps.synth_clinical import write_clinical_dataset
 
-    monkeypatch.setenv("OSTEO_PATIENT_KEY", "the training key")
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "the training key " + "1" * 32)
     write_clinical_dataset(tmp_path / "clinic", ["normal", "osteoporosis"], 6, 64, 4)
     split = split_dataset(
         validate_folder(tmp_path / "clinic" / "manifest.csv", tiny_settings), tiny_settings
@@ -190,6 +190,6 @@ def test_patients_seen_in_training_are_only_matched_under_their_key(
     monkeypatch.setattr(seen.TrainingRun, "of_model", staticmethod(lambda uri: run))
     trained = set(split.files.loc[split.files["split"] != "test", "patient"])
     assert training_patients("models:/m/1", tiny_settings) == trained
-    monkeypatch.setenv("OSTEO_PATIENT_KEY", "another key")
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "another key " + "2" * 32)
     with pytest.raises(TrainingManifestError, match="another key"):
         training_patients("models:/m/1", tiny_settings)
