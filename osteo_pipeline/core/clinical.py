@@ -136,23 +136,25 @@ def normal_cell(column: str, value: str) -> str:
     return value.upper() if column == "view" else value
 
 
+#: The start of ``row_label``'s problem for a label outside ``data.classes``.
+UNLISTED = "not one of data.classes"
+
+
 def row_label(
-    written: str,
-    t_score: float,
-    classes: Sequence[str],
-    cutoffs: tuple[float, float],
-    ignore_unlisted: bool = False,
+    written: str, t_score: float, classes: Sequence[str], cutoffs: tuple[float, float]
 ) -> tuple[str | None, str | None]:
     """A manifest row's label (``written`` as one of ``classes``, in any case, else the T-score's
-    WHO category under ``cutoffs``: normal min, osteoporosis max) and what is wrong with it.
-    Problems name classes and numbers, never the cell: a misplaced patient ID must not be
-    printed."""
-    label = next((c for c in classes if c.lower() == written.lower()), written or None)
-    if written and label not in classes and not ignore_unlisted:
-        return None, f"not one of data.classes ({', '.join(classes)})"
+    WHO category under ``cutoffs``: normal min, osteoporosis max, spelt as in ``classes`` when
+    there) and what is wrong with it. Neither ever holds the cell itself unless it is a class: a
+    patient ID pasted into the label column must not be printed."""
+    spelt = {name.lower(): name for name in classes}
+    label = spelt.get(written.lower()) if written else None
+    if written and label is None:
+        return None, f"{UNLISTED} ({', '.join(classes)})"
     if np.isfinite(t_score):
         by_t = who_label(t_score, *cutoffs)
-        if label and label != by_t and label in classes:
+        by_t = spelt.get(by_t, by_t)
+        if label and label != by_t:
             return label, f"label {label} but T-score {t_score:g} is {by_t}"
         return label or by_t, None
     if not label:

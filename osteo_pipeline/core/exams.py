@@ -22,7 +22,9 @@ def by_exam(
     """One row per exam, a patient's visit (``frame``'s ``exam`` and ``patient`` columns, aligned
     with ``labels`` and ``proba``): its patient, its most severe label (classes run mildest
     first; the knees of one visit may differ) and the mean probability of its images."""
-    exams = pd.DataFrame({"exam": frame["exam"].to_numpy(), "label": labels})
+    exams = pd.DataFrame(
+        {"exam": frame["exam"].fillna(frame["patient"]).to_numpy(), "label": labels}
+    )
     exams["patient"] = frame["patient"].to_numpy()
     for column in ("sex", "age"):
         if column in frame:

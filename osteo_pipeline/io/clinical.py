@@ -18,7 +18,6 @@ checks, so all of them are reported at once, by row and column.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from osteo_pipeline.config import ClinicalSettings, Settings
 from osteo_pipeline.core.clinical import (
     SEXES,
     SIDES,
+    UNLISTED,
     normal_cell,
     parse_age,
     parse_date,
@@ -40,22 +40,14 @@ from osteo_pipeline.core.clinical import (
 )
 from osteo_pipeline.core.preprocess import is_dicom
 from osteo_pipeline.io.dicom_files import dicom_tags
-from osteo_pipeline.io.manifest import DataDirError, Scan, inspect_all
+from osteo_pipeline.io.manifest import Scan, inspect_all
+from osteo_pipeline.io.manifest_table import ManifestError, read_table
 
 log = logging.getLogger(__name__)
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
-REQUIRED = ("path", "patient_id")
-OPTIONAL = ("label", "t_score", "side", "view", "study_date", "age", "sex", "label_source")
-OPTIONAL += ("dxa_date",)
-KNOWN = REQUIRED + OPTIONAL
 MIN_KEY_LENGTH = 32  # characters of $OSTEO_PATIENT_KEY: 16 random bytes written as hex
 #: What the ``manifest`` suite checks per row, each a ``<name>_problem`` column (null: fine).
 PROBLEMS = ("path", "patient", "t_score", "label", "side", "view", "date", "age", "sex", "tags")
-
-
-class ManifestError(DataDirError):
-    """The manifest cannot be read as a table of images (exit 2); the message names the file and
-    the row or column."""
 
 
 def is_manifest(location: str | Path) -> bool:
@@ -77,8 +69,7 @@ def patient_key(settings: ClinicalSettings) -> bytes:
     if len(value) < MIN_KEY_LENGTH:
         raise ManifestError(
             f"a clinical manifest needs a patient key of at least {MIN_KEY_LENGTH} characters in "
-            f"${settings.patient_key_env}"
-            f"{f' (it holds {len(value)})' if value else ''}: a random secret of your own, kept "
+            f"${settings.patient_key_env}: a random secret of your own, kept "
             "for every run, e.g. python3 -c 'import secrets; print(secrets.token_hex(32))' "
             "(patient IDs become keyed hashes; a guessable key would let them be recomputed)"
         )
@@ -89,82 +80,6 @@ def key_fingerprint(settings: ClinicalSettings) -> str:
     """Which key made a split's pseudonyms, without revealing it: a later run under another key
     cannot match patients, and says so instead of matching none."""
     return pseudonym(patient_key(settings), "osteo-pipeline key fingerprint")[:12]
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """The manifest as text cells (blank for missing), columns lower-cased; structural problems
-    raise :class:`ManifestError`, which names the known columns only (a file without a header
-    would otherwise show its first row: a path and a patient ID)."""
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
-    if path.stat().st_size == 0:
-        raise ManifestError(
-            f"{path}: empty file (expected a header row: path, patient_id, label or t_score)"
-        )
-    try:
-        if path.suffix.lower() == ".csv":
-            # blank lines are kept as rows, so ``row N`` is the Nth line below the header
-            table = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=False
-            )
-        else:
-            table = _as_text(pd.read_parquet(path))
-    except (ValueError, UnicodeDecodeError, OSError, ImportError) as exc:
-        raise ManifestError(f"{path}: cannot read it as {path.suffix[1:]}: {exc}") from exc
-    written = _header(path, table)
-    names = written if len(written) == len(table.columns) else list(table.columns)
-    columns = [str(c).strip().lower() for c in names]
-    known = [c for c in dict.fromkeys(columns) if c in KNOWN]
-    if len(columns) == 1:
-        found = next((d for d in (";", "\t", "|") if d in columns[0]), None)
-        if found:
-            raise ManifestError(
-                f"{path} row 0 (header): one column only; separate columns with commas "
-                f"(found {found!r})"
-            )
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
-    if repeated:
-        shown = f"column {repeated[0]!r}" if repeated[0] in KNOWN else "a column name"
-        raise ManifestError(f"{path} row 0 (header): {shown} appears twice")
-    table.columns = columns
-    missing = [c for c in REQUIRED if c not in columns]
-    if missing:
-        raise ManifestError(
-            f"{path} row 0 (header): missing column {missing[0]!r} (found {len(columns)} "
-            f"columns; known ones: {', '.join(known) or 'none'})"
-        )
-    if "label" not in columns and "t_score" not in columns:
-        raise ManifestError(f"{path} row 0 (header): needs a 'label' or a 't_score' column")
-    while len(table) and not "".join(map(str, table.iloc[-1])).strip():
-        table = table.iloc[:-1]  # blank lines at the end
-    if table.empty:
-        raise ManifestError(f"{path}: a header and no rows")
-    for column in OPTIONAL:
-        if column not in table:
-            table[column] = ""
-    return table.map(lambda v: str(v).strip()).reset_index(drop=True)
-
-
-def _as_text(table: pd.DataFrame) -> pd.DataFrame:
-    """A Parquet table as the text a CSV would hold: dates as YYYY-MM-DD, whole numbers without
-    ``.0`` (an ID 123 stays 123), missing as blank."""
-    columns = {}
-    for name in table.columns:
-        values = table[name]
-        if pd.api.types.is_datetime64_any_dtype(values):
-            values = values.dt.strftime("%Y-%m-%d")
-        elif pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
-            values = values.astype("Int64")
-        columns[name] = [("" if pd.isna(v) else str(v)) for v in values.astype(object)]
-    return pd.DataFrame(columns, columns=list(table.columns), dtype=object)
-
-
-def _header(path: Path, table: pd.DataFrame) -> list[str]:
-    """The column names as written (pandas renames a repeated ``path`` to ``path.1``)."""
-    if path.suffix.lower() != ".csv":
-        return list(table.columns)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        return next(csv.reader(handle), [])
 
 
 def _inside(folder: Path, raw: str) -> tuple[Path | None, str | None]:
@@ -200,8 +115,8 @@ def _fill_from_tags(row: _Row) -> None:
     disagree = []
     for column, tag in dicom_tags(row.file).items():
         given = row.cells[column]
-        if not tag:
-            continue
+        if not tag or (column == "side" and tag.upper() not in SIDES):
+            continue  # DICOM's "U" (unpaired) says nothing about the knee
         if not given:
             row.cells[column] = tag
         elif normal_cell(column, given) != normal_cell(column, tag):
@@ -248,8 +163,11 @@ def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame
             t_score,
             settings.data.classes,
             (clinical.normal_min_t_score, clinical.osteoporosis_max_t_score),
-            settings.data.ignore_unlisted_classes,
         )
+        excluded = None
+        if (problems["label"] or "").startswith(UNLISTED) and settings.data.ignore_unlisted_classes:
+            problems["label"] = None
+            excluded = "label not in data.classes (data.ignore_unlisted_classes)"
         if "t_score" in problems and problems["label"] == "neither a label nor a T-score":
             problems["label"] = None
         dates = {}
@@ -257,7 +175,8 @@ def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame
             try:
                 dates[column] = parse_date(cells[column]) if cells[column] else None
             except ValueError:
-                problems["date"] = f"{column} is not a date (YYYY-MM-DD, YYYYMMDD or DD.MM.YYYY)"
+                bad = f"{column} is not a date (YYYY-MM-DD, YYYYMMDD or DD.MM.YYYY)"
+                problems["date"] = f"{problems['date']}; {bad}" if "date" in problems else bad
         try:
             age = parse_age(cells["age"]) if cells["age"] else np.nan
         except ValueError:
@@ -275,7 +194,10 @@ def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame
             problems["sex"] = "not F, M or O (female, male, other also read)"
         view = cells["view"].upper() or None
         if allowed_views is not None and view not in {v.upper() for v in allowed_views}:
-            problems["view"] = f"not one of clinical.allowed_views ({', '.join(allowed_views)})"
+            problems["view"] = (
+                f"{'blank, with no DICOM ViewPosition' if view is None else 'not'} one of "
+                f"clinical.allowed_views ({', '.join(allowed_views)})"
+            )
         records.append(
             {
                 "row": row.ref,
@@ -288,6 +210,7 @@ def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame
                 "age": age,
                 "sex": sex,
                 "label_source": cells["label_source"] or None,
+                "excluded": excluded,
                 # a visit: both knees and every view of one patient on one day
                 "exam": pseudonym(key, f"{cells['patient_id']}|{dates.get('study_date')}")
                 if patient
@@ -314,6 +237,8 @@ def _row_table(rows: list[_Row], settings: Settings, key: bytes) -> pd.DataFrame
 
 def _exclusion(record: pd.Series, settings: Settings) -> str | None:
     """Why a well-formed row is left out of training (not a failure), or None."""
+    if isinstance(record["excluded"], str):
+        return record["excluded"]
     limit = settings.clinical.max_days_xray_to_dxa
     if limit is not None:
         days = record["days_to_dxa"]
@@ -324,8 +249,8 @@ def _exclusion(record: pd.Series, settings: Settings) -> str | None:
                 f"X-ray and density exam {days:.0f} days apart, over "
                 f"clinical.max_days_xray_to_dxa={limit}"
             )
-    label = record["label"]
-    if label not in settings.data.classes and record["t_score"] == record["t_score"]:
+    label = record["label"]  # a class, or the WHO category of the row's T-score
+    if label not in settings.data.classes:
         return f"T-score {record['t_score']:g} is {label}, not one of data.classes"
     return None
 

@@ -104,6 +104,15 @@ def _bad(corpus: Path, name: str):
         "empty_file": ("", 2, "empty file"),
         "header_only": (header + "\n", 2, "no rows"),
         "wrong_delimiter": ("semicolon", 2, "separate columns with commas"),
+        "unquoted_comma": (
+            header
+            + "\n"
+            + "".join(",".join(r.values()) + "\n" for r in rows[:3])
+            + ",".join(rows[3].values())
+            + ",extra\n",
+            2,
+            "row 4: 12 fields",
+        ),
         "repeated_column": (
             header + ",path\n" + "".join(",".join(r.values()) + ",x\n" for r in rows),
             2,
@@ -156,6 +165,7 @@ BAD = [
     "header_only",
     "wrong_delimiter",
     "repeated_column",
+    "unquoted_comma",
     "duplicate_path",
     "missing_file",
     "escaping_path",
@@ -298,3 +308,59 @@ def test_blank_lines_keep_row_numbers(corpus, tmp_path):
         app, ["validate", str(path), "--report-dir", str(tmp_path / "r"), *SMALL]
     )
     assert result.exit_code == 1 and "row 2, column path: empty path" in result.output
+
+
+def test_a_patient_id_in_the_label_column_is_never_shown(corpus, tmp_path):
+    rows = _rows(corpus)
+    leaked = rows[4]["patient_id"]
+    path = _write(corpus / "id-as-label.csv", [{**rows[4], "label": leaked}, *rows[:4], *rows[5:]])
+    for extra in ([], ["--set", "data.ignore_unlisted_classes=true"]):
+        report = tmp_path / f"r{len(extra)}"
+        result = runner.invoke(
+            app, ["validate", str(path), "--report-dir", str(report), *SMALL, *extra]
+        )
+        assert result.exit_code == (0 if extra else 1), result.output
+        assert leaked not in result.output
+        for written in (p for p in report.rglob("*") if p.is_file()):
+            assert leaked.encode() not in written.read_bytes(), written
+    settings = small_settings(tmp_path).model_copy(deep=True)
+    settings.data.ignore_unlisted_classes = True
+    ignored = scan_data(path, settings).ignored
+    assert ignored == [
+        {"path": "row 1", "reason": "label not in data.classes (data.ignore_unlisted_classes)"}
+    ]
+
+
+def test_one_bad_row_leaves_the_others_in(corpus, tmp_path):
+    rows = _rows(corpus)
+    path = _write(corpus / "one-bad.csv", [{**rows[0], "t_score": "abc"}, *rows[1:]])
+    manifest = scan_data(path, small_settings(tmp_path)).manifest
+    assert len(manifest) == len(rows) - 1 and "row 1" not in set(manifest["path"])
+
+
+def test_labels_match_classes_in_any_case(corpus, tmp_path):
+    rows = [{**r, "t_score": "", "label": "Normal"} for r in _rows(corpus)]
+    manifest = scan_data(_write(corpus / "cased.csv", rows), small_settings(tmp_path)).manifest
+    assert set(manifest["label"]) == {"normal"}
+
+
+def test_a_short_key_is_refused(corpus, monkeypatch):
+    monkeypatch.setenv("OSTEO_PATIENT_KEY", "change-me")
+    result = runner.invoke(app, ["validate", str(corpus / "manifest.csv"), *SMALL])
+    assert result.exit_code == 2 and "at least 32 characters" in result.output
+
+
+def test_parquet_numbers_and_dates_read_as_their_text(corpus, tmp_path):
+    import pandas as pd
+
+    table = pd.read_csv(corpus / "manifest.csv", dtype=str, keep_default_na=False).head(4)
+    typed = table.assign(
+        patient_id=[12.0, 12.0, None, 7.0],  # an integer ID column with a gap
+        study_date=pd.to_datetime(table["study_date"]),
+    )
+    typed.to_parquet(corpus / "typed.parquet")
+    from osteo_pipeline.io.manifest_table import read_table
+
+    read = read_table(corpus / "typed.parquet")
+    assert list(read["patient_id"]) == ["12", "12", "", "7"]
+    assert list(read["study_date"]) == list(table["study_date"])
