@@ -156,7 +156,7 @@ def test_the_wheel_holds_the_package_its_suites_and_flows(installed, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     where, suites = result.stdout.splitlines()
     assert where.startswith(str(installed.parent)) and not where.startswith(str(ROOT))
-    assert suites == "['classes.json', 'contents.json', 'files.json']"
+    assert suites == "['classes.json', 'contents.json', 'files.json', 'manifest.json']"
     docker_cmd = subprocess.run(
         [str(installed / "osteo"), "--help"],
         capture_output=True,
