@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python bench/tune_workers.py
 	$(BIN)/python bench/cv_search.py
 	$(BIN)/python bench/copies.py
+	$(BIN)/python bench/scoring.py
 
 # CI runs this before the tests: ruff's rules (line length 100 included), ruff's formatting, and
 # tools/check_structure.py (no module of 400 lines or more, no repeated block of six lines).

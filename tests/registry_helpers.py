@@ -35,17 +35,27 @@ def brightness_model(size: int, skill: float, shift: float = 0.0) -> keras.Model
 
 
 def log_candidate(
-    split: SplitManifest, settings: Settings, skill: float, shift: float = 0.0
+    split: SplitManifest,
+    settings: Settings,
+    skill: float,
+    shift: float = 0.0,
+    model: keras.Model | None = None,
 ) -> str:
-    """A finished training run with a servable model; returns its run id."""
+    """A finished training run with a servable model (``model``, default the brightness test
+    double); returns its run id."""
     tracking.configure(settings)
     arrays = load_arrays(split, settings, pixel_cache(settings))
-    model = brightness_model(settings.model.input_size, skill, shift)
+    model = model or brightness_model(settings.model.input_size, skill, shift)
     with mlflow.start_run(tags={"osteo.kind": "train", "backbone_weights": "test-double"}) as run:
         run_artifacts.log_settings(settings)
         run_artifacts.log_dataset(split)
         evaluate_predictions(
             arrays["test"], predict_proba(model, arrays["test"].pixels, 8), settings, Calibration()
+        )
+        run_artifacts.log_calibration_predictions(
+            predict_proba(model, arrays["val"].pixels, 8),
+            arrays["val"].labels,
+            run_artifacts.VALIDATION_PREDICTIONS,
         )
         v = settings.validation
         log_pyfunc(

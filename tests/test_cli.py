@@ -153,6 +153,8 @@ def test_every_command_answers_bad_input_with_one_line_and_an_exit_code(
             2,
             "missing.jpg",
         ),
+        (["score", str(a_file), "--out", str(tmp_path / "s"), *store], 2, "not a folder"),
+        (["score", str(data), "--out", str(tmp_path / "s"), *store], 2, "osteo-knee@production"),
         (["compare", str(data), "--cv", "five"], 2, "--cv"),
         (["compare", str(data), "--sizes", "abc"], 2, "compare.sizes", "valid integer"),
         (["crops", str(tmp_path / "missing")], 2, "data folder not found"),
@@ -318,7 +320,7 @@ def test_every_command_takes_the_shared_config_options():
             yield " ".join(path), command
 
     commands = dict(leaves(typer.main.get_command(app)))
-    assert len(commands) == 21
+    assert len(commands) == 22
     for name, command in commands.items():
         options = {opt for param in command.params for opt in param.opts}
         expected = {"--config", "-c", "--set", "-s"} if name != "weights install" else set()

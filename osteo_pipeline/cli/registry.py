@@ -145,3 +145,66 @@ def predict(
     for row in result.itertuples(index=False):
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
     out.print(table)
+
+
+@command()
+def score(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A folder or DICOM tree (any depth), or a manifest (.csv/.parquet)."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the scores and worklist.")],
+    model_uri: Annotated[
+        str | None,
+        typer.Option("--model", help="Model URI (default: the registry's production alias)."),
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="local (default) or spark.")
+    ] = None,
+    master: Annotated[
+        str | None, typer.Option("--master", help="Spark master URL (default: local[*]).")
+    ] = None,
+    *,
+    config: ConfigSource,
+) -> None:
+    """Score an archive with a registered model: Parquet rows (resumable) and a screening
+    worklist ranked by risk."""
+    from rich.progress import Progress
+
+    from osteo_pipeline.cli.common import console
+    from osteo_pipeline.steps.score import score_archive
+
+    settings = config.settings(
+        scoring__model_uri=model_uri, scoring__engine=engine, scoring__spark_master=master
+    )
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("scoring", total=None)
+        result = score_archive(
+            source,
+            out_dir,
+            settings,
+            settings.scoring.model_uri,
+            lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    version = (
+        f"{result.model.name} v{result.model.version}"
+        if result.model.version
+        else result.model.name
+    )
+    out.print(
+        f"{result.files} files: {result.scored} scored now ({result.errors} errors), "
+        f"{result.skipped} already scored by {version} [{result.engine} engine]"
+    )
+    out.print(f"scores: {result.scores}")
+    worklist = result.worklist
+    if worklist is not None:
+        counts = ", ".join(f"{n} {band}" for band, n in worklist.band_counts.items())
+        out.print(f"worklist: {worklist.html} ({counts})")
+        if worklist.thresholds is not None:
+            t = worklist.thresholds
+            out.print(
+                f"thresholds on the {t.chosen_on}: rule out below {t.rule_out:.4f}, "
+                f"rule in above {t.rule_in:.4f}"
+            )
+        else:
+            out.print(worklist.note)

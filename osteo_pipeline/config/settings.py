@@ -21,6 +21,7 @@ from osteo_pipeline.config.operations import (
     ServingSettings,
     TrackingSettings,
 )
+from osteo_pipeline.config.scoring import ScoringSettings
 from osteo_pipeline.config.training import ModelSettings, TrainSettings, TuneSettings
 
 
@@ -58,6 +59,8 @@ class Settings(Section):
     """The model server."""
     compare: CompareSettings = CompareSettings()
     """``osteo compare``'s systems and folds."""
+    scoring: ScoringSettings = ScoringSettings()
+    """``osteo score``: the engine, Parquet parts and the worklist's targets."""
     output_dir: Path = Path("outputs")
     """Reports and split manifests go here."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def read_dicom(source: str | Path | bytes):  # noqa: ANN201 - pydicom.Dataset
 def _unnamed(exc: Exception, source: str | Path | bytes) -> str:
     """The error without the file's path: callers name the image their own way (a clinical
     manifest by row, since its paths carry patient IDs)."""
-    text = f"{type(exc).__name__}: {exc}"
+    text = re.sub(
+        r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", f"{type(exc).__name__}: {exc}"
+    )
     return text if isinstance(source, bytes) else text.replace(str(source), "the file")
 
 

@@ -82,7 +82,7 @@ def key_fingerprint(settings: ClinicalSettings) -> str:
     return pseudonym(patient_key(settings), "osteo-pipeline key fingerprint")[:12]
 
 
-def _inside(folder: Path, raw: str) -> tuple[Path | None, str | None]:
+def inside_folder(folder: Path, raw: str) -> tuple[Path | None, str | None]:
     """The file a ``path`` cell names, or why it may not be read."""
     if not raw:
         return None, "empty path"
@@ -131,7 +131,7 @@ def _fill_from_tags(row: _Row) -> None:
 def _parse(table: pd.DataFrame, folder: Path) -> list[_Row]:
     rows = []
     for number, cells in enumerate(table.to_dict(orient="records"), start=1):
-        file, path_problem = _inside(folder, cells["path"])
+        file, path_problem = inside_folder(folder, cells["path"])
         row = _Row(row_ref(number), cells, file, {})
         if path_problem:
             row.problems["path"] = path_problem
@@ -307,7 +307,7 @@ def manifest_files(location: Path, refs: list[str]) -> list[Path]:
         number = int(ref.removeprefix("row "))
         if not 1 <= number <= len(table):
             raise ManifestError(f"{location} has no {ref}: was it edited since the split?")
-        file, problem = _inside(folder, table["path"].iat[number - 1])
+        file, problem = inside_folder(folder, table["path"].iat[number - 1])
         if file is None:
             raise ManifestError(f"{location} {ref}, column 'path': {problem}")
         files.append(file)

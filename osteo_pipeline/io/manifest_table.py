@@ -24,10 +24,11 @@ class ManifestError(DataDirError):
     the row or column."""
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, labeled: bool = True) -> pd.DataFrame:
     """The manifest as text cells (blank for missing), columns lower-cased; structural problems
     raise :class:`ManifestError`, which names the known columns only (a file without a header
-    would otherwise show its first row: a path and a patient ID)."""
+    would otherwise show its first row: a path and a patient ID). An unlabeled manifest (an
+    archive to score) needs only the ``path`` column."""
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     if path.stat().st_size == 0:
@@ -66,13 +67,13 @@ def read_table(path: Path) -> pd.DataFrame:
         shown = f"column {repeated[0]!r}" if repeated[0] in KNOWN else "a column name"
         raise ManifestError(f"{path} row 0 (header): {shown} appears twice")
     table.columns = columns
-    missing = [c for c in REQUIRED if c not in columns]
+    missing = [c for c in (REQUIRED if labeled else ("path",)) if c not in columns]
     if missing:
         raise ManifestError(
             f"{path} row 0 (header): missing column {missing[0]!r} (found {len(columns)} "
             f"columns; known ones: {', '.join(known) or 'none'})"
         )
-    if "label" not in columns and "t_score" not in columns:
+    if labeled and "label" not in columns and "t_score" not in columns:
         raise ManifestError(f"{path} row 0 (header): needs a 'label' or a 't_score' column")
     while len(table) and not "".join(map(str, table.iloc[-1])).strip():
         table = table.iloc[:-1]  # blank lines at the end

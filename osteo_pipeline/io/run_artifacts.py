@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -28,6 +29,7 @@ CONFIG = "config.json"
 SPLIT_MANIFEST = "split_manifest.json"
 ENVIRONMENT = "environment.json"
 CV_ESTIMATE = "cv_estimate.json"
+CALIBRATION_PREDICTIONS = "calibration_predictions.json"
 TEST_PREFIX = "test_"  # a training run's test metrics (test_<metric>) and evaluation file
 
 
@@ -46,6 +48,7 @@ BACKBONE_WEIGHTS_TAG, BACKBONE_IDENTITY_TAG = "backbone_weights", "backbone_iden
 IMAGE_GRIDS_TAG = "image_grids"
 CALIBRATED_ON_TAG, CV_FOLDS_TAG = "calibrated_on", "cv_folds"
 CALIBRATED_ON_VAL, CALIBRATED_ON_OOF = "val", "out-of-fold predictions"
+VALIDATION_PREDICTIONS = "validation predictions"  # what the thresholds of a worklist come from
 CHOSEN_PREFIX = "chosen."  # params: the training parameters the run used
 PATIENT_CHECK_TAG = "osteo.patient_overlap_check"  # the split's check that no patient crosses it
 INPUT_SIZE_PARAM, ROI_PARAM = "model.input_size", "model.roi"  # logged settings (log_settings)
@@ -140,6 +143,20 @@ def log_cv_estimate(estimate: CvEstimate, details: dict[str, Any]) -> None:
     )
 
 
+def log_calibration_predictions(proba: np.ndarray, labels: np.ndarray, source: str) -> None:
+    """The calibrated probabilities the temperature and threshold were fitted on (``source``:
+    out-of-fold or validation predictions) with their label indices, and no path: what a
+    screening worklist's thresholds are later chosen on (``osteo score``)."""
+    log_json(
+        {
+            "source": source,
+            "labels": [int(label) for label in labels],
+            "proba": np.round(np.asarray(proba, dtype=np.float64), 6).tolist(),
+        },
+        CALIBRATION_PREDICTIONS,
+    )
+
+
 def log_model_card(run_id: str, version: str, card: str) -> str:
     """The model card of ``version`` on its training run; returns its URI."""
     name = f"model_card_v{version}.md"
@@ -189,6 +206,19 @@ class TrainingRun:
         return EvaluationSummary(
             found["metrics"], found["positive_class"], found.get("calibration"), clinical or None
         )
+
+    @cached_property
+    def test_predictions(self) -> list[dict[str, Any]]:
+        """The test split's calibrated predictions (``path``, ``true``, ``p_<class>``)."""
+        return list(self._artifact(TEST_EVALUATION)["predictions"])
+
+    @cached_property
+    def calibration_predictions(self) -> dict[str, Any] | None:
+        """What ``log_calibration_predictions`` logged; ``None`` for runs from before it."""
+        try:
+            return self._artifact(CALIBRATION_PREDICTIONS)
+        except (MlflowException, OSError):
+            return None
 
     @cached_property
     def classes(self) -> list[str]:

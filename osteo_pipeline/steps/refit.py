@@ -121,15 +121,17 @@ def refit_and_evaluate(
         plt.close(figure)
         positive = settings.data.classes.index(settings.data.positive)
         if oof is None:
-            calibration = fit_calibration(
-                predict_images(model, arrays["val"], settings.train.batch_size),
-                arrays["val"].labels,
-                positive,
-            )
+            fitted_on = predict_images(model, arrays["val"], settings.train.batch_size)
+            fitted_labels = arrays["val"].labels
+            source = run_artifacts.VALIDATION_PREDICTIONS
             run_artifacts.log_calibrated_on_val()
         else:
-            calibration = fit_calibration(oof.oof, oof.labels, positive)
+            fitted_on, fitted_labels, source = oof.oof, oof.labels, run_artifacts.CALIBRATED_ON_OOF
             _log_cv_estimate(oof, positive, settings)
+        calibration = fit_calibration(fitted_on, fitted_labels, positive)
+        run_artifacts.log_calibration_predictions(
+            calibration.probabilities(fitted_on), fitted_labels, source
+        )
         proba = predict_images(model, arrays["test"], settings.train.batch_size)
         test = split.subset("test")
         report = evaluate_predictions(

@@ -88,7 +88,7 @@ def test_scheduled_deployment_runs_and_registers_a_version_the_floors_gate(
 
 
 @pytest.mark.timeout(600)
-def test_prefect_deploy_of_prefect_yaml_creates_both_deployments(prefect_harness, tmp_path):
+def test_prefect_deploy_of_prefect_yaml_creates_every_deployment(prefect_harness, tmp_path):
     """`prefect deploy --all` as prefect.yaml's header says to run it, against a temporary API:
     the weekly retrain on the process pool and the tune worker on its own pool, each with its
     entrypoint, parameters and the pull step into OSTEO_PROJECT_DIR."""
@@ -124,7 +124,17 @@ def test_prefect_deploy_of_prefect_yaml_creates_both_deployments(prefect_harness
         return {f"{flows[d.flow_id]}/{d.name}": d for d in found}
 
     created = asyncio.run(deployments())
-    assert set(created) == {"retrain/scheduled-retrain", "tune-worker/tune-worker"}
+    assert set(created) == {
+        "retrain/scheduled-retrain",
+        "tune-worker/tune-worker",
+        "score/scheduled-scoring",
+    }
+    scoring = created["score/scheduled-scoring"]
+    assert (scoring.entrypoint, scoring.work_pool_name) == (
+        "flows/score.py:score_flow",
+        "osteo-process",
+    )
+    assert [s.schedule.cron for s in scoring.schedules] == ["0 1 * * *"]
     retrain, worker = created["retrain/scheduled-retrain"], created["tune-worker/tune-worker"]
     assert (retrain.entrypoint, retrain.work_pool_name) == (
         "flows/retrain.py:retrain_flow",

@@ -1,0 +1,125 @@
+"""The screening worklist's two thresholds on the risk score (the calibrated probability of the
+positive class), and the three bands they make.
+
+- **Rule-out** ``t_out``: the highest cut that keeps at least ``target_sensitivity`` of the
+  positives at or above it. A score below it suggests no density exam.
+- **Rule-in** ``t_in``: the lowest cut that keeps at least ``target_specificity`` of the
+  negatives at or below it. A score above it is flagged as likely low bone density.
+- Between them, the model cannot tell: refer for a density exam.
+
+Both are chosen on predictions the model was not fitted to (its out-of-fold predictions, or its
+validation split's), never on the test split, whose sensitivity and specificity at each cut are
+reported beside them. A model good enough that ``t_in < t_out`` gets one cut, ``t_out``: raising
+``t_in`` to it keeps specificity at least the target, so both guarantees still hold."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from osteo_pipeline.core.metrics import bootstrap_ci
+
+RULE_IN, REFER, RULE_OUT = "rule in", "refer", "rule out"
+BAND_ADVICE = {
+    RULE_IN: "likely low bone density: density exam (DXA) to confirm",
+    REFER: "uncertain: refer for a density exam (DXA)",
+    RULE_OUT: "low risk: no density exam suggested by this screen",
+}
+
+
+class ThresholdError(ValueError):
+    """Predictions that cannot place a threshold (one class missing)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    rule_out: float
+    rule_in: float
+    target_sensitivity: float
+    target_specificity: float
+    chosen_on: str  # "out-of-fold predictions" or "validation predictions"
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {
+            "rule_out": self.rule_out,
+            "rule_in": self.rule_in,
+            "target_sensitivity": self.target_sensitivity,
+            "target_specificity": self.target_specificity,
+            "chosen_on": self.chosen_on,
+        }
+
+
+def choose_thresholds(
+    risk: np.ndarray,
+    positive: np.ndarray,
+    target_sensitivity: float,
+    target_specificity: float,
+    chosen_on: str,
+) -> Thresholds:
+    """The rule-out and rule-in cuts (see the module) on ``risk`` with truth ``positive``."""
+    risk, positive = np.asarray(risk, dtype=np.float64), np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        raise ThresholdError(
+            f"the {chosen_on} hold only one class: no threshold can be chosen on them"
+        )
+    positives = np.sort(risk[positive])[::-1]
+    negatives = np.sort(risk[~positive])
+    kept_positives = max(1, math.ceil(target_sensitivity * len(positives) - 1e-9))
+    kept_negatives = max(1, math.ceil(target_specificity * len(negatives) - 1e-9))
+    rule_out, rule_in = float(positives[kept_positives - 1]), float(negatives[kept_negatives - 1])
+    return Thresholds(
+        rule_out, max(rule_in, rule_out), target_sensitivity, target_specificity, chosen_on
+    )
+
+
+def bands(risk: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """Each score's band: rule out below ``rule_out``, rule in above ``rule_in``, else refer."""
+    risk = np.asarray(risk, dtype=np.float64)
+    return np.where(
+        risk < thresholds.rule_out, RULE_OUT, np.where(risk > thresholds.rule_in, RULE_IN, REFER)
+    )
+
+
+def _rates(risk: np.ndarray, positive: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return {
+        "sensitivity": float((flagged & positive).sum() / n_pos) if n_pos else float("nan"),
+        "specificity": float((~flagged & ~positive).sum() / n_neg) if n_neg else float("nan"),
+    }
+
+
+def threshold_performance(
+    risk: np.ndarray,
+    positive: np.ndarray,
+    thresholds: Thresholds,
+    groups: np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Sensitivity and specificity of each cut on held-out predictions, with percentile
+    bootstrap 95% intervals (resampling ``groups``, the patients, when given): for the rule-out
+    cut a case counts as flagged when it is not ruled out, for the rule-in cut when it is ruled
+    in. ``{cut: {metric: {value, low, high}}}``."""
+    risk, positive = np.asarray(risk, dtype=np.float64), np.asarray(positive, dtype=bool)
+    flags = {"rule_out": risk >= thresholds.rule_out, "rule_in": risk > thresholds.rule_in}
+    result = {}
+    for cut, flagged in flags.items():
+        point = _rates(risk, positive, flagged)
+        low_high = bootstrap_ci(
+            len(risk),
+            lambda i, f=flagged: _rates(risk[i], positive[i], f[i]),
+            n_resamples=n_resamples,
+            seed=seed,
+            groups=groups,
+        )
+        result[cut] = {
+            name: {
+                "value": value,
+                "low": low_high.get(name, (float("nan"),) * 2)[0],
+                "high": low_high.get(name, (float("nan"),) * 2)[1],
+            }
+            for name, value in point.items()
+        }
+    return result

@@ -1,0 +1,81 @@
+"""The local engine of ``osteo score``: this process, reading and decoding the next part of the
+archive in threads while the model scores the current one."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pandas as pd
+
+from osteo_pipeline.io.archive import ArchiveFile
+from osteo_pipeline.io.score_store import ScoreStore
+from osteo_pipeline.steps.score.scorer import Scorer, decode_workers
+
+Progress = Callable[[int, int], None]  # (files handled so far, files in the archive)
+
+
+@dataclass
+class Tally:
+    """What an engine has done so far, kept as it writes each part."""
+
+    store: ScoreStore
+    scorer: Scorer
+    patients: dict[str, str]  # path -> the manifest's patient, for the worklist
+    total: int  # files in the archive
+    progress: Progress | None = None
+    scored: int = 0
+    skipped: int = 0
+    errors: int = 0
+    handled: int = 0
+
+    def part(self, rows: pd.DataFrame, files: int) -> None:
+        """``rows`` scored out of ``files`` handled (the rest skipped), written as one part."""
+        if len(rows):
+            self.store.write_part(self.scorer.finish(rows, self.patients))
+            self.errors += int(rows["error"].notna().sum())
+        self.scored += len(rows)
+        self.skipped += files - len(rows)
+        self.handled += files
+        if self.progress:
+            self.progress(self.handled, self.total)
+
+
+def _read(file: ArchiveFile) -> tuple[bytes | None, str]:
+    if file.file is None:
+        return None, file.problem
+    try:
+        return file.file.read_bytes(), ""
+    except OSError as exc:
+        return None, f"cannot read the file: {exc.strerror or exc}"
+
+
+def score_locally(
+    tally: Tally, files: list[ArchiveFile], done: set[tuple[str, str]], part_size: int
+) -> None:
+    """Score ``files`` part by part in this process, skipping ``done``, into ``tally``; the next
+    part is read and decoded while the model scores this one."""
+    scorer = tally.scorer
+    parts = [files[i : i + part_size] for i in range(0, len(files), part_size)]
+
+    def prepare(part: list[ArchiveFile]) -> tuple[list, list]:
+        with ThreadPoolExecutor(decode_workers()) as pool:
+            read = list(pool.map(_read, part))
+        todo = [
+            (f, raw, problem)
+            for f, (raw, problem) in zip(part, read)
+            if raw is None or (f.path, hashlib.sha256(raw).hexdigest()) not in done
+        ]
+        return todo, scorer.decode([raw for _, raw, _ in todo])
+
+    with ThreadPoolExecutor(1) as ahead:
+        upcoming = ahead.submit(prepare, parts[0]) if parts else None
+        for k, part in enumerate(parts):
+            todo, decoded = upcoming.result()
+            upcoming = ahead.submit(prepare, parts[k + 1]) if k + 1 < len(parts) else None
+            rows = scorer.rows([f.path for f, _, _ in todo], [raw for _, raw, _ in todo], decoded)
+            unread = {f.path: p for f, raw, p in todo if raw is None}
+            rows.loc[rows["path"].isin(unread), "error"] = rows["path"].map(unread)
+            tally.part(rows, len(part))
