@@ -101,15 +101,33 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of preprocessed images (and one-hot labels). Pass ``augment`` for training only.
 
-    Radiographs are gray replicated to three channels (``core.preprocess.load_pixels``), so the
-    pipeline keeps one channel until the last step (``model_batch``): a third of the memory and of
-    the augmentation work, the same result."""
+    The pipeline shuffles and batches row indices and gathers each batch's rows from ``pixels``
+    in parallel workers: a memory-mapped shard (``io.pixels``) is read a batch at a time, never
+    copied whole into a tensor, so memory does not grow with the dataset. The order is the one
+    shuffling the rows themselves would give (a shuffle's order depends only on its seed and the
+    number of elements). Radiographs are gray replicated to three channels
+    (``core.preprocess.load_pixels``), so only one channel is read until the last step
+    (``model_batch``): a third of the reads and of the augmentation work, the same result."""
     gray = pixels[..., :1]
-    tensors = gray if labels is None else (gray, one_hot(labels, n_classes))
-    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    targets = None if labels is None else one_hot(labels, n_classes)
+    shape = (None, *gray.shape[1:])
+
+    def rows(index: np.ndarray):  # noqa: ANN202 - a batch, or a batch and its labels
+        found = np.ascontiguousarray(gray[index])
+        return found if targets is None else (found, targets[index])
+
+    def gather(index: tf.Tensor):  # noqa: ANN202
+        if targets is None:
+            found = tf.numpy_function(rows, [index], tf.uint8, stateful=False)
+            return tf.ensure_shape(found, shape)
+        found, hot = tf.numpy_function(rows, [index], (tf.uint8, tf.float32), stateful=False)
+        return tf.ensure_shape(found, shape), tf.ensure_shape(hot, (None, n_classes))
+
+    ds = tf.data.Dataset.range(len(pixels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(pixels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return model_batches(ds.batch(batch_size), augment)
+    batches = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return model_batches(batches, augment)
 
 
 def model_batches(batches: tf.data.Dataset, augment: XrayAugment | None) -> tf.data.Dataset:

@@ -1,14 +1,22 @@
 """Decode-once pixel cache: each image is decoded and resized once per (content, input size).
 
 Native radiographs are up to 2,660 px: decoding them per epoch or per trial would dominate the
-run. Arrays live in memory for the run and, when a cache folder is set, on disk as
+run. With a cache folder, each image's arrays are kept on disk as
 ``<dir>/v<preprocessing version>/<size>[-knees<roi version>]/<sha256>.npy`` (gray, uint8, one
-per view: the film, or each knee crop), so later runs and trials
-skip decoding too. Keys are content hashes, so an edited file is a new key, and the preprocessing
-version is part of the path, so a change to preprocessing is a miss, never a stale hit."""
+per view: the film, or each knee crop), so later runs and trials skip decoding too. Keys are
+content hashes, so an edited file is a new key, and the preprocessing version is part of the
+path, so a change to preprocessing is a miss, never a stale hit.
+
+A list of images is returned as a **shard**: one ``.npy`` file per list (named by the hash of its
+content hashes, so a dataset version's splits are written once and reread by every trial),
+memory-mapped. Memory then holds what the input pipeline is reading, not the dataset: a run's
+anonymous memory stays flat as the dataset grows, and the operating system's page cache holds
+the pixels while they fit (bench/scale.py). Without a cache folder (small evaluations) the
+pixels are held in memory as before."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +26,42 @@ import numpy as np
 
 from osteo_pipeline.core import preprocess, roi
 from osteo_pipeline.core.preprocess import load_gray_views, views_per_image
+
+DECODE_CHUNK = 256  # images decoded ahead of the shard writer
+
+
+def three_channels(gray: np.ndarray) -> np.ndarray:
+    """N x S x S gray as a read-only N x S x S x 3 view (the channel repeated without copying):
+    the layout the model's inputs have, at a third of the memory or disk."""
+    return np.lib.stride_tricks.as_strided(
+        gray, shape=(*gray.shape, 3), strides=(*gray.strides, 0), writeable=False
+    )
+
+
+def _root(array: np.ndarray) -> object:
+    """The object that owns ``array``'s memory (an array, or a memory map)."""
+    node: object = array
+    while getattr(node, "base", None) is not None:
+        node = node.base  # type: ignore[attr-defined]
+    return node
+
+
+def join_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``first`` then ``second`` (rows of pixels): a view when ``second`` follows ``first`` in the
+    same buffer (the splits of one shard), else a copy of their one gray channel."""
+    if (
+        len(first)
+        and len(second)
+        and first.strides == second.strides
+        and first.shape[1:] == second.shape[1:]
+        and _root(first) is _root(second)
+        and first.__array_interface__["data"][0] + len(first) * first.strides[0]
+        == second.__array_interface__["data"][0]
+    ):
+        return np.lib.stride_tricks.as_strided(
+            first, shape=(len(first) + len(second), *first.shape[1:]), writeable=False
+        )
+    return three_channels(np.concatenate([first[..., 0], second[..., 0]]))
 
 
 class PixelCache:
@@ -32,18 +76,14 @@ class PixelCache:
         self.folder = (
             cache_dir / f"v{preprocess.PREPROCESS_VERSION}" / variant if cache_dir else None
         )
-        self._memory: dict[str, np.ndarray] = {}
         self.decoded = 0  # images actually decoded (cache misses), for benchmarks and tests
 
     def _one(self, path: Path, sha256: str) -> np.ndarray:
-        if sha256 in self._memory:
-            return self._memory[sha256]
         stored = self.folder / f"{sha256}.npy" if self.folder else None
         if stored is not None and stored.is_file():
             try:
                 gray = np.load(stored)
                 if gray.shape == (self.views, self.size, self.size):
-                    self._memory[sha256] = gray
                     return gray
             except (OSError, ValueError):
                 pass  # a torn or foreign file: decode again and overwrite it
@@ -51,21 +91,68 @@ class PixelCache:
         self.decoded += 1
         if stored is not None:
             stored.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stored.with_suffix(
-                f".{os.getpid()}.{threading.get_ident()}.tmp"
-            )  # unique per writer
-            with tmp.open("wb") as handle:
-                np.save(handle, gray)
-            tmp.replace(stored)
-        self._memory[sha256] = gray
+            _save_atomic(stored, gray)
         return gray
 
-    def load(self, paths: list[Path], sha256s: list[str]) -> np.ndarray:
-        """(N x views) x size x size x 3 uint8 pixels, in the order given, each image's views in a
-        row. Identical files (same hash) are decoded once, never by two threads at a time."""
-        if not paths:
-            return np.zeros((0, self.size, self.size, 3), dtype=np.uint8)
-        unique = dict(zip(sha256s, paths))
+    def _decoded(self, paths: list[Path], sha256s: list[str]):  # noqa: ANN202 - an iterator
+        """(sha256, views) of each distinct image, decoding in threads, a chunk at a time (memory
+        holds a chunk, not the dataset). Identical files (same hash) are decoded once, never by
+        two threads at a time."""
+        unique = list(dict(zip(sha256s, paths)).items())
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-            decoded = dict(zip(unique, pool.map(self._one, unique.values(), unique.keys())))
-        return np.repeat(np.concatenate([decoded[sha] for sha in sha256s])[..., None], 3, axis=3)
+            for start in range(0, len(unique), DECODE_CHUNK):
+                chunk = unique[start : start + DECODE_CHUNK]
+                yield from zip(
+                    (sha for sha, _ in chunk),
+                    pool.map(self._one, (p for _, p in chunk), (sha for sha, _ in chunk)),
+                )
+
+    def load(self, paths: list[Path], sha256s: list[str]) -> np.ndarray:
+        """(N x views) x size x size x 3 uint8 pixels, read-only, in the order given, each
+        image's views in a row: a memory-mapped shard with a cache folder, else in memory."""
+        shape = (len(sha256s) * self.views, self.size, self.size)
+        if not paths:
+            return three_channels(np.zeros(shape, dtype=np.uint8))
+        if self.folder is None:
+            decoded = dict(self._decoded(paths, sha256s))
+            return three_channels(np.concatenate([decoded[sha] for sha in sha256s]))
+        listed = hashlib.sha256(" ".join(sha256s).encode()).hexdigest()
+        shard = self.folder / "shards" / f"{listed}.npy"
+        if not _readable(shard, shape):
+            self._write_shard(shard, shape, paths, sha256s)
+        return three_channels(np.load(shard, mmap_mode="r"))
+
+    def _write_shard(
+        self, shard: Path, shape: tuple[int, ...], paths: list[Path], sha256s: list[str]
+    ) -> None:
+        """The shard, written image by image (memory holds one image at a time), then renamed."""
+        rows: dict[str, list[int]] = {}
+        for i, sha in enumerate(sha256s):
+            rows.setdefault(sha, []).append(i)
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        tmp = shard.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            for sha, gray in self._decoded(paths, sha256s):
+                for i in rows[sha]:
+                    out[i * self.views : (i + 1) * self.views] = gray
+            out.flush()
+            del out
+            os.replace(tmp, shard)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _readable(shard: Path, shape: tuple[int, ...]) -> bool:
+    try:
+        return np.load(shard, mmap_mode="r").shape == shape
+    except (OSError, ValueError):
+        return False
+
+
+def _save_atomic(stored: Path, gray: np.ndarray) -> None:
+    tmp = stored.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer
+    with tmp.open("wb") as handle:
+        np.save(handle, gray)
+    tmp.replace(stored)

@@ -24,6 +24,7 @@ from osteo_pipeline.core.exams import by_exam, subgroups
 from osteo_pipeline.core.explain import explainable, grad_cam, overlay
 from osteo_pipeline.core.metrics import metrics_with_ci
 from osteo_pipeline.io import run_artifacts, tracking
+from osteo_pipeline.io.cachedir import cache_folder
 from osteo_pipeline.io.copies import Content
 from osteo_pipeline.io.pixels import PixelCache
 from osteo_pipeline.serving import load_classifier
@@ -232,7 +233,12 @@ def evaluate_model(model_uri: str, data_dir: Path, settings: Settings) -> Evalua
             f"of images it trained or was calibrated on ({dict(kinds)})"
         )
     index = {c: i for i, c in enumerate(classifier.classes)}
-    cache = PixelCache(classifier.size, classifier.max_pixels, roi_mode=classifier.roi)
+    cache = PixelCache(
+        classifier.size,
+        classifier.max_pixels,
+        cache_folder(settings.train.cache_dir, "pixels"),
+        classifier.roi,
+    )
     pixels = cache.load([scan.file(p) for p in frame["path"]], list(frame["sha256"]))
     arrays = Arrays(
         pixels, frame["label"].map(index).to_numpy(dtype=np.int64), list(frame["path"]), cache.views

@@ -18,6 +18,7 @@ goes through on the way while they fit in memory. Arrays are held in memory up t
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -37,7 +38,10 @@ from osteo_pipeline.core.model import (
     backbone_segment,
 )
 from osteo_pipeline.core.preprocess import gray_model_input
+from osteo_pipeline.io.pixels import join_rows
 from osteo_pipeline.training.arrays import Arrays
+
+log = logging.getLogger(__name__)
 
 
 def activation_cache(
@@ -59,7 +63,7 @@ def activation_cache(
     deepest = min(t.unfreeze_depth[1], MAX_UNFREEZE_DEPTH - 1)
     epochs = settings.train.head_epochs + settings.train.finetune_epochs
     rows = np.arange(len(train.pixels))
-    pixels = train.pixels if val is None else np.concatenate([train.pixels, val.pixels])
+    pixels = train.pixels if val is None else join_rows(train.pixels, val.pixels)
     val_rows = rows if val is None else np.arange(len(train.pixels), len(pixels))
     return ActivationCache(
         pixels,
@@ -70,6 +74,7 @@ def activation_cache(
         batch_size=settings.train.batch_size,
         floor_depth=deepest if floor_depth is None else floor_depth,
         budget_bytes=int(t.cache_memory_mb * 2**20),
+        disk_budget_bytes=int(t.cache_disk_mb * 2**20),
         spill_dir=t.cache_spill_dir,
         layout=layout,
     )
@@ -112,6 +117,7 @@ class ActivationCache:
         batch_size: int,
         floor_depth: int,
         budget_bytes: int,
+        disk_budget_bytes: int = 2**62,
         spill_dir: Path | None = None,
         layout: BlockLayout = RESNET50_LAYOUT,
     ) -> None:
@@ -128,6 +134,7 @@ class ActivationCache:
         self._batch_size = batch_size
         self.floor_depth = floor_depth
         self.budget_bytes = budget_bytes
+        self.disk_budget_bytes = disk_budget_bytes
         self._spill_parent = spill_dir
         self._spill: Path | None = None
         self._store: dict[int, dict[str, np.ndarray]] = {}
@@ -200,6 +207,8 @@ class ActivationCache:
         entries: dict[int, dict[str, np.ndarray]] = {}
         for d, output in zip(depths, segment.outputs):
             dtype = keras.backend.standardize_dtype(output.dtype)
+            if not self._store and not entries:  # the first, deepest boundary: the largest
+                self._fit_views(int(np.prod(output.shape[1:])) * np.dtype(dtype).itemsize)
             shapes = {
                 "train": (self.views, len(self._rows["train"]), *output.shape[1:]),
                 "val": (1, len(self._rows["val"]), *output.shape[1:]),
@@ -219,6 +228,22 @@ class ActivationCache:
                         entries[d][split][view, start : start + len(y)] = np.asarray(y)
         self._store.update(entries)
         self.seconds += time.perf_counter() - started
+
+    def _fit_views(self, image_bytes: int) -> None:
+        """Fewer views when the deepest boundary (``image_bytes`` per image and view) would take
+        more than half of the memory and disk budgets: the rest is for higher boundaries."""
+        half = (self.budget_bytes + self.disk_budget_bytes) // 2
+        room = half - image_bytes * len(self._rows["val"])
+        fitting = max(1, room // max(1, image_bytes * len(self._rows["train"])))
+        if fitting < self.views:
+            log.warning(
+                "activation cache: %d augmented views per image instead of %d, to stay within "
+                "tune.cache_memory_mb + tune.cache_disk_mb (%.0f MB)",
+                fitting,
+                self.views,
+                (self.budget_bytes + self.disk_budget_bytes) / 2**20,
+            )
+            self.views = int(fitting)
 
     def _inputs(
         self, source: int | None, split: str, views: int
@@ -263,7 +288,12 @@ class FoldActivations:
         self, cache: ActivationCache, train_slots: np.ndarray, val_slots: np.ndarray
     ) -> None:
         self._cache, self._train, self._val = cache, train_slots, val_slots
-        self.views, self.layout = cache.views, cache.layout
+        self.layout = cache.layout
+
+    @property
+    def views(self) -> int:
+        """The cache's views (fewer than asked when it had to fit its budgets)."""
+        return self._cache.views
 
     def attach(self, model: keras.Model, depths: list[int]) -> None:
         self._cache.attach(model, depths)

@@ -9,7 +9,7 @@ import numpy as np
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.preprocess import per_image
 from osteo_pipeline.io.cachedir import cache_folder
-from osteo_pipeline.io.pixels import PixelCache
+from osteo_pipeline.io.pixels import PixelCache, three_channels
 from osteo_pipeline.io.split_manifest import SplitManifest
 
 
@@ -18,7 +18,7 @@ class Arrays:
     """N labeled images as ``views`` model inputs each (``core.preprocess.views_per_image``):
     pixel rows are image-major, so image ``i`` is rows ``i * views`` to ``(i + 1) * views``."""
 
-    pixels: np.ndarray  # (N x views) x S x S x 3 uint8
+    pixels: np.ndarray  # (N x views) x S x S x 3 uint8, read-only (often a memory-mapped shard)
     labels: np.ndarray  # N class indices
     paths: list[str] = field(default_factory=list)
     views: int = 1
@@ -37,11 +37,12 @@ class Arrays:
         return per_image(row_proba, self.views)
 
     def select(self, images: np.ndarray) -> Arrays:
-        """The images at ``images`` (indices), with their views."""
+        """The images at ``images`` (indices), with their views: a copy of their one gray
+        channel, seen as three."""
         images = np.asarray(images, dtype=np.int64)
         rows = (images[:, None] * self.views + np.arange(self.views)).ravel()
         return Arrays(
-            self.pixels[rows],
+            three_channels(np.ascontiguousarray(self.pixels[rows, ..., 0])),
             self.labels[images],
             [self.paths[i] for i in images] if self.paths else [],
             self.views,
@@ -59,16 +60,24 @@ def pixel_cache(settings: Settings, size: int | None = None, roi: str | None = N
 
 
 def load_arrays(split: SplitManifest, settings: Settings, cache: PixelCache) -> dict[str, Arrays]:
-    """Decoded pixels and label indices per split, decoding each image once."""
+    """Decoded pixels and label indices per split, decoding each image once. The three splits
+    are rows of one shard (``io.pixels``), train then val then test, so train and val can be
+    taken together without a copy (``io.pixels.join_rows``)."""
     index = {c: i for i, c in enumerate(settings.data.classes)}
-    arrays = {}
-    for name in ("train", "val", "test"):
-        subset = split.subset(name)
-        paths = split.file_paths(subset)
+    names = ("train", "val", "test")
+    subsets = [split.subset(name) for name in names]
+    pixels = cache.load(
+        [path for subset in subsets for path in split.file_paths(subset)],
+        [sha for subset in subsets for sha in subset["sha256"]],
+    )
+    arrays, start = {}, 0
+    for name, subset in zip(names, subsets):
+        stop = start + len(subset) * cache.views
         arrays[name] = Arrays(
-            cache.load(paths, list(subset["sha256"])),
+            pixels[start:stop],
             subset["label"].map(index).to_numpy(dtype=np.int64),
             list(subset["path"]),
             cache.views,
         )
+        start = stop
     return arrays

@@ -24,6 +24,7 @@ from sklearn.metrics import log_loss
 from osteo_pipeline.core.calibration import cross_fitted
 from osteo_pipeline.core.metrics import METRIC_NAMES, classification_metrics, fold_interval
 from osteo_pipeline.core.splits import cv_folds
+from osteo_pipeline.io.pixels import join_rows
 from osteo_pipeline.io.split_manifest import SplitManifest
 from osteo_pipeline.training.arrays import Arrays
 from osteo_pipeline.training.fit import FitResult
@@ -45,7 +46,7 @@ def cv_arrays(split: SplitManifest, arrays: dict[str, Arrays]) -> tuple[Arrays, 
         [split.subset("train")["group"].to_numpy(), split.subset("val")["group"].to_numpy()]
     )
     joined = Arrays(
-        np.concatenate([train.pixels, val.pixels]),
+        join_rows(train.pixels, val.pixels),
         np.concatenate([train.labels, val.labels]),
         train.paths + val.paths,
         train.views,

@@ -24,7 +24,7 @@ def test_identical_files_in_one_batch_are_decoded_once_and_returned_in_order(tmp
     pixels = cache.load([a, *copies, b], [sha_a] * 7 + [sha_b])
     assert cache.decoded == 2 and pixels.shape == (8, 32, 32, 3)
     assert (pixels[:7] == 40).all() and (pixels[7] == 200).all()
-    assert sorted(p.name for p in cache.folder.iterdir()) == sorted(
+    assert sorted(p.name for p in cache.folder.glob("*.npy")) == sorted(
         [f"{sha_a}.npy", f"{sha_b}.npy"]
     )
 
@@ -59,3 +59,27 @@ def test_a_new_preprocessing_version_is_a_cache_miss(tmp_path, monkeypatch):
     changed = PixelCache(32, 10**8, tmp_path / "cache")
     assert (changed.load([a], [sha_a]) == 90).all() and changed.decoded == 1
     assert changed.folder != same.folder
+
+
+def test_a_list_is_one_memory_mapped_shard_written_once_and_splits_join_without_a_copy(tmp_path):
+    import mmap
+
+    from osteo_pipeline.io.pixels import join_rows
+
+    images = [_image(tmp_path / f"{v}.png", v) for v in (10, 20, 30, 40)]
+    paths, shas = [p for p, _ in images], [s for _, s in images]
+    cache = PixelCache(32, 10**8, tmp_path / "cache")
+    pixels = cache.load(paths, shas)
+    root = pixels
+    while getattr(root, "base", None) is not None:
+        root = root.base
+    assert isinstance(root, mmap.mmap) and not pixels.flags.writeable
+    assert pixels.shape == (4, 32, 32, 3) and [int(p[0, 0, 0]) for p in pixels] == [10, 20, 30, 40]
+    shards = list((cache.folder / "shards").glob("*.npy"))
+    again = PixelCache(32, 10**8, tmp_path / "cache")
+    np.testing.assert_array_equal(again.load(paths, shas), pixels)
+    assert again.decoded == 0 and list((cache.folder / "shards").glob("*.npy")) == shards
+    joined = join_rows(pixels[:1], pixels[1:3])  # adjacent rows of one shard: a view
+    assert np.shares_memory(joined, pixels) and [int(p[0, 0, 0]) for p in joined] == [10, 20, 30]
+    apart = join_rows(pixels[:1], pixels[2:3])  # not adjacent: a copy
+    assert not np.shares_memory(apart, pixels) and [int(p[0, 0, 1]) for p in apart] == [10, 30]

@@ -215,3 +215,19 @@ def test_a_shared_cache_gives_each_fold_what_a_cache_of_its_own_rows_gives(setti
         np.testing.assert_allclose(fold.val(depth), own.val(depth), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not cached"):
         own.fold(np.array([1]), fold_val)
+
+
+def test_a_disk_budget_caches_fewer_views_and_says_so(settings, data, tmp_path, caplog):
+    model = _model()
+    full = _cache(settings, data)
+    full.attach(model, [2])
+    per_view, val = full.train(2)[0].nbytes, full.val(2).nbytes
+    bounded = _cache(settings, data, budget=1, spill_dir=tmp_path / "spill")
+    bounded.disk_budget_bytes = 2 * (val + per_view)  # room for one view in half the budgets
+    with caplog.at_level("WARNING"):
+        bounded.attach(model, [2])
+    assert bounded.views == 1 and bounded.train(2).shape[0] == 1
+    assert "1 augmented views per image instead of 2" in caplog.text
+    assert bounded.report()["activation_cache_views"] == 1
+    np.testing.assert_array_equal(np.asarray(bounded.train(2))[0], full.train(2)[0])
+    bounded.close()
