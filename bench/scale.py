@@ -48,11 +48,11 @@ def _tree(pid: int) -> list[int]:
     while todo:
         current = todo.pop()
         found.append(current)
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            children = []
-        todo += [int(c) for c in children]
+        for task in Path(f"/proc/{current}/task").glob("*"):  # children of every thread
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
     return found
 
 
@@ -144,7 +144,7 @@ def main() -> None:
             f"tune.input_sizes=[{args.input_size}]",
             f"tune.rois=[{args.roi}]",
             "tune.unfreeze_depth=[2,2]",
-            "tune.cv=false",
+            "tune.cv=off",
             "train.head_epochs=1",
             "train.finetune_epochs=1",
         ]
@@ -162,7 +162,14 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
     first, last = results[0], results[-1]
+    slope = None
+    if len(results) > 1:  # seconds per added image, without the fixed start-up cost
+        slope = round(
+            (last["tune"]["wall_s"] - first["tune"]["wall_s"]) / (last["images"] - first["images"]),
+            4,
+        )
     summary = {
+        "tune_marginal_s_per_image": slope,
         "validate_anon_ratio": round(
             last["validate"]["peak_anon_mb"] / first["validate"]["peak_anon_mb"], 2
         ),

@@ -25,7 +25,7 @@ from osteo_pipeline.steps.score import ScoreResult, score_archive
 LISTED = 100  # worklist rows in the Prefect artifact
 
 
-@task(name="score", cache_policy=NO_CACHE)
+@task(name="score", cache_policy=NO_CACHE, persist_result=False)  # the worklist names patients
 def score_task(source: str, out_dir: str, settings: Settings) -> ScoreResult:
     result = score_archive(Path(source), Path(out_dir), settings, settings.scoring.model_uri)
     get_run_logger().info(
@@ -43,6 +43,7 @@ def _worklist_artifacts(result: ScoreResult, settings: Settings) -> None:
     if worklist is None:
         return
     counts = ", ".join(f"{n} {band}" for band, n in worklist.band_counts.items())
+    counts = counts or f"{len(worklist.table)} images, not banded"
     thresholds = worklist.thresholds
     cuts = (
         f"rule out below {thresholds.rule_out:.4f}, rule in above {thresholds.rule_in:.4f} "

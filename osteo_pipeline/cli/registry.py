@@ -196,10 +196,12 @@ def score(
         f"{result.skipped} already scored by {version} [{result.engine} engine]"
     )
     out.print(f"scores: {result.scores}")
+    if result.errors:
+        out.print(f"errors: {result.errors} files not scored, why in the error column of scores")
     worklist = result.worklist
     if worklist is not None:
         counts = ", ".join(f"{n} {band}" for band, n in worklist.band_counts.items())
-        out.print(f"worklist: {worklist.html} ({counts})")
+        out.print(f"worklist: {worklist.html} ({counts or f'{len(worklist.table)} not banded'})")
         if worklist.thresholds is not None:
             t = worklist.thresholds
             out.print(

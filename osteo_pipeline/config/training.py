@@ -158,9 +158,9 @@ class TuneSettings(Section):
     cache_memory_mb: float = Field(default=4096, gt=0)
     """Activation cache held in memory up to this; the rest spills to disk."""
     cache_disk_mb: float = Field(default=16384, gt=0)
-    """Disk the cache may spill to. When the deepest boundary's ``cache_views`` views would take
-    more than half of memory and disk together (large sets), fewer views are cached (logged, and
-    reported as ``activation_cache_views``)."""
+    """Disk the cache may spill to. When the boundaries a search can ask for could outgrow memory
+    and disk together (large sets), fewer augmented views are cached (logged, and reported as
+    ``activation_cache_views``)."""
     cache_spill_dir: Path | None = None
     """Where spilled activations go (a private temp folder inside; default: system temp)."""
 

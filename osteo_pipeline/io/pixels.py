@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from osteo_pipeline.core import preprocess, roi
 from osteo_pipeline.core.preprocess import load_gray_views, views_per_image
 
 DECODE_CHUNK = 256  # images decoded ahead of the shard writer
+SHARDS_KEPT = 12  # per size and roi: a few dataset versions' splits, compare's and evaluations'
 
 
 def three_channels(gray: np.ndarray) -> np.ndarray:
@@ -49,9 +52,10 @@ def _root(array: np.ndarray) -> object:
 def join_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """``first`` then ``second`` (rows of pixels): a view when ``second`` follows ``first`` in the
     same buffer (the splits of one shard), else a copy of their one gray channel."""
+    if not len(first) or not len(second):
+        return second if not len(first) else first
     if (
-        len(first)
-        and len(second)
+        first.dtype == second.dtype
         and first.strides == second.strides
         and first.shape[1:] == second.shape[1:]
         and _root(first) is _root(second)
@@ -130,7 +134,8 @@ class PixelCache:
         for i, sha in enumerate(sha256s):
             rows.setdefault(sha, []).append(i)
         shard.parent.mkdir(parents=True, exist_ok=True)
-        tmp = shard.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        _prune(shard.parent)
+        tmp = shard.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique across processes and hosts
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         try:
             for sha, gray in self._decoded(paths, sha256s):
@@ -145,10 +150,24 @@ class PixelCache:
 
 
 def _readable(shard: Path, shape: tuple[int, ...]) -> bool:
+    """A whole shard of this shape (its use time refreshed, for ``_prune``)."""
     try:
-        return np.load(shard, mmap_mode="r").shape == shape
+        if np.load(shard, mmap_mode="r").shape != shape:
+            return False
+        os.utime(shard)
+        return True
     except (OSError, ValueError):
         return False
+
+
+def _prune(folder: Path) -> None:
+    """Keep the ``SHARDS_KEPT`` most recently used shards of a variant, and no temporary file a
+    writer left more than a day ago (killed): the per-image files stay, so a pruned shard is
+    rebuilt from them without decoding."""
+    shards = sorted(folder.glob("*.npy"), key=lambda f: f.stat().st_mtime, reverse=True)
+    stale = [f for f in folder.glob("*.tmp") if time.time() - f.stat().st_mtime > 86400]
+    for old in [*shards[SHARDS_KEPT - 1 :], *stale]:
+        old.unlink(missing_ok=True)
 
 
 def _save_atomic(stored: Path, gray: np.ndarray) -> None:

@@ -230,10 +230,11 @@ class ActivationCache:
         self.seconds += time.perf_counter() - started
 
     def _fit_views(self, image_bytes: int) -> None:
-        """Fewer views when the deepest boundary (``image_bytes`` per image and view) would take
-        more than half of the memory and disk budgets: the rest is for higher boundaries."""
-        half = (self.budget_bytes + self.disk_budget_bytes) // 2
-        room = half - image_bytes * len(self._rows["val"])
+        """Fewer views when the boundaries could outgrow the memory and disk budgets: the
+        deepest (``image_bytes`` per image and view) is the largest, and each of the
+        ``floor_depth + 1`` a search can ask for gets an equal share."""
+        share = (self.budget_bytes + self.disk_budget_bytes) // (self.floor_depth + 1)
+        room = share - image_bytes * len(self._rows["val"])
         fitting = max(1, room // max(1, image_bytes * len(self._rows["train"])))
         if fitting < self.views:
             log.warning(
