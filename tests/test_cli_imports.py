@@ -71,3 +71,19 @@ def test_a_missing_data_folder_is_refused_before_great_expectations_loads(comman
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"error: data folder not found: {tmp_path / 'absent'}" in done.stderr
     assert "great_expectations imported: False" in done.stderr, done.stderr
+
+
+def test_a_python_c_process_that_imports_the_pipeline_runs_on_with_pyspark_installed():
+    """PySpark's Spark Connect client exits a `python -c` process with status 0 when imported
+    there (it takes it for a doctest run), and Great Expectations imports it whenever PySpark is
+    installed: a tune worker started that way ended silently. The package marks it unavailable."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import osteo_pipeline.core.expectations; print('still here')"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "still here" in done.stdout, done.stderr[-2000:]
