@@ -4,14 +4,14 @@ RSS at the largest size at most 1.5x that at the smallest, for both; tune's time
 the largest within 1.3x of that at the smallest.
 
     .venv/bin/python bench/scale.py [--sizes 1000,4000,16000] [--input-size 224] [--roi image]
-        [--image-size 256] [--out bench/results/scale.json]
+        [--image-size 256] [--out bench/results/scale.json] [--set KEY=VALUE ...]
 
 Each size gets its own synthetic set (`osteo synth`, kept under --work for later runs), cache and
 stores. The trial: a single split (no CV), unfreeze depth 2, 1 head + 1 fine-tuning epoch,
 random initial weights (speed and memory do not depend on their values). Memory is sampled
-from /proc every 0.1 s: anonymous RSS (RssAnon: what the process itself allocated) apart from
-file-backed RSS (RssFile: memory-mapped pixel shards and activation spills, pages the kernel can
-drop)."""
+from /proc every 0.1 s: anonymous RSS (RssAnon, plus RssShmem: what the process itself holds)
+apart from file-backed RSS (RssFile: memory-mapped pixel shards and activation spills, pages the
+kernel can drop). `--set tune.cv=on` measures cross-validation's folds instead."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _status(pid: int) -> dict[str, int]:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             name, _, value = line.partition(":")
-            if name in ("RssAnon", "RssFile", "VmRSS"):
+            if name in ("RssAnon", "RssFile", "RssShmem"):
                 fields[name] = int(value.split()[0]) * 1024
     except OSError:
         pass
@@ -56,24 +56,38 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def measured(command: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
-    """Run ``command``; its wall and CPU seconds and peak anonymous and file-backed RSS (MB)."""
+def measured(
+    command: list[str], env: dict[str, str], log: Path, disk: tuple[Path, ...], spill: Path
+) -> dict[str, float]:
+    """Run ``command``; its wall and CPU seconds, peak anonymous and file-backed RSS, and disk:
+    what it leaves under ``disk`` plus the peak under ``spill`` (the activation cache's spill,
+    removed when tune ends; sampled each second, a few files). The
+    memory over time goes to ``log`` with suffix ``.memory.tsv`` (seconds, anon MB, file MB), to
+    read against the log's timestamps."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = {"RssAnon": 0, "RssFile": 0}
+        peak = {"RssAnon": 0, "RssFile": 0, "disk": 0}
         done = threading.Event()
+        timeline = log.with_suffix(".memory.tsv").open("w")
 
         def sample() -> None:
+            ticks = 0
             while not done.is_set():
                 totals = {"RssAnon": 0, "RssFile": 0}
                 for pid in _tree(process.pid):
                     for name, value in _status(pid).items():
-                        if name in totals:
-                            totals[name] += value
-                for name in peak:
+                        # shared memory (tmpfs) cannot be dropped either: counted as anonymous
+                        totals["RssAnon" if name == "RssShmem" else name] += value
+                for name in ("RssAnon", "RssFile"):
                     peak[name] = max(peak[name], totals[name])
+                if ticks % 10 == 0:
+                    peak["disk"] = max(peak["disk"], disk_mb(spill))
+                    seconds = time.perf_counter() - start
+                    anon, file = (totals[k] // 2**20 for k in ("RssAnon", "RssFile"))
+                    timeline.write(f"{seconds:.0f}\t{anon}\t{file}\n")
+                ticks += 1
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -81,6 +95,7 @@ def measured(command: list[str], env: dict[str, str], log: Path) -> dict[str, fl
         code = process.wait()
         done.set()
         sampler.join()
+        timeline.close()
     if code != 0:
         raise SystemExit(f"{' '.join(command[:3])} failed ({code}); see {log}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -89,14 +104,18 @@ def measured(command: list[str], env: dict[str, str], log: Path) -> dict[str, fl
         "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
         "peak_anon_mb": round(peak["RssAnon"] / 2**20),
         "peak_file_mb": round(peak["RssFile"] / 2**20),
+        "disk_mb": disk_mb(*disk) + max(peak["disk"], disk_mb(spill)),
     }
 
 
 def disk_mb(*folders: Path) -> int:
     total = 0
     for folder in folders:
-        if folder.exists():
-            total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        for file in folder.rglob("*"):
+            try:
+                total += file.stat().st_size if file.is_file() else 0
+            except OSError:  # removed while counted
+                pass
     return round(total / 2**20)
 
 
@@ -108,6 +127,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--work", type=Path, default=Path("/tmp/osteo-bench-scale"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    parser.add_argument("--set", action="append", default=[], help="a further config override")
     args = parser.parse_args()
     osteo = str(BIN / "osteo")
     results = []
@@ -147,6 +167,7 @@ def main() -> None:
             "tune.cv=off",
             "train.head_epochs=1",
             "train.finetune_epochs=1",
+            *args.set,
         ]
         sets = [a for s in settings for a in ("--set", s)]
         row = {"images": n, "input_size": args.input_size, "roi": args.roi}
@@ -154,11 +175,19 @@ def main() -> None:
             [osteo, "validate", str(data), *sets, "--report-dir", str(run / "report")],
             env,
             run / "validate.log",
+            (run / "cache",),
+            run / "spill",
         )
-        row["validate"] = validate | {"disk_mb": disk_mb(run / "cache")}
-        tune = measured([osteo, "tune", str(data), "--trials", "1", *sets], env, run / "tune.log")
+        row["validate"] = validate
+        tune = measured(
+            [osteo, "tune", str(data), "--trials", "1", *sets],
+            env,
+            run / "tune.log",
+            (run / "pixels", run / "cache"),
+            run / "spill",
+        )
         tune["s_per_image"] = round(tune["wall_s"] / n, 4)
-        row["tune"] = tune | {"disk_mb": disk_mb(run / "pixels", run / "spill", run / "cache")}
+        row["tune"] = tune
         results.append(row)
         print(json.dumps(row), flush=True)
     first, last = results[0], results[-1]

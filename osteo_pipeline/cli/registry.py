@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,6 +173,7 @@ def score(
     from rich.progress import Progress
 
     from osteo_pipeline.cli.common import console
+    from osteo_pipeline.core.worklist import risk_text
     from osteo_pipeline.steps.score import score_archive
 
     settings = config.settings(
@@ -191,22 +193,23 @@ def score(
         if result.model.version
         else result.model.name
     )
-    out.print(
+    say = functools.partial(out.print, markup=False)  # paths may hold [brackets]
+    say(
         f"{result.files} files: {result.scored} scored now ({result.errors} errors), "
-        f"{result.skipped} already scored by {version} [{result.engine} engine]"
+        f"{result.skipped} already scored by {version}, {result.engine} engine"
     )
-    out.print(f"scores: {result.scores}")
+    say(f"scores: {result.scores}")
     if result.errors:
-        out.print(f"errors: {result.errors} files not scored, why in the error column of scores")
+        say(f"errors: {result.errors} files not scored, why in the error column of scores")
     worklist = result.worklist
     if worklist is not None:
         counts = ", ".join(f"{n} {band}" for band, n in worklist.band_counts.items())
-        out.print(f"worklist: {worklist.html} ({counts or f'{len(worklist.table)} not banded'})")
+        say(f"worklist: {worklist.html} ({counts or f'{len(worklist.table)} not banded'})")
         if worklist.thresholds is not None:
             t = worklist.thresholds
-            out.print(
-                f"thresholds on the {t.chosen_on}: rule out below {t.rule_out:.4f}, "
-                f"rule in above {t.rule_in:.4f}"
+            say(
+                f"thresholds on the {t.chosen_on}: rule out below {risk_text(t.rule_out)}, "
+                f"rule in above {risk_text(t.rule_in)}"
             )
         else:
-            out.print(worklist.note)
+            say(worklist.note)

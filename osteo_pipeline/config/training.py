@@ -155,9 +155,10 @@ class TuneSettings(Section):
     outputs of fixed augmented views (fast); false: full images every epoch."""
     cache_views: int = Field(default=8, ge=1, le=100)
     """Augmented views of each training image in the activation cache."""
-    cache_memory_mb: float = Field(default=4096, gt=0)
-    """Activation cache held in memory up to this; the rest spills to disk."""
-    cache_disk_mb: float = Field(default=16384, gt=0)
+    cache_memory_mb: float = Field(default=1024, gt=0)
+    """Activation cache held in the process's memory up to this; the rest spills to memory-mapped
+    files, which the page cache holds while they fit (as fast) and drops under pressure."""
+    cache_disk_mb: float = Field(default=19456, gt=0)
     """Disk the cache may spill to. When the boundaries a search can ask for could outgrow memory
     and disk together (large sets), fewer augmented views are cached (logged, and reported as
     ``activation_cache_views``)."""

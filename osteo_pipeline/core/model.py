@@ -59,14 +59,19 @@ def pooled_feature_statistics(
 ) -> FeatureStatistics:
     """``FeatureStatistics`` of ``base`` on ``pixels`` (uint8 model inputs, not augmented). The
     variance is floored at a thousandth of the mean variance, so that a channel nearly constant
-    on these images does not blow up on others."""
+    on these images does not blow up on others. The forward pass is one traced function: calling
+    the model eagerly would hold gigabytes of intermediate tensors (bench/scale.py)."""
+    import tensorflow as tf
+
     from osteo_pipeline.core.preprocess import model_input
+
+    pool = tf.function(
+        lambda x: tf.reduce_mean(base(x, training=False), axis=(1, 2)), reduce_retracing=True
+    )
 
     pooled = np.concatenate(
         [
-            np.asarray(base(model_input(pixels[i : i + batch_size]), training=False)).mean(
-                axis=(1, 2)
-            )
+            np.asarray(pool(model_input(pixels[i : i + batch_size])))
             for i in range(0, len(pixels), batch_size)
         ]
     ).astype(np.float64)

@@ -74,6 +74,16 @@ def choose_thresholds(
     )
 
 
+def risk_text(value: float) -> str:
+    """A risk or cut in as few decimals as tell it apart from 0 and 1 (at least 4): a
+    near-certain model's cuts read 0.99999 rather than a misleading 1.0000."""
+    for decimals in range(4, 12):
+        text = f"{value:.{decimals}f}"
+        if not 0.0 < value < 1.0 or 0.0 < float(text) < 1.0:
+            return text
+    return f"{value:.12f}"
+
+
 def bands(risk: np.ndarray, thresholds: Thresholds) -> np.ndarray:
     """Each score's band: rule out below ``rule_out``, rule in above ``rule_in``, else refer."""
     risk = np.asarray(risk, dtype=np.float64)

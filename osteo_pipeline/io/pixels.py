@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -68,6 +69,28 @@ def join_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return three_channels(np.concatenate([first[..., 0], second[..., 0]]))
 
 
+def gather_rows(pixels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``pixels[rows]`` (any rows, in any order) as a new read-only array: their one gray channel,
+    seen as three, copied a chunk at a time into an unlinked temporary file (``$TMPDIR``) mapped
+    into memory. Its pages are file-backed, so a fold of a large set is held by the page cache
+    like the shard it comes from, not by the process's own memory; the file goes with the
+    array."""
+    rows = np.asarray(rows, dtype=np.int64)
+    shape = (len(rows), *pixels.shape[1:3])
+    if not len(rows):
+        return three_channels(np.empty(shape, pixels.dtype))
+    with tempfile.TemporaryFile(prefix="osteo-rows-") as backing:
+        gray = np.memmap(backing, dtype=pixels.dtype, mode="w+", shape=shape)
+    for start in range(0, len(rows), DECODE_CHUNK):
+        gray[start : start + DECODE_CHUNK] = pixels[rows[start : start + DECODE_CHUNK], ..., 0]
+    return three_channels(gray)
+
+
+def decode_workers() -> int:
+    """Threads that read and decode image files (file I/O and OpenCV release the GIL)."""
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
 class PixelCache:
     def __init__(
         self, size: int, max_pixels: int, cache_dir: Path | None = None, roi_mode: str = "image"
@@ -103,7 +126,7 @@ class PixelCache:
         holds a chunk, not the dataset). Identical files (same hash) are decoded once, never by
         two threads at a time."""
         unique = list(dict(zip(sha256s, paths)).items())
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
             for start in range(0, len(unique), DECODE_CHUNK):
                 chunk = unique[start : start + DECODE_CHUNK]
                 yield from zip(

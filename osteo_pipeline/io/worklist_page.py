@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from osteo_pipeline.core.worklist import BAND_ADVICE, Thresholds
+from osteo_pipeline.core.worklist import BAND_ADVICE, Thresholds, risk_text
 from osteo_pipeline.io.reports import write_text_atomic
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def _thresholds_html(thresholds: Thresholds, performance: dict[str, Any]) -> str
     for cut, label in (("rule_out", "rule-out"), ("rule_in", "rule-in")):
         rates = performance.get(cut, {})
         rows.append(
-            f"<tr><td>{label}</td><td>{getattr(thresholds, cut):.4f}</td>"
+            f"<tr><td>{label}</td><td>{risk_text(getattr(thresholds, cut))}</td>"
             f"<td>{_interval(rates['sensitivity']) if 'sensitivity' in rates else ''}</td>"
             f"<td>{_interval(rates['specificity']) if 'specificity' in rates else ''}</td></tr>"
         )

@@ -276,6 +276,12 @@ class ActivationCache:
             self._spill = Path(
                 tempfile.mkdtemp(prefix="osteo-activations-", dir=self._spill_parent)
             )
+            log.info(
+                "activation cache: beyond tune.cache_memory_mb (%.0f MB), the rest is memory-mapped"
+                " files in %s",
+                self.budget_bytes / 2**20,
+                self._spill,
+            )
         self.bytes_on_disk += nbytes
         return np.lib.format.open_memmap(
             self._spill / f"{name}.npy", mode="w+", dtype=dtype, shape=shape

@@ -9,7 +9,7 @@ import numpy as np
 from osteo_pipeline.config import Settings
 from osteo_pipeline.core.preprocess import per_image
 from osteo_pipeline.io.cachedir import cache_folder
-from osteo_pipeline.io.pixels import PixelCache, three_channels
+from osteo_pipeline.io.pixels import PixelCache, gather_rows
 from osteo_pipeline.io.split_manifest import SplitManifest
 
 
@@ -37,12 +37,12 @@ class Arrays:
         return per_image(row_proba, self.views)
 
     def select(self, images: np.ndarray) -> Arrays:
-        """The images at ``images`` (indices), with their views: a copy of their one gray
-        channel, seen as three."""
+        """The images at ``images`` (indices), with their views, gathered into a file-backed
+        array (``io.pixels.gather_rows``): a fold of a large set does not grow memory."""
         images = np.asarray(images, dtype=np.int64)
         rows = (images[:, None] * self.views + np.arange(self.views)).ravel()
         return Arrays(
-            three_channels(np.ascontiguousarray(self.pixels[rows, ..., 0])),
+            gather_rows(self.pixels, rows),
             self.labels[images],
             [self.paths[i] for i in images] if self.paths else [],
             self.views,

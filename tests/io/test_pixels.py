@@ -83,3 +83,21 @@ def test_a_list_is_one_memory_mapped_shard_written_once_and_splits_join_without_
     assert np.shares_memory(joined, pixels) and [int(p[0, 0, 0]) for p in joined] == [10, 20, 30]
     apart = join_rows(pixels[:1], pixels[2:3])  # not adjacent: a copy
     assert not np.shares_memory(apart, pixels) and [int(p[0, 0, 1]) for p in apart] == [10, 30]
+
+
+def test_gathered_rows_are_a_file_backed_copy_in_the_order_asked():
+    import mmap
+
+    from osteo_pipeline.io.pixels import gather_rows, three_channels
+
+    gray = np.arange(50 * 4 * 4, dtype=np.uint8).reshape(50, 4, 4)
+    pixels = three_channels(gray)
+    rows = np.array([40, 3, 3, 17])
+    fold = gather_rows(pixels, rows)
+    np.testing.assert_array_equal(fold, pixels[rows])
+    root = fold
+    while getattr(root, "base", None) is not None:
+        root = root.base
+    assert isinstance(root, mmap.mmap)  # page-cache memory, not the process's own
+    assert not fold.flags.writeable and not np.shares_memory(fold, pixels)
+    assert gather_rows(pixels, np.array([], dtype=int)).shape == (0, 4, 4, 3)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from osteo_pipeline.config import Settings
-from osteo_pipeline.core.worklist import RULE_IN, RULE_OUT, choose_thresholds
+from osteo_pipeline.core.worklist import RULE_IN, RULE_OUT, choose_thresholds, risk_text
 from osteo_pipeline.io.run_artifacts import TrainingRun
 from osteo_pipeline.steps.score import score_archive
 from osteo_pipeline.steps.synth import write_synthetic_dataset
@@ -148,6 +148,13 @@ def test_choose_thresholds_by_hand():
     assert (t.rule_out, t.rule_in) == (0.4, 0.7)
 
 
+def test_risk_text_tells_a_near_certain_cut_from_one():
+    assert risk_text(0.25) == "0.2500"
+    assert risk_text(0.99999) == "0.99999"  # not 1.0000
+    assert risk_text(0.0000012) == "0.000001"  # not 0.0000
+    assert risk_text(1.0) == "1.0000"
+
+
 def test_resume_after_a_kill_scores_each_image_once(production, tmp_path):
     out = tmp_path / "out"
     command = [
@@ -203,14 +210,20 @@ def test_the_scoring_flow_gives_prefect_keyed_hashes_only(
     from flows.score import score_flow
 
     monkeypatch.setenv("OSTEO_PATIENT_KEY", "k" * 40)
-    summary = score_flow(str(production.archive), str(tmp_path / "out"), str(production.config))
+    state = score_flow(
+        str(production.archive), str(tmp_path / "out"), str(production.config), return_state=True
+    )
+    summary = state.result()
     assert summary["scored"] == 42 and summary["model_version"] == production.version
 
     async def artifacts() -> list[dict]:
         async with get_client() as client:
             return [a.model_dump(mode="json") for a in await client.read_artifacts()]
 
-    found = {a["key"]: a for a in asyncio.run(artifacts()) if a["key"]}
+    run_id = str(state.state_details.flow_run_id)  # other tests' flows share the server
+    found = {
+        a["key"]: a for a in asyncio.run(artifacts()) if a["key"] and a["flow_run_id"] == run_id
+    }
     table = json.loads(found["worklist"]["data"])
     assert len(table) == 41 and all(len(row["id"]) == 16 for row in table)
     assert [row["risk"] for row in table] == sorted((row["risk"] for row in table), reverse=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from osteo_pipeline.config import Settings
 from osteo_pipeline.errors import OsteoError
@@ -20,6 +21,9 @@ from osteo_pipeline.io.score_store import ScoreStore
 from osteo_pipeline.steps.score.local import Progress, Tally, score_locally
 from osteo_pipeline.steps.score.scorer import ModelRef, Scorer
 from osteo_pipeline.steps.score.worklist import Worklist, log_scoring_run, make_worklist
+
+if TYPE_CHECKING:
+    from osteo_pipeline.io.run_artifacts import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def score_archive(
     done = store.done(ref.name, ref.version)
     # 3. Score the rest, one Parquet part at a time.
     scoring = settings.scoring
-    positive = _positive_class(ref)
+    training_run, positive = _training_run(ref)
     scorer = _load(ref, positive, scoring.batch_size)
     tally = Tally(store, scorer, {f.path: f.patient_id for f in files}, len(files), progress)
     if scoring.engine == "spark":
@@ -96,7 +100,9 @@ def score_archive(
         score_locally(tally, files, done, scoring.part_size)
     # 4. Every part in one table, and the worklist ranked by risk.
     scores_path, rows = store.write_scores()
-    worklist = make_worklist(rows, ref, positive, {f.path for f in files}, out_dir, settings)
+    worklist = make_worklist(
+        rows, ref, training_run, positive, {f.path for f in files}, out_dir, settings
+    )
     # 5. A scoring run in MLflow: counts, bands and thresholds, never a path or an image.
     result = ScoreResult(
         len(files),
@@ -112,14 +118,16 @@ def score_archive(
     return result
 
 
-def _positive_class(ref: ModelRef) -> str:
-    """The class whose calibrated probability is the risk: the one the model was evaluated for."""
+def _training_run(ref: ModelRef) -> tuple[TrainingRun, str]:
+    """The run that trained the model, and the class whose calibrated probability is the risk:
+    the one its test evaluation was for (a model without one is refused before scoring)."""
     from mlflow.exceptions import MlflowException
 
     from osteo_pipeline.io.run_artifacts import TrainingRun
 
     try:
-        return TrainingRun.of_model(ref.uri).evaluation.positive_class
+        run = TrainingRun.of_model(ref.uri)
+        return run, run.evaluation.positive_class
     except (MlflowException, OSError, KeyError) as exc:
         raise ScoringError(
             f"{ref.uri}: not an osteo-pipeline training run's model (no test evaluation): {exc}"

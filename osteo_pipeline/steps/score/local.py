@@ -3,7 +3,6 @@ archive in threads while the model scores the current one."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,8 +10,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from osteo_pipeline.io.archive import ArchiveFile
+from osteo_pipeline.io.pixels import decode_workers
 from osteo_pipeline.io.score_store import ScoreStore
-from osteo_pipeline.steps.score.scorer import Scorer, decode_workers
+from osteo_pipeline.steps.score.scorer import Scorer, content_hash
 
 Progress = Callable[[int, int], None]  # (files handled so far, files in the archive)
 
@@ -63,19 +63,21 @@ def score_locally(
     def prepare(part: list[ArchiveFile]) -> tuple[list, list]:
         with ThreadPoolExecutor(decode_workers()) as pool:
             read = list(pool.map(_read, part))
-        todo = [
-            (f, raw, problem)
-            for f, (raw, problem) in zip(part, read)
-            if raw is None or (f.path, hashlib.sha256(raw).hexdigest()) not in done
-        ]
-        return todo, scorer.decode([raw for _, raw, _ in todo])
+        hashed = [(f, raw, problem, content_hash(raw)) for f, (raw, problem) in zip(part, read)]
+        todo = [row for row in hashed if row[1] is None or (row[0].path, row[3]) not in done]
+        return todo, scorer.decode([raw for _, raw, _, _ in todo])
 
     with ThreadPoolExecutor(1) as ahead:
         upcoming = ahead.submit(prepare, parts[0]) if parts else None
         for k, part in enumerate(parts):
             todo, decoded = upcoming.result()
             upcoming = ahead.submit(prepare, parts[k + 1]) if k + 1 < len(parts) else None
-            rows = scorer.rows([f.path for f, _, _ in todo], [raw for _, raw, _ in todo], decoded)
-            unread = {f.path: p for f, raw, p in todo if raw is None}
+            rows = scorer.rows(
+                [f.path for f, _, _, _ in todo],
+                [raw for _, raw, _, _ in todo],
+                decoded,
+                [digest for _, _, _, digest in todo],
+            )
+            unread = {f.path: p for f, raw, p, _ in todo if raw is None}
             rows.loc[rows["path"].isin(unread), "error"] = rows["path"].map(unread)
             tally.part(rows, len(part))

@@ -5,7 +5,6 @@ probability of the positive class) or the error that kept a file from being scor
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,13 +13,14 @@ import numpy as np
 import pandas as pd
 
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_views
+from osteo_pipeline.io.pixels import decode_workers
 from osteo_pipeline.io.score_store import COLUMNS, TRAILING
 from osteo_pipeline.serving import OsteoClassifier, probability_column
 
 
-def decode_workers() -> int:
-    """Threads that read and decode files (I/O and OpenCV release the GIL)."""
-    return min(8, (os.cpu_count() or 1) + 2)
+def content_hash(content: bytes | None) -> str | None:
+    """The SHA-256 a row records (``None`` for a file that could not be read)."""
+    return hashlib.sha256(content).hexdigest() if content is not None else None
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,13 @@ class Scorer:
         paths: Sequence[str],
         contents: Sequence[bytes | None],
         decoded: list[np.ndarray | str] | None = None,
+        hashes: Sequence[str | None] | None = None,
     ) -> pd.DataFrame:
         """One row per file: its hash and scores, or its error (hash too when it was read).
-        ``decoded``: what ``decode`` gave for ``contents``, when it was done ahead."""
+        ``decoded`` and ``hashes``: what ``decode`` and ``content_hash`` gave for ``contents``,
+        when the caller has them already."""
         decoded = self.decode(contents) if decoded is None else decoded
+        hashes = [content_hash(c) for c in contents] if hashes is None else hashes
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         proba = np.full((len(paths), len(self.classifier.classes)), np.nan)
         for start in range(0, len(good), self.batch_size):
@@ -103,9 +106,7 @@ class Scorer:
         frame = pd.DataFrame(
             {
                 "path": list(paths),
-                "sha256": [
-                    hashlib.sha256(c).hexdigest() if c is not None else None for c in contents
-                ],
+                "sha256": list(hashes),
                 "label": labels,
                 "risk": proba[:, self.positive],
             }

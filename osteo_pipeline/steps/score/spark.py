@@ -22,7 +22,7 @@ from osteo_pipeline.config.scoring import ScoringSettings
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io.archive import ArchiveFile
 from osteo_pipeline.steps.score.local import Tally, score_locally
-from osteo_pipeline.steps.score.scorer import ModelRef, Scorer
+from osteo_pipeline.steps.score.scorer import ModelRef, Scorer, content_hash
 
 SKIPPED = "__skipped__"  # the error a worker returns for a file this version already scored
 
@@ -79,8 +79,6 @@ def _predict_fn(
     TensorFlow gets ``threads`` threads (the machine's cores shared among the workers)."""
 
     def make():  # noqa: ANN202
-        import hashlib
-
         import mlflow
         import tensorflow as tf
 
@@ -93,15 +91,16 @@ def _predict_fn(
         def predict(uris, contents):  # noqa: ANN001, ANN202 - numpy arrays of one batch
             paths = [names.get(_local_path(u), "") for u in uris]
             contents = [bytes(c) for c in contents]
-            todo = [
-                i
-                for i, (p, c) in enumerate(zip(paths, contents))
-                if (p, hashlib.sha256(c).hexdigest()) not in done
-            ]
+            hashes = [content_hash(c) for c in contents]
+            todo = [i for i, (p, h) in enumerate(zip(paths, hashes)) if (p, h) not in done]
             result = pd.DataFrame(index=range(len(paths)), columns=list(kinds), dtype=object)
             result["error"] = SKIPPED
             if todo:
-                rows = scorer.rows([paths[i] for i in todo], [contents[i] for i in todo])
+                rows = scorer.rows(
+                    [paths[i] for i in todo],
+                    [contents[i] for i in todo],
+                    hashes=[hashes[i] for i in todo],
+                )
                 result.loc[todo, list(kinds)] = rows[list(kinds)].to_numpy()
             return {
                 c: result[c].astype("float64" if kind == "double" else object).to_numpy()

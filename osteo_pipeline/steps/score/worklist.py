@@ -98,6 +98,7 @@ def screening_thresholds(
 def make_worklist(
     rows: pd.DataFrame,
     ref: ModelRef,
+    run: TrainingRun,
     positive_class: str,
     paths: set[str],
     out_dir: Path,
@@ -105,7 +106,8 @@ def make_worklist(
 ) -> Worklist:
     """The archive's images (``paths``) as this model version last scored them, ranked by risk
     (``positive_class``'s calibrated probability) and banded; an image whose latest row is an
-    error is left out. Written as ``OUT/worklist.csv`` and ``OUT/worklist.html``."""
+    error is left out; thresholds from the model's training ``run``. Written as
+    ``OUT/worklist.csv`` and ``OUT/worklist.html``."""
     columns = ["path", "patient_id", "label", "risk", "scored_at", "error"]
     mine = pd.DataFrame(columns=columns)
     if not rows.empty:
@@ -119,7 +121,6 @@ def make_worklist(
     table = mine.sort_values(["risk", "path"], ascending=[False, True], kind="stable")
     thresholds, performance, note = None, {}, ""
     try:
-        run = TrainingRun.of_model(ref.uri)
         thresholds, performance = screening_thresholds(run, positive_class, settings)
     except ThresholdError as exc:
         note = f"no thresholds: {exc}"
@@ -130,7 +131,7 @@ def make_worklist(
             "rank": np.arange(1, len(table) + 1),
             "band": banded,
             "advice": [BAND_ADVICE.get(b, "") for b in banded],
-            "risk": table["risk"].astype("float64").round(4).to_numpy(),
+            "risk": table["risk"].astype("float64").to_numpy(),
             "path": table["path"].to_numpy(),
             "patient_id": table["patient_id"].to_numpy(),
             "label": table["label"].to_numpy(),
