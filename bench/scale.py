@@ -5,6 +5,7 @@ the largest within 1.3x of that at the smallest.
 
     .venv/bin/python bench/scale.py [--sizes 1000,4000,16000] [--input-size 224] [--roi image]
         [--image-size 256] [--out bench/results/scale.json] [--set KEY=VALUE ...]
+        [--steps validate,tune]
 
 Each size gets its own synthetic set (`osteo synth`, kept under --work for later runs), cache and
 stores. The trial: a single split (no CV), unfreeze depth 2, 1 head + 1 fine-tuning epoch,
@@ -128,7 +129,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/osteo-bench-scale"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     parser.add_argument("--set", action="append", default=[], help="a further config override")
+    parser.add_argument("--steps", default="validate,tune", help="which steps to measure")
     args = parser.parse_args()
+    steps = set(args.steps.split(","))
+    if not steps or steps - {"validate", "tune"}:
+        parser.error(f"--steps: validate and/or tune, not {args.steps!r}")
     osteo = str(BIN / "osteo")
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -171,42 +176,44 @@ def main() -> None:
         ]
         sets = [a for s in settings for a in ("--set", s)]
         row = {"images": n, "input_size": args.input_size, "roi": args.roi}
-        validate = measured(
-            [osteo, "validate", str(data), *sets, "--report-dir", str(run / "report")],
-            env,
-            run / "validate.log",
-            (run / "cache",),
-            run / "spill",
-        )
-        row["validate"] = validate
-        tune = measured(
-            [osteo, "tune", str(data), "--trials", "1", *sets],
-            env,
-            run / "tune.log",
-            (run / "pixels", run / "cache"),
-            run / "spill",
-        )
-        tune["s_per_image"] = round(tune["wall_s"] / n, 4)
-        row["tune"] = tune
+        if "validate" in steps:
+            row["validate"] = measured(
+                [osteo, "validate", str(data), *sets, "--report-dir", str(run / "report")],
+                env,
+                run / "validate.log",
+                (run / "cache",),
+                run / "spill",
+            )
+        if "tune" in steps:
+            tune = measured(
+                [osteo, "tune", str(data), "--trials", "1", *sets],
+                env,
+                run / "tune.log",
+                (run / "pixels", run / "cache"),
+                run / "spill",
+            )
+            tune["s_per_image"] = round(tune["wall_s"] / n, 4)
+            row["tune"] = tune
         results.append(row)
         print(json.dumps(row), flush=True)
     first, last = results[0], results[-1]
-    slope = None
-    if len(results) > 1:  # seconds per added image, without the fixed start-up cost
-        slope = round(
-            (last["tune"]["wall_s"] - first["tune"]["wall_s"]) / (last["images"] - first["images"]),
-            4,
-        )
-    summary = {
-        "tune_marginal_s_per_image": slope,
-        "validate_anon_ratio": round(
+    summary = {}
+    if "validate" in steps:
+        summary["validate_anon_ratio"] = round(
             last["validate"]["peak_anon_mb"] / first["validate"]["peak_anon_mb"], 2
-        ),
-        "tune_anon_ratio": round(last["tune"]["peak_anon_mb"] / first["tune"]["peak_anon_mb"], 2),
-        "tune_time_per_image_ratio": round(
+        )
+    if "tune" in steps:
+        if len(results) > 1:  # seconds per added image, without the fixed start-up cost
+            added = last["images"] - first["images"]
+            summary["tune_marginal_s_per_image"] = round(
+                (last["tune"]["wall_s"] - first["tune"]["wall_s"]) / added, 4
+            )
+        summary["tune_anon_ratio"] = round(
+            last["tune"]["peak_anon_mb"] / first["tune"]["peak_anon_mb"], 2
+        )
+        summary["tune_time_per_image_ratio"] = round(
             last["tune"]["s_per_image"] / first["tune"]["s_per_image"], 2
-        ),
-    }
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": results, "summary": summary}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

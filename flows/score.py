@@ -18,7 +18,6 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from osteo_pipeline.config import Settings, cli_overrides, load_settings
 from osteo_pipeline.core.clinical import pseudonym
-from osteo_pipeline.core.worklist import risk_text
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io.clinical import patient_key
 from osteo_pipeline.steps.score import ScoreResult, score_archive
@@ -47,9 +46,7 @@ def _worklist_artifacts(result: ScoreResult, settings: Settings) -> None:
     counts = counts or f"{len(worklist.table)} images, not banded"
     thresholds = worklist.thresholds
     cuts = (
-        f"rule out below {risk_text(thresholds.rule_out)}, "
-        f"rule in above {risk_text(thresholds.rule_in)} "
-        f"(chosen on the {thresholds.chosen_on})"
+        f"{thresholds.describe()} (chosen on the {thresholds.chosen_on})"
         if thresholds
         else worklist.note
     )

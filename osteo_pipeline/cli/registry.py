@@ -173,7 +173,6 @@ def score(
     from rich.progress import Progress
 
     from osteo_pipeline.cli.common import console
-    from osteo_pipeline.core.worklist import risk_text
     from osteo_pipeline.steps.score import score_archive
 
     settings = config.settings(
@@ -207,9 +206,6 @@ def score(
         say(f"worklist: {worklist.html} ({counts or f'{len(worklist.table)} not banded'})")
         if worklist.thresholds is not None:
             t = worklist.thresholds
-            say(
-                f"thresholds on the {t.chosen_on}: rule out below {risk_text(t.rule_out)}, "
-                f"rule in above {risk_text(t.rule_in)}"
-            )
+            say(f"thresholds on the {t.chosen_on}: {t.describe()}")
         else:
             say(worklist.note)

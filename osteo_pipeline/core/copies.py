@@ -32,7 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from osteo_pipeline.core import copy_check, copy_fit, copy_kinds
-from osteo_pipeline.core.copy_candidates import candidate_pairs
+from osteo_pipeline.core.copy_candidates import Descriptors, InvertedLists, candidate_pairs
 from osteo_pipeline.core.copy_features import Features
 from osteo_pipeline.core.copy_fit import Pose
 
@@ -102,6 +102,8 @@ def find_links(
     queried: Iterable[int] | None = None,
     sources: Iterable[int] | None = None,
     threshold: float = 0.5,
+    inverted_lists: InvertedLists | None = None,
+    descriptors: Descriptors | None = None,
 ) -> list[Link]:
     """Verified derived-copy links among ``prints``; ``pictures(i)`` gives image i's working
     picture (:func:`~osteo_pipeline.core.copy_features.working_picture`), ``sizes`` each file's
@@ -110,12 +112,14 @@ def find_links(
     against all, an evaluation its images against the training images. Candidates are verified
     most votes first, and a pair already joined through other links is not verified again:
     groups are what the links are for, so each image needs one link into its group, not one to
-    every member."""
+    every member. ``inverted_lists`` and ``descriptors``: where the candidate search's index
+    keeps its keypoints and how it reads them (:func:`~.copy_candidates.candidate_pairs`)."""
     everyone = set(range(len(prints)))
     queried = everyone if queried is None else set(queried)
     sources = everyone if sources is None else set(sources)
-    candidates = candidate_pairs(prints, queried, sources) + candidate_pairs(
-        prints, sources - queried, sources=queried
+    index_options = {"inverted_lists": inverted_lists, "descriptors": descriptors}
+    candidates = candidate_pairs(prints, queried, sources, **index_options) + candidate_pairs(
+        prints, sources - queried, sources=queried, **index_options
     )
     joined, links, tried = DisjointSet(range(len(prints))), [], set()
     for copy, source, pose, _ in sorted(candidates, key=lambda c: -c.votes):

@@ -212,3 +212,23 @@ class ViewBatches(keras.utils.PyDataset):
         self.epoch = self.first_epoch + self.epochs_begun
         self.epochs_begun += 1
         self._order = self._shuffle()
+
+
+class RowBatches(keras.utils.PyDataset):
+    """Batches of consecutive rows of ``rows`` (an array, a memory map, or a fold's rows of one)
+    with their one-hot ``labels``, in order: validation data that Keras reads a batch at a time.
+    Arrays handed to ``fit`` as validation data are first copied whole into a tensor."""
+
+    def __init__(
+        self, rows: Sequence[np.ndarray], labels: np.ndarray, n_classes: int, batch_size: int
+    ) -> None:
+        super().__init__()
+        self.rows, self.targets = rows, one_hot(labels, n_classes)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.targets) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return np.asarray(self.rows[batch]), self.targets[batch]

@@ -4,13 +4,16 @@ positive class), and the three bands they make.
 - **Rule-out** ``t_out``: the highest cut that keeps at least ``target_sensitivity`` of the
   positives at or above it. A score below it suggests no density exam.
 - **Rule-in** ``t_in``: the lowest cut that keeps at least ``target_specificity`` of the
-  negatives at or below it. A score above it is flagged as likely low bone density.
+  negatives at or below it. A score above it (at or above it with one cut, below) is flagged as
+  likely low bone density.
 - Between them, the model cannot tell: refer for a density exam.
 
 Both are chosen on predictions the model was not fitted to (its out-of-fold predictions, or its
 validation split's), never on the test split, whose sensitivity and specificity at each cut are
-reported beside them. A model good enough that ``t_in < t_out`` gets one cut, ``t_out``: raising
-``t_in`` to it keeps specificity at least the target, so both guarantees still hold."""
+reported beside them. A model good enough that ``t_in < t_out`` gets one cut, ``t_out``: scores
+below it are ruled out, scores at or above it ruled in. Every negative at or above ``t_out`` lies
+above ``t_in``, so specificity stays at least the target and both guarantees still hold; a model
+whose scores saturate at 1.0 rules those scores in rather than referring them."""
 
 from __future__ import annotations
 
@@ -40,15 +43,20 @@ class Thresholds:
     target_sensitivity: float
     target_specificity: float
     chosen_on: str  # "out-of-fold predictions" or "validation predictions"
+    one_cut: bool = False  # rule-in raised to rule-out: no refer band, rule in at or above it
 
-    def as_dict(self) -> dict[str, float | str]:
-        return {
-            "rule_out": self.rule_out,
-            "rule_in": self.rule_in,
-            "target_sensitivity": self.target_sensitivity,
-            "target_specificity": self.target_specificity,
-            "chosen_on": self.chosen_on,
-        }
+    def ruled_in(self, risk: np.ndarray) -> np.ndarray:
+        """Which scores the rule-in cut flags: above it, or at or above it when there is one cut."""
+        risk = np.asarray(risk, dtype=np.float64)
+        return risk >= self.rule_in if self.one_cut else risk > self.rule_in
+
+    def describe(self) -> str:
+        """The cuts in words, as the CLI, the worklist page and Prefect show them."""
+        ruled_in = "at or above" if self.one_cut else "above"
+        return (
+            f"rule out below {risk_text(self.rule_out)}, "
+            f"rule in {ruled_in} {risk_text(self.rule_in)}"
+        )
 
 
 def choose_thresholds(
@@ -70,7 +78,12 @@ def choose_thresholds(
     kept_negatives = max(1, math.ceil(target_specificity * len(negatives) - 1e-9))
     rule_out, rule_in = float(positives[kept_positives - 1]), float(negatives[kept_negatives - 1])
     return Thresholds(
-        rule_out, max(rule_in, rule_out), target_sensitivity, target_specificity, chosen_on
+        rule_out,
+        max(rule_in, rule_out),
+        target_sensitivity,
+        target_specificity,
+        chosen_on,
+        one_cut=rule_in < rule_out,
     )
 
 
@@ -85,10 +98,13 @@ def risk_text(value: float) -> str:
 
 
 def bands(risk: np.ndarray, thresholds: Thresholds) -> np.ndarray:
-    """Each score's band: rule out below ``rule_out``, rule in above ``rule_in``, else refer."""
+    """Each score's band: rule out below ``rule_out``, rule in when ``thresholds.ruled_in``,
+    else refer."""
     risk = np.asarray(risk, dtype=np.float64)
     return np.where(
-        risk < thresholds.rule_out, RULE_OUT, np.where(risk > thresholds.rule_in, RULE_IN, REFER)
+        risk < thresholds.rule_out,
+        RULE_OUT,
+        np.where(thresholds.ruled_in(risk), RULE_IN, REFER),
     )
 
 
@@ -113,7 +129,7 @@ def threshold_performance(
     cut a case counts as flagged when it is not ruled out, for the rule-in cut when it is ruled
     in. ``{cut: {metric: {value, low, high}}}``."""
     risk, positive = np.asarray(risk, dtype=np.float64), np.asarray(positive, dtype=bool)
-    flags = {"rule_out": risk >= thresholds.rule_out, "rule_in": risk > thresholds.rule_in}
+    flags = {"rule_out": risk >= thresholds.rule_out, "rule_in": thresholds.ruled_in(risk)}
     result = {}
     for cut, flagged in flags.items():
         point = _rates(risk, positive, flagged)

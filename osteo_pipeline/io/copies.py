@@ -3,8 +3,11 @@
 Features are cached by content hash (``<cache>/<version>/<sha[:2]>/<sha>.npz``), and the links of
 each matched set of contents are kept (``<cache>/<version>/matched-<threshold>.json``, the last few
 sets), so a re-validation of a folder that gained files matches only the new files, against all of
-them. The cache only saves time: when it cannot be read or written the finder says so once and
-works in memory.
+them. With the cache, matching holds neither every content's features (each is read back when the
+search or a verification needs it) nor its keypoint index (faiss' inverted lists in a sparse,
+memory-mapped file under the cache, removed after), so its memory does not grow with the number of
+images. The cache only saves time and memory: when it cannot be read or written the finder says
+so once and works in memory.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +30,11 @@ import numpy as np
 
 from osteo_pipeline.config import ValidationSettings
 from osteo_pipeline.core import copies, copy_features
+from osteo_pipeline.core.copy_candidates import InvertedLists
 from osteo_pipeline.core.preprocess import ImageDecodeError, load_gray
 from osteo_pipeline.errors import OsteoError
 from osteo_pipeline.io.cachedir import cache_folder
+from osteo_pipeline.io.keypoint_index import lists_on_disk
 
 log = logging.getLogger(__name__)
 KEPT_SETS = 8  # matched sets remembered per threshold
@@ -112,11 +119,15 @@ class CopyFinder:
             load_gray(path, copy_features.WORK_SIDE * 2, self.max_pixels)
         )
 
+    def _stored_file(self, sha256: str) -> Path:
+        assert self.folder is not None
+        return self.folder / sha256[:2] / f"{sha256}.npz"
+
     def _stored(self, sha256: str) -> copy_features.Features | None:
         if self.folder is None:
             return None
         try:
-            with np.load(self.folder / sha256[:2] / f"{sha256}.npz") as arrays:
+            with np.load(self._stored_file(sha256)) as arrays:
                 return copy_features.Features.from_arrays(dict(arrays))
         except FileNotFoundError:
             return None
@@ -126,10 +137,11 @@ class CopyFinder:
         except Exception:  # noqa: BLE001 - a torn or foreign file (any of numpy's zip errors): compute again
             return None
 
-    def _store(self, sha256: str, found: copy_features.Features) -> None:
+    def _store(self, sha256: str, found: copy_features.Features) -> bool:
+        """Keep ``found`` in the cache; whether it is there to read back."""
         if self.folder is None:
-            return
-        stored = self.folder / sha256[:2] / f"{sha256}.npz"
+            return False
+        stored = self._stored_file(sha256)
         try:
             stored.parent.mkdir(parents=True, exist_ok=True)
             tmp = stored.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
@@ -137,32 +149,72 @@ class CopyFinder:
             tmp.replace(stored)
         except OSError as exc:
             self._cache_failed("write", exc)
+            return False
+        return True
 
     def features(self, content: Content) -> copy_features.Features:
-        """The content's features: from memory, the cache, or computed from its file (raises
-        :class:`ImageDecodeError` or :class:`OSError` when the file cannot be read)."""
-        if content.sha256 not in self._features:
+        """The content's features: from the cache, from memory (where the cache could not keep
+        them), or computed from its file (raises :class:`ImageDecodeError` or :class:`OSError`
+        when the file cannot be read)."""
+        found = self._features.get(content.sha256)
+        if found is None:
             found = self._stored(content.sha256)
-            if found is None:
-                found = copy_features.features(
-                    load_gray(content.path, copy_features.WORK_SIDE * 2, self.max_pixels)
-                )
-                self._store(content.sha256, found)
-            self._features[content.sha256] = found
-        return self._features[content.sha256]
+        if found is None:
+            found = copy_features.features(
+                load_gray(content.path, copy_features.WORK_SIDE * 2, self.max_pixels)
+            )
+            if not self._store(content.sha256, found):
+                self._features[content.sha256] = found
+        return found
 
-    def _features_or_none(self, contents: Sequence[Content]) -> list[copy_features.Features | None]:
-        """Features of each content; None (with a warning) where its file cannot be decoded."""
-
-        def one(content: Content) -> copy_features.Features | None:
+    def descriptors(self, content: Content) -> tuple[np.ndarray, np.ndarray]:
+        """The content's plain and mirrored descriptors (:meth:`features`, reading only those
+        two arrays of a cached file)."""
+        found = self._features.get(content.sha256)
+        if found is None and self.folder is not None:
             try:
-                return self.features(content)
+                with np.load(self._stored_file(content.sha256)) as arrays:
+                    return arrays["descriptors"], arrays["mirrored_descriptors"]
+            except Exception:  # noqa: BLE001 - unreadable or torn: features() says or computes
+                pass
+        if found is None:
+            found = self.features(content)
+        return found.descriptors, found.mirrored_descriptors
+
+    def _readable(self, contents: Sequence[Content]) -> list[bool]:
+        """Whether each content has features (computed and cached now where missing; a cached
+        file is taken as it is, read when needed and computed again if torn); False, with a
+        warning, where its file cannot be decoded."""
+
+        def one(content: Content) -> bool:
+            if self.folder is not None and self._stored_file(content.sha256).is_file():
+                return True
+            try:
+                self.features(content)
             except (ImageDecodeError, OSError) as exc:
                 log.warning("derived copies: %s left out of matching (%s)", content.shown, exc)
-                return None
+                return False
+            return True
 
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
             return list(pool.map(one, contents))
+
+    @contextmanager
+    def _index_lists(self) -> Iterator[InvertedLists | None]:
+        """Where the keypoint index keeps its keypoints while matching: a sparse file in a
+        private folder under the cache, removed after; ``None`` (memory) without a cache."""
+        scratch = None
+        if self.folder is not None:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                scratch = tempfile.TemporaryDirectory(prefix="index-", dir=self.folder)
+            except OSError as exc:
+                self._cache_failed("write", exc)
+        if scratch is None:
+            yield None
+            return
+        with scratch as folder:
+            yield partial(lists_on_disk, Path(folder) / "lists")
 
     @property
     def _matched_file(self) -> Path | None:
@@ -214,22 +266,22 @@ class CopyFinder:
         decoded at matching size are left out of matching, with a warning (validation reports
         unreadable files)."""
         started = time.perf_counter()
-        usable, prints = [], []
-        for content, found in zip(contents, self._features_or_none(contents)):
-            if found is not None:
-                usable.append(content)
-                prints.append(found)
+        usable = [c for c, readable in zip(contents, self._readable(contents)) if readable]
         shas = {c.sha256 for c in usable}
         known, links = self._remembered(shas)
         queried = [i for i, c in enumerate(usable) if c.sha256 not in known]
         if queried:
-            found_links = copies.find_links(
-                prints,
-                lambda i: self._picture(usable[i].path),
-                [c.size or (0, 0) for c in usable],
-                queried=queried,
-                threshold=self.threshold,
-            )
+            prints = _Prints(self, usable)
+            with self._index_lists() as lists:
+                found_links = copies.find_links(
+                    prints,
+                    lambda i: self._picture(usable[i].path),
+                    [c.size or (0, 0) for c in usable],
+                    queried=queried,
+                    threshold=self.threshold,
+                    inverted_lists=lists,
+                    descriptors=prints.descriptors,
+                )
             links = links + [
                 {
                     "source": usable[link.source].sha256,
@@ -265,28 +317,29 @@ class CopyFinder:
         is not, this raises :class:`CopyCheckError`, it never skips quietly."""
         by_sha = {o.sha256: o for o in originals}
         originals = list(by_sha.values())
-        original_prints = self._features_or_none(originals)
-        missing = [o for o, p in zip(originals, original_prints) if p is None]
+        missing = [o for o, readable in zip(originals, self._readable(originals)) if not readable]
         if missing:
             raise CopyCheckError(
                 f"cannot check for derived copies of {len(missing)} of {len(originals)} "
                 f"training images: their files cannot be read (first: {missing[0].shown}); "
                 "make the training data available where its split manifest says"
             )
-        kept = [
-            (c, p) for c, p in zip(candidates, self._features_or_none(candidates)) if p is not None
+        everyone = originals + [
+            c for c, readable in zip(candidates, self._readable(candidates)) if readable
         ]
-        everyone = originals + [c for c, _ in kept]
-        prints = [p for p in original_prints if p is not None] + [p for _, p in kept]
         try:
-            links = copies.find_links(
-                prints,
-                lambda i: self._picture(everyone[i].path),
-                [c.size or (0, 0) for c in everyone],
-                queried=range(len(originals), len(everyone)),
-                sources=range(len(originals)),
-                threshold=self.threshold,
-            )
+            prints = _Prints(self, everyone)
+            with self._index_lists() as lists:
+                links = copies.find_links(
+                    prints,
+                    lambda i: self._picture(everyone[i].path),
+                    [c.size or (0, 0) for c in everyone],
+                    queried=range(len(originals), len(everyone)),
+                    sources=range(len(originals)),
+                    threshold=self.threshold,
+                    inverted_lists=lists,
+                    descriptors=prints.descriptors,
+                )
         except (ImageDecodeError, OSError) as exc:
             raise CopyCheckError(
                 f"cannot check for derived copies of the training images: {exc}"
@@ -304,3 +357,23 @@ class CopyFinder:
                 "score": link.score,
             }
         return found
+
+
+class _Prints(Sequence[copy_features.Features]):
+    """The features of ``contents`` by position, read from the finder when the candidate search or
+    a verification needs them (the last few kept): never all held at once."""
+
+    def __init__(self, finder: CopyFinder, contents: Sequence[Content]) -> None:
+        self._finder, self._contents = finder, contents
+        self._read = lru_cache(maxsize=64)(lambda i: finder.features(contents[i]))
+
+    def __len__(self) -> int:
+        return len(self._contents)
+
+    def __getitem__(self, i: int) -> copy_features.Features:  # type: ignore[override]
+        return self._read(i)
+
+    def descriptors(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image i's plain and mirrored descriptors, all the keypoint index reads of it: two
+        arrays of its cached file, not all of them."""
+        return self._finder.descriptors(self._contents[i])

@@ -46,7 +46,8 @@ def _thresholds_html(thresholds: Thresholds, performance: dict[str, Any]) -> str
     return (
         f"<p>Thresholds chosen on the model's {html.escape(thresholds.chosen_on)} for a "
         f"sensitivity of at least {thresholds.target_sensitivity:.2f} (rule-out) and a specificity "
-        f"of at least {thresholds.target_specificity:.2f} (rule-in). On its test split, with 95% "
+        f"of at least {thresholds.target_specificity:.2f} (rule-in): "
+        f"{html.escape(thresholds.describe())}. On its test split, with 95% "
         "bootstrap intervals:</p><table><tr><th>cut</th><th>risk</th><th>sensitivity</th>"
         f"<th>specificity</th></tr>{''.join(rows)}</table><ul>{advice}</ul>"
     )

@@ -309,8 +309,9 @@ class FoldActivations:
         """K x N_fold views, read batch by batch (never a copy of the fold's whole cache)."""
         return FoldViews(self._cache.train(depth), self._train)
 
-    def val(self, depth: int) -> np.ndarray:
-        return self._cache.val(depth)[self._val]
+    def val(self, depth: int) -> _FoldRows:
+        """The fold's validation rows, read when a batch asks for them (never copied whole)."""
+        return _FoldRows(self._cache.val(depth), self._val)
 
 
 class FoldViews:
@@ -332,8 +333,17 @@ class FoldViews:
 
 
 class _FoldRows:
+    """``rows[slots]``, indexed (by position, slice or array) without copying all of it."""
+
     def __init__(self, rows: np.ndarray, slots: np.ndarray) -> None:
         self._rows, self._slots = rows, slots
+        self.shape = (len(slots), *rows.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001 - NumPy's protocol
+        return np.asarray(self._rows[self._slots], dtype=dtype)
 
     def __getitem__(self, index: np.ndarray) -> np.ndarray:
         return self._rows[self._slots[index]]

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from osteo_pipeline.config import ConfigError, Settings
-from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset, one_hot
+from osteo_pipeline.core.data import RowBatches, ViewBatches, augmenter, class_weights, make_dataset
 from osteo_pipeline.core.model import set_unfrozen_blocks, top_model
 from osteo_pipeline.core.preprocess import ROI_MODES
 from osteo_pipeline.training.activations import ActivationCache, FoldActivations
@@ -233,7 +233,6 @@ def _fit_on_activations(
     weights = class_weights(train.labels, n_classes, t.class_weight)
     phases = plan.phases("activations", validated=val is not None)
     cache.attach(model, [phase.depth for phase in phases])
-    val_targets = one_hot(val.row_labels, n_classes) if val is not None else None
     runner = _PhaseRunner(model, val, settings)
     for phase in phases:
         plan.unfreeze(model, phase.depth)
@@ -247,7 +246,9 @@ def _fit_on_activations(
             settings.seed,
             first_epoch=runner.epochs_run,
         )
-        validation = (cache.val(phase.depth), val_targets) if val is not None else None
+        validation = None
+        if val is not None:
+            validation = RowBatches(cache.val(phase.depth), val.row_labels, n_classes, t.batch_size)
         runner.run(phase, top, batches, validation, batch_size=t.batch_size)
     return runner.result()
 
@@ -270,7 +271,7 @@ class _PhaseRunner:
         phase: Phase,
         trained: keras.Model,
         data: tf.data.Dataset | ViewBatches,
-        validation: tf.data.Dataset | tuple[np.ndarray, np.ndarray] | None,
+        validation: tf.data.Dataset | RowBatches | None,
         **fit_options: Any,
     ) -> None:
         """Compile ``trained`` (``model`` or its top) for ``phase`` and fit it on ``data``;
@@ -334,11 +335,11 @@ def _compile(model: keras.Model, phase: Phase) -> None:
 
 class _EpochPredictions(keras.callbacks.Callback):
     """After each epoch, the per-image probabilities on the fit's validation data (an image
-    dataset, or cached activations and targets for the trained top), appended to ``into``."""
+    dataset, or batches of cached activations for the trained top), appended to ``into``."""
 
     def __init__(
         self,
-        validation: tf.data.Dataset | tuple[np.ndarray, np.ndarray],
+        validation: tf.data.Dataset | RowBatches,
         val: Arrays,
         into: list[np.ndarray],
         batch_size: int,
@@ -347,8 +348,8 @@ class _EpochPredictions(keras.callbacks.Callback):
         self.validation, self.val, self.into, self.batch_size = validation, val, into, batch_size
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if isinstance(self.validation, tuple):
-            rows = _call_in_batches(self.model, self.validation[0], self.batch_size)
+        if isinstance(self.validation, RowBatches):
+            rows = _call_in_batches(self.model, self.validation.rows, self.batch_size)
         else:
             rows = np.asarray(self.model.predict(self.validation, verbose=0))
         self.into.append(self.val.image_proba(rows.astype(np.float64)))
@@ -371,10 +372,11 @@ def predict_val(
     )
 
 
-def _call_in_batches(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """``model``'s float32 outputs on ``x``, called eagerly batch by batch."""
+def _call_in_batches(model: keras.Model, x: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+    """``model``'s float32 outputs on ``x`` (an array or a fold's rows of one), called eagerly
+    batch by batch."""
     batches = [
-        keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))
+        keras.ops.convert_to_numpy(model(np.asarray(x[i : i + batch_size]), training=False))
         for i in range(0, len(x), batch_size)
     ]
     if not batches:

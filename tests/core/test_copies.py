@@ -95,14 +95,25 @@ def test_every_kind_of_planted_copy_is_found_and_distinct_radiographs_never_link
     assert min(recall.values()) >= 0.98, {k: round(r, 3) for k, r in recall.items() if r < 1}
 
 
-def test_the_approximate_index_finds_what_the_exact_one_finds(tmp_path, tiny_settings, monkeypatch):
+@pytest.mark.parametrize("cache", ["none", "folder"])
+def test_the_approximate_index_finds_what_the_exact_one_finds(
+    tmp_path, tiny_settings, monkeypatch, capfd, cache
+):
+    """In memory (no cache), and with its inverted lists in a file under the cache (added in
+    small batches), removed after, and faiss' notes on that file kept off stdout."""
     root = tmp_path / "knees"
     write_synthetic_dataset(root, ["normal", "osteoporosis"], 8, 300, seed=9, copies=0.5)
     monkeypatch.setattr(copy_candidates, "EXACT_UP_TO", 1000)  # force faiss' inverted-file index
-    tiny_settings.validation.copies_cache_dir = "none"
+    monkeypatch.setattr(copy_candidates, "ADD_BATCH", 5000)
+    folder = tmp_path / "cache"
+    tiny_settings.validation.copies_cache_dir = "none" if cache == "none" else str(folder)
+    capfd.readouterr()
     missed = _check(root, tiny_settings)
     planted = len(json.loads((root / PLANTED).read_text()))
     assert 1 - sum(missed.values()) / planted >= 0.98
+    assert "resizing" not in capfd.readouterr().out
+    if cache == "folder":
+        assert list(folder.rglob("*.npz")) and not list(folder.rglob("index-*"))
 
 
 def _named(token: str, parts: list[str]) -> bool:

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 
 from osteo_pipeline.config import AugmentSettings
-from osteo_pipeline.core.data import ViewBatches, augmenter, class_weights, make_dataset
+from osteo_pipeline.core.data import (
+    RowBatches,
+    ViewBatches,
+    augmenter,
+    class_weights,
+    make_dataset,
+)
 from osteo_pipeline.core.preprocess import model_input
+from osteo_pipeline.training.activations import FoldViews
 
 PIXELS = np.repeat(
     np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype(np.uint8), 3, axis=3
@@ -119,6 +126,24 @@ def test_view_batches_walk_the_views_epoch_by_epoch_across_fits():
     assert seen == [(e, e) for e in range(5)]
     x, y, w = data[0]
     assert x.shape == (2, 3) and np.all(x == 4 % 3) and y.shape == (2, 2) and np.all(w == 1)
+
+
+def test_row_batches_read_a_fold_s_rows_in_order_and_validate_a_fit():
+    """Validation batches over a fold's rows of a cache (``FoldViews``'s per-view rows): the
+    rows asked for, in order, a short last batch, and what ``fit`` evaluates on."""
+    cached = np.arange(7 * 3, dtype=np.float32).reshape(1, 7, 3)
+    rows = FoldViews(cached, np.array([5, 0, 3, 6, 1]))[0]
+    data = RowBatches(rows, np.array([1, 0, 1, 1, 0]), 2, batch_size=2)
+    assert len(data) == 3
+    batches = [data[i] for i in range(len(data))]
+    np.testing.assert_array_equal(
+        np.concatenate([x for x, _ in batches]), cached[0, [5, 0, 3, 6, 1]]
+    )
+    assert [len(y) for _, y in batches] == [2, 2, 1] and batches[0][1].tolist() == [[0, 1], [1, 0]]
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    history = model.fit(cached[0], np.eye(2)[[0, 1] * 3 + [0]], validation_data=data, verbose=0)
+    assert np.isfinite(history.history["val_loss"]).all()
 
 
 def test_a_shuffled_pipeline_over_a_memory_map_gives_the_rows_and_labels_of_its_shuffle(tmp_path):

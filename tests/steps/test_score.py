@@ -21,7 +21,15 @@ import pytest
 import yaml
 
 from osteo_pipeline.config import Settings
-from osteo_pipeline.core.worklist import RULE_IN, RULE_OUT, choose_thresholds, risk_text
+from osteo_pipeline.core.worklist import (
+    REFER,
+    RULE_IN,
+    RULE_OUT,
+    bands,
+    choose_thresholds,
+    risk_text,
+    threshold_performance,
+)
 from osteo_pipeline.io.run_artifacts import TrainingRun
 from osteo_pipeline.steps.score import score_archive
 from osteo_pipeline.steps.synth import write_synthetic_dataset
@@ -146,6 +154,25 @@ def test_choose_thresholds_by_hand():
     assert (t.rule_out, t.rule_in) == (0.8, 0.8)
     t = choose_thresholds(risk, positive, 1.0, 1.0, "val")
     assert (t.rule_out, t.rule_in) == (0.4, 0.7)
+    assert not t.one_cut and bands([0.4, 0.7, 0.71], t).tolist() == [REFER, REFER, RULE_IN]
+
+
+def test_one_cut_rules_in_at_the_cut_and_keeps_specificity():
+    # a model whose positives saturate at 1.0 (the demo's): the cut is 1.0 and they are ruled in
+    risk = np.array([0.0, 0.1, 0.2, 0.3, 0.999, 1.0, 1.0, 1.0, 1.0])
+    positive = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+    t = choose_thresholds(risk, positive, 0.9, 0.8, "val")
+    assert (t.rule_out, t.rule_in, t.one_cut) == (1.0, 1.0, True)
+    assert bands(risk, t).tolist() == [RULE_OUT] * 5 + [RULE_IN] * 4
+    assert t.describe() == "rule out below 1.0000, rule in at or above 1.0000"
+    rates = threshold_performance(risk, positive, t, n_resamples=20)["rule_in"]
+    assert rates["specificity"]["value"] >= 0.8 and rates["sensitivity"]["value"] == 1.0
+    # the same cut met by a tie among the negatives is not one cut: the tie is referred
+    tied = choose_thresholds(
+        np.array([0.2, 0.5, 0.5, 0.9]), np.array([0, 0, 1, 1], bool), 1, 1, "v"
+    )
+    assert (tied.rule_out, tied.rule_in, tied.one_cut) == (0.5, 0.5, False)
+    assert bands([0.5], tied).tolist() == [REFER]
 
 
 def test_risk_text_tells_a_near_certain_cut_from_one():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -43,13 +44,23 @@ class Tally:
             self.progress(self.handled, self.total)
 
 
-def _read(file: ArchiveFile) -> tuple[bytes | None, str]:
+class _Read(NamedTuple):
+    """One archive file as read: its bytes and their hash, or why it could not be read."""
+
+    file: ArchiveFile
+    raw: bytes | None
+    problem: str
+    digest: str | None
+
+
+def _read(file: ArchiveFile) -> _Read:
     if file.file is None:
-        return None, file.problem
+        return _Read(file, None, file.problem, None)
     try:
-        return file.file.read_bytes(), ""
+        raw = file.file.read_bytes()
     except OSError as exc:
-        return None, f"cannot read the file: {exc.strerror or exc}"
+        return _Read(file, None, f"cannot read the file: {exc.strerror or exc}", None)
+    return _Read(file, raw, "", content_hash(raw))
 
 
 def score_locally(
@@ -60,12 +71,11 @@ def score_locally(
     scorer = tally.scorer
     parts = [files[i : i + part_size] for i in range(0, len(files), part_size)]
 
-    def prepare(part: list[ArchiveFile]) -> tuple[list, list]:
+    def prepare(part: list[ArchiveFile]) -> tuple[list[_Read], list]:
         with ThreadPoolExecutor(decode_workers()) as pool:
             read = list(pool.map(_read, part))
-        hashed = [(f, raw, problem, content_hash(raw)) for f, (raw, problem) in zip(part, read)]
-        todo = [row for row in hashed if row[1] is None or (row[0].path, row[3]) not in done]
-        return todo, scorer.decode([raw for _, raw, _, _ in todo])
+        todo = [r for r in read if r.raw is None or (r.file.path, r.digest) not in done]
+        return todo, scorer.decode([r.raw for r in todo])
 
     with ThreadPoolExecutor(1) as ahead:
         upcoming = ahead.submit(prepare, parts[0]) if parts else None
@@ -73,11 +83,11 @@ def score_locally(
             todo, decoded = upcoming.result()
             upcoming = ahead.submit(prepare, parts[k + 1]) if k + 1 < len(parts) else None
             rows = scorer.rows(
-                [f.path for f, _, _, _ in todo],
-                [raw for _, raw, _, _ in todo],
+                [r.file.path for r in todo],
+                [r.raw for r in todo],
                 decoded,
-                [digest for _, _, _, digest in todo],
+                [r.digest for r in todo],
             )
-            unread = {f.path: p for f, raw, p, _ in todo if raw is None}
+            unread = {r.file.path: r.problem for r in todo if r.raw is None}
             rows.loc[rows["path"].isin(unread), "error"] = rows["path"].map(unread)
             tally.part(rows, len(part))

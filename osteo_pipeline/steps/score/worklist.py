@@ -172,6 +172,7 @@ def log_scoring_run(result: ScoreResult, settings: Settings) -> str:
             metrics |= {f"band_{b.replace(' ', '_')}": n for b, n in worklist.band_counts.items()}
             if worklist.thresholds is not None:
                 mlflow.log_param("thresholds_chosen_on", worklist.thresholds.chosen_on)
+                mlflow.log_param("thresholds_one_cut", worklist.thresholds.one_cut)
                 metrics |= {
                     "threshold_rule_out": worklist.thresholds.rule_out,
                     "threshold_rule_in": worklist.thresholds.rule_in,
